@@ -1,0 +1,263 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { parse as parseToml } from 'smol-toml';
+
+/**
+ * Configuration: built-in defaults < TOML file < MOLLY_* environment variables.
+ * Keys and defaults are those of MollySocket, plus a few of our own (marked "new").
+ */
+
+export const SIGNAL_URLS = {
+  production: 'wss://chat.signal.org/v1/websocket/',
+  staging: 'wss://chat.staging.signal.org/v1/websocket/',
+} as const;
+
+/** Signal's servers refuse clients they consider too old; MollySocket sends an agent shaped like Signal-Android's. */
+export const DEFAULT_USER_AGENT = 'Signal-Android/7.60.0 Android/34';
+
+export interface Config {
+  host: string;
+  port: number;
+  webserver: boolean;
+  vapid_privkey: string | undefined;
+  vapid_key_file: string | undefined;
+  signal_env: keyof typeof SIGNAL_URLS;
+  signal_url: string | undefined;
+  signal_ca_file: string | undefined;
+  user_agent: string;
+  allowed_endpoints: readonly string[];
+  allowed_uuids: readonly string[];
+  db: string;
+}
+
+type Kind =
+  | { type: 'string'; check?: (v: string) => string | undefined }
+  | { type: 'int'; min: number; max: number }
+  | { type: 'bool' }
+  | { type: 'enum'; values: readonly string[] }
+  | { type: 'list'; check?: (v: string) => string | undefined };
+
+interface KeySpec {
+  kind: Kind;
+  default: unknown;
+  doc: string;
+  secret?: boolean;
+}
+
+const checkUrl =
+  (schemes: string[]) =>
+  (v: string): string | undefined => {
+    let url: URL;
+    try {
+      url = new URL(v);
+    } catch {
+      return `must be a URL (${schemes.join(' or ')})`;
+    }
+    return schemes.includes(url.protocol.slice(0, -1)) ? undefined : `must be a ${schemes.join(' or ')} URL`;
+  };
+
+const checkEndpointEntry = (v: string): string | undefined => (v === '*' ? undefined : checkUrl(['http', 'https'])(v));
+const checkVapidKey = (v: string): string | undefined =>
+  /^[A-Za-z0-9_-]{43}$/.test(v) ? undefined : 'must be 43 characters of unpadded base64url (run `mollysocket vapid gen`)';
+
+export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
+  host: { kind: { type: 'string' }, default: '127.0.0.1', doc: 'Address the web server listens on.' },
+  port: { kind: { type: 'int', min: 1, max: 65535 }, default: 8020, doc: 'Port the web server listens on.' },
+  webserver: { kind: { type: 'bool' }, default: true, doc: 'Run the web server; false for air-gapped mode.' },
+  vapid_privkey: {
+    kind: { type: 'string', check: checkVapidKey },
+    default: undefined,
+    secret: true,
+    doc: 'VAPID private key (43 characters of base64url). Unset: a key is generated and kept next to the database.',
+  },
+  vapid_key_file: {
+    kind: { type: 'string' },
+    default: undefined,
+    doc: 'File holding the VAPID private key; wins over vapid_privkey.',
+  },
+  signal_env: {
+    kind: { type: 'enum', values: Object.keys(SIGNAL_URLS) },
+    default: 'production',
+    doc: 'Which Signal chat server to use: production or staging.',
+  },
+  signal_url: {
+    kind: { type: 'string', check: checkUrl(['wss', 'ws']) },
+    default: undefined,
+    doc: 'New: the chat websocket URL, overriding signal_env (self-hosted Signal servers, proxies, tests).',
+  },
+  signal_ca_file: {
+    kind: { type: 'string' },
+    default: undefined,
+    doc: "New: a PEM file of CA certificates trusted instead of Signal's pinned roots.",
+  },
+  user_agent: {
+    kind: { type: 'string' },
+    default: DEFAULT_USER_AGENT,
+    doc: 'New: User-Agent sent to the Signal server.',
+  },
+  allowed_endpoints: {
+    kind: { type: 'list', check: checkEndpointEntry },
+    default: ['*'],
+    doc: 'UnifiedPush endpoints allowed: URLs (scheme, host, port and userinfo must match) or "*".',
+  },
+  allowed_uuids: { kind: { type: 'list' }, default: ['*'], doc: 'Account UUIDs allowed to register, or "*".' },
+  db: { kind: { type: 'string' }, default: './mollysocket.db', doc: 'Path of the SQLite database.' },
+};
+
+export type ConfigKey = keyof Config;
+export type Source = 'default' | { file: string } | { env: string };
+
+export interface LoadedConfig {
+  config: Readonly<Config>;
+  /** Where each value came from, for `mollysocket config`. */
+  sources: Readonly<Record<ConfigKey, Source>>;
+  /** The file read, if any. */
+  file: string | undefined;
+  /** Non-fatal problems (unknown keys), each naming the key. */
+  warnings: string[];
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export const envName = (key: string): string => `MOLLY_${key.toUpperCase()}`;
+/** MOLLY_* variables that are not configuration keys. */
+const NON_KEY_ENV = new Set(['MOLLY_CONF', 'MOLLY_LOG']);
+
+function describeSource(source: Source): string {
+  if (source === 'default') return 'the default';
+  return 'file' in source ? source.file : source.env;
+}
+
+/** Finds the config file: explicit -c, else MOLLY_CONF, else the first of the standard places that exists. */
+export function findConfigFile(explicit: string | undefined, env: NodeJS.ProcessEnv): string | undefined {
+  const named = explicit ?? env.MOLLY_CONF;
+  if (named !== undefined && named !== '') {
+    if (!existsSync(named)) {
+      const how = explicit !== undefined ? '-c' : 'MOLLY_CONF';
+      throw new ConfigError(`config file ${named} (from ${how}) does not exist: create it or fix the path`);
+    }
+    return named;
+  }
+  const xdg = env.XDG_CONFIG_HOME || join(env.HOME || homedir(), '.config');
+  return [join(xdg, 'mollysocket', 'config.toml'), './mollysocket.toml', '/etc/mollysocket/config.toml'].find((p) =>
+    existsSync(p),
+  );
+}
+
+/** Turns an environment string into the key's type (lists: a JSON array, or comma-separated values). */
+function fromEnvString(kind: Kind, raw: string): unknown {
+  switch (kind.type) {
+    case 'int':
+      return /^\s*-?\d+\s*$/.test(raw) ? Number(raw) : raw;
+    case 'bool': {
+      const v = raw.trim().toLowerCase();
+      if (['true', '1', 'yes', 'on'].includes(v)) return true;
+      if (['false', '0', 'no', 'off'].includes(v)) return false;
+      return raw;
+    }
+    case 'list': {
+      const v = raw.trim();
+      if (v.startsWith('[')) {
+        try {
+          return JSON.parse(v) as unknown;
+        } catch {
+          return raw;
+        }
+      }
+      return v === '' ? [] : v.split(',').map((s) => s.trim());
+    }
+    default:
+      return raw;
+  }
+}
+
+function validate(key: ConfigKey, kind: Kind, value: unknown, source: Source): unknown {
+  const fail = (what: string): never => {
+    throw new ConfigError(`config key "${key}" ${what} (got ${JSON.stringify(value)} from ${describeSource(source)})`);
+  };
+  switch (kind.type) {
+    case 'string': {
+      if (typeof value !== 'string') return fail('must be a string');
+      const problem = kind.check?.(value);
+      return problem ? fail(problem) : value;
+    }
+    case 'int':
+      if (typeof value !== 'number' || !Number.isInteger(value) || value < kind.min || value > kind.max) {
+        return fail(`must be an integer from ${kind.min} to ${kind.max}`);
+      }
+      return value;
+    case 'bool':
+      return typeof value === 'boolean' ? value : fail('must be true or false');
+    case 'enum':
+      return typeof value === 'string' && kind.values.includes(value)
+        ? value
+        : fail(`must be one of ${kind.values.join(', ')}`);
+    case 'list': {
+      // MollySocket users write `allowed_uuids = "*"` as often as `["*"]`.
+      const list = typeof value === 'string' ? [value] : value;
+      if (!Array.isArray(list) || !list.every((v) => typeof v === 'string')) {
+        return fail('must be a list of strings, like ["*"]');
+      }
+      for (const item of list as string[]) {
+        const problem = kind.check?.(item);
+        if (problem) fail(`has an entry that ${problem}`);
+      }
+      return Object.freeze([...(list as string[])]);
+    }
+  }
+}
+
+/** Loads, validates and freezes the configuration. Throws ConfigError naming the key and the fix. */
+export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}): LoadedConfig {
+  const env = opts.env ?? process.env;
+  const file = findConfigFile(opts.file, env);
+  const warnings: string[] = [];
+  const raw: Record<string, { value: unknown; source: Source }> = {};
+
+  if (file !== undefined) {
+    let table: Record<string, unknown>;
+    try {
+      table = parseToml(readFileSync(file, 'utf8'));
+    } catch (err) {
+      throw new ConfigError(`config file ${file} is not valid TOML: ${(err as Error).message.split('\n')[0]}`);
+    }
+    for (const [key, value] of Object.entries(table)) {
+      if (!(key in CONFIG_KEYS)) {
+        warnings.push(`unknown config key "${key}" in ${file} is ignored (known keys: ${Object.keys(CONFIG_KEYS).join(', ')})`);
+        continue;
+      }
+      raw[key] = { value, source: { file } };
+    }
+  }
+
+  for (const [name, value] of Object.entries(env)) {
+    if (!name.startsWith('MOLLY_') || NON_KEY_ENV.has(name) || value === undefined) continue;
+    const key = name.slice('MOLLY_'.length).toLowerCase();
+    const spec = (CONFIG_KEYS as Record<string, KeySpec>)[key];
+    if (!spec) {
+      warnings.push(`unknown environment variable ${name} is ignored`);
+      continue;
+    }
+    raw[key] = { value: fromEnvString(spec.kind, value), source: { env: name } };
+  }
+
+  const config: Record<string, unknown> = {};
+  const sources: Record<string, Source> = {};
+  for (const [key, spec] of Object.entries(CONFIG_KEYS) as [ConfigKey, KeySpec][]) {
+    const given = raw[key];
+    sources[key] = given?.source ?? 'default';
+    config[key] = given === undefined ? spec.default : validate(key, spec.kind, given.value, given.source);
+  }
+
+  return {
+    config: Object.freeze(config) as unknown as Config,
+    sources: Object.freeze(sources) as Record<ConfigKey, Source>,
+    file,
+    warnings,
+  };
+}
+
+export const signalUrl = (config: Config): string => config.signal_url ?? SIGNAL_URLS[config.signal_env];

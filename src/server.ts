@@ -1,0 +1,107 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { signalUrl, type Config } from './config.js';
+import { linkUrl, qrTerminal } from './link.js';
+import type { Logger } from './log.js';
+import { packageRoot, version } from './paths.js';
+import { checkEndpoint, isUuidAllowed } from './policy.js';
+import { PushClient } from './push/client.js';
+import { Notifier } from './push/notifier.js';
+import { resolveVapidKey, VapidSigner } from './push/vapid.js';
+import { ENDPOINT_GONE, Registrations } from './registrations.js';
+import { Supervisor, type SupervisorOptions } from './signal/supervisor.js';
+import { Store } from './store.js';
+import { buildApp } from './web/app.js';
+
+/** CA certificates for the Signal websocket: signal_ca_file, else Signal's own two roots. */
+function signalCa(config: Config): Buffer[] {
+  if (config.signal_ca_file !== undefined) {
+    try {
+      return [readFileSync(config.signal_ca_file)];
+    } catch (err) {
+      throw new Error(`cannot read signal_ca_file ${config.signal_ca_file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  }
+  return ['signal.pem', 'signal-ed25519.pem'].map((f) => readFileSync(join(packageRoot, 'certs', f)));
+}
+
+export const DEFAULT_TIMINGS = {
+  connectTimeoutMs: 30_000,
+  keepaliveIntervalMs: 30_000,
+  keepaliveTimeoutMs: 20_000,
+  backoff: { baseMs: 1_000, capMs: 5 * 60_000 },
+  healthyAfterMs: 60_000,
+};
+export type Timings = typeof DEFAULT_TIMINGS;
+
+export interface RunningServer {
+  /** The web server's address, when it listens. */
+  url: string | undefined;
+  store: Store;
+  supervisor: Supervisor;
+  vapidPublicKey: string;
+  close(): Promise<void>;
+}
+
+/** Assembles store, pusher, supervisor and web server, and starts them. */
+export async function startServer(config: Config, log: Logger, timings: Timings = DEFAULT_TIMINGS): Promise<RunningServer> {
+  const store = Store.open(config.db);
+  const key = resolveVapidKey(config, { generate: true });
+  if (!key) throw new Error('no VAPID key'); // resolveVapidKey generates one when asked
+  if (key.source === 'generated') {
+    log.info({ file: key.path }, 'generated a VAPID key and kept it next to the database: back this file up with it');
+  }
+  const signer = new VapidSigner(key.privateKey);
+  const client = new PushClient({ authorization: (endpoint) => signer.header(endpoint) });
+
+  const supervisorOptions: SupervisorOptions = {
+    link: {
+      url: signalUrl(config),
+      ca: signalCa(config),
+      userAgent: config.user_agent,
+      connectTimeoutMs: timings.connectTimeoutMs,
+      keepaliveIntervalMs: timings.keepaliveIntervalMs,
+      keepaliveTimeoutMs: timings.keepaliveTimeoutMs,
+    },
+    backoff: timings.backoff,
+    healthyAfterMs: timings.healthyAfterMs,
+  };
+  const supervisor: Supervisor = new Supervisor(supervisorOptions, { store, onUrgent: (c) => notifier.urgent(c), log });
+  const notifier = new Notifier(client, { onGone: (c) => supervisor.forbid(c, ENDPOINT_GONE) }, log);
+  const registrations = new Registrations(
+    store,
+    {
+      isUuidAllowed: (uuid) => isUuidAllowed(uuid, config.allowed_uuids),
+      isEndpointAllowed: async (endpoint) => checkEndpoint(endpoint, config.allowed_endpoints).allowed,
+      connectionChanged: (conn) => supervisor.sync(conn),
+      sendTestPush: (conn) => notifier.test(conn),
+    },
+    log,
+  );
+
+  let app: FastifyInstance | undefined;
+  let url: string | undefined;
+  if (config.webserver) {
+    app = await buildApp({ registrations, vapidPublicKey: key.publicKey, version, log });
+    url = await app.listen({ host: config.host, port: config.port });
+    log.info({ url, version }, 'web server listening');
+  } else {
+    const link = linkUrl(key.publicKey, { type: 'airgapped' });
+    log.info({ link }, `air-gapped mode: no web server. Scan this code with Molly:\n${await qrTerminal(link)}`);
+  }
+  supervisor.startAll();
+
+  return {
+    url,
+    store,
+    supervisor,
+    vapidPublicKey: key.publicKey,
+    async close() {
+      await app?.close();
+      await supervisor.stop();
+      client.close();
+      store.close();
+    },
+  };
+}

@@ -1,0 +1,174 @@
+import WebSocket from 'ws';
+import type { Logger } from '../log.js';
+import { parseRetryAfter } from '../push/client.js';
+import { decodeFrame, encodeRequest, encodeResponse, isUrgentEnvelope, type Request } from './protocol.js';
+
+/**
+ * One websocket session with the Signal chat server as a linked device (PROTOCOL.md section 2): connect with
+ * credentials and a timeout, answer every request, keep alive, and say how it ended. It never retries.
+ */
+
+export interface LinkCredentials {
+  uuid: string;
+  deviceId: number;
+  password: string;
+}
+
+export interface LinkOptions {
+  url: string;
+  /** CA certificates trusted for wss (Signal's roots, or signal_ca_file). */
+  ca: Buffer[] | undefined;
+  userAgent: string;
+  connectTimeoutMs: number;
+  keepaliveIntervalMs: number;
+  keepaliveTimeoutMs: number;
+  log: Logger;
+}
+
+export interface LinkEvents {
+  onOpen(): void;
+  onEnvelope(urgent: boolean): void;
+}
+
+export type LinkEnd =
+  /** 403 at the upgrade: the credentials are no longer valid. */
+  | { kind: 'forbidden' }
+  /** Another non-101 answer to the upgrade (429, 499, 5xx, ...). */
+  | { kind: 'refused'; status: number; retryAfterMs?: number }
+  /** The socket closed after it was open. */
+  | { kind: 'closed'; code: number; reason: string }
+  /** Network or TLS error before the socket opened. */
+  | { kind: 'error'; message: string }
+  | { kind: 'timeout'; phase: 'connect' | 'keepalive' }
+  /** close() was called. */
+  | { kind: 'stopped' };
+
+/** Time a closing socket gets for the close handshake before it is cut. */
+const CLOSE_GRACE_MS = 2000;
+
+export class SignalLink {
+  /** Resolves once, when the session is over. */
+  readonly ended: Promise<LinkEnd>;
+  private resolveEnded!: (end: LinkEnd) => void;
+  private outcome: LinkEnd | undefined;
+  private readonly ws: WebSocket;
+  private connectTimer: NodeJS.Timeout | undefined;
+  private keepaliveTimer: NodeJS.Timeout | undefined;
+  private keepaliveDeadline: NodeJS.Timeout | undefined;
+  private keepaliveId = 0;
+  private pendingKeepalive: string | undefined;
+  private lastError: string | undefined;
+  private wasOpen = false;
+
+  constructor(
+    creds: LinkCredentials,
+    private readonly opts: LinkOptions,
+    private readonly events: LinkEvents,
+  ) {
+    this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
+    const basic = Buffer.from(`${creds.uuid}.${creds.deviceId}:${creds.password}`).toString('base64');
+    this.ws = new WebSocket(opts.url, {
+      headers: { Authorization: `Basic ${basic}`, 'User-Agent': opts.userAgent, 'X-Signal-Receive-Stories': 'true' },
+      // Frames are small; a compression context per socket would cost memory at scale.
+      perMessageDeflate: false,
+      ...(opts.ca && { ca: opts.ca }),
+    });
+    this.connectTimer = setTimeout(() => this.abort({ kind: 'timeout', phase: 'connect' }), opts.connectTimeoutMs);
+    this.ws.on('unexpected-response', (_req, res) => {
+      res.resume();
+      const status = res.statusCode ?? 0;
+      const header = res.headers['retry-after'];
+      const retryAfterMs = parseRetryAfter(Array.isArray(header) ? header[0] : header, Date.now());
+      this.abort(status === 403 ? { kind: 'forbidden' } : { kind: 'refused', status, ...(retryAfterMs !== undefined && { retryAfterMs }) });
+    });
+    this.ws.on('open', () => this.opened());
+    this.ws.on('message', (data, isBinary) => {
+      if (isBinary) this.handleFrame(data as Buffer);
+      else this.opts.log.debug('text frame from Signal skipped');
+    });
+    this.ws.on('error', (err) => (this.lastError = err.message));
+    this.ws.on('close', (code, reason) =>
+      this.finish(
+        this.lastError !== undefined && !this.wasOpen
+          ? { kind: 'error', message: this.lastError }
+          : { kind: 'closed', code, reason: reason.toString() },
+      ),
+    );
+  }
+
+  /** Closes the session with 1000; `ended` resolves with `stopped`. */
+  close(): void {
+    this.outcome ??= { kind: 'stopped' };
+    this.stopTimers();
+    if (this.ws.readyState === WebSocket.CONNECTING) {
+      this.ws.terminate();
+    } else if (this.ws.readyState === WebSocket.OPEN) {
+      this.ws.close(1000);
+      setTimeout(() => this.ws.terminate(), CLOSE_GRACE_MS).unref();
+    }
+  }
+
+  private opened(): void {
+    this.wasOpen = true;
+    clearTimeout(this.connectTimer);
+    this.keepaliveTimer = setInterval(() => this.sendKeepalive(), this.opts.keepaliveIntervalMs);
+    this.events.onOpen();
+  }
+
+  private sendKeepalive(): void {
+    if (this.pendingKeepalive !== undefined) return;
+    this.pendingKeepalive = String(++this.keepaliveId);
+    this.ws.send(encodeRequest(this.pendingKeepalive, 'GET', '/v1/keepalive'));
+    this.keepaliveDeadline = setTimeout(
+      () => this.abort({ kind: 'timeout', phase: 'keepalive' }),
+      this.opts.keepaliveTimeoutMs,
+    );
+  }
+
+  private handleFrame(data: Buffer): void {
+    let frame;
+    try {
+      frame = decodeFrame(data);
+    } catch (err) {
+      this.opts.log.debug({ err: (err as Error).message }, 'malformed frame from Signal skipped');
+      return;
+    }
+    if (frame.type === 'request') this.answer(frame.request);
+    else if (frame.type === 'response' && frame.response.id === this.pendingKeepalive) {
+      this.pendingKeepalive = undefined;
+      clearTimeout(this.keepaliveDeadline);
+    }
+  }
+
+  /** Every request gets an answer with its id, at once: an unanswered message is redelivered later. */
+  private answer(req: Request): void {
+    const isMessage = req.verb === 'PUT' && req.path === '/api/v1/message';
+    const known = isMessage || (req.verb === 'PUT' && req.path === '/api/v1/queue/empty');
+    this.ws.send(known ? encodeResponse(req.id, 200, 'OK') : encodeResponse(req.id, 400, 'Bad Request'));
+    if (!isMessage) return;
+    let urgent = true; // an envelope we cannot read still deserves a wake-up: the phone fetches it itself
+    try {
+      urgent = isUrgentEnvelope(req.body);
+    } catch {
+      this.opts.log.debug('malformed envelope, treated as urgent');
+    }
+    this.events.onEnvelope(urgent);
+  }
+
+  private abort(end: LinkEnd): void {
+    this.outcome ??= end;
+    this.stopTimers();
+    this.ws.terminate();
+  }
+
+  private stopTimers(): void {
+    clearTimeout(this.connectTimer);
+    clearInterval(this.keepaliveTimer);
+    clearTimeout(this.keepaliveDeadline);
+  }
+
+  private finish(fallback: LinkEnd): void {
+    this.stopTimers();
+    this.resolveEnded(this.outcome ?? fallback);
+  }
+}

@@ -1,0 +1,187 @@
+import { closeSync, existsSync, openSync } from 'node:fs';
+import Database from 'better-sqlite3';
+
+/** One registered account device. Times are unix seconds, as in MollySocket's database. */
+export interface Connection {
+  uuid: string;
+  deviceId: number;
+  password: string;
+  endpoint: string;
+  forbidden: boolean;
+  /** Why the connection is forbidden, e.g. `signal_403` or `endpoint_gone`. */
+  forbiddenReason: string | null;
+  forbiddenAt: number | null;
+  lastRegistration: number;
+  createdAt: number;
+  updatedAt: number;
+}
+
+export type ConnectionKey = Pick<Connection, 'uuid' | 'deviceId'>;
+export const connectionKey = (c: ConnectionKey): string => `${c.uuid}.${c.deviceId}`;
+
+/** Schema versions: 1 is MollySocket's (one row per uuid), 2 is ours (one row per account device). */
+const SCHEMA_VERSION = 2;
+
+const CREATE_V2 = `
+  CREATE TABLE connections(
+    uuid TEXT NOT NULL,
+    device_id INTEGER NOT NULL CHECK (device_id >= 1),
+    password TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    forbidden INTEGER NOT NULL DEFAULT 0 CHECK (forbidden IN (0, 1)),
+    forbidden_reason TEXT,
+    forbidden_at INTEGER,
+    last_registration INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (uuid, device_id)
+  )`;
+
+interface Row {
+  uuid: string;
+  device_id: number;
+  password: string;
+  endpoint: string;
+  forbidden: number;
+  forbidden_reason: string | null;
+  forbidden_at: number | null;
+  last_registration: number;
+  created_at: number;
+  updated_at: number;
+}
+
+const fromRow = (r: Row): Connection => ({
+  uuid: r.uuid,
+  deviceId: r.device_id,
+  password: r.password,
+  endpoint: r.endpoint,
+  forbidden: r.forbidden === 1,
+  forbiddenReason: r.forbidden_reason,
+  forbiddenAt: r.forbidden_at,
+  lastRegistration: r.last_registration,
+  createdAt: r.created_at,
+  updatedAt: r.updated_at,
+});
+
+export class StoreError extends Error {
+  override name = 'StoreError';
+}
+
+/**
+ * The SQLite file: schema, migration from MollySocket's file, and every query.
+ * The server and the CLI both use it, concurrently (WAL mode, busy timeout).
+ */
+export class Store {
+  private constructor(
+    private readonly db: Database.Database,
+    readonly path: string,
+  ) {}
+
+  /** Opens (creating with mode 0600 if needed) and migrates the database. */
+  static open(path: string, opts: { migrationBackup?: boolean } = {}): Store {
+    try {
+      if (!existsSync(path)) closeSync(openSync(path, 'wx', 0o600));
+      const db = new Database(path);
+      db.pragma('busy_timeout = 5000');
+      db.pragma('journal_mode = WAL');
+      const store = new Store(db, path);
+      store.migrate(opts.migrationBackup ?? true);
+      return store;
+    } catch (err) {
+      if (err instanceof StoreError) throw err;
+      const e = err as NodeJS.ErrnoException;
+      throw new StoreError(
+        `cannot open the database ${path} (setting "db"): ${e.code ?? ''} ${e.message}`.replace(/\s+/g, ' ').trim() +
+          '; check that the directory exists and is writable by this user',
+      );
+    }
+  }
+
+  private migrate(backup: boolean): void {
+    const version = this.db.pragma('user_version', { simple: true }) as number;
+    if (version === SCHEMA_VERSION) return;
+    if (version > SCHEMA_VERSION) {
+      throw new StoreError(`the database ${this.path} has schema version ${version}, newer than this program knows (${SCHEMA_VERSION}): upgrade mollysocket`);
+    }
+    const hasTable = this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'connections'`).get();
+    if (!hasTable) {
+      this.db.transaction(() => {
+        this.db.exec(CREATE_V2);
+        this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+      })();
+      return;
+    }
+    // A MollySocket database: keep a copy as it was, then move every row, forbidden flag included.
+    if (backup) this.db.prepare('VACUUM INTO ?').run(`${this.path}.mollysocket-v${version}.bak`);
+    const now = Math.floor(Date.now() / 1000);
+    this.db.transaction(() => {
+      this.db.exec('ALTER TABLE connections RENAME TO connections_v1');
+      this.db.exec(CREATE_V2);
+      this.db
+        .prepare(
+          `INSERT OR REPLACE INTO connections
+             (uuid, device_id, password, endpoint, forbidden, forbidden_reason, forbidden_at, last_registration, created_at, updated_at)
+           SELECT uuid, COALESCE(device_id, 1), COALESCE(password, ''), COALESCE(endpoint, ''),
+                  CASE WHEN forbidden THEN 1 ELSE 0 END,
+                  CASE WHEN forbidden THEN 'forbidden_in_mollysocket' END, NULL,
+                  COALESCE(last_registration, 0), @now, @now
+           FROM connections_v1 WHERE uuid IS NOT NULL`,
+        )
+        .run({ now });
+      this.db.exec('DROP TABLE connections_v1');
+      this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    })();
+  }
+
+  get(key: ConnectionKey): Connection | undefined {
+    const row = this.db
+      .prepare('SELECT * FROM connections WHERE uuid = ? AND device_id = ?')
+      .get(key.uuid, key.deviceId) as Row | undefined;
+    return row && fromRow(row);
+  }
+
+  list(): Connection[] {
+    return (this.db.prepare('SELECT * FROM connections ORDER BY uuid, device_id').all() as Row[]).map(fromRow);
+  }
+
+  /** Inserts or fully replaces a connection, enabled, as a fresh registration at `now`. */
+  put(c: Pick<Connection, 'uuid' | 'deviceId' | 'password' | 'endpoint'>, now: number): void {
+    this.db
+      .prepare(
+        `INSERT INTO connections (uuid, device_id, password, endpoint, forbidden, last_registration, created_at, updated_at)
+         VALUES (@uuid, @deviceId, @password, @endpoint, 0, @now, @now, @now)
+         ON CONFLICT (uuid, device_id) DO UPDATE SET password = @password, endpoint = @endpoint, forbidden = 0,
+           forbidden_reason = NULL, forbidden_at = NULL, last_registration = @now, updated_at = @now`,
+      )
+      .run({ ...c, now });
+  }
+
+  touchRegistration(key: ConnectionKey, now: number): void {
+    this.db
+      .prepare('UPDATE connections SET last_registration = ? WHERE uuid = ? AND device_id = ?')
+      .run(now, key.uuid, key.deviceId);
+  }
+
+  setForbidden(key: ConnectionKey, reason: string, now: number): void {
+    this.db
+      .prepare(
+        `UPDATE connections SET forbidden = 1, forbidden_reason = ?, forbidden_at = ?, updated_at = ?
+         WHERE uuid = ? AND device_id = ?`,
+      )
+      .run(reason, now, now, key.uuid, key.deviceId);
+  }
+
+  /** Runs `fn` in one transaction: all of it is written, or none. */
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
+  /** Changes whenever another connection (the CLI) commits to the file. */
+  dataVersion(): number {
+    return this.db.pragma('data_version', { simple: true }) as number;
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}
