@@ -1,0 +1,124 @@
+import { createPublicKey, verify } from 'node:crypto';
+import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+/**
+ * A fake UnifiedPush server: records every request, answers from a script (default 201), and checks the VAPID
+ * header the way push services do (RFC 8292), independently of src/.
+ */
+
+export interface PushRequest {
+  method: string;
+  path: string;
+  headers: IncomingHttpHeaders;
+  body: string;
+  vapid: VapidCheck;
+}
+
+export type VapidCheck =
+  | { ok: true; publicKey: string; claims: { aud: string; exp: number; sub: string } }
+  | { ok: false; error: string };
+
+export interface ScriptedAnswer {
+  status: number;
+  headers?: Record<string, string>;
+  /** Never answer (the request hangs until the client gives up). */
+  hang?: boolean;
+}
+
+/** Verifies `Authorization: vapid t=<JWT>, k=<key>` for this audience at `nowSeconds`. */
+export function checkVapid(header: string | undefined, audience: string, nowSeconds: number): VapidCheck {
+  const m = /^vapid t=([\w-]+\.[\w-]+\.[\w-]+), k=([\w-]+)$/.exec(header ?? '');
+  if (!m) return { ok: false, error: `malformed Authorization header: ${header ?? '(none)'}` };
+  const [, jwt, k] = m as unknown as [string, string, string];
+  const raw = Buffer.from(k, 'base64url');
+  if (raw.length !== 65 || raw[0] !== 4) return { ok: false, error: 'k is not an uncompressed P-256 point' };
+  const key = createPublicKey({
+    format: 'jwk',
+    key: { kty: 'EC', crv: 'P-256', x: raw.subarray(1, 33).toString('base64url'), y: raw.subarray(33).toString('base64url') },
+  });
+  const [h, p, s] = jwt.split('.') as [string, string, string];
+  const header_ = JSON.parse(Buffer.from(h, 'base64url').toString()) as { alg?: string };
+  if (header_.alg !== 'ES256') return { ok: false, error: `alg ${header_.alg}` };
+  const sig = Buffer.from(s, 'base64url');
+  if (sig.length !== 64) return { ok: false, error: 'signature is not 64 bytes' };
+  if (!verify('sha256', Buffer.from(`${h}.${p}`), { key, dsaEncoding: 'ieee-p1363' }, sig)) {
+    return { ok: false, error: 'bad signature' };
+  }
+  const claims = JSON.parse(Buffer.from(p, 'base64url').toString()) as { aud: string; exp: number; sub: string };
+  if (claims.aud !== audience) return { ok: false, error: `aud ${claims.aud}, expected ${audience}` };
+  if (!(claims.exp > nowSeconds && claims.exp <= nowSeconds + 24 * 3600)) return { ok: false, error: `exp ${claims.exp}` };
+  if (!/^(https:|mailto:)/.test(claims.sub ?? '')) return { ok: false, error: `sub ${claims.sub}` };
+  return { ok: true, publicKey: k, claims };
+}
+
+export class FakePushServer {
+  readonly requests: PushRequest[] = [];
+  /** Answers for the next requests, consumed in order; then `defaultStatus`. */
+  readonly script: ScriptedAnswer[] = [];
+  defaultStatus = 201;
+  private readonly hanging: ServerResponse[] = [];
+  private readonly waiters: (() => void)[] = [];
+
+  private constructor(private readonly server: Server) {}
+
+  static async start(): Promise<FakePushServer> {
+    const server = createServer();
+    const fake = new FakePushServer(server);
+    server.on('request', (req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        fake.requests.push({
+          method: req.method ?? '',
+          path: req.url ?? '',
+          headers: req.headers,
+          body: Buffer.concat(chunks).toString(),
+          vapid: checkVapid(req.headers.authorization, fake.origin, Math.floor(Date.now() / 1000)),
+        });
+        for (const w of fake.waiters.splice(0)) w();
+        const answer = fake.script.shift() ?? { status: fake.defaultStatus };
+        if (answer.hang) {
+          fake.hanging.push(res);
+          return;
+        }
+        res.writeHead(answer.status, answer.headers).end();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return fake;
+  }
+
+  get origin(): string {
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+  }
+
+  /** An endpoint URL on this server; the path stands for the distributor's token. */
+  endpoint(token = 'up-token'): string {
+    return `${this.origin}/up/${token}`;
+  }
+
+  async until(predicate: () => boolean, what = 'condition', timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!predicate()) {
+      if (Date.now() > deadline) throw new Error(`fake push server: timed out waiting for ${what}`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, 50);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+  }
+
+  bodies(): string[] {
+    return this.requests.map((r) => r.body);
+  }
+
+  async close(): Promise<void> {
+    for (const res of this.hanging) res.destroy();
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}

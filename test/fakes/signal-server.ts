@@ -1,0 +1,189 @@
+import { createServer as createHttpsServer } from 'node:https';
+import { createServer as createHttpServer, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import protobuf from 'protobufjs';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { testPki } from './tls.js';
+
+/**
+ * A fake Signal chat server: websocket upgrade with Basic auth (403 for bad credentials), envelopes sent as
+ * server requests with their acks recorded, keepalive answers, and scripted misbehaviour. Its protobuf schema
+ * is written here from Signal's definitions, independently of src/.
+ */
+const root = protobuf.parse(`
+syntax = "proto2";
+message WebSocketRequestMessage { optional string verb = 1; optional string path = 2; optional bytes body = 3;
+  repeated string headers = 5; optional uint64 id = 4; }
+message WebSocketResponseMessage { optional uint64 id = 1; optional uint32 status = 2; optional string message = 3;
+  repeated string headers = 5; optional bytes body = 4; }
+message WebSocketMessage { optional int32 type = 1; optional WebSocketRequestMessage request = 2;
+  optional WebSocketResponseMessage response = 3; }
+message Envelope { optional int32 type = 1; optional string sourceServiceId = 11; optional uint32 sourceDevice = 7;
+  optional uint64 server_timestamp = 10; optional bytes content = 8; optional string serverGuid = 9;
+  optional bool urgent = 14 [default = true]; optional bool story = 16; }
+`).root;
+const WsMessage = root.lookupType('WebSocketMessage');
+const Envelope = root.lookupType('Envelope');
+
+export interface Account {
+  uuid: string;
+  deviceId: number;
+  password: string;
+}
+
+export interface Session {
+  account: Account;
+  headers: IncomingMessage['headers'];
+  ws: WebSocket;
+  /** Requests the client sent (keepalives). */
+  requests: { verb: string; path: string; id: string }[];
+}
+
+export interface EnvelopeOptions {
+  /** undefined: the field is left out, which means urgent. */
+  urgent?: boolean;
+  story?: boolean;
+}
+
+/** A scripted answer to the next upgrade attempts, instead of accepting them. */
+export interface UpgradeRefusal {
+  status: number;
+  headers?: Record<string, string>;
+}
+
+export class FakeSignalServer {
+  readonly accounts = new Map<string, Account>();
+  readonly sessions: Session[] = [];
+  /** Every upgrade attempt, in order: the account it authenticated as (if any) and the status answered. */
+  readonly upgrades: { uuid: string | undefined; status: number }[] = [];
+  /** Answers to the next upgrades, consumed one per attempt. */
+  readonly refusals: UpgradeRefusal[] = [];
+  /** When true, keepalive requests get no answer. */
+  silentKeepalive = false;
+  private nextId = 1000n;
+  private readonly pending = new Map<string, (r: { status: number; message: string }) => void>();
+  private readonly waiters: (() => void)[] = [];
+  private readonly server: Server;
+  private readonly wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
+
+  private constructor(readonly tls: boolean) {
+    const pki = testPki();
+    this.server = tls ? createHttpsServer({ key: pki.key, cert: pki.cert }) : createHttpServer();
+    this.server.on('upgrade', (req, socket, head) => this.upgrade(req, socket as Socket, head));
+  }
+
+  static async start(opts: { tls?: boolean } = {}): Promise<FakeSignalServer> {
+    const fake = new FakeSignalServer(opts.tls ?? true);
+    await new Promise<void>((resolve) => fake.server.listen(0, '127.0.0.1', resolve));
+    return fake;
+  }
+
+  get url(): string {
+    const { port } = this.server.address() as AddressInfo;
+    return `${this.tls ? 'wss' : 'ws'}://127.0.0.1:${port}/v1/websocket/`;
+  }
+
+  addAccount(account: Account): void {
+    this.accounts.set(`${account.uuid}.${account.deviceId}`, account);
+  }
+
+  removeAccount(account: Pick<Account, 'uuid' | 'deviceId'>): void {
+    this.accounts.delete(`${account.uuid}.${account.deviceId}`);
+  }
+
+  /** Open sessions of an account device. */
+  open(uuid: string, deviceId = 1): Session[] {
+    return this.sessions.filter(
+      (s) => s.account.uuid === uuid && s.account.deviceId === deviceId && s.ws.readyState === s.ws.OPEN,
+    );
+  }
+
+  /** Resolves when `predicate` holds, checked after every event of the server. */
+  async until(predicate: () => boolean, what = 'condition', timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!predicate()) {
+      if (Date.now() > deadline) throw new Error(`fake Signal server: timed out waiting for ${what}`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, 50);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+  }
+
+  /** Sends `PUT /api/v1/message` with an Envelope; resolves with the client's response. */
+  sendEnvelope(session: Session, opts: EnvelopeOptions = {}): Promise<{ status: number; message: string }> {
+    const envelope: Record<string, unknown> = { type: 1, serverTimestamp: Date.now(), content: Buffer.from('opaque') };
+    if (opts.urgent !== undefined) envelope.urgent = opts.urgent;
+    if (opts.story !== undefined) envelope.story = opts.story;
+    return this.request(session, 'PUT', '/api/v1/message', Envelope.encode(Envelope.fromObject(envelope)).finish());
+  }
+
+  request(session: Session, verb: string, path: string, body?: Uint8Array): Promise<{ status: number; message: string }> {
+    const id = String(this.nextId++);
+    const frame = WsMessage.encode(WsMessage.fromObject({ type: 1, request: { verb, path, id, ...(body && { body }) } })).finish();
+    return new Promise((resolve) => {
+      this.pending.set(id, resolve);
+      session.ws.send(frame);
+    });
+  }
+
+  /** Sends raw bytes as one binary frame (for malformed-frame tests). */
+  sendRaw(session: Session, data: Uint8Array): void {
+    session.ws.send(data);
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.sessions) s.ws.terminate();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeAllConnections?.();
+  }
+
+  private notify(): void {
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  private upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    const refuse = (status: number, headers: Record<string, string> = {}, uuid?: string): void => {
+      this.upgrades.push({ uuid, status });
+      const lines = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+      socket.end(`HTTP/1.1 ${status} Refused\r\n${lines}Content-Length: 0\r\nConnection: close\r\n\r\n`);
+      this.notify();
+    };
+    const match = /^Basic (.+)$/.exec(req.headers.authorization ?? '');
+    const [user, password] = match ? Buffer.from(match[1] as string, 'base64').toString().split(/:(.*)/s) : [];
+    const [uuid, device] = (user ?? '').split('.');
+    const refusal = this.refusals.shift();
+    if (refusal) return refuse(refusal.status, refusal.headers, uuid);
+    const account = this.accounts.get(`${uuid}.${device}`);
+    if (!account || account.password !== password) return refuse(403, {}, uuid);
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      this.upgrades.push({ uuid, status: 101 });
+      const session: Session = { account, headers: req.headers, ws, requests: [] };
+      this.sessions.push(session);
+      ws.on('message', (data) => this.onFrame(session, data as Buffer));
+      ws.on('close', () => this.notify());
+      this.notify();
+    });
+  }
+
+  private onFrame(session: Session, data: Buffer): void {
+    const msg = WsMessage.toObject(WsMessage.decode(data), { longs: String }) as {
+      type?: number;
+      request?: { verb: string; path: string; id: string };
+      response?: { id: string; status: number; message: string };
+    };
+    if (msg.type === 1 && msg.request) {
+      session.requests.push(msg.request);
+      if (msg.request.path === '/v1/keepalive' && !this.silentKeepalive) {
+        session.ws.send(WsMessage.encode(WsMessage.fromObject({ type: 2, response: { id: msg.request.id, status: 200, message: 'OK' } })).finish());
+      }
+    } else if (msg.type === 2 && msg.response) {
+      this.pending.get(msg.response.id)?.({ status: msg.response.status, message: msg.response.message });
+      this.pending.delete(msg.response.id);
+    }
+    this.notify();
+  }
+}

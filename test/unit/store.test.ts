@@ -1,0 +1,76 @@
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { describe, expect, it } from 'vitest';
+import { Store } from '../../src/store.js';
+import { tempDir } from '../helpers/index.js';
+
+const UUID = '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e';
+const UUID2 = '0b6c2f4e-8d1a-4c3b-9e5f-7a6b5c4d3e2f';
+
+/** A database file exactly as MollySocket (Rust) writes it. */
+function mollySocketDb(path: string): void {
+  const db = new Database(path);
+  db.exec(`CREATE TABLE connections(uuid TEXT UNIQUE ON CONFLICT REPLACE, device_id INTEGER, password TEXT,
+    endpoint TEXT, forbidden BOOLEAN NOT NULL CHECK (forbidden IN (0, 1)), last_registration INTEGER)`);
+  db.pragma('user_version = 1');
+  const insert = db.prepare('INSERT INTO connections VALUES (?, ?, ?, ?, ?, ?)');
+  insert.run(UUID, 3, 'pw1', 'https://push.example/up/1', 0, 1700000000);
+  insert.run(UUID2, 1, 'pw2', 'https://push.example/up/2', 1, 0);
+  db.close();
+}
+
+describe('Store', () => {
+  it('creates a new file with mode 0600 in WAL mode', () => {
+    const path = join(tempDir(), 'new.db');
+    const store = Store.open(path);
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+    store.put({ uuid: UUID, deviceId: 1, password: 'p', endpoint: 'https://e/1' }, 10);
+    store.close();
+    const raw = new Database(path);
+    expect(raw.pragma('journal_mode', { simple: true })).toBe('wal');
+    raw.close();
+  });
+
+  it('keys connections by account and device', () => {
+    const store = Store.open(join(tempDir(), 'k.db'));
+    store.put({ uuid: UUID, deviceId: 1, password: 'a', endpoint: 'https://e/1' }, 10);
+    store.put({ uuid: UUID, deviceId: 2, password: 'b', endpoint: 'https://e/2' }, 11);
+    expect(store.list().map((c) => [c.deviceId, c.password])).toEqual([[1, 'a'], [2, 'b']]);
+    store.setForbidden({ uuid: UUID, deviceId: 2 }, 'signal_403', 12);
+    expect(store.get({ uuid: UUID, deviceId: 2 })).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403', forbiddenAt: 12 });
+    store.put({ uuid: UUID, deviceId: 2, password: 'c', endpoint: 'https://e/2' }, 13);
+    expect(store.get({ uuid: UUID, deviceId: 2 })).toMatchObject({ forbidden: false, forbiddenReason: null, password: 'c', lastRegistration: 13, createdAt: 11 });
+    store.close();
+  });
+
+  it("migrates MollySocket's database in place, keeping every row and its forbidden flag, with a backup", () => {
+    const path = join(tempDir(), 'mollysocket.db');
+    mollySocketDb(path);
+    const store = Store.open(path);
+    expect(store.list()).toEqual([
+      expect.objectContaining({ uuid: UUID2, deviceId: 1, password: 'pw2', endpoint: 'https://push.example/up/2', forbidden: true, lastRegistration: 0 }),
+      expect.objectContaining({ uuid: UUID, deviceId: 3, password: 'pw1', endpoint: 'https://push.example/up/1', forbidden: false, lastRegistration: 1700000000 }),
+    ]);
+    store.close();
+    expect(existsSync(`${path}.mollysocket-v1.bak`)).toBe(true);
+    const reopened = Store.open(path); // a second open finds it migrated
+    expect(reopened.list()).toHaveLength(2);
+    reopened.close();
+  });
+
+  it('says which setting to fix when the file cannot be opened', () => {
+    expect(() => Store.open('/nonexistent-dir/x.db')).toThrow(/cannot open the database \/nonexistent-dir\/x.db \(setting "db"\)/);
+  });
+
+  it('reports commits from another connection through data_version', () => {
+    const path = join(tempDir(), 'dv.db');
+    const server = Store.open(path);
+    const cli = Store.open(path);
+    const before = server.dataVersion();
+    cli.put({ uuid: UUID, deviceId: 1, password: 'p', endpoint: 'https://e/1' }, 1);
+    expect(server.dataVersion()).not.toBe(before);
+    server.close();
+    cli.close();
+  });
+});
