@@ -63,7 +63,7 @@ const checkVapidKey = (v: string): string | undefined =>
 
 export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
   host: { kind: { type: 'string' }, default: '127.0.0.1', doc: 'Address the web server listens on.' },
-  port: { kind: { type: 'int', min: 1, max: 65535 }, default: 8020, doc: 'Port the web server listens on.' },
+  port: { kind: { type: 'int', min: 0, max: 65535 }, default: 8020, doc: 'Port the web server listens on (0: any free port).' },
   webserver: { kind: { type: 'bool' }, default: true, doc: 'Run the web server; false for air-gapped mode.' },
   vapid_privkey: {
     kind: { type: 'string', check: checkVapidKey },
@@ -261,3 +261,13 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
 }
 
 export const signalUrl = (config: Config): string => config.signal_url ?? SIGNAL_URLS[config.signal_env];
+
+/** The configuration with secret values replaced, safe to print or log. */
+export function redactedConfig(config: Config): Record<string, unknown> {
+  return Object.fromEntries(
+    Object.entries(config).map(([key, value]) => [
+      key,
+      CONFIG_KEYS[key as ConfigKey].secret && value !== undefined ? '(redacted)' : value,
+    ]),
+  );
+}

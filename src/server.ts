@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { signalUrl, type Config } from './config.js';
+import { redactedConfig, signalUrl, type Config } from './config.js';
 import { linkUrl, qrTerminal } from './link.js';
 import type { Logger } from './log.js';
 import { packageRoot, version } from './paths.js';
@@ -46,6 +46,7 @@ export interface RunningServer {
 
 /** Assembles store, pusher, supervisor and web server, and starts them. */
 export async function startServer(config: Config, log: Logger, timings: Timings = DEFAULT_TIMINGS): Promise<RunningServer> {
+  log.debug({ config: redactedConfig(config) }, 'configuration');
   const store = Store.open(config.db);
   const key = resolveVapidKey(config, { generate: true });
   if (!key) throw new Error('no VAPID key'); // resolveVapidKey generates one when asked

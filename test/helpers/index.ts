@@ -1,4 +1,5 @@
 import { mkdtempSync } from 'node:fs';
+import { request, type IncomingHttpHeaders } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -10,4 +11,18 @@ export function memoryLogger(): { log: pino.Logger; lines: () => string[] } {
   const chunks: string[] = [];
   const log = pino({ level: 'trace' }, { write: (s: string) => void chunks.push(s) });
   return { log, lines: () => chunks };
+}
+
+/** A GET with any headers, Host included (fetch does not let a caller set Host). */
+export function httpGet(url: string, headers: Record<string, string> = {}): Promise<{ status: number; headers: IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { headers }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }

@@ -1,0 +1,82 @@
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { BinProcess, runBin } from '../helpers/bin.js';
+import { httpGet, tempDir } from '../helpers/index.js';
+
+describe('the mollysocket bin', () => {
+  it('lists its commands', () => {
+    const r = runBin(['--help'], { cwd: tempDir() });
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^\s+server\s/m);
+    expect(r.stdout).toMatch(/^\s+vapid\s/m);
+    expect(r.stdout).toMatch(/-c, --config <file>/);
+  });
+
+  it('`vapid gen` prints a fresh 43-character key and nothing else on stdout', () => {
+    const cwd = tempDir();
+    const a = runBin(['vapid', 'gen'], { cwd });
+    const b = runBin(['vapid', 'generate'], { cwd });
+    const c = runBin(['vap', 'ge'], { cwd }); // unambiguous prefixes
+    for (const r of [a, b, c]) {
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/^[A-Za-z0-9_-]{43}\n$/);
+    }
+    expect(a.stdout).not.toBe(b.stdout);
+  });
+
+  it('exits 2 with one line naming the setting on a configuration error', () => {
+    const r = runBin(['server'], { cwd: tempDir(), env: { MOLLY_PORT: 'http' } });
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^mollysocket: config key "port" must be an integer.*MOLLY_PORT/)]);
+  });
+
+  it('exits 2 on an unknown command', () => {
+    expect(runBin(['serve-me'], { cwd: tempDir() }).code).toBe(2);
+  });
+
+  it('runs the server on embedded defaults, generating a VAPID key once and keeping it', async () => {
+    const cwd = tempDir();
+    const first = new BinProcess(['server'], { cwd, env: { MOLLY_PORT: '0' } });
+    const url = await first.url();
+    await first.waitFor(/generated a VAPID key/);
+    expect(statSync(join(cwd, 'vapid.key')).mode & 0o777).toBe(0o600);
+    expect(statSync(join(cwd, 'mollysocket.db')).mode & 0o777).toBe(0o600);
+    const key = readFileSync(join(cwd, 'vapid.key'), 'utf8');
+    expect(first.stderr).not.toContain(key.trim()); // the private key is never logged
+
+    expect(await (await fetch(`${url}/discover`)).json()).toEqual({ mollysocket: { version: expect.any(String) } });
+    const molly = await fetch(`${url}/`, { headers: { 'User-Agent': 'Signal-Android/7.0' } });
+    expect(await molly.json()).toEqual({ mollysocket: { version: expect.any(String) } });
+    const page = (await httpGet(`${url}/`, { Host: 'molly.example' })).body;
+    const link = /mollysocket:\/\/link\?[^<"]+/.exec(page)?.[0].replaceAll('&amp;', '&');
+    expect(link).toBeDefined();
+    const params = new URL(link!).searchParams;
+    expect(params.get('type')).toBe('webserver');
+    expect(params.get('url')).toBe('https://molly.example/');
+    expect(page).toContain('<svg');
+    expect(await first.stop('SIGTERM')).toBe(0);
+
+    const second = new BinProcess(['server'], { cwd, env: { MOLLY_PORT: '0' } });
+    const url2 = await second.url();
+    const page2 = (await httpGet(`${url2}/`, { Host: 'molly.example' })).body;
+    expect(page2).toContain(`vapid=${params.get('vapid')}`);
+    expect(second.stderr).not.toMatch(/generated a VAPID key/);
+    expect(readFileSync(join(cwd, 'vapid.key'), 'utf8')).toBe(key);
+    expect(await second.stop('SIGINT')).toBe(0);
+  });
+
+  it('takes -c FILE and -vv before the command', async () => {
+    const cwd = tempDir();
+    const conf = join(cwd, 'conf.toml');
+    writeFileSync(conf, `port = 0\ndb = "${join(cwd, 'custom.db')}"\nvapid_privkey = "DSqYuWchrB6yIMYJtidvqANeRQic4uWy34afzZRsZnI"\n`);
+    const proc = new BinProcess(['-c', conf, '-vv', 'server'], { cwd });
+    await proc.url();
+    const configLine = await proc.waitFor(/"level":20,.*"msg":"configuration"/); // debug lines are on
+    expect(configLine[0]).toContain('custom.db');
+    expect(configLine[0]).toContain('"vapid_privkey":"(redacted)"');
+    expect(proc.stderr).not.toContain('DSqYuWchrB6yIMYJtidvqANeRQic4uWy34afzZRsZnI');
+    expect(statSync(join(cwd, 'custom.db')).isFile()).toBe(true);
+    expect(await proc.stop()).toBe(0);
+  });
+});

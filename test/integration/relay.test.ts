@@ -1,0 +1,141 @@
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config.js';
+import { startServer, type RunningServer, DEFAULT_TIMINGS } from '../../src/server.js';
+import { FakePushServer } from '../fakes/push-server.js';
+import { FakeSignalServer } from '../fakes/signal-server.js';
+import { testPki } from '../fakes/tls.js';
+import { memoryLogger, tempDir } from '../helpers/index.js';
+
+const account = { uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', deviceId: 2, password: 'cGFzc3dvcmQrL3Bhc3N3b3Jk' };
+
+describe('the relay end to end', () => {
+  let signal: FakeSignalServer;
+  let push: FakePushServer;
+  let server: RunningServer;
+  let logs: () => string[];
+
+  beforeEach(async () => {
+    signal = await FakeSignalServer.start({ tls: true });
+    push = await FakePushServer.start();
+    signal.addAccount(account);
+    const { config } = loadConfig({
+      env: {
+        XDG_CONFIG_HOME: '/nonexistent',
+        MOLLY_PORT: '0',
+        MOLLY_DB: join(tempDir(), 'mollysocket.db'),
+        MOLLY_SIGNAL_URL: signal.url,
+        MOLLY_SIGNAL_CA_FILE: testPki().caFile,
+        MOLLY_ALLOWED_ENDPOINTS: JSON.stringify([push.origin]),
+      },
+    });
+    const memory = memoryLogger();
+    logs = memory.lines;
+    server = await startServer({ ...config }, memory.log, { ...DEFAULT_TIMINGS, backoff: { baseMs: 20, capMs: 100 } });
+  });
+
+  afterEach(async () => {
+    await server.close();
+    await signal.close();
+    await push.close();
+  });
+
+  const register = async (body: Record<string, unknown>) => {
+    const res = await fetch(`${server.url}/`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json; charset=utf-8', 'User-Agent': 'Signal-Android/7.0 Molly' },
+      body: JSON.stringify(body),
+    });
+    return { http: res.status, json: (await res.json()) as { mollysocket: { version: string; status: string } } };
+  };
+  const molly = { uuid: account.uuid, device_id: account.deviceId, password: account.password };
+
+  it('registers, connects with Basic credentials, and turns every urgent envelope into a signed push', async () => {
+    const endpoint = push.endpoint('token-1');
+    const res = await register({ ...molly, endpoint });
+    expect(res).toEqual({ http: 200, json: { mollysocket: { version: expect.any(String), status: 'ok' } } });
+
+    await signal.until(() => signal.open(account.uuid, 2).length === 1, 'a session');
+    const session = signal.open(account.uuid, 2)[0]!;
+    const basic = Buffer.from(`${account.uuid}.2:${account.password}`).toString('base64');
+    expect(session.headers.authorization).toBe(`Basic ${basic}`);
+    expect(session.headers['user-agent']).toMatch(/^Signal-Android\//);
+    expect(session.headers['x-signal-disable-messages']).toBeUndefined();
+    expect(session.headers['sec-websocket-extensions']).toBeUndefined(); // permessage-deflate is off
+
+    // The registration's test push.
+    await push.until(() => push.requests.length === 1, 'the test push');
+    expect(push.requests[0]).toMatchObject({ method: 'POST', path: '/up/token-1', body: '{"test":true}' });
+    expect(push.requests[0]!.headers.topic).toBe('test');
+    expect(push.requests[0]!.vapid).toMatchObject({ ok: true, publicKey: server.vapidPublicKey });
+
+    // An urgent envelope (urgent absent means urgent) is acked and pushed.
+    expect(await signal.sendEnvelope(session)).toEqual({ status: 200, message: 'OK' });
+    await push.until(() => push.requests.length === 2, 'the urgent push');
+    const wake = push.requests[1]!;
+    expect(wake.body).toBe('{"urgent":true}');
+    expect(wake.headers).toMatchObject({
+      'content-type': 'application/json',
+      ttl: '2592000',
+      urgency: 'high',
+      topic: 'mollysocket',
+      'content-encoding': 'aes128gcm',
+    });
+    expect(wake.vapid).toMatchObject({ ok: true, publicKey: server.vapidPublicKey, claims: { aud: push.origin } });
+
+    // Non-urgent envelopes are acked but never pushed; queue/empty is acked; unknown requests get 400.
+    expect(await signal.sendEnvelope(session, { urgent: false })).toEqual({ status: 200, message: 'OK' });
+    expect(await signal.request(session, 'PUT', '/api/v1/queue/empty')).toEqual({ status: 200, message: 'OK' });
+    expect((await signal.request(session, 'GET', '/v1/unknown')).status).toBe(400);
+    expect(await signal.sendEnvelope(session, { urgent: true })).toEqual({ status: 200, message: 'OK' });
+    await push.until(() => push.requests.length === 3, 'the second urgent push');
+    expect(push.bodies()).toEqual(['{"test":true}', '{"urgent":true}', '{"urgent":true}']);
+
+    // Nothing secret reached the log.
+    const log = logs().join('');
+    expect(log).not.toContain(account.password);
+    expect(log).not.toContain('token-1');
+    expect(log).not.toContain(account.uuid);
+  });
+
+  it('treats an identical re-registration as a no-op, and pings only when asked', async () => {
+    const endpoint = push.endpoint();
+    await register({ ...molly, endpoint });
+    await signal.until(() => signal.open(account.uuid, 2).length === 1, 'a session');
+    await push.until(() => push.requests.length === 1, 'the test push');
+
+    expect((await register({ ...molly, endpoint })).json.mollysocket.status).toBe('ok');
+    expect((await register({ ...molly, endpoint, ping: true })).json.mollysocket.status).toBe('ok');
+    await push.until(() => push.requests.length === 2, 'the ping');
+    expect(push.bodies()).toEqual(['{"test":true}', '{"test":true}']);
+    expect(signal.sessions).toHaveLength(1);
+  });
+
+  it('answers Molly with the status strings of the decision table', async () => {
+    expect((await register({ ...molly, endpoint: 'https://elsewhere.example/up' })).json.mollysocket.status).toBe('invalid_endpoint');
+    expect((await register({ ...molly, uuid: 'nope', endpoint: push.endpoint() })).json.mollysocket.status).toBe('invalid_uuid');
+    expect((await register({ ...molly, endpoint: push.endpoint() })).json.mollysocket.status).toBe('ok');
+    expect((await register({ ...molly, password: 'other', endpoint: push.endpoint() })).json.mollysocket.status).toBe('internal_error');
+  });
+
+  it('marks the connection forbidden when Signal answers 403, and stops trying', async () => {
+    signal.removeAccount(account);
+    await register({ ...molly, endpoint: push.endpoint() });
+    await signal.until(() => signal.upgrades.some((u) => u.status === 403), 'a 403');
+    await signal.until(() => server.supervisor.state(account) === 'forbidden', 'forbidden state');
+    expect(server.store.get(account)).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403' });
+    expect((await register({ ...molly, endpoint: push.endpoint() })).json.mollysocket.status).toBe('forbidden');
+    const attempts = signal.upgrades.length;
+    await new Promise((r) => setTimeout(r, 300)); // several backoff periods of this test's 20-100 ms
+    expect(signal.upgrades.length).toBe(attempts);
+  });
+
+  it('reconnects when the server closes the socket', async () => {
+    await register({ ...molly, endpoint: push.endpoint() });
+    await signal.until(() => signal.open(account.uuid, 2).length === 1, 'a session');
+    signal.open(account.uuid, 2)[0]!.ws.close(1011, 'server restart');
+    await signal.until(() => signal.sessions.length === 2 && signal.open(account.uuid, 2).length === 1, 'a second session');
+    await signal.until(() => server.supervisor.state(account) === 'connected', 'connected state');
+    expect(signal.upgrades.filter((u) => u.status === 101)).toHaveLength(2);
+  });
+});
