@@ -26,6 +26,9 @@ export interface Config {
   signal_url: string | undefined;
   signal_ca_file: string | undefined;
   user_agent: string;
+  backoff_max_seconds: number;
+  connect_rate: number;
+  connect_concurrency: number;
   allowed_endpoints: readonly string[];
   allowed_uuids: readonly string[];
   db: string;
@@ -95,6 +98,21 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
     kind: { type: 'string' },
     default: DEFAULT_USER_AGENT,
     doc: 'New: User-Agent sent to the Signal server.',
+  },
+  backoff_max_seconds: {
+    kind: { type: 'int', min: 1, max: 86_400 },
+    default: 300,
+    doc: 'New: the longest wait between reconnection attempts to Signal, in seconds.',
+  },
+  connect_rate: {
+    kind: { type: 'int', min: 1, max: 100_000 },
+    default: 100,
+    doc: 'New: Signal connections started per second at most (start-up ramp, recovery after an outage).',
+  },
+  connect_concurrency: {
+    kind: { type: 'int', min: 1, max: 100_000 },
+    default: 50,
+    doc: 'New: Signal handshakes in progress at once at most.',
   },
   allowed_endpoints: {
     kind: { type: 'list', check: checkEndpointEntry },

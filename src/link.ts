@@ -5,8 +5,10 @@ import QRCode from 'qrcode';
 export type LinkTarget = { type: 'webserver'; url: string } | { type: 'airgapped' };
 
 export function linkUrl(vapidPublicKey: string, target: LinkTarget): string {
-  const params = new URLSearchParams({ vapid: vapidPublicKey, type: target.type });
+  // Parameter order as MollySocket writes it: vapid, url, type.
+  const params = new URLSearchParams({ vapid: vapidPublicKey });
   if (target.type === 'webserver') params.set('url', target.url);
+  params.set('type', target.type);
   return `mollysocket://link?${params.toString()}`;
 }
 

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { redactedConfig, signalUrl, type Config } from './config.js';
 import { linkUrl, qrTerminal } from './link.js';
+import type { Clock } from './clock.js';
 import type { Logger } from './log.js';
 import { packageRoot, version } from './paths.js';
 import { checkEndpoint, isUuidAllowed } from './policy.js';
@@ -26,14 +27,33 @@ function signalCa(config: Config): Buffer[] {
   return ['signal.pem', 'signal-ed25519.pem'].map((f) => readFileSync(join(packageRoot, 'certs', f)));
 }
 
-export const DEFAULT_TIMINGS = {
-  connectTimeoutMs: 30_000,
-  keepaliveIntervalMs: 30_000,
-  keepaliveTimeoutMs: 20_000,
-  backoff: { baseMs: 1_000, capMs: 5 * 60_000 },
-  healthyAfterMs: 60_000,
-};
-export type Timings = typeof DEFAULT_TIMINGS;
+/** Protocol timings (PROTOCOL.md section 2) and the parts of the supervisor's behaviour set by the config. */
+export function supervisorOptions(config: Config): SupervisorOptions {
+  return {
+    link: {
+      url: signalUrl(config),
+      ca: signalCa(config),
+      userAgent: config.user_agent,
+      connectTimeoutMs: 30_000,
+      keepaliveIntervalMs: 30_000,
+      keepaliveTimeoutMs: 20_000,
+    },
+    backoff: { baseMs: 1_000, capMs: config.backoff_max_seconds * 1000 },
+    healthyAfterMs: 60_000,
+    ramp: { ratePerSecond: config.connect_rate, concurrency: config.connect_concurrency },
+    storePollMs: 2_000,
+    deliveryCheckIntervalMs: 3600_000,
+  };
+}
+
+/** Time that pushes under way get to finish at shutdown. */
+const PUSH_DRAIN_MS = 2_000;
+
+export interface ServerOptions {
+  clock?: Clock;
+  /** Adjusts the supervisor's options (tests shorten timings). */
+  tune?: (opts: SupervisorOptions) => SupervisorOptions;
+}
 
 export interface RunningServer {
   /** The web server's address, when it listens. */
@@ -45,7 +65,7 @@ export interface RunningServer {
 }
 
 /** Assembles store, pusher, supervisor and web server, and starts them. */
-export async function startServer(config: Config, log: Logger, timings: Timings = DEFAULT_TIMINGS): Promise<RunningServer> {
+export async function startServer(config: Config, log: Logger, opts: ServerOptions = {}): Promise<RunningServer> {
   log.debug({ config: redactedConfig(config) }, 'configuration');
   const store = Store.open(config.db);
   const key = resolveVapidKey(config, { generate: true });
@@ -56,19 +76,14 @@ export async function startServer(config: Config, log: Logger, timings: Timings 
   const signer = new VapidSigner(key.privateKey);
   const client = new PushClient({ authorization: (endpoint) => signer.header(endpoint) });
 
-  const supervisorOptions: SupervisorOptions = {
-    link: {
-      url: signalUrl(config),
-      ca: signalCa(config),
-      userAgent: config.user_agent,
-      connectTimeoutMs: timings.connectTimeoutMs,
-      keepaliveIntervalMs: timings.keepaliveIntervalMs,
-      keepaliveTimeoutMs: timings.keepaliveTimeoutMs,
-    },
-    backoff: timings.backoff,
-    healthyAfterMs: timings.healthyAfterMs,
-  };
-  const supervisor: Supervisor = new Supervisor(supervisorOptions, { store, onUrgent: (c) => notifier.urgent(c), log });
+  const options = (opts.tune ?? ((o) => o))(supervisorOptions(config));
+  const supervisor: Supervisor = new Supervisor(options, {
+    store,
+    log,
+    onUrgent: (c) => notifier.urgent(c),
+    onDeliveryCheck: (c) => notifier.deliveryCheck(c),
+    ...(opts.clock && { clock: opts.clock }),
+  });
   const notifier = new Notifier(client, { onGone: (c) => supervisor.forbid(c, ENDPOINT_GONE) }, log);
   const registrations = new Registrations(
     store,
@@ -91,7 +106,7 @@ export async function startServer(config: Config, log: Logger, timings: Timings 
     const link = linkUrl(key.publicKey, { type: 'airgapped' });
     log.info({ link }, `air-gapped mode: no web server. Scan this code with Molly:\n${await qrTerminal(link)}`);
   }
-  supervisor.startAll();
+  supervisor.start();
 
   return {
     url,
@@ -101,6 +116,7 @@ export async function startServer(config: Config, log: Logger, timings: Timings 
     async close() {
       await app?.close();
       await supervisor.stop();
+      await notifier.drain(PUSH_DRAIN_MS);
       client.close();
       store.close();
     },

@@ -13,6 +13,8 @@ export interface NotifierEvents {
  * under way.
  */
 export class Notifier {
+  private readonly inFlight = new Set<Promise<PushOutcome>>();
+
   constructor(
     private readonly client: PushClient,
     private readonly events: NotifierEvents,
@@ -27,8 +29,22 @@ export class Notifier {
     void this.push(conn, 'test');
   }
 
+  deliveryCheck(conn: Connection): void {
+    void this.push(conn, 'delivery_check');
+  }
+
+  /** Waits for pushes under way to finish, at most `ms`. */
+  async drain(ms: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
+    await Promise.race([Promise.allSettled([...this.inFlight]), deadline]);
+    clearTimeout(timer);
+  }
+
   async push(conn: Connection, kind: PushKind): Promise<PushOutcome> {
-    const outcome = await this.client.send(conn.endpoint, kind);
+    const sending = this.client.send(conn.endpoint, kind);
+    this.inFlight.add(sending);
+    const outcome = await sending.finally(() => this.inFlight.delete(sending));
     const fields = { uuid: shortUuid(conn.uuid), device: conn.deviceId, endpoint: endpointOrigin(conn.endpoint), kind, outcome };
     if (outcome.kind === 'delivered') this.log.debug(fields, 'push delivered');
     else this.log.warn(fields, 'push not delivered');

@@ -1,4 +1,5 @@
 import WebSocket from 'ws';
+import type { Clock, TimerHandle } from '../clock.js';
 import type { Logger } from '../log.js';
 import { parseRetryAfter } from '../push/client.js';
 import { decodeFrame, encodeRequest, encodeResponse, isUrgentEnvelope, type Request } from './protocol.js';
@@ -22,6 +23,7 @@ export interface LinkOptions {
   connectTimeoutMs: number;
   keepaliveIntervalMs: number;
   keepaliveTimeoutMs: number;
+  clock: Clock;
   log: Logger;
 }
 
@@ -52,9 +54,9 @@ export class SignalLink {
   private resolveEnded!: (end: LinkEnd) => void;
   private outcome: LinkEnd | undefined;
   private readonly ws: WebSocket;
-  private connectTimer: NodeJS.Timeout | undefined;
-  private keepaliveTimer: NodeJS.Timeout | undefined;
-  private keepaliveDeadline: NodeJS.Timeout | undefined;
+  private connectTimer: TimerHandle | undefined;
+  private keepaliveTimer: TimerHandle | undefined;
+  private keepaliveDeadline: TimerHandle | undefined;
   private keepaliveId = 0;
   private pendingKeepalive: string | undefined;
   private lastError: string | undefined;
@@ -73,7 +75,7 @@ export class SignalLink {
       perMessageDeflate: false,
       ...(opts.ca && { ca: opts.ca }),
     });
-    this.connectTimer = setTimeout(() => this.abort({ kind: 'timeout', phase: 'connect' }), opts.connectTimeoutMs);
+    this.connectTimer = opts.clock.setTimeout(() => this.abort({ kind: 'timeout', phase: 'connect' }), opts.connectTimeoutMs);
     this.ws.on('unexpected-response', (_req, res) => {
       res.resume();
       const status = res.statusCode ?? 0;
@@ -104,22 +106,27 @@ export class SignalLink {
       this.ws.terminate();
     } else if (this.ws.readyState === WebSocket.OPEN) {
       this.ws.close(1000);
-      setTimeout(() => this.ws.terminate(), CLOSE_GRACE_MS).unref();
+      this.opts.clock.setTimeout(() => this.ws.terminate(), CLOSE_GRACE_MS);
     }
   }
 
   private opened(): void {
     this.wasOpen = true;
-    clearTimeout(this.connectTimer);
-    this.keepaliveTimer = setInterval(() => this.sendKeepalive(), this.opts.keepaliveIntervalMs);
+    this.opts.clock.clearTimeout(this.connectTimer);
+    this.scheduleKeepalive(); // the keepalive clock starts now, never while connecting
     this.events.onOpen();
   }
 
+  private scheduleKeepalive(): void {
+    this.keepaliveTimer = this.opts.clock.setTimeout(() => this.sendKeepalive(), this.opts.keepaliveIntervalMs);
+  }
+
   private sendKeepalive(): void {
+    this.scheduleKeepalive();
     if (this.pendingKeepalive !== undefined) return;
     this.pendingKeepalive = String(++this.keepaliveId);
     this.ws.send(encodeRequest(this.pendingKeepalive, 'GET', '/v1/keepalive'));
-    this.keepaliveDeadline = setTimeout(
+    this.keepaliveDeadline = this.opts.clock.setTimeout(
       () => this.abort({ kind: 'timeout', phase: 'keepalive' }),
       this.opts.keepaliveTimeoutMs,
     );
@@ -136,7 +143,7 @@ export class SignalLink {
     if (frame.type === 'request') this.answer(frame.request);
     else if (frame.type === 'response' && frame.response.id === this.pendingKeepalive) {
       this.pendingKeepalive = undefined;
-      clearTimeout(this.keepaliveDeadline);
+      this.opts.clock.clearTimeout(this.keepaliveDeadline);
     }
   }
 
@@ -162,9 +169,9 @@ export class SignalLink {
   }
 
   private stopTimers(): void {
-    clearTimeout(this.connectTimer);
-    clearInterval(this.keepaliveTimer);
-    clearTimeout(this.keepaliveDeadline);
+    this.opts.clock.clearTimeout(this.connectTimer);
+    this.opts.clock.clearTimeout(this.keepaliveTimer);
+    this.opts.clock.clearTimeout(this.keepaliveDeadline);
   }
 
   private finish(fallback: LinkEnd): void {

@@ -1,7 +1,9 @@
+import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { Logger } from '../log.js';
 import { shortUuid } from '../log.js';
 import { connectionKey, type Connection, type ConnectionKey, type Store } from '../store.js';
 import { SignalLink, type LinkEnd, type LinkOptions } from './link.js';
+import { ConnectRamp, type RampOptions } from './ramp.js';
 
 export type ConnectionState = 'connecting' | 'connected' | 'backoff' | 'forbidden' | 'stopped';
 
@@ -13,7 +15,7 @@ export interface BackoffOptions {
 /**
  * Delay before reconnect attempt `attempt` (0-based): exponential from `baseMs`, capped, with "equal jitter"
  * (between half and all of the step) so that many connections dropped at once do not come back at once.
- * A server's Retry-After wins when it asks for longer. Pure.
+ * A server's Retry-After wins when it asks for longer, up to the cap. Pure.
  */
 export function backoffDelay(attempt: number, opts: BackoffOptions, random: number, retryAfterMs?: number): number {
   const step = Math.min(opts.capMs, opts.baseMs * 2 ** Math.min(attempt, 30));
@@ -22,54 +24,85 @@ export function backoffDelay(attempt: number, opts: BackoffOptions, random: numb
 }
 
 export interface SupervisorOptions {
-  link: Omit<LinkOptions, 'log'>;
+  link: Omit<LinkOptions, 'log' | 'clock'>;
   backoff: BackoffOptions;
   /** A socket open this long counts as healthy: the next failure starts the backoff again from the base. */
   healthyAfterMs: number;
+  ramp: RampOptions;
+  /** How often the store is checked for changes made by another process (the CLI). */
+  storePollMs: number;
+  /** After close code 4409, at most one delivery-check push per connection in this period. */
+  deliveryCheckIntervalMs: number;
 }
 
 export interface SupervisorDeps {
   store: Store;
+  log: Logger;
   /** Called for every urgent envelope; must not block. */
   onUrgent(conn: Connection): void;
-  log: Logger;
-  nowSeconds?: () => number;
+  /** Close code 4409 (the device connected elsewhere): a push that tells whether the endpoint still exists. */
+  onDeliveryCheck(conn: Connection): void;
+  clock?: Clock;
   random?: () => number;
+}
+
+export interface ConnectionStatus {
+  uuid: string;
+  deviceId: number;
+  state: ConnectionState;
+  reason: string;
+  /** When it entered this state (ms since the epoch). */
+  since: number;
 }
 
 interface Entry {
   conn: Connection;
   state: ConnectionState;
   reason: string;
+  since: number;
+  /** Set once the entry is replaced or removed: nothing may start for it any more. */
+  halted: boolean;
   link: SignalLink | undefined;
-  retryTimer: NodeJS.Timeout | undefined;
+  cancelQueued: (() => void) | undefined;
+  retryTimer: TimerHandle | undefined;
   attempt: number;
   openedAt: number | undefined;
 }
 
-/** Keeps exactly one websocket per stored account device that is not forbidden. */
+/**
+ * Keeps exactly one websocket per stored account device that is not forbidden: starts them through the ramp,
+ * replaces them when their settings change, reconnects with capped backoff, and follows the store.
+ */
 export class Supervisor {
   private readonly entries = new Map<string, Entry>();
-  private readonly nowSeconds: () => number;
+  /** Last delivery check per connection; kept across replacements so that the hourly limit holds. */
+  private readonly deliveryChecks = new Map<string, number>();
+  private readonly clock: Clock;
   private readonly random: () => number;
+  private readonly ramp: ConnectRamp;
+  private pollTimer: TimerHandle | undefined;
+  private seenVersion = 0;
   private stopping = false;
 
   constructor(
     private readonly opts: SupervisorOptions,
     private readonly deps: SupervisorDeps,
   ) {
-    this.nowSeconds = deps.nowSeconds ?? (() => Math.floor(Date.now() / 1000));
+    this.clock = deps.clock ?? systemClock;
     this.random = deps.random ?? Math.random;
+    this.ramp = new ConnectRamp(opts.ramp, this.clock);
   }
 
-  /** Starts a link for every stored connection that is not forbidden. */
-  startAll(): void {
-    for (const conn of this.deps.store.list()) this.sync(conn);
+  /** Starts every stored connection that is not forbidden, then follows the store. */
+  start(): void {
+    this.seenVersion = this.deps.store.dataVersion();
+    this.reconcile(this.deps.store.list());
+    this.schedulePoll();
   }
 
   /**
    * Brings the running socket in line with the stored connection: start it, replace it (new credentials or
-   * endpoint: the old socket closes before the new one opens), stop it (forbidden), or leave it alone.
+   * endpoint: the old socket is closed before the new one opens), stop it (forbidden), or leave it alone.
    */
   sync(conn: Connection): void {
     const key = connectionKey(conn);
@@ -78,30 +111,57 @@ export class Supervisor {
       entry.conn = conn;
       return;
     }
-    if (entry) this.halt(entry);
-    const fresh = this.newEntry(conn);
+    const previous = entry ? this.halt(entry) : undefined;
+    const fresh: Entry = {
+      conn,
+      state: 'stopped',
+      reason: '',
+      since: this.clock.now(),
+      halted: false,
+      link: undefined,
+      cancelQueued: undefined,
+      retryTimer: undefined,
+      attempt: 0,
+      openedAt: undefined,
+    };
     this.entries.set(key, fresh);
-    if (conn.forbidden) this.setState(fresh, 'forbidden', conn.forbiddenReason ?? 'forbidden');
-    else this.connect(fresh, entry ? 'settings changed' : 'started');
+    if (conn.forbidden) {
+      this.setState(fresh, 'forbidden', conn.forbiddenReason ?? 'forbidden');
+      return;
+    }
+    const reason = entry ? 'settings changed' : 'started';
+    if (previous) void previous.then(() => this.queueConnect(fresh, reason));
+    else this.queueConnect(fresh, reason);
   }
 
   /** Stops the socket of a removed connection. */
   remove(key: ConnectionKey): void {
     const entry = this.entries.get(connectionKey(key));
     if (!entry) return;
-    this.halt(entry);
+    void this.halt(entry);
     this.entries.delete(connectionKey(key));
+    this.deliveryChecks.delete(connectionKey(key));
   }
 
   /** Marks a connection forbidden (stored with its reason) and closes its socket. */
   forbid(key: ConnectionKey, reason: string): void {
-    this.deps.store.setForbidden(key, reason, this.nowSeconds());
+    this.deps.store.setForbidden(key, reason, Math.floor(this.clock.now() / 1000));
     const conn = this.deps.store.get(key);
     if (conn) this.sync(conn);
   }
 
   state(key: ConnectionKey): ConnectionState | undefined {
     return this.entries.get(connectionKey(key))?.state;
+  }
+
+  statuses(): ConnectionStatus[] {
+    return [...this.entries.values()].map((e) => ({
+      uuid: e.conn.uuid,
+      deviceId: e.conn.deviceId,
+      state: e.state,
+      reason: e.reason,
+      since: e.since,
+    }));
   }
 
   counts(): Record<ConnectionState | 'total', number> {
@@ -116,44 +176,76 @@ export class Supervisor {
   /** Closes every socket with 1000 and waits for them to end. */
   async stop(): Promise<void> {
     this.stopping = true;
-    const ending = [...this.entries.values()].map((e) => {
-      const link = e.link;
-      this.halt(e);
-      return link?.ended;
-    });
-    await Promise.all(ending);
+    this.clock.clearTimeout(this.pollTimer);
+    this.ramp.stop();
+    await Promise.all([...this.entries.values()].map((e) => this.halt(e)));
   }
 
-  private newEntry(conn: Connection): Entry {
-    return { conn, state: 'stopped', reason: '', link: undefined, retryTimer: undefined, attempt: 0, openedAt: undefined };
+  /** Follows the store: every stored connection synced, every removed one stopped. */
+  private reconcile(stored: Connection[]): void {
+    const keys = new Set<string>();
+    for (const conn of stored) {
+      keys.add(connectionKey(conn));
+      this.sync(conn);
+    }
+    for (const entry of [...this.entries.values()]) if (!keys.has(connectionKey(entry.conn))) this.remove(entry.conn);
   }
 
-  private setState(entry: Entry, state: ConnectionState, reason: string): void {
+  private schedulePoll(): void {
+    this.pollTimer = this.clock.setTimeout(() => {
+      try {
+        const version = this.deps.store.dataVersion();
+        if (version !== this.seenVersion) {
+          this.seenVersion = version;
+          this.reconcile(this.deps.store.list());
+        }
+      } catch (err) {
+        this.deps.log.error({ err: (err as Error).message }, 'cannot read the store for changes');
+      }
+      if (!this.stopping) this.schedulePoll();
+    }, this.opts.storePollMs);
+  }
+
+  private setState(entry: Entry, state: ConnectionState, reason: string, extra: Record<string, unknown> = {}): void {
     if (entry.state === state && entry.reason === reason) return;
     entry.state = state;
     entry.reason = reason;
-    this.deps.log.info({ uuid: shortUuid(entry.conn.uuid), device: entry.conn.deviceId, state, reason }, 'connection state');
+    entry.since = this.clock.now();
+    const { uuid, deviceId } = entry.conn;
+    this.deps.log.info({ uuid: shortUuid(uuid), device: deviceId, state, reason, ...extra }, 'connection state');
   }
 
-  private halt(entry: Entry): void {
-    clearTimeout(entry.retryTimer);
-    entry.retryTimer = undefined;
+  /** Stops everything of an entry; resolves when its socket has closed. */
+  private halt(entry: Entry): Promise<unknown> {
+    entry.halted = true;
+    this.clock.clearTimeout(entry.retryTimer);
+    entry.cancelQueued?.();
     const link = entry.link;
     entry.link = undefined;
     link?.close();
     if (entry.state !== 'forbidden') this.setState(entry, 'stopped', 'stopped');
+    return link?.ended ?? Promise.resolve();
   }
 
-  private connect(entry: Entry, reason: string): void {
-    entry.retryTimer = undefined;
+  private queueConnect(entry: Entry, reason: string): void {
+    if (entry.halted) return;
     this.setState(entry, 'connecting', reason);
+    entry.cancelQueued = this.ramp.enqueue((release) => {
+      entry.cancelQueued = undefined;
+      if (entry.halted) release();
+      else this.connect(entry, release);
+    });
+  }
+
+  private connect(entry: Entry, release: () => void): void {
     const { uuid, deviceId, password } = entry.conn;
     const link = new SignalLink(
       { uuid, deviceId, password },
-      { ...this.opts.link, log: this.deps.log.child({ uuid: shortUuid(uuid), device: deviceId }) },
+      { ...this.opts.link, clock: this.clock, log: this.deps.log.child({ uuid: shortUuid(uuid), device: deviceId }) },
       {
         onOpen: () => {
-          entry.openedAt = Date.now();
+          release();
+          entry.openedAt = this.clock.now();
           this.setState(entry, 'connected', 'open');
         },
         onEnvelope: (urgent) => {
@@ -163,6 +255,7 @@ export class Supervisor {
     );
     entry.link = link;
     void link.ended.then((end) => {
+      release();
       if (entry.link !== link) return; // replaced or halted meanwhile
       entry.link = undefined;
       this.ended(entry, end);
@@ -170,17 +263,31 @@ export class Supervisor {
   }
 
   private ended(entry: Entry, end: LinkEnd): void {
-    if (this.stopping || end.kind === 'stopped') return;
+    if (this.stopping || entry.halted || end.kind === 'stopped') return;
     if (end.kind === 'forbidden') {
       this.forbid(entry.conn, 'signal_403');
       return;
     }
-    if (entry.openedAt !== undefined && Date.now() - entry.openedAt >= this.opts.healthyAfterMs) entry.attempt = 0;
+    const now = this.clock.now();
+    if (entry.openedAt !== undefined && now - entry.openedAt >= this.opts.healthyAfterMs) entry.attempt = 0;
     entry.openedAt = undefined;
+    if (end.kind === 'closed' && end.code === 4409) this.deliveryCheck(entry.conn, now);
+    if (end.kind === 'refused' && end.status === 499) {
+      this.deps.log.warn('Signal refused this client version (499): upgrade mollysocket, or set user_agent to a current Signal-Android version');
+    }
     const retryAfterMs = 'retryAfterMs' in end ? end.retryAfterMs : undefined;
-    const delay = backoffDelay(entry.attempt++, this.opts.backoff, this.random(), retryAfterMs);
-    this.setState(entry, 'backoff', describeEnd(end));
-    entry.retryTimer = setTimeout(() => this.connect(entry, 'retry'), delay);
+    const delayMs = backoffDelay(entry.attempt++, this.opts.backoff, this.random(), retryAfterMs);
+    this.setState(entry, 'backoff', describeEnd(end), { retryInMs: delayMs });
+    entry.retryTimer = this.clock.setTimeout(() => this.queueConnect(entry, 'retry'), delayMs);
+  }
+
+  /** 4409 repeats while another client holds the device; one push an hour is enough to learn if the endpoint is gone. */
+  private deliveryCheck(conn: Connection, now: number): void {
+    const key = connectionKey(conn);
+    const last = this.deliveryChecks.get(key);
+    if (last !== undefined && now - last < this.opts.deliveryCheckIntervalMs) return;
+    this.deliveryChecks.set(key, now);
+    this.deps.onDeliveryCheck(conn);
   }
 }
 
@@ -190,6 +297,8 @@ const sameSettings = (a: Connection, b: Connection): boolean =>
 function describeEnd(end: LinkEnd): string {
   switch (end.kind) {
     case 'closed':
+      if (end.code === 4409) return 'closed 4409: the same device connected elsewhere';
+      if (end.code === 4401) return 'closed 4401: re-authentication required';
       return `closed ${end.code}${end.reason ? ` ${end.reason}` : ''}`;
     case 'refused':
       return `upgrade answered ${end.status}`;

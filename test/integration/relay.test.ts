@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
-import { startServer, type RunningServer, DEFAULT_TIMINGS } from '../../src/server.js';
+import { startServer, type RunningServer } from '../../src/server.js';
 import { FakePushServer } from '../fakes/push-server.js';
 import { FakeSignalServer } from '../fakes/signal-server.js';
 import { testPki } from '../fakes/tls.js';
@@ -31,7 +31,7 @@ describe('the relay end to end', () => {
     });
     const memory = memoryLogger();
     logs = memory.lines;
-    server = await startServer({ ...config }, memory.log, { ...DEFAULT_TIMINGS, backoff: { baseMs: 20, capMs: 100 } });
+    server = await startServer(config, memory.log, { tune: (o) => ({ ...o, backoff: { baseMs: 20, capMs: 100 } }) });
   });
 
   afterEach(async () => {

@@ -21,13 +21,13 @@ describe('web routes', () => {
     expect((await instance.inject({ url: '/discover' })).json()).toEqual({ mollysocket: { version: '9.9.9' } });
     const page = await instance.inject({ url: '/', headers: { 'user-agent': 'Mozilla/5.0', host: 'push.example' } });
     expect(page.headers['content-type']).toMatch(/^text\/html/);
-    expect(page.body).toContain(`mollysocket://link?vapid=${PUB}&amp;type=webserver&amp;url=https%3A%2F%2Fpush.example%2F`);
+    expect(page.body).toContain(`mollysocket://link?vapid=${PUB}&amp;url=https%3A%2F%2Fpush.example%2F&amp;type=webserver`);
   });
 
   it('derives the link URL from Host and the path of X-Original-URL', async () => {
     const { instance } = await app();
     const page = await instance.inject({ url: '/?airgapped', headers: { host: 'example.org', 'x-original-url': '/molly/?x=1' } });
-    expect(page.body).toContain('url=https%3A%2F%2Fexample.org%2Fmolly%2F<');
+    expect(page.body).toContain('url=https%3A%2F%2Fexample.org%2Fmolly%2F&amp;type=webserver<');
   });
 
   it('passes a registration to the decision table and wraps its status', async () => {
