@@ -171,6 +171,25 @@ export class Store {
       .run(reason, now, now, key.uuid, key.deviceId);
   }
 
+  /** Clears the forbidden flag: the server connects again. */
+  enable(key: ConnectionKey, now: number): boolean {
+    return (
+      this.db
+        .prepare(
+          `UPDATE connections SET forbidden = 0, forbidden_reason = NULL, forbidden_at = NULL, updated_at = ?
+           WHERE uuid = ? AND device_id = ?`,
+        )
+        .run(now, key.uuid, key.deviceId).changes > 0
+    );
+  }
+
+  /** Removes one device's connection, or every device of the account when no device is given. */
+  remove(key: { uuid: string; deviceId?: number }): number {
+    return key.deviceId === undefined
+      ? this.db.prepare('DELETE FROM connections WHERE uuid = ?').run(key.uuid).changes
+      : this.db.prepare('DELETE FROM connections WHERE uuid = ? AND device_id = ?').run(key.uuid, key.deviceId).changes;
+  }
+
   /** Runs `fn` in one transaction: all of it is written, or none. */
   transaction<T>(fn: () => T): T {
     return this.db.transaction(fn)();

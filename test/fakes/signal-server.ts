@@ -47,6 +47,7 @@ export interface EnvelopeOptions {
 
 /** A scripted answer to the next upgrade attempts, instead of accepting them. */
 export interface UpgradeRefusal {
+  /** 0: never answer (the client's connect timeout must end it). */
   status: number;
   headers?: Record<string, string>;
 }
@@ -60,6 +61,9 @@ export class FakeSignalServer {
   readonly refusals: UpgradeRefusal[] = [];
   /** When true, keepalive requests get no answer. */
   silentKeepalive = false;
+  /** In order: `open <uuid>.<device>` and `close <uuid>.<device> <code>` (the code the client closed with). */
+  readonly events: string[] = [];
+  private readonly hung: Socket[] = [];
   private nextId = 1000n;
   private readonly pending = new Map<string, (r: { status: number; message: string }) => void>();
   private readonly waiters: (() => void)[] = [];
@@ -137,6 +141,7 @@ export class FakeSignalServer {
 
   async close(): Promise<void> {
     for (const s of this.sessions) s.ws.terminate();
+    for (const socket of this.hung) socket.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeAllConnections?.();
   }
@@ -156,15 +161,28 @@ export class FakeSignalServer {
     const [user, password] = match ? Buffer.from(match[1] as string, 'base64').toString().split(/:(.*)/s) : [];
     const [uuid, device] = (user ?? '').split('.');
     const refusal = this.refusals.shift();
+    if (refusal?.status === 0) {
+      this.upgrades.push({ uuid, status: 0 });
+      this.hung.push(socket);
+      this.notify();
+      return;
+    }
     if (refusal) return refuse(refusal.status, refusal.headers, uuid);
     const account = this.accounts.get(`${uuid}.${device}`);
     if (!account || account.password !== password) return refuse(403, {}, uuid);
     this.wss.handleUpgrade(req, socket, head, (ws) => {
       this.upgrades.push({ uuid, status: 101 });
+      const name = `${account.uuid}.${account.deviceId}`;
+      // As Signal does: the newest socket of a device wins, the older one is closed with 4409.
+      for (const older of this.open(account.uuid, account.deviceId)) older.ws.close(4409, 'Connected elsewhere');
       const session: Session = { account, headers: req.headers, ws, requests: [] };
       this.sessions.push(session);
+      this.events.push(`open ${name}`);
       ws.on('message', (data) => this.onFrame(session, data as Buffer));
-      ws.on('close', () => this.notify());
+      ws.on('close', (code) => {
+        this.events.push(`close ${name} ${code}`);
+        this.notify();
+      });
       this.notify();
     });
   }

@@ -26,3 +26,15 @@ export function httpGet(url: string, headers: Record<string, string> = {}): Prom
     req.end();
   });
 }
+
+/** Polls `predicate` on real time until it holds: for effects of real I/O under a manual clock. */
+export async function eventually(predicate: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** Lets pending I/O callbacks run, for asserting that something did not happen. */
+export const settle = (ms = 30): Promise<void> => new Promise((r) => setTimeout(r, ms));

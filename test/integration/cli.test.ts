@@ -1,6 +1,9 @@
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { FakePushServer } from '../fakes/push-server.js';
+import { FakeSignalServer } from '../fakes/signal-server.js';
+import { testPki } from '../fakes/tls.js';
 import { BinProcess, runBin } from '../helpers/bin.js';
 import { httpGet, tempDir } from '../helpers/index.js';
 
@@ -78,5 +81,42 @@ describe('the mollysocket bin', () => {
     expect(proc.stderr).not.toContain('DSqYuWchrB6yIMYJtidvqANeRQic4uWy34afzZRsZnI');
     expect(statSync(join(cwd, 'custom.db')).isFile()).toBe(true);
     expect(await proc.stop()).toBe(0);
+  });
+
+  it('closes every Signal socket with 1000 on SIGTERM, exits 0 within 5 s, and resumes the connections on restart', async () => {
+    const signal = await FakeSignalServer.start({ tls: true });
+    const push = await FakePushServer.start();
+    try {
+      const account = { uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', deviceId: 3, password: 'secret+/pw==' };
+      signal.addAccount(account);
+      const cwd = tempDir();
+      const env = {
+        MOLLY_PORT: '0',
+        MOLLY_SIGNAL_URL: signal.url,
+        MOLLY_SIGNAL_CA_FILE: testPki().caFile,
+        MOLLY_ALLOWED_ENDPOINTS: `["${push.origin}"]`,
+      };
+      const first = new BinProcess(['server'], { cwd, env });
+      const res = await fetch(`${await first.url()}/`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ uuid: account.uuid, device_id: 3, password: account.password, endpoint: push.endpoint() }),
+      });
+      expect(((await res.json()) as { mollysocket: { status: string } }).mollysocket.status).toBe('ok');
+      await signal.until(() => signal.open(account.uuid, 3).length === 1, 'a session');
+
+      const started = Date.now();
+      expect(await first.stop('SIGTERM')).toBe(0);
+      expect(Date.now() - started).toBeLessThan(5_000);
+      await signal.until(() => signal.events.includes(`close ${account.uuid}.3 1000`), 'a close with 1000');
+      expect(first.stderr).not.toContain(account.password);
+
+      const second = new BinProcess(['server'], { cwd, env });
+      await signal.until(() => signal.sessions.length === 2 && signal.open(account.uuid, 3).length === 1, 'the resumed session');
+      expect(await second.stop('SIGINT')).toBe(0);
+    } finally {
+      await signal.close();
+      await push.close();
+    }
   });
 });

@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import WebSocket from 'ws';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import { startServer, type RunningServer } from '../../src/server.js';
@@ -137,5 +138,25 @@ describe('the relay end to end', () => {
     await signal.until(() => signal.sessions.length === 2 && signal.open(account.uuid, 2).length === 1, 'a second session');
     await signal.until(() => server.supervisor.state(account) === 'connected', 'connected state');
     expect(signal.upgrades.filter((u) => u.status === 101)).toHaveLength(2);
+  });
+
+  it('4409: sends a delivery check, and a 410 answer disables the connection until Molly registers a new endpoint', async () => {
+    await register({ ...molly, endpoint: push.endpoint('old') });
+    await signal.until(() => server.supervisor.state(account) === 'connected', 'connected');
+    await push.until(() => push.requests.length === 1, 'the test push');
+
+    push.script.push({ status: 410 }); // the distributor unregistered the endpoint
+    const basic = Buffer.from(`${account.uuid}.${account.deviceId}:${account.password}`).toString('base64');
+    const other = new WebSocket(signal.url, { headers: { Authorization: `Basic ${basic}` }, ca: testPki().ca });
+    await push.until(() => push.requests.length === 2, 'the delivery check');
+    expect(push.requests[1]).toMatchObject({ body: '{"code":4409}', headers: expect.objectContaining({ topic: '4409' }) });
+    await signal.until(() => server.supervisor.state(account) === 'forbidden', 'forbidden');
+    expect(server.store.get(account)).toMatchObject({ forbidden: true, forbiddenReason: 'endpoint_gone' });
+    other.close();
+
+    expect((await register({ ...molly, endpoint: push.endpoint('new') })).json.mollysocket.status).toBe('ok');
+    await signal.until(() => server.supervisor.state(account) === 'connected', 'connected again');
+    await push.until(() => push.requests.length === 3, 'the new test push');
+    expect(push.requests[2]).toMatchObject({ path: '/up/new', body: '{"test":true}' });
   });
 });

@@ -1,0 +1,399 @@
+import { join } from 'node:path';
+import WebSocket from 'ws';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Supervisor, type SupervisorOptions } from '../../src/signal/supervisor.js';
+import { Store, type Connection } from '../../src/store.js';
+import { ManualClock } from '../fakes/clock.js';
+import { FakeSignalServer, type Account } from '../fakes/signal-server.js';
+import { eventually, memoryLogger, settle, tempDir } from '../helpers/index.js';
+
+const A: Account = { uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', deviceId: 2, password: 'pw-A+/==' };
+const B: Account = { uuid: '0b6c2f4e-8d1a-4c3b-9e5f-7a6b5c4d3e2f', deviceId: 1, password: 'pw-B' };
+const ENDPOINT = 'https://push.example/up/token';
+
+interface Harness {
+  signal: FakeSignalServer;
+  store: Store;
+  dbPath: string;
+  clock: ManualClock;
+  sup: Supervisor;
+  urgent: Connection[];
+  checks: Connection[];
+  logs: () => string[];
+}
+
+const running: Harness[] = [];
+
+afterEach(async () => {
+  for (const h of running.splice(0)) {
+    await h.sup.stop();
+    h.store.close();
+    await h.signal.close();
+  }
+});
+
+async function harness(over: Partial<SupervisorOptions> = {}, url?: string): Promise<Harness> {
+  const signal = await FakeSignalServer.start({ tls: false });
+  const dbPath = join(tempDir(), 'mollysocket.db');
+  const store = Store.open(dbPath);
+  const clock = new ManualClock();
+  const { log, lines } = memoryLogger();
+  const urgent: Connection[] = [];
+  const checks: Connection[] = [];
+  const options: SupervisorOptions = {
+    link: { url: url ?? signal.url, ca: undefined, userAgent: 'Signal-Android/7.60.0 test', connectTimeoutMs: 30_000, keepaliveIntervalMs: 30_000, keepaliveTimeoutMs: 20_000 },
+    backoff: { baseMs: 1_000, capMs: 300_000 },
+    healthyAfterMs: 60_000,
+    ramp: { ratePerSecond: 100, concurrency: 50 },
+    storePollMs: 2_000,
+    deliveryCheckIntervalMs: 3600_000,
+    ...over,
+  };
+  // random() = 1: every backoff delay is the whole step, so the schedule is exact.
+  const sup = new Supervisor(options, {
+    store,
+    log,
+    clock,
+    random: () => 1,
+    onUrgent: (c) => urgent.push(c),
+    onDeliveryCheck: (c) => checks.push(c),
+  });
+  const h = { signal, store, dbPath, clock, sup, urgent, checks, logs: lines };
+  running.push(h);
+  return h;
+}
+
+function register(h: Harness, account: Account, endpoint = ENDPOINT): void {
+  h.signal.addAccount(account);
+  h.store.put({ ...account, endpoint }, 1);
+}
+
+/** Lets `ms` of clock time pass in slices, with the real I/O of each slice (keepalive answers) in between. */
+async function passTime(h: Harness, ms: number, sliceMs = 5_000): Promise<void> {
+  for (let passed = 0; passed < ms; passed += sliceMs) {
+    h.clock.advance(Math.min(sliceMs, ms - passed));
+    await settle(5);
+  }
+}
+
+const connected = (h: Harness, a: Account) => eventually(() => h.sup.state(a) === 'connected', `${a.uuid} connected`);
+const inState = (h: Harness, a: Account, state: string) => eventually(() => h.sup.state(a) === state, `state ${state}`);
+/** The retry delays the supervisor announced, in order. */
+const retryDelays = (h: Harness): number[] =>
+  h.logs().flatMap((l) => {
+    const m = /"retryInMs":(\d+)/.exec(l);
+    return m ? [Number(m[1])] : [];
+  });
+
+describe('one socket per account device', () => {
+  it('opens one socket, ignores identical registrations, and replaces it when the endpoint changes, old one first', async () => {
+    const h = await harness();
+    register(h, A);
+    h.sup.start();
+    await connected(h, A);
+    expect(h.signal.open(A.uuid, A.deviceId)).toHaveLength(1);
+
+    h.sup.sync(h.store.get(A)!); // Molly re-registers on every unlock
+    await settle();
+    expect(h.signal.sessions).toHaveLength(1);
+
+    h.store.put({ ...A, endpoint: 'https://push.example/up/new' }, 2);
+    h.sup.sync(h.store.get(A)!);
+    await eventually(() => h.signal.sessions.length === 2 && h.sup.state(A) === 'connected', 'the replacement');
+    const name = `${A.uuid}.${A.deviceId}`;
+    expect(h.signal.events).toEqual([`open ${name}`, `close ${name} 1000`, `open ${name}`]);
+    expect(h.signal.open(A.uuid, A.deviceId)).toHaveLength(1);
+  });
+
+  it('replaces the socket when the credentials change', async () => {
+    const h = await harness();
+    register(h, A);
+    h.sup.start();
+    await connected(h, A);
+    const renewed = { ...A, password: 'new-password' };
+    h.signal.addAccount(renewed);
+    h.store.put({ ...renewed, endpoint: ENDPOINT }, 2);
+    h.sup.sync(h.store.get(A)!);
+    await eventually(() => h.signal.sessions.length === 2 && h.sup.state(A) === 'connected', 'the replacement');
+    const basic = Buffer.from(`${A.uuid}.${A.deviceId}:new-password`).toString('base64');
+    expect(h.signal.sessions[1]!.headers.authorization).toBe(`Basic ${basic}`);
+    expect(h.signal.open(A.uuid, A.deviceId)).toHaveLength(1);
+  });
+});
+
+describe('timeouts', () => {
+  it('gives up a connect that does not complete in 30 s, and tries again after the backoff', async () => {
+    const h = await harness();
+    register(h, A);
+    h.signal.refusals.push({ status: 0 }); // the upgrade is never answered
+    h.sup.start();
+    await eventually(() => h.signal.upgrades.length === 1, 'the hanging attempt');
+    h.clock.advance(29_999);
+    await settle();
+    expect(h.sup.state(A)).toBe('connecting');
+    h.clock.advance(1);
+    await inState(h, A, 'backoff');
+    expect(h.logs().join('')).toMatch(/connect timeout/);
+    h.clock.advance(1_000);
+    await connected(h, A);
+  });
+
+  it('sends a keepalive every 30 s from the moment the socket opens, and replaces a socket whose keepalive goes unanswered for 20 s', async () => {
+    const h = await harness();
+    register(h, A);
+    h.sup.start();
+    await connected(h, A);
+    const session = h.signal.open(A.uuid, A.deviceId)[0]!;
+    h.clock.advance(29_999);
+    await settle();
+    expect(session.requests).toHaveLength(0);
+    h.clock.advance(1);
+    await eventually(() => session.requests.length === 1, 'a keepalive');
+    expect(session.requests[0]).toMatchObject({ verb: 'GET', path: '/v1/keepalive' });
+    await settle(); // the answer arrives
+    h.clock.advance(30_000);
+    await eventually(() => session.requests.length === 2, 'a second keepalive');
+    await settle();
+    expect(h.sup.state(A)).toBe('connected');
+
+    h.signal.silentKeepalive = true;
+    h.clock.advance(30_000);
+    await eventually(() => session.requests.length === 3, 'an unanswered keepalive');
+    h.clock.advance(19_999);
+    await settle();
+    expect(h.sup.state(A)).toBe('connected');
+    h.clock.advance(1);
+    await inState(h, A, 'backoff');
+    expect(h.logs().join('')).toMatch(/keepalive timeout/);
+    h.signal.silentKeepalive = false;
+    h.clock.advance(1_000);
+    await eventually(() => h.signal.sessions.length === 2 && h.sup.state(A) === 'connected', 'a new socket');
+  });
+});
+
+describe('server requests', () => {
+  it('answers every request, skips malformed frames and keeps the socket', async () => {
+    const h = await harness();
+    register(h, A);
+    h.sup.start();
+    await connected(h, A);
+    const session = h.signal.open(A.uuid, A.deviceId)[0]!;
+    h.signal.sendRaw(session, Uint8Array.from([0x0a, 0xff, 0xff, 0xff]));
+    expect(await h.signal.sendEnvelope(session)).toEqual({ status: 200, message: 'OK' });
+    expect(await h.signal.sendEnvelope(session, { urgent: false })).toEqual({ status: 200, message: 'OK' });
+    expect(await h.signal.request(session, 'PUT', '/api/v1/queue/empty')).toEqual({ status: 200, message: 'OK' });
+    expect((await h.signal.request(session, 'PUT', '/api/v1/something')).status).toBe(400);
+    expect(h.urgent).toHaveLength(1);
+    expect(h.signal.sessions).toHaveLength(1);
+    expect(h.sup.state(A)).toBe('connected');
+  });
+});
+
+describe('outcomes', () => {
+  it('403 at the upgrade: forbidden with reason and time stored, no more attempts, back after new credentials', async () => {
+    const h = await harness();
+    h.store.put({ ...A, endpoint: ENDPOINT }, 1); // the fake does not know these credentials
+    h.sup.start();
+    await inState(h, A, 'forbidden');
+    expect(h.store.get(A)).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403', forbiddenAt: Math.floor(h.clock.now() / 1000) });
+    h.clock.advance(3600_000);
+    await settle();
+    expect(h.signal.upgrades).toHaveLength(1);
+
+    const relinked = { ...A, password: 'relinked' };
+    h.signal.addAccount(relinked);
+    h.store.put({ ...relinked, endpoint: ENDPOINT }, 2);
+    h.sup.sync(h.store.get(A)!);
+    await connected(h, A);
+  });
+
+  it('4401: reconnects, and a 403 then tells that the device is gone', async () => {
+    const h = await harness();
+    register(h, A);
+    h.sup.start();
+    await connected(h, A);
+    h.signal.removeAccount(A);
+    h.signal.open(A.uuid, A.deviceId)[0]!.ws.close(4401, 'Reauth');
+    await inState(h, A, 'backoff');
+    expect(h.logs().join('')).toMatch(/4401/);
+    h.clock.advance(1_000);
+    await inState(h, A, 'forbidden');
+    expect(h.store.get(A)?.forbiddenReason).toBe('signal_403');
+  });
+
+  it('4409 from a second connection of the same device: backs off and sends at most one delivery check per interval', async () => {
+    const h = await harness({ deliveryCheckIntervalMs: 60_000 });
+    register(h, A);
+    h.sup.start();
+    await connected(h, A);
+    const basic = Buffer.from(`${A.uuid}.${A.deviceId}:${A.password}`).toString('base64');
+    const intruder = () => new WebSocket(h.signal.url, { headers: { Authorization: `Basic ${basic}` } });
+
+    const other = intruder(); // another relay with the same credentials: Signal closes ours with 4409
+    await inState(h, A, 'backoff');
+    expect(h.checks).toHaveLength(1);
+    other.close();
+    h.clock.advance(1_000);
+    await connected(h, A);
+
+    const again = intruder();
+    await inState(h, A, 'backoff');
+    expect(h.checks).toHaveLength(1); // within the hour: no second check
+    again.close();
+    expect(retryDelays(h)).toEqual([1_000, 2_000]); // not healthy for a minute in between: the backoff grows
+    h.clock.advance(2_000);
+    await connected(h, A);
+    await passTime(h, 60_000); // the delivery-check interval, shortened in this test (an hour by default)
+
+    const later = intruder();
+    await inState(h, A, 'backoff');
+    expect(h.checks).toHaveLength(2);
+    later.close();
+  });
+
+  it('429 with Retry-After: waits as long as the server asked', async () => {
+    const h = await harness();
+    register(h, A);
+    h.signal.refusals.push({ status: 429, headers: { 'Retry-After': '7' } });
+    h.sup.start();
+    await inState(h, A, 'backoff');
+    expect(retryDelays(h)).toEqual([7_000]);
+    h.clock.advance(6_999);
+    await settle();
+    expect(h.signal.upgrades).toHaveLength(1);
+    h.clock.advance(1);
+    await connected(h, A);
+  });
+
+  it('499, 5xx and network errors: retried with backoff', async () => {
+    const h = await harness();
+    register(h, A);
+    h.signal.refusals.push({ status: 499 }, { status: 503 }, { status: 502 });
+    h.sup.start();
+    for (const delay of [1_000, 2_000, 4_000]) {
+      await inState(h, A, 'backoff');
+      h.clock.advance(delay);
+    }
+    await connected(h, A);
+    expect(h.signal.upgrades.map((u) => u.status)).toEqual([499, 503, 502, 101]);
+    expect(h.logs().join('')).toMatch(/499.*user_agent/);
+  });
+});
+
+describe('backoff', () => {
+  it('grows from about a second and stays at the cap while Signal is unreachable', async () => {
+    const h = await harness({}, 'ws://127.0.0.1:1/v1/websocket/'); // nothing listens there
+    register(h, A);
+    h.sup.start();
+    for (let i = 0; i < 12; i++) {
+      await eventually(() => retryDelays(h).length === i + 1, `failure ${i + 1}`);
+      h.clock.advance(retryDelays(h)[i]!);
+    }
+    expect(retryDelays(h)).toEqual([1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300].map((s) => s * 1000));
+    expect(h.logs().join('')).toMatch(/network: .*ECONNREFUSED/);
+  });
+
+  it('starts again from the base once a socket stayed healthy for a minute', async () => {
+    const h = await harness();
+    register(h, A);
+    h.signal.refusals.push({ status: 503 }, { status: 503 });
+    h.sup.start();
+    await inState(h, A, 'backoff');
+    h.clock.advance(1_000);
+    await eventually(() => retryDelays(h).length === 2, 'second failure');
+    h.clock.advance(2_000);
+    await connected(h, A);
+    h.clock.advance(10_000);
+    h.signal.open(A.uuid, A.deviceId)[0]!.ws.close(1011, 'short-lived');
+    await eventually(() => retryDelays(h).length === 3, 'third failure');
+    expect(retryDelays(h)[2]).toBe(4_000); // open only 10 s: the backoff goes on growing
+    h.clock.advance(4_000);
+    await connected(h, A);
+    await passTime(h, 60_000); // keepalives answered meanwhile
+    h.signal.open(A.uuid, A.deviceId)[0]!.ws.close(1011, 'after a healthy minute');
+    await eventually(() => retryDelays(h).length === 4, 'fourth failure');
+    expect(retryDelays(h)[3]).toBe(1_000);
+  });
+});
+
+describe('start-up ramp', () => {
+  it('connects many stored connections with bounded rate and concurrency', async () => {
+    const h = await harness({ ramp: { ratePerSecond: 10, concurrency: 5 } });
+    const accounts = Array.from({ length: 30 }, (_, i) => ({
+      uuid: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`,
+      deviceId: 1,
+      password: `pw${i}`,
+    }));
+    for (const a of accounts) register(h, a);
+    h.sup.start();
+    await eventually(() => h.signal.sessions.length === 5, 'the first burst');
+    await settle();
+    expect(h.signal.upgrades).toHaveLength(5); // the burst is bounded, however fast the handshakes are
+    for (let second = 1; second <= 3; second++) {
+      h.clock.advance(1_000);
+      await eventually(() => h.signal.upgrades.length >= Math.min(30, 5 + 10 * second), `second ${second}`);
+      await settle();
+      expect(h.signal.upgrades.length).toBeLessThanOrEqual(5 + 10 * second);
+    }
+    await eventually(() => h.sup.counts().connected === 30, 'all connected');
+  });
+});
+
+describe('following the store', () => {
+  it('picks up what the command line adds, removes and re-enables, within a poll', async () => {
+    const h = await harness();
+    h.sup.start();
+    const cli = Store.open(h.dbPath);
+    try {
+      h.signal.addAccount(A);
+      cli.put({ ...A, endpoint: ENDPOINT }, 1);
+      h.clock.advance(2_000);
+      await connected(h, A);
+
+      cli.remove({ uuid: A.uuid });
+      h.clock.advance(2_000);
+      await eventually(() => h.signal.events.includes(`close ${A.uuid}.${A.deviceId} 1000`), 'the socket closed');
+      expect(h.sup.state(A)).toBeUndefined();
+
+      cli.put({ ...B, endpoint: ENDPOINT }, 2); // unknown to Signal: 403
+      h.clock.advance(2_000);
+      await inState(h, B, 'forbidden');
+      h.signal.addAccount(B); // the user fixed it; `connection enable` clears the flag
+      cli.enable(B, 3);
+      h.clock.advance(2_000);
+      await connected(h, B);
+    } finally {
+      cli.close();
+    }
+  });
+});
+
+describe('state', () => {
+  it('logs one line per state change, with the uuid shortened and no secrets', async () => {
+    const h = await harness();
+    register(h, A);
+    h.sup.start();
+    await connected(h, A);
+    h.sup.sync(h.store.get(A)!);
+    const stateLines = h.logs().filter((l) => l.includes('"msg":"connection state"'));
+    expect(stateLines.map((l) => (JSON.parse(l) as { state: string }).state)).toEqual(['connecting', 'connected']);
+    const all = h.logs().join('');
+    expect(all).not.toContain(A.uuid);
+    expect(all).not.toContain(A.password);
+    expect(all).toContain(A.uuid.slice(0, 8));
+    expect(h.sup.counts()).toMatchObject({ total: 1, connected: 1 });
+    expect(h.sup.statuses()).toEqual([{ uuid: A.uuid, deviceId: A.deviceId, state: 'connected', reason: 'open', since: h.clock.now() }]);
+  });
+
+  it('closes every socket with 1000 on stop', async () => {
+    const h = await harness();
+    register(h, A);
+    register(h, B);
+    h.sup.start();
+    await connected(h, A);
+    await connected(h, B);
+    await h.sup.stop();
+    await eventually(() => h.signal.events.filter((e) => e.endsWith(' 1000')).length === 2, 'both closed');
+    expect(h.sup.counts()).toMatchObject({ stopped: 2 });
+  });
+});
