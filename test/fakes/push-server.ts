@@ -1,5 +1,6 @@
 import { createPublicKey, verify } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import { EventWaiters } from './events.js';
 import type { AddressInfo } from 'node:net';
 
 /**
@@ -58,7 +59,7 @@ export class FakePushServer {
   readonly script: ScriptedAnswer[] = [];
   defaultStatus = 201;
   private readonly hanging: ServerResponse[] = [];
-  private readonly waiters: (() => void)[] = [];
+  private readonly waiters = new EventWaiters('fake push server');
 
   private constructor(private readonly server: Server) {}
 
@@ -76,7 +77,7 @@ export class FakePushServer {
           body: Buffer.concat(chunks).toString(),
           vapid: checkVapid(req.headers.authorization, fake.origin, Math.floor(Date.now() / 1000)),
         });
-        for (const w of fake.waiters.splice(0)) w();
+        fake.waiters.notify();
         const answer = fake.script.shift() ?? { status: fake.defaultStatus };
         if (answer.hang) {
           fake.hanging.push(res);
@@ -98,19 +99,10 @@ export class FakePushServer {
     return `${this.origin}/up/${token}`;
   }
 
-  async until(predicate: () => boolean, what = 'condition', timeoutMs = 10_000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (!predicate()) {
-      if (Date.now() > deadline) throw new Error(`fake push server: timed out waiting for ${what}`);
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, 50);
-        this.waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
+  until(predicate: () => boolean, what = 'condition', timeoutMs = 10_000): Promise<void> {
+    return this.waiters.until(predicate, what, timeoutMs);
   }
+
 
   bodies(): string[] {
     return this.requests.map((r) => r.body);

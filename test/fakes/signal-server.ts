@@ -3,6 +3,7 @@ import { createServer as createHttpServer, type IncomingMessage, type Server } f
 import type { AddressInfo, Socket } from 'node:net';
 import protobuf from 'protobufjs';
 import { WebSocketServer, type WebSocket } from 'ws';
+import { EventWaiters } from './events.js';
 import { testPki } from './tls.js';
 
 /**
@@ -66,7 +67,7 @@ export class FakeSignalServer {
   private readonly hung: Socket[] = [];
   private nextId = 1000n;
   private readonly pending = new Map<string, (r: { status: number; message: string }) => void>();
-  private readonly waiters: (() => void)[] = [];
+  private readonly waiters = new EventWaiters('fake Signal server');
   private readonly server: Server;
   private readonly wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
 
@@ -103,19 +104,10 @@ export class FakeSignalServer {
   }
 
   /** Resolves when `predicate` holds, checked after every event of the server. */
-  async until(predicate: () => boolean, what = 'condition', timeoutMs = 10_000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (!predicate()) {
-      if (Date.now() > deadline) throw new Error(`fake Signal server: timed out waiting for ${what}`);
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, 50);
-        this.waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
+  until(predicate: () => boolean, what = 'condition', timeoutMs = 10_000): Promise<void> {
+    return this.waiters.until(predicate, what, timeoutMs);
   }
+
 
   /** Sends `PUT /api/v1/message` with an Envelope; resolves with the client's response. */
   sendEnvelope(session: Session, opts: EnvelopeOptions = {}): Promise<{ status: number; message: string }> {
@@ -147,7 +139,7 @@ export class FakeSignalServer {
   }
 
   private notify(): void {
-    for (const w of this.waiters.splice(0)) w();
+    this.waiters.notify();
   }
 
   private upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {

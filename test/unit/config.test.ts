@@ -95,6 +95,13 @@ describe('config', () => {
     expect(() => loadConfig({ file: withFile('port = = 1'), env: noFile })).toThrow(/is not valid TOML/);
   });
 
+  it('takes the supervisor keys, within their ranges', () => {
+    const { config } = loadConfig({ env: { ...noFile, MOLLY_BACKOFF_MAX_SECONDS: '60', MOLLY_CONNECT_RATE: '20', MOLLY_CONNECT_CONCURRENCY: '4' } });
+    expect(config).toMatchObject({ backoff_max_seconds: 60, connect_rate: 20, connect_concurrency: 4 });
+    expect(loadConfig({ env: noFile }).config).toMatchObject({ backoff_max_seconds: 300, connect_rate: 100, connect_concurrency: 50 });
+    expect(() => loadConfig({ env: { ...noFile, MOLLY_CONNECT_RATE: '0' } })).toThrow(/"connect_rate" must be an integer from 1/);
+  });
+
   it('lets signal_url override signal_env', () => {
     const { config } = loadConfig({ env: { ...noFile, MOLLY_SIGNAL_URL: 'wss://signal.example/v1/websocket/' } });
     expect(signalUrl(config)).toBe('wss://signal.example/v1/websocket/');
