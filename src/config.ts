@@ -29,6 +29,9 @@ export interface Config {
   backoff_max_seconds: number;
   connect_rate: number;
   connect_concurrency: number;
+  push_min_interval_ms: number;
+  push_timeout_ms: number;
+  push_give_up_hours: number;
   allowed_endpoints: readonly string[];
   allowed_uuids: readonly string[];
   db: string;
@@ -113,6 +116,21 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
     kind: { type: 'int', min: 1, max: 100_000 },
     default: 50,
     doc: 'New: Signal handshakes in progress at once at most.',
+  },
+  push_min_interval_ms: {
+    kind: { type: 'int', min: 0, max: 60_000 },
+    default: 1_000,
+    doc: 'New: urgent messages closer together than this share one push (a trailing push follows the last).',
+  },
+  push_timeout_ms: {
+    kind: { type: 'int', min: 100, max: 120_000 },
+    default: 10_000,
+    doc: 'New: how long one push request may take before it counts as failed and is retried.',
+  },
+  push_give_up_hours: {
+    kind: { type: 'int', min: 1, max: 720 },
+    default: 24,
+    doc: 'New: a push still failing after this many hours is given up, with a warning.',
   },
   allowed_endpoints: {
     kind: { type: 'list', check: checkEndpointEntry },

@@ -4,9 +4,10 @@ import type { FastifyInstance } from 'fastify';
 import { redactedConfig, signalUrl, type Config } from './config.js';
 import { linkUrl, qrTerminal } from './link.js';
 import type { Clock } from './clock.js';
-import type { Logger } from './log.js';
+import { endpointOrigin, type Logger } from './log.js';
 import { packageRoot, version } from './paths.js';
-import { checkEndpoint, isUuidAllowed } from './policy.js';
+import { Metrics } from './metrics.js';
+import { EndpointPolicy, isUuidAllowed, type Resolver } from './policy.js';
 import { PushClient } from './push/client.js';
 import { Notifier } from './push/notifier.js';
 import { resolveVapidKey, VapidSigner } from './push/vapid.js';
@@ -51,6 +52,8 @@ const PUSH_DRAIN_MS = 2_000;
 
 export interface ServerOptions {
   clock?: Clock;
+  /** DNS for push endpoints (tests map names to loopback). */
+  resolver?: Resolver;
   /** Adjusts the supervisor's options (tests shorten timings). */
   tune?: (opts: SupervisorOptions) => SupervisorOptions;
 }
@@ -61,6 +64,7 @@ export interface RunningServer {
   store: Store;
   supervisor: Supervisor;
   vapidPublicKey: string;
+  metrics: Metrics;
   close(): Promise<void>;
 }
 
@@ -74,7 +78,13 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     log.info({ file: key.path }, 'generated a VAPID key and kept it next to the database: back this file up with it');
   }
   const signer = new VapidSigner(key.privateKey);
-  const client = new PushClient({ authorization: (endpoint) => signer.header(endpoint) });
+  const policy = new EndpointPolicy(config.allowed_endpoints, opts.resolver);
+  const client = new PushClient({
+    policy,
+    authorization: (endpoint) => signer.header(endpoint),
+    timeoutMs: config.push_timeout_ms,
+  });
+  const metrics = new Metrics(() => supervisor.counts());
 
   const options = (opts.tune ?? ((o) => o))(supervisorOptions(config));
   const supervisor: Supervisor = new Supervisor(options, {
@@ -82,14 +92,34 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     log,
     onUrgent: (c) => notifier.urgent(c),
     onDeliveryCheck: (c) => notifier.deliveryCheck(c),
+    metrics,
     ...(opts.clock && { clock: opts.clock }),
   });
-  const notifier = new Notifier(client, { onGone: (c) => supervisor.forbid(c, ENDPOINT_GONE) }, log);
+  const notifier = new Notifier(
+    {
+      minIntervalMs: config.push_min_interval_ms,
+      retry: { baseMs: 1_000, capMs: 5 * 60_000 },
+      giveUpAfterMs: config.push_give_up_hours * 3600_000,
+    },
+    {
+      client,
+      log,
+      metrics,
+      onGone: (c) => supervisor.forbid(c, ENDPOINT_GONE),
+      isActive: (c) => ['connecting', 'connected', 'backoff'].includes(supervisor.state(c) ?? 'stopped'),
+      ...(opts.clock && { clock: opts.clock }),
+    },
+  );
   const registrations = new Registrations(
     store,
     {
       isUuidAllowed: (uuid) => isUuidAllowed(uuid, config.allowed_uuids),
-      isEndpointAllowed: async (endpoint) => checkEndpoint(endpoint, config.allowed_endpoints).allowed,
+      isEndpointAllowed: async (endpoint) => {
+        const target = await policy.check(endpoint);
+        if (!target.ok) log.info({ endpoint: endpointOrigin(endpoint), reason: target.reason }, 'endpoint refused');
+        if (!target.ok && target.transient) throw new Error(target.reason); // answered internal_error: Molly tries again
+        return target.ok;
+      },
       connectionChanged: (conn) => supervisor.sync(conn),
       sendTestPush: (conn) => notifier.test(conn),
     },
@@ -113,6 +143,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     store,
     supervisor,
     vapidPublicKey: key.publicKey,
+    metrics,
     async close() {
       await app?.close();
       await supervisor.stop();

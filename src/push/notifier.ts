@@ -1,54 +1,205 @@
+import { backoffDelay, type BackoffOptions } from '../backoff.js';
+import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { Logger } from '../log.js';
 import { endpointOrigin, shortUuid } from '../log.js';
-import type { Connection } from '../store.js';
+import type { Metrics } from '../metrics.js';
+import { connectionKey, type Connection, type ConnectionKey } from '../store.js';
 import type { PushClient, PushKind, PushOutcome } from './client.js';
 
-export interface NotifierEvents {
+export interface NotifierOptions {
+  /** Urgent envelopes closer together than this share one push (a trailing one when the interval ends). */
+  minIntervalMs: number;
+  retry: BackoffOptions;
+  /** A push not delivered after this long is given up, with a warning. */
+  giveUpAfterMs: number;
+}
+
+export interface NotifierDeps {
+  client: Pick<PushClient, 'send'>;
+  log: Logger;
   /** The endpoint answered 404 or 410: the distributor unregistered it. */
   onGone(conn: Connection): void;
+  /** Whether a connection still wants pushes (not removed, not forbidden); asked before every retry. */
+  isActive(conn: ConnectionKey): boolean;
+  metrics?: Metrics;
+  clock?: Clock;
+  random?: () => number;
+}
+
+/** When the next urgent push of a connection may start. Pure. */
+export function nextUrgentPushAt(lastStartAt: number | undefined, blockedUntil: number, minIntervalMs: number): number {
+  return Math.max(lastStartAt === undefined ? -Infinity : lastStartAt + minIntervalMs, blockedUntil);
 }
 
 /**
- * Sends the wake-ups of every connection. Callers never wait on it: the websocket keeps acking while a push is
- * under way.
+ * What to do after an answer: stop, or try again after `delayMs`. Pure.
+ * 429 waits exactly what the server asked (else backs off); 5xx, timeouts and network errors back off.
+ */
+export function retryAfter(outcome: PushOutcome, attempt: number, retry: BackoffOptions, random: number): number | undefined {
+  if (outcome.kind === 'rate_limited') return outcome.retryAfterMs ?? backoffDelay(attempt, retry, random);
+  if (outcome.kind === 'failed') return backoffDelay(attempt, retry, random, outcome.retryAfterMs);
+  return undefined;
+}
+
+/** One message to deliver, possibly over several attempts. */
+interface Delivery {
+  kind: PushKind;
+  conn: Connection;
+  firstAt: number;
+  attempt: number;
+  timer: TimerHandle | undefined;
+  abort: AbortController;
+  /** A newer urgent push took over, or the connection went away: no more attempts. */
+  cancelled: boolean;
+}
+
+/** The urgent pushes of one connection. */
+interface Lane {
+  conn: Connection;
+  lastStartAt: number | undefined;
+  /** A push server's 429 holds every push of the connection until then. */
+  blockedUntil: number;
+  /** A trailing push is scheduled: every envelope so far will be followed by a push. */
+  trailing: TimerHandle | undefined;
+  current: Delivery | undefined;
+}
+
+/**
+ * Sends the wake-ups of every connection without ever blocking the websocket: callers return at once.
+ * Urgent envelopes are coalesced per connection without loss: after the last one there is always a push that
+ * started after it. Failed pushes are retried until delivered or superseded by a newer push.
  */
 export class Notifier {
-  private readonly inFlight = new Set<Promise<PushOutcome>>();
+  private readonly lanes = new Map<string, Lane>();
+  private readonly inFlight = new Set<Promise<unknown>>();
+  private readonly clock: Clock;
+  private readonly random: () => number;
 
   constructor(
-    private readonly client: PushClient,
-    private readonly events: NotifierEvents,
-    private readonly log: Logger,
-  ) {}
+    private readonly opts: NotifierOptions,
+    private readonly deps: NotifierDeps,
+  ) {
+    this.clock = deps.clock ?? systemClock;
+    this.random = deps.random ?? Math.random;
+  }
 
   urgent(conn: Connection): void {
-    void this.push(conn, 'urgent');
+    const lane = this.lane(conn);
+    if (lane.trailing !== undefined) return; // the scheduled push starts after this envelope
+    const now = this.clock.now();
+    const at = nextUrgentPushAt(lane.lastStartAt, lane.blockedUntil, this.opts.minIntervalMs);
+    if (at <= now) {
+      this.startUrgent(lane);
+      return;
+    }
+    lane.trailing = this.clock.setTimeout(() => {
+      lane.trailing = undefined;
+      this.startUrgent(lane);
+    }, at - now);
   }
 
   test(conn: Connection): void {
-    void this.push(conn, 'test');
+    this.attempt(this.delivery('test', conn), undefined);
   }
 
   deliveryCheck(conn: Connection): void {
-    void this.push(conn, 'delivery_check');
+    this.attempt(this.delivery('delivery_check', conn), undefined);
   }
 
-  /** Waits for pushes under way to finish, at most `ms`. */
+  /** Stops everything pending for a connection that was removed or forbidden. */
+  forget(key: ConnectionKey): void {
+    const lane = this.lanes.get(connectionKey(key));
+    if (!lane) return;
+    this.clock.clearTimeout(lane.trailing);
+    if (lane.current) this.cancel(lane.current);
+    this.lanes.delete(connectionKey(key));
+  }
+
+  /** At shutdown: sends the trailing pushes now rather than never, then waits for pushes under way, at most `ms`. */
   async drain(ms: number): Promise<void> {
+    for (const lane of this.lanes.values()) {
+      if (lane.trailing === undefined) continue;
+      this.clock.clearTimeout(lane.trailing);
+      lane.trailing = undefined;
+      this.startUrgent(lane);
+    }
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
     await Promise.race([Promise.allSettled([...this.inFlight]), deadline]);
     clearTimeout(timer);
+    for (const lane of this.lanes.values()) if (lane.current) this.cancel(lane.current);
   }
 
-  async push(conn: Connection, kind: PushKind): Promise<PushOutcome> {
-    const sending = this.client.send(conn.endpoint, kind);
+  private lane(conn: Connection): Lane {
+    const key = connectionKey(conn);
+    let lane = this.lanes.get(key);
+    if (!lane) {
+      lane = { conn, lastStartAt: undefined, blockedUntil: 0, trailing: undefined, current: undefined };
+      this.lanes.set(key, lane);
+    }
+    lane.conn = conn; // the newest endpoint
+    return lane;
+  }
+
+  private delivery(kind: PushKind, conn: Connection): Delivery {
+    const now = this.clock.now();
+    return { kind, conn, firstAt: now, attempt: 0, timer: undefined, abort: new AbortController(), cancelled: false };
+  }
+
+  private startUrgent(lane: Lane): void {
+    lane.lastStartAt = this.clock.now();
+    if (lane.current) this.cancel(lane.current); // superseded: the new push carries the same news
+    lane.current = this.delivery('urgent', lane.conn);
+    this.attempt(lane.current, lane);
+  }
+
+  private cancel(d: Delivery): void {
+    d.cancelled = true;
+    this.clock.clearTimeout(d.timer);
+    d.abort.abort();
+  }
+
+  private attempt(d: Delivery, lane: Lane | undefined): void {
+    if (lane) d.conn = lane.conn;
+    const started = performance.now();
+    const sending = this.deps.client.send(d.conn.endpoint, d.kind, d.abort.signal).then((outcome) => {
+      if (!d.cancelled) this.answered(d, lane, outcome, (performance.now() - started) / 1000);
+    });
     this.inFlight.add(sending);
-    const outcome = await sending.finally(() => this.inFlight.delete(sending));
-    const fields = { uuid: shortUuid(conn.uuid), device: conn.deviceId, endpoint: endpointOrigin(conn.endpoint), kind, outcome };
-    if (outcome.kind === 'delivered') this.log.debug(fields, 'push delivered');
-    else this.log.warn(fields, 'push not delivered');
-    if (outcome.kind === 'gone') this.events.onGone(conn);
-    return outcome;
+    void sending.finally(() => this.inFlight.delete(sending));
+  }
+
+  private answered(d: Delivery, lane: Lane | undefined, outcome: PushOutcome, seconds: number): void {
+    this.deps.metrics?.pushed(d.kind, outcome, seconds, d.attempt > 0);
+    const fields = {
+      uuid: shortUuid(d.conn.uuid),
+      device: d.conn.deviceId,
+      endpoint: endpointOrigin(d.conn.endpoint),
+      kind: d.kind,
+      attempt: d.attempt + 1,
+      outcome,
+    };
+    const delayMs = retryAfter(outcome, d.attempt, this.opts.retry, this.random());
+    if (delayMs === undefined) {
+      if (lane?.current === d) lane.current = undefined;
+      if (outcome.kind === 'delivered') this.deps.log.debug(fields, 'push delivered');
+      else if (outcome.kind === 'gone') {
+        this.deps.log.warn(fields, 'push endpoint gone: the connection is disabled until Molly registers a new one');
+        this.forget(d.conn);
+        this.deps.onGone(d.conn);
+      } else this.deps.log.warn(fields, 'push refused: not retried (check allowed_endpoints and the VAPID key)');
+      return;
+    }
+    const now = this.clock.now();
+    if (lane && outcome.kind === 'rate_limited') lane.blockedUntil = now + delayMs;
+    if (now + delayMs - d.firstAt > this.opts.giveUpAfterMs) {
+      this.deps.log.warn(fields, 'push not delivered in time: given up');
+      if (lane?.current === d) lane.current = undefined;
+      return;
+    }
+    if (!this.deps.isActive(d.conn)) return;
+    this.deps.log.info({ ...fields, retryInMs: delayMs }, 'push failed: will retry');
+    d.attempt++;
+    d.timer = this.clock.setTimeout(() => this.attempt(d, lane), delayMs);
   }
 }

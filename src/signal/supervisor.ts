@@ -1,27 +1,13 @@
+import { backoffDelay, type BackoffOptions } from '../backoff.js';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics.js';
 import { shortUuid } from '../log.js';
 import { connectionKey, type Connection, type ConnectionKey, type Store } from '../store.js';
 import { SignalLink, type LinkEnd, type LinkOptions } from './link.js';
 import { ConnectRamp, type RampOptions } from './ramp.js';
 
 export type ConnectionState = 'connecting' | 'connected' | 'backoff' | 'forbidden' | 'stopped';
-
-export interface BackoffOptions {
-  baseMs: number;
-  capMs: number;
-}
-
-/**
- * Delay before reconnect attempt `attempt` (0-based): exponential from `baseMs`, capped, with "equal jitter"
- * (between half and all of the step) so that many connections dropped at once do not come back at once.
- * A server's Retry-After wins when it asks for longer, up to the cap. Pure.
- */
-export function backoffDelay(attempt: number, opts: BackoffOptions, random: number, retryAfterMs?: number): number {
-  const step = Math.min(opts.capMs, opts.baseMs * 2 ** Math.min(attempt, 30));
-  const delay = Math.round(step / 2 + (random * step) / 2);
-  return retryAfterMs !== undefined ? Math.max(delay, Math.min(retryAfterMs, opts.capMs)) : delay;
-}
 
 export interface SupervisorOptions {
   link: Omit<LinkOptions, 'log' | 'clock'>;
@@ -42,6 +28,7 @@ export interface SupervisorDeps {
   onUrgent(conn: Connection): void;
   /** Close code 4409 (the device connected elsewhere): a push that tells whether the endpoint still exists. */
   onDeliveryCheck(conn: Connection): void;
+  metrics?: Metrics;
   clock?: Clock;
   random?: () => number;
 }
@@ -229,6 +216,7 @@ export class Supervisor {
 
   private queueConnect(entry: Entry, reason: string): void {
     if (entry.halted) return;
+    if (reason === 'retry') this.deps.metrics?.reconnections.inc();
     this.setState(entry, 'connecting', reason);
     entry.cancelQueued = this.ramp.enqueue((release) => {
       entry.cancelQueued = undefined;
@@ -249,6 +237,7 @@ export class Supervisor {
           this.setState(entry, 'connected', 'open');
         },
         onEnvelope: (urgent) => {
+          this.deps.metrics?.messages.inc();
           if (urgent) this.deps.onUrgent(entry.conn);
         },
       },

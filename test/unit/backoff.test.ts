@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { backoffDelay } from '../../src/signal/supervisor.js';
+import { backoffDelay } from '../../src/backoff.js';
 
 const opts = { baseMs: 1000, capMs: 300_000 };
 
