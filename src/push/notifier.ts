@@ -160,6 +160,8 @@ export class Notifier {
   }
 
   private attempt(d: Delivery, lane: Lane | undefined): void {
+    // A trailing push is due within the interval and carries the same news: it takes over from this retry.
+    if (lane?.trailing !== undefined && d.attempt > 0) return;
     if (lane) d.conn = lane.conn;
     const started = performance.now();
     const sending = this.deps.client.send(d.conn.endpoint, d.kind, d.abort.signal).then((outcome) => {

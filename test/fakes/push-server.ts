@@ -14,18 +14,18 @@ export interface PushRequest {
   headers: IncomingHttpHeaders;
   body: string;
   vapid: VapidCheck;
+  /** The client's port: the same for requests over one kept-alive connection. */
+  remotePort: number | undefined;
 }
 
 export type VapidCheck =
   | { ok: true; publicKey: string; claims: { aud: string; exp: number; sub: string } }
   | { ok: false; error: string };
 
-export interface ScriptedAnswer {
-  status: number;
-  headers?: Record<string, string>;
-  /** Never answer (the request hangs until the client gives up). */
-  hang?: boolean;
-}
+export type ScriptedAnswer =
+  | { status: number; headers?: Record<string, string>; body?: string }
+  /** Never answer: the request hangs until the client gives up. */
+  | { hang: true };
 
 /** Verifies `Authorization: vapid t=<JWT>, k=<key>` for this audience at `nowSeconds`. */
 export function checkVapid(header: string | undefined, audience: string, nowSeconds: number): VapidCheck {
@@ -76,14 +76,15 @@ export class FakePushServer {
           headers: req.headers,
           body: Buffer.concat(chunks).toString(),
           vapid: checkVapid(req.headers.authorization, fake.origin, Math.floor(Date.now() / 1000)),
+          remotePort: req.socket.remotePort,
         });
         fake.waiters.notify();
         const answer = fake.script.shift() ?? { status: fake.defaultStatus };
-        if (answer.hang) {
+        if ('hang' in answer) {
           fake.hanging.push(res);
           return;
         }
-        res.writeHead(answer.status, answer.headers).end();
+        res.writeHead(answer.status, answer.headers).end(answer.body);
       });
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));

@@ -159,4 +159,31 @@ describe('the relay end to end', () => {
     await push.until(() => push.requests.length === 3, 'the new test push');
     expect(push.requests[2]).toMatchObject({ path: '/up/new', body: '{"test":true}' });
   });
+
+  it('keeps acking envelopes at once while the push server hangs', async () => {
+    await register({ ...molly, endpoint: push.endpoint() });
+    await signal.until(() => server.supervisor.state(account) === 'connected', 'connected');
+    await push.until(() => push.requests.length === 1, 'the test push');
+    push.script.push({ hang: true }, { hang: true }, { hang: true }, { hang: true });
+    const session = signal.open(account.uuid, 2)[0]!;
+    const acks = [];
+    for (let i = 0; i < 5; i++) acks.push(await signal.sendEnvelope(session)); // each awaited: no ack waits on a push
+    expect(acks.every((a) => a.status === 200)).toBe(true);
+    expect(await signal.request(session, 'PUT', '/api/v1/queue/empty')).toEqual({ status: 200, message: 'OK' });
+    expect(push.requests.length).toBeGreaterThanOrEqual(2);
+    expect(server.supervisor.state(account)).toBe('connected');
+  });
+
+  it('refuses at registration an endpoint whose name resolves to loopback under "*"', async () => {
+    await server.close();
+    const { config } = loadConfig({
+      env: { XDG_CONFIG_HOME: '/nonexistent', MOLLY_PORT: '0', MOLLY_DB: join(tempDir(), 'm.db'), MOLLY_SIGNAL_URL: signal.url, MOLLY_SIGNAL_CA_FILE: testPki().caFile },
+    });
+    const resolver = async () => [{ address: '127.0.0.1', family: 4 as const }];
+    server = await startServer(config, memoryLogger().log, { resolver });
+    const port = new URL(push.origin).port;
+    expect((await register({ ...molly, endpoint: `http://sneaky.example:${port}/up` })).json.mollysocket.status).toBe('invalid_endpoint');
+    expect(server.store.list()).toEqual([]);
+    expect(push.requests).toHaveLength(0);
+  });
 });
