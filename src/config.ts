@@ -20,6 +20,11 @@ export interface Config {
   host: string;
   port: number;
   webserver: boolean;
+  url: string | undefined;
+  trust_proxy: boolean;
+  registration_rate_limit: number;
+  metrics_host: string;
+  metrics_port: number | undefined;
   vapid_privkey: string | undefined;
   vapid_key_file: string | undefined;
   signal_env: keyof typeof SIGNAL_URLS;
@@ -71,6 +76,31 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
   host: { kind: { type: 'string' }, default: '127.0.0.1', doc: 'Address the web server listens on.' },
   port: { kind: { type: 'int', min: 0, max: 65535 }, default: 8020, doc: 'Port the web server listens on (0: any free port).' },
   webserver: { kind: { type: 'bool' }, default: true, doc: 'Run the web server; false for air-gapped mode.' },
+  url: {
+    kind: { type: 'string', check: checkUrl(['https']) },
+    default: undefined,
+    doc: 'New: the public https URL of this server, for the QR code (reverse proxies on a sub-path). Unset: taken from the request.',
+  },
+  trust_proxy: {
+    kind: { type: 'bool' },
+    default: false,
+    doc: 'New: believe X-Forwarded-Proto/Host/Prefix/For from a reverse proxy (only when one is in front).',
+  },
+  registration_rate_limit: {
+    kind: { type: 'int', min: 0, max: 1_000_000 },
+    default: 120,
+    doc: 'New: registrations per minute per client address (0: no limit). Molly registers on every app unlock.',
+  },
+  metrics_host: {
+    kind: { type: 'string' },
+    default: '127.0.0.1',
+    doc: 'New: address of the separate listener for /health and /metrics, when metrics_port is set.',
+  },
+  metrics_port: {
+    kind: { type: 'int', min: 0, max: 65535 },
+    default: undefined,
+    doc: 'New: serve /health and /metrics on this port only (and not on the public one). Unset: on the web server.',
+  },
   vapid_privkey: {
     kind: { type: 'string', check: checkVapidKey },
     default: undefined,

@@ -14,7 +14,7 @@ import { resolveVapidKey, VapidSigner } from './push/vapid.js';
 import { ENDPOINT_GONE, Registrations } from './registrations.js';
 import { Supervisor, type SupervisorOptions } from './signal/supervisor.js';
 import { Store } from './store.js';
-import { buildApp } from './web/app.js';
+import { buildApp, buildOpsApp, type Ops } from './web/app.js';
 
 /** CA certificates for the Signal websocket: signal_ca_file, else Signal's own two roots. */
 function signalCa(config: Config): Buffer[] {
@@ -126,15 +126,42 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     log,
   );
 
-  let app: FastifyInstance | undefined;
+  const ops: Ops = {
+    version,
+    counts: () => supervisor.counts(),
+    storeHealthy: () => store.healthy(),
+    metrics: () => metrics.registry.metrics(),
+    metricsContentType: metrics.registry.contentType,
+  };
+  const listeners: FastifyInstance[] = [];
   let url: string | undefined;
+  if (config.metrics_port !== undefined) {
+    const opsApp = buildOpsApp(ops, log);
+    listeners.push(opsApp);
+    const opsUrl = await opsApp.listen({ host: config.metrics_host, port: config.metrics_port });
+    log.info({ url: opsUrl }, 'health and metrics listening');
+  }
   if (config.webserver) {
-    app = await buildApp({ registrations, vapidPublicKey: key.publicKey, version, log });
+    const app = await buildApp({
+      registrations,
+      vapidPublicKey: key.publicKey,
+      version,
+      log,
+      publicUrl: config.url,
+      trustProxy: config.trust_proxy,
+      rateLimitPerMinute: config.registration_rate_limit,
+      ops: config.metrics_port === undefined ? ops : undefined,
+    });
+    listeners.push(app);
     url = await app.listen({ host: config.host, port: config.port });
     log.info({ url, version }, 'web server listening');
   } else {
     const link = linkUrl(key.publicKey, { type: 'airgapped' });
-    log.info({ link }, `air-gapped mode: no web server. Scan this code with Molly:\n${await qrTerminal(link)}`);
+    log.warn(
+      { link },
+      'the web server is off (webserver = false): air-gapped mode. Molly cannot update its registration by itself; ' +
+        `register with \`mollysocket connection add\`. Scan this code with Molly:\n${await qrTerminal(link)}`,
+    );
   }
   supervisor.start();
 
@@ -145,7 +172,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     vapidPublicKey: key.publicKey,
     metrics,
     async close() {
-      await app?.close();
+      await Promise.all(listeners.map((l) => l.close()));
       await supervisor.stop();
       await notifier.drain(PUSH_DRAIN_MS);
       client.close();

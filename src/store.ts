@@ -195,6 +195,16 @@ export class Store {
     return this.db.transaction(fn)();
   }
 
+  /** Whether the database file is still there and readable. */
+  healthy(): boolean {
+    try {
+      this.db.prepare('SELECT 1 FROM connections LIMIT 1').get();
+      return existsSync(this.path);
+    } catch {
+      return false;
+    }
+  }
+
   /** Changes whenever another connection (the CLI) commits to the file. */
   dataVersion(): number {
     return this.db.pragma('data_version', { simple: true }) as number;

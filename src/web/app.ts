@@ -1,14 +1,62 @@
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import helmet from '@fastify/helmet';
+import rateLimit from '@fastify/rate-limit';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { linkUrl, qrSvg } from '../link.js';
 import type { Logger } from '../log.js';
 import type { Registrations } from '../registrations.js';
-import { renderHome } from './home.js';
+import { HOME_HASHES, renderHome } from './home.js';
+
+/** What /health and /metrics report. */
+export interface Ops {
+  version: string;
+  counts(): { total: number; connected: number; connecting: number; backoff: number; forbidden: number };
+  /** False when the database cannot be read. */
+  storeHealthy(): boolean;
+  metrics(): Promise<string>;
+  metricsContentType: string;
+}
 
 export interface WebDeps {
   registrations: Registrations;
   vapidPublicKey: string;
   version: string;
   log: Logger;
+  /** `url`: the public URL, for proxies that pass no usable headers. */
+  publicUrl: string | undefined;
+  /** `trust_proxy`: believe X-Forwarded-* headers (and the client address in X-Forwarded-For). */
+  trustProxy: boolean;
+  /** Registrations per minute per client address; 0: no limit. */
+  rateLimitPerMinute: number;
+  /** Health and metrics on this listener; undefined when a separate listener serves them. */
+  ops: Ops | undefined;
+}
+
+type Headers = Record<string, string | string[] | undefined>;
+
+const first = (value: string | string[] | undefined): string | undefined => {
+  const v = Array.isArray(value) ? value[0] : value;
+  return v?.split(',')[0]?.trim() || undefined;
+};
+
+/**
+ * The server URL Molly must store (PROTOCOL.md section 1): the `url` setting; else, with trust_proxy,
+ * X-Forwarded-Proto/Host/Prefix; else https, the Host header, and the path of X-Original-URL as MollySocket does.
+ * Pure.
+ */
+export function serverUrl(
+  req: { headers: Headers; url: string },
+  opts: { publicUrl: string | undefined; trustProxy: boolean },
+): string {
+  if (opts.publicUrl !== undefined) return opts.publicUrl;
+  const pathOf = (u: string): string => new URL(u, 'http://placeholder').pathname;
+  const host = first(req.headers.host) ?? 'localhost';
+  if (opts.trustProxy) {
+    const proto = first(req.headers['x-forwarded-proto']) ?? 'https';
+    const prefix = (first(req.headers['x-forwarded-prefix']) ?? '').replace(/\/+$/, '');
+    return `${proto}://${first(req.headers['x-forwarded-host']) ?? host}${prefix}${pathOf(req.url)}`;
+  }
+  const original = first(req.headers['x-original-url']);
+  return `https://${host}${pathOf(original ?? req.url)}`;
 }
 
 interface RegistrationBody {
@@ -34,37 +82,80 @@ const registrationSchema = {
 /** Registrations are a few hundred bytes. */
 const BODY_LIMIT = 8 * 1024;
 
-/** The URL Molly must store: https, the Host header, and the path a reverse proxy reports in X-Original-URL. */
-function publicUrl(req: FastifyRequest): string {
-  const original = req.headers['x-original-url'];
-  const path = new URL(typeof original === 'string' ? original : req.url, 'http://placeholder').pathname;
-  return `https://${req.headers.host ?? 'localhost'}${path}`;
-}
-
-export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
+function baseApp(log: Logger, trustProxy: boolean): FastifyInstance {
   const app = Fastify({
-    loggerInstance: deps.log as FastifyBaseLogger,
-    logController: new LogController({ disableRequestLogging: true }),
+    loggerInstance: log as FastifyBaseLogger,
+    // Request lines only with -v: health checks would otherwise fill the log.
+    logController: new LogController({ disableRequestLogging: () => !log.isLevelEnabled('debug') }),
     bodyLimit: BODY_LIMIT,
+    trustProxy,
     ajv: { customOptions: { coerceTypes: false } },
   });
-  const discovery = { mollysocket: { version: deps.version } };
-
   app.setErrorHandler((err: { statusCode?: number; message: string }, req, reply) => {
     const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
     if (status === 500) req.log.error({ err: err.message }, 'request failed');
     void reply.status(status).send({ error: status === 500 ? 'internal error' : err.message });
   });
+  return app;
+}
 
+/** `GET /health` and `GET /metrics`: counts only, never an account. */
+function addOpsRoutes(app: FastifyInstance, ops: Ops): void {
+  app.get('/health', async (_req, reply) => {
+    const healthy = ops.storeHealthy();
+    const c = ops.counts();
+    return reply.status(healthy ? 200 : 503).send({
+      status: healthy ? 'ok' : 'store_unavailable',
+      version: ops.version,
+      connections: { total: c.total, connected: c.connected, connecting: c.connecting, backoff: c.backoff, forbidden: c.forbidden },
+    });
+  });
+  app.get('/metrics', async (_req, reply) => reply.type(ops.metricsContentType).send(await ops.metrics()));
+}
+
+/** A listener with only /health and /metrics (`metrics_port`), for operators who keep them private. */
+export function buildOpsApp(ops: Ops, log: Logger): FastifyInstance {
+  const app = baseApp(log, false);
+  addOpsRoutes(app, ops);
+  return app;
+}
+
+export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
+  const app = baseApp(deps.log, deps.trustProxy);
+  await app.register(helmet, {
+    contentSecurityPolicy: {
+      useDefaults: false,
+      directives: {
+        defaultSrc: ["'none'"],
+        scriptSrc: [HOME_HASHES.script],
+        styleSrc: [HOME_HASHES.style],
+        imgSrc: ["'self'", 'data:'],
+        baseUri: ["'none'"],
+        formAction: ["'none'"],
+        frameAncestors: ["'none'"],
+      },
+    },
+    referrerPolicy: { policy: 'no-referrer' },
+    // HSTS belongs to whoever terminates TLS for the whole host: the reverse proxy.
+    strictTransportSecurity: false,
+  });
+  await app.register(rateLimit, { global: false });
+  app.removeContentTypeParser('text/plain'); // registrations are JSON; anything else is 415
+
+  const discovery = { mollysocket: { version: deps.version } };
   app.get('/discover', async () => discovery);
 
-  app.get('/', async (req, reply) => {
+  app.get<{ Querystring: Record<string, string> }>('/', async (req, reply) => {
     if (req.headers['user-agent']?.includes('Signal-Android')) return discovery;
-    const link = linkUrl(deps.vapidPublicKey, { type: 'webserver', url: publicUrl(req) });
-    return reply.type('text/html; charset=utf-8').send(renderHome({ link, qrSvg: await qrSvg(link), version: deps.version }));
+    const airgapped = 'airgapped' in req.query;
+    const url = airgapped ? undefined : serverUrl(req, deps);
+    const link = linkUrl(deps.vapidPublicKey, url === undefined ? { type: 'airgapped' } : { type: 'webserver', url });
+    const page = renderHome({ mode: airgapped ? 'airgapped' : 'webserver', link, linkUrl: url, qrSvg: await qrSvg(link), version: deps.version });
+    return reply.type('text/html; charset=utf-8').header('Cache-Control', 'no-store').send(page);
   });
 
-  app.post<{ Body: RegistrationBody }>('/', { schema: { body: registrationSchema } }, async (req) => {
+  const limit = deps.rateLimitPerMinute > 0 ? { rateLimit: { max: deps.rateLimitPerMinute, timeWindow: '1 minute' } } : {};
+  app.post<{ Body: RegistrationBody }>('/', { schema: { body: registrationSchema }, config: limit }, async (req) => {
     const b = req.body;
     const status = await deps.registrations.register({
       uuid: b.uuid,
@@ -76,5 +167,6 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
     return { mollysocket: { version: deps.version, status } };
   });
 
+  if (deps.ops) addOpsRoutes(app, deps.ops);
   return app;
 }

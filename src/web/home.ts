@@ -1,16 +1,63 @@
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { packageRoot } from '../paths.js';
 
 const template = readFileSync(join(packageRoot, 'views', 'home.html'), 'utf8');
 
+const inline = (tag: 'script' | 'style'): string => {
+  const m = new RegExp(`<${tag}>([\\s\\S]*?)</${tag}>`).exec(template);
+  if (!m) throw new Error(`views/home.html has no <${tag}>`);
+  return m[1] as string;
+};
+const sha256 = (text: string): string => `'sha256-${createHash('sha256').update(text).digest('base64')}'`;
+
+/** CSP sources for the page's own inline script and style, and nothing else. */
+export const HOME_HASHES = { script: sha256(inline('script')), style: sha256(inline('style')) };
+
 const escapeHtml = (s: string): string =>
   s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c] as string);
 
-/** Fills the homepage template. `qrSvg` is markup we generated; everything else is escaped. */
-export function renderHome(view: { link: string; qrSvg: string; version: string }): string {
-  return template
-    .replace('{{qr_svg}}', () => view.qrSvg)
-    .replace('{{link}}', () => escapeHtml(view.link))
-    .replace('{{version}}', () => escapeHtml(view.version));
+export interface HomeView {
+  mode: 'webserver' | 'airgapped';
+  /** The mollysocket://link shown and encoded in the QR code. */
+  link: string;
+  /** The server URL inside the link (webserver mode), checked against the browser's address by the page. */
+  linkUrl: string | undefined;
+  /** SVG markup that we generated. */
+  qrSvg: string;
+  version: string;
+}
+
+const TEXT = {
+  webserver: {
+    intro:
+      'This server relays Signal notifications to Molly through UnifiedPush. In Molly, open Settings › Notifications, ' +
+      'choose UnifiedPush as the delivery method, and scan this QR code, or copy the link below into Molly.',
+    switchHref: '?airgapped',
+    switchText: 'Use it in air-gapped mode instead',
+  },
+  airgapped: {
+    intro:
+      'Air-gapped mode: scan this code with Molly, which then shows a command, `connection add …`, to run on this ' +
+      'server with `mollysocket`. Molly cannot update its registration by itself in this mode, so prefer the web ' +
+      'server mode when this server is reachable.',
+    switchHref: '?',
+    switchText: 'Use it with the web server instead',
+  },
+};
+
+/** Fills the homepage template; everything but the SVG we generated is escaped. */
+export function renderHome(view: HomeView): string {
+  const text = TEXT[view.mode];
+  const values: Record<string, string> = {
+    qr_svg: view.qrSvg,
+    link: escapeHtml(view.link),
+    link_url: escapeHtml(view.linkUrl ?? ''),
+    intro: escapeHtml(text.intro),
+    switch_href: text.switchHref,
+    switch_text: escapeHtml(text.switchText),
+    version: escapeHtml(view.version),
+  };
+  return template.replace(/\{\{(\w+)\}\}/g, (_, name: string) => values[name] ?? '');
 }

@@ -1,17 +1,68 @@
-import { describe, expect, it } from 'vitest';
+import { createHash } from 'node:crypto';
 import { pino } from 'pino';
-import type { Registrations, RegistrationRequest } from '../../src/registrations.js';
-import { buildApp } from '../../src/web/app.js';
+import { describe, expect, it } from 'vitest';
+import { Metrics } from '../../src/metrics.js';
+import type { RegistrationRequest, Registrations } from '../../src/registrations.js';
+import { buildApp, buildOpsApp, serverUrl, type Ops, type WebDeps } from '../../src/web/app.js';
 
 const PUB = 'BOniQ9xHBPNY9gnQW4o-16vHqOb40pEIMifyUdFsxAgyzVkFMguxw0QrdbZcq8hRjN2zpeInRvKVPlkzABvuTnI';
 const valid = { uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', device_id: 1, password: 'p', endpoint: 'https://e.example/x' };
 
-async function app() {
+function ops(over: Partial<Ops> = {}): Ops {
+  const metrics = new Metrics(() => ({ connected: 3, forbidden: 1 }));
+  return {
+    version: '9.9.9',
+    counts: () => ({ total: 5, connected: 3, connecting: 1, backoff: 0, forbidden: 1 }),
+    storeHealthy: () => true,
+    metrics: () => metrics.registry.metrics(),
+    metricsContentType: metrics.registry.contentType,
+    ...over,
+  };
+}
+
+async function app(over: Partial<WebDeps> = {}) {
   const seen: RegistrationRequest[] = [];
   const registrations = { register: async (r: RegistrationRequest) => (seen.push(r), 'ok' as const) } as unknown as Registrations;
-  const instance = await buildApp({ registrations, vapidPublicKey: PUB, version: '9.9.9', log: pino({ level: 'silent' }) });
+  const instance = await buildApp({
+    registrations,
+    vapidPublicKey: PUB,
+    version: '9.9.9',
+    log: pino({ level: 'silent' }),
+    publicUrl: undefined,
+    trustProxy: false,
+    rateLimitPerMinute: 120,
+    ops: ops(),
+    ...over,
+  });
   return { instance, seen };
 }
+
+const linkIn = (html: string) => new URL(/<code id="link">([^<]+)<\/code>/.exec(html)![1]!.replaceAll('&amp;', '&'));
+
+describe('the URL in the link', () => {
+  const req = (headers: Record<string, string>, url = '/') => ({ headers, url });
+  const plain = { publicUrl: undefined, trustProxy: false };
+
+  it('is https, the Host header and the request path, as MollySocket derives it', () => {
+    expect(serverUrl(req({ host: 'push.example' }, '/?airgapped'), plain)).toBe('https://push.example/');
+    expect(serverUrl(req({ host: 'push.example:8443' }), plain)).toBe('https://push.example:8443/');
+  });
+
+  it('takes the path of X-Original-URL from a reverse proxy', () => {
+    expect(serverUrl(req({ host: 'example.org', 'x-original-url': '/molly/?x=1' }), plain)).toBe('https://example.org/molly/');
+  });
+
+  it('prefers the url setting', () => {
+    expect(serverUrl(req({ host: 'internal:8020' }), { publicUrl: 'https://example.org/molly/', trustProxy: false })).toBe('https://example.org/molly/');
+  });
+
+  it('believes X-Forwarded-Proto/Host/Prefix only with trust_proxy', () => {
+    const headers = { host: 'internal:8020', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'example.org', 'x-forwarded-prefix': '/molly/' };
+    expect(serverUrl(req(headers), { publicUrl: undefined, trustProxy: true })).toBe('https://example.org/molly/');
+    expect(serverUrl(req(headers), plain)).toBe('https://internal:8020/');
+    expect(serverUrl(req({ host: 'a.example', 'x-forwarded-host': 'b.example, c.example' }), { publicUrl: undefined, trustProxy: true })).toBe('https://b.example/');
+  });
+});
 
 describe('web routes', () => {
   it('answers Molly and health checks with the version JSON, browsers with the homepage', async () => {
@@ -20,14 +71,41 @@ describe('web routes', () => {
     expect(molly.json()).toEqual({ mollysocket: { version: '9.9.9' } });
     expect((await instance.inject({ url: '/discover' })).json()).toEqual({ mollysocket: { version: '9.9.9' } });
     const page = await instance.inject({ url: '/', headers: { 'user-agent': 'Mozilla/5.0', host: 'push.example' } });
+    expect(page.statusCode).toBe(200);
     expect(page.headers['content-type']).toMatch(/^text\/html/);
-    expect(page.body).toContain(`mollysocket://link?vapid=${PUB}&amp;url=https%3A%2F%2Fpush.example%2F&amp;type=webserver`);
+    const link = linkIn(page.body);
+    expect(link.toString()).toBe(`mollysocket://link?vapid=${PUB}&url=https%3A%2F%2Fpush.example%2F&type=webserver`);
+    expect(page.body).toContain('<svg');
+    expect(page.body).toContain('9.9.9');
+    expect(page.body).toContain('href="?airgapped"');
+    expect(page.body).toContain('data-link-url="https://push.example/"');
   });
 
-  it('derives the link URL from Host and the path of X-Original-URL', async () => {
+  it('shows the air-gapped link on ?airgapped', async () => {
     const { instance } = await app();
-    const page = await instance.inject({ url: '/?airgapped', headers: { host: 'example.org', 'x-original-url': '/molly/?x=1' } });
-    expect(page.body).toContain('url=https%3A%2F%2Fexample.org%2Fmolly%2F&amp;type=webserver<');
+    const page = await instance.inject({ url: '/?airgapped', headers: { host: 'push.example' } });
+    const link = linkIn(page.body);
+    expect(link.searchParams.get('type')).toBe('airgapped');
+    expect(link.searchParams.has('url')).toBe(false);
+    expect(page.body).toContain('connection add');
+    expect(page.body).toContain('data-link-url=""');
+  });
+
+  it('sends security headers, with a CSP that allows only the page\'s own script and style', async () => {
+    const { instance } = await app();
+    const page = await instance.inject({ url: '/', headers: { host: 'push.example' } });
+    expect(page.headers['x-content-type-options']).toBe('nosniff');
+    expect(page.headers['referrer-policy']).toBe('no-referrer');
+    const csp = String(page.headers['content-security-policy']);
+    const hash = (tag: string) => {
+      const body = new RegExp(`<${tag}>([\\s\\S]*?)</${tag}>`).exec(page.body)![1]!;
+      return `'sha256-${createHash('sha256').update(body).digest('base64')}'`;
+    };
+    expect(csp).toContain(`script-src ${hash('script')}`);
+    expect(csp).toContain(`style-src ${hash('style')}`);
+    expect(csp).toContain("default-src 'none'");
+    expect(csp).not.toContain('unsafe-inline');
+    expect(page.headers['strict-transport-security']).toBeUndefined();
   });
 
   it('passes a registration to the decision table and wraps its status', async () => {
@@ -41,14 +119,71 @@ describe('web routes', () => {
   it('answers malformed input with 4xx and a JSON error, never a 5xx', async () => {
     const { instance, seen } = await app();
     const post = (payload: string, type = 'application/json') => instance.inject({ method: 'POST', url: '/', headers: { 'content-type': type }, payload });
-    for (const bad of ['{', '[]', JSON.stringify({ ...valid, device_id: 0 }), JSON.stringify({ ...valid, device_id: '1' }),
-      JSON.stringify({ ...valid, password: '' }), JSON.stringify({ ...valid, uuid: 'x'.repeat(65) }), JSON.stringify({ ...valid, ping: 'yes' })]) {
+    for (const bad of ['{', '[]', 'null', JSON.stringify({ ...valid, device_id: 0 }), JSON.stringify({ ...valid, device_id: 2 ** 31 }),
+      JSON.stringify({ ...valid, device_id: '1' }), JSON.stringify({ ...valid, device_id: 1.5 }), JSON.stringify({ ...valid, password: '' }),
+      JSON.stringify({ ...valid, password: 'x'.repeat(257) }), JSON.stringify({ ...valid, uuid: 'x'.repeat(65) }),
+      JSON.stringify({ ...valid, endpoint: `https://e.example/${'x'.repeat(1000)}` }), JSON.stringify({ ...valid, ping: 'yes' }),
+      JSON.stringify({ uuid: valid.uuid })]) {
       const res = await post(bad);
-      expect(res.statusCode, bad).toBe(400);
+      expect(res.statusCode, bad.slice(0, 80)).toBe(400);
       expect(res.json()).toHaveProperty('error');
     }
     expect((await post('uuid=x', 'application/x-www-form-urlencoded')).statusCode).toBe(415);
+    expect((await post(JSON.stringify(valid), 'text/plain')).statusCode).toBe(415);
     expect((await post(JSON.stringify({ ...valid, password: 'x'.repeat(10 * 1024 * 1024) }))).statusCode).toBe(413);
+    expect((await post(JSON.stringify({ ...valid, password: 'x'.repeat(9 * 1024) }))).statusCode).toBe(413);
     expect(seen).toEqual([]);
+  });
+
+  it('limits registrations per client address, generously', async () => {
+    const { instance } = await app({ rateLimitPerMinute: 5 });
+    const post = (ip: string) => instance.inject({ method: 'POST', url: '/', remoteAddress: ip, payload: valid });
+    for (let i = 0; i < 5; i++) expect((await post('192.0.2.1')).statusCode).toBe(200);
+    const limited = await post('192.0.2.1');
+    expect(limited.statusCode).toBe(429);
+    expect(limited.headers['retry-after']).toBeDefined();
+    expect((await post('192.0.2.2')).statusCode).toBe(200);
+    expect((await instance.inject({ url: '/', remoteAddress: '192.0.2.1' })).statusCode).toBe(200); // only registrations count
+  });
+
+  it('answers unknown routes with 404', async () => {
+    const { instance } = await app();
+    expect((await instance.inject({ url: '/nope' })).statusCode).toBe(404);
+  });
+});
+
+describe('health and metrics', () => {
+  it('reports counts only, and 503 when the store is unusable', async () => {
+    const { instance } = await app();
+    const res = await instance.inject({ url: '/health' });
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toEqual({ status: 'ok', version: '9.9.9', connections: { total: 5, connected: 3, connecting: 1, backoff: 0, forbidden: 1 } });
+    const broken = await app({ ops: ops({ storeHealthy: () => false }) });
+    const down = await broken.instance.inject({ url: '/health' });
+    expect(down.statusCode).toBe(503);
+    expect(down.json()).toMatchObject({ status: 'store_unavailable' });
+  });
+
+  it('serves the MollySocket metric names with no per-account label', async () => {
+    const { instance } = await app();
+    const res = await instance.inject({ url: '/metrics' });
+    expect(res.headers['content-type']).toMatch(/^text\/plain/);
+    for (const name of ['mollysocket_connections 3', 'mollysocket_forbiddens 1', 'mollysocket_reconnections 0', 'mollysocket_messages 0', 'mollysocket_pushs 0']) {
+      expect(res.body).toContain(`\n${name}\n`);
+    }
+    expect(res.body).toContain('# TYPE mollysocket_pushs counter');
+    expect(res.body).toContain('# TYPE mollysocket_connections gauge');
+    expect(res.body).toContain('# TYPE mollysocket_push_duration_seconds histogram');
+    expect(res.body).not.toMatch(/uuid|endpoint=/);
+  });
+
+  it('moves health and metrics to their own listener when metrics_port is set', async () => {
+    const { instance } = await app({ ops: undefined });
+    expect((await instance.inject({ url: '/health' })).statusCode).toBe(404);
+    expect((await instance.inject({ url: '/metrics' })).statusCode).toBe(404);
+    const opsApp = buildOpsApp(ops(), pino({ level: 'silent' }));
+    expect((await opsApp.inject({ url: '/health' })).statusCode).toBe(200);
+    expect((await opsApp.inject({ url: '/metrics' })).body).toContain('mollysocket_pushs');
+    expect((await opsApp.inject({ url: '/' })).statusCode).toBe(404);
   });
 });
