@@ -144,6 +144,7 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
 
   const discovery = { mollysocket: { version: deps.version } };
   app.get('/discover', async () => discovery);
+  app.get('/favicon.ico', async (_req, reply) => reply.code(204).send()); // browsers ask for it on every visit
 
   app.get<{ Querystring: Record<string, string> }>('/', async (req, reply) => {
     if (req.headers['user-agent']?.includes('Signal-Android')) return discovery;

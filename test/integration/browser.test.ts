@@ -1,0 +1,96 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import jsQR from 'jsqr';
+import { chromium, type Browser } from 'playwright-core';
+import { PNG } from 'pngjs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config.js';
+import { startServer, type RunningServer } from '../../src/server.js';
+import { memoryLogger, tempDir } from '../helpers/index.js';
+
+/** Debian's Chromium (`.ci/run` installs it). Without it the browser test cannot run: CI fails, a laptop skips. */
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const haveChromium = existsSync(CHROMIUM);
+if (!haveChromium && process.env.CI) throw new Error(`the browser test needs Chromium at ${CHROMIUM}: apt-get install chromium`);
+if (!haveChromium) console.warn(`browser test skipped: no Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`);
+
+/** Molly's acceptance rules for a scanned link (PROTOCOL.md section 1). */
+function mollyAccepts(text: string): { ok: boolean; url?: URL } {
+  const link = new URL(text);
+  if (link.protocol !== 'mollysocket:' || link.host !== 'link') return { ok: false };
+  if (!/^[A-Za-z0-9_-]{87}$/.test(link.searchParams.get('vapid') ?? '')) return { ok: false };
+  const type = link.searchParams.get('type');
+  if (type === 'airgapped') return { ok: !link.searchParams.has('url') };
+  if (type !== 'webserver') return { ok: false };
+  const url = new URL(link.searchParams.get('url') ?? 'invalid:');
+  return { ok: url.protocol === 'https:', url };
+}
+
+async function startWith(env: Record<string, string>): Promise<RunningServer> {
+  const { config } = loadConfig({ env: { XDG_CONFIG_HOME: '/nonexistent', MOLLY_PORT: '0', MOLLY_DB: join(tempDir(), 'm.db'), ...env } });
+  return startServer(config, memoryLogger().log);
+}
+
+describe.skipIf(!haveChromium)('the homepage in a browser', () => {
+  let browser: Browser;
+  let server: RunningServer;
+
+  beforeAll(async () => {
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    server = await startWith({});
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+
+  /** Opens a page, screenshots the QR code and decodes it as a phone camera would. */
+  async function scan(url: string) {
+    const page = await browser.newPage({ colorScheme: 'dark' }); // the page stays light whatever the theme
+    const errors: string[] = [];
+    page.on('console', (m) => m.type() === 'error' && errors.push(m.text()));
+    await page.goto(url);
+    const png = PNG.sync.read(await page.locator('.qr').screenshot());
+    const code = jsQR.default(new Uint8ClampedArray(png.data), png.width, png.height);
+    const warnings = {
+      proxy: await page.locator('#proxy-warning').isVisible(),
+      https: await page.locator('#https-warning').isVisible(),
+    };
+    await page.close();
+    return { text: code?.data, warnings, errors };
+  }
+
+  it('shows a QR code that Molly accepts, pointing at the address the page was opened at', async () => {
+    const { text, warnings, errors } = await scan(`${server.url}/`);
+    expect(text).toBeDefined();
+    const verdict = mollyAccepts(text!);
+    expect(verdict.ok).toBe(true);
+    const opened = new URL(`${server.url}/`);
+    expect(verdict.url?.host).toBe(opened.host);
+    expect(verdict.url?.pathname).toBe(opened.pathname);
+    expect(new URL(text!).searchParams.get('vapid')).toBe(server.vapidPublicKey);
+    expect(warnings).toEqual({ proxy: false, https: true }); // opened over plain http: the page says Molly needs https
+    expect(errors).toEqual([]); // no CSP violation, no missing resource
+  });
+
+  it('shows the air-gapped link on ?airgapped', async () => {
+    const { text } = await scan(`${server.url}/?airgapped`);
+    expect(mollyAccepts(text!)).toEqual({ ok: true });
+    expect(new URL(text!).searchParams.get('type')).toBe('airgapped');
+  });
+
+  it("warns, through its own script under the page's CSP, when the link points elsewhere than the browser's address", async () => {
+    const proxied = await startWith({ MOLLY_URL: 'https://push.example.org/molly/' });
+    try {
+      const { text, warnings } = await scan(`${proxied.url}/`);
+      expect(mollyAccepts(text!).url?.toString()).toBe('https://push.example.org/molly/');
+      expect(warnings.proxy).toBe(true);
+    } finally {
+      await proxied.close();
+    }
+  });
+});
