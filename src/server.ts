@@ -61,6 +61,8 @@ export interface ServerOptions {
 export interface RunningServer {
   /** The web server's address, when it listens. */
   url: string | undefined;
+  /** The health and metrics listener's address, when metrics_port is set. */
+  opsUrl: string | undefined;
   store: Store;
   supervisor: Supervisor;
   vapidPublicKey: string;
@@ -135,10 +137,11 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   };
   const listeners: FastifyInstance[] = [];
   let url: string | undefined;
+  let opsUrl: string | undefined;
   if (config.metrics_port !== undefined) {
     const opsApp = buildOpsApp(ops, log);
     listeners.push(opsApp);
-    const opsUrl = await opsApp.listen({ host: config.metrics_host, port: config.metrics_port });
+    opsUrl = await opsApp.listen({ host: config.metrics_host, port: config.metrics_port });
     log.info({ url: opsUrl }, 'health and metrics listening');
   }
   if (config.webserver) {
@@ -160,13 +163,16 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     log.warn(
       { link },
       'the web server is off (webserver = false): air-gapped mode. Molly cannot update its registration by itself; ' +
-        `register with \`mollysocket connection add\`. Scan this code with Molly:\n${await qrTerminal(link)}`,
+        'register with `mollysocket connection add`. Scan the code below with Molly.',
     );
+    // Raw on stderr: inside a JSON log line the code's line breaks would be escaped and it could not be scanned.
+    process.stderr.write(`\n${await qrTerminal(link)}\n${link}\n\n`);
   }
   supervisor.start();
 
   return {
     url,
+    opsUrl,
     store,
     supervisor,
     vapidPublicKey: key.publicKey,

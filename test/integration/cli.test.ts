@@ -119,4 +119,16 @@ describe('the mollysocket bin', () => {
       await push.close();
     }
   });
+
+  it('with webserver = false opens no listener and logs the air-gapped link and its QR code', async () => {
+    const cwd = tempDir();
+    const proc = new BinProcess(['server'], { cwd, env: { MOLLY_WEBSERVER: 'false', MOLLY_PORT: '0' } });
+    const line = await proc.waitFor(/[^\n]*the web server is off[^\n]*/);
+    expect(line[0]).toMatch(/"link":"mollysocket:\/\/link\?vapid=[A-Za-z0-9_-]{87}&type=airgapped"/);
+    await proc.waitFor(/type=airgapped\n\n/);
+    const qrLines = proc.stderr.split('\n').filter((l) => /^[ █▀▄]+$/.test(l) && /[█▀▄]/.test(l));
+    expect(qrLines.length).toBeGreaterThan(20); // drawn raw, line by line, so it can be scanned from a terminal
+    expect(proc.stderr).not.toMatch(/web server listening/);
+    expect(await proc.stop()).toBe(0);
+  });
 });

@@ -1,3 +1,4 @@
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -185,5 +186,33 @@ describe('the relay end to end', () => {
     expect((await register({ ...molly, endpoint: `http://sneaky.example:${port}/up` })).json.mollysocket.status).toBe('invalid_endpoint');
     expect(server.store.list()).toEqual([]);
     expect(push.requests).toHaveLength(0);
+  });
+
+  it('reports health, and 503 once the database file is gone', async () => {
+    const health = async () => {
+      const res = await fetch(`${server.url}/health`);
+      return { status: res.status, body: (await res.json()) as { status: string; connections: Record<string, number> } };
+    };
+    await register({ ...molly, endpoint: push.endpoint() });
+    await signal.until(() => server.supervisor.state(account) === 'connected', 'connected');
+    expect(await health()).toEqual({ status: 200, body: { status: 'ok', version: expect.any(String), connections: { total: 1, connected: 1, connecting: 0, backoff: 0, forbidden: 0 } } });
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    expect(metrics).toContain('\nmollysocket_connections 1\n');
+    expect(metrics).toContain('\nmollysocket_pushs 1\n'); // the test push
+    rmSync(server.store.path);
+    expect((await health()).status).toBe(503);
+  });
+
+  it('serves health and metrics only on their own listener when metrics_port is set', async () => {
+    await server.close();
+    const { config } = loadConfig({
+      env: { XDG_CONFIG_HOME: '/nonexistent', MOLLY_PORT: '0', MOLLY_METRICS_PORT: '0', MOLLY_DB: join(tempDir(), 'm.db'), MOLLY_SIGNAL_URL: signal.url },
+    });
+    server = await startServer(config, memoryLogger().log);
+    expect(server.opsUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    expect((await fetch(`${server.opsUrl}/health`)).status).toBe(200);
+    expect(await (await fetch(`${server.opsUrl}/metrics`)).text()).toContain('mollysocket_messages');
+    expect((await fetch(`${server.url}/health`)).status).toBe(404);
+    expect((await fetch(`${server.url}/metrics`)).status).toBe(404);
   });
 });
