@@ -2,10 +2,29 @@ import { pino, type Logger } from 'pino';
 
 export type { Logger };
 
-/** -v: debug, -vv and more: trace; default info. Logs go to stderr so stdout stays for command output. */
+const LEVELS = ['silent', 'error', 'warn', 'info', 'debug', 'trace'];
+
+/** A level from MOLLY_LOG (`debug`) or RUST_LOG (`debug`, `mollysocket=debug,info`), for MollySocket's guides. */
+function levelFromEnv(env: NodeJS.ProcessEnv): string | undefined {
+  const molly = env.MOLLY_LOG?.trim().toLowerCase();
+  if (molly && LEVELS.includes(molly)) return molly;
+  const directives = (env.RUST_LOG ?? '').toLowerCase().split(',').map((d) => d.trim());
+  const ours = directives.find((d) => d.startsWith('mollysocket='))?.split('=')[1];
+  const level = ours ?? directives.find((d) => !d.includes('='));
+  if (level === 'off') return 'silent';
+  return level && LEVELS.includes(level) ? level : undefined;
+}
+
+/** -v debug, -vv and more trace; else MOLLY_LOG or RUST_LOG; else info. */
+export function logLevel(verbosity: number, env: NodeJS.ProcessEnv = process.env): string {
+  if (verbosity >= 2) return 'trace';
+  if (verbosity === 1) return 'debug';
+  return levelFromEnv(env) ?? 'info';
+}
+
+/** Logs go to stderr so that stdout stays for command output. */
 export function createLogger(verbosity = 0, destination: number = 2): Logger {
-  const level = verbosity >= 2 ? 'trace' : verbosity === 1 ? 'debug' : 'info';
-  return pino({ level, base: undefined }, pino.destination({ fd: destination, sync: true }));
+  return pino({ level: logLevel(verbosity), base: undefined }, pino.destination({ fd: destination, sync: true }));
 }
 
 /** First 8 characters of a UUID: enough to tell accounts apart in logs, not enough to identify one. */

@@ -111,7 +111,11 @@ export class EndpointPolicy {
     }
     if (addresses.length === 0) return { ok: false, reason: `${host} has no address`, transient: true };
     if (!verdict.explicit && !addresses.every((a) => isGlobalAddress(a.address))) {
-      return { ok: false, reason: `${host} resolves to an address that is not globally routable; allow it explicitly in allowed_endpoints`, transient: false };
+      return {
+        ok: false,
+        reason: `${host} ${isIP(host) ? 'is' : 'resolves to'} an address that is not globally routable; allow it explicitly in allowed_endpoints`,
+        transient: false,
+      };
     }
     return { ok: true, url: verdict.url, address: addresses[0] as ResolvedAddress };
   }

@@ -2,15 +2,16 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { redactedConfig, signalUrl, type Config } from './config.js';
+import { HEARTBEAT_MS } from './heartbeat.js';
 import { linkUrl, qrTerminal } from './link.js';
 import type { Clock } from './clock.js';
 import { endpointOrigin, type Logger } from './log.js';
 import { packageRoot, version } from './paths.js';
 import { Metrics } from './metrics.js';
-import { EndpointPolicy, isUuidAllowed, type Resolver } from './policy.js';
-import { PushClient } from './push/client.js';
+import { isUuidAllowed, type Resolver } from './policy.js';
 import { Notifier } from './push/notifier.js';
-import { resolveVapidKey, VapidSigner } from './push/vapid.js';
+import { pushStack } from './push/setup.js';
+import { resolveVapidKey } from './push/vapid.js';
 import { ENDPOINT_GONE, Registrations } from './registrations.js';
 import { Supervisor, type SupervisorOptions } from './signal/supervisor.js';
 import { Store } from './store.js';
@@ -50,6 +51,7 @@ export function supervisorOptions(config: Config): SupervisorOptions {
 /** Time that pushes under way get to finish at shutdown. */
 const PUSH_DRAIN_MS = 2_000;
 
+
 export interface ServerOptions {
   clock?: Clock;
   /** DNS for push endpoints (tests map names to loopback). */
@@ -79,13 +81,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   if (key.source === 'generated') {
     log.info({ file: key.path }, 'generated a VAPID key and kept it next to the database: back this file up with it');
   }
-  const signer = new VapidSigner(key.privateKey);
-  const policy = new EndpointPolicy(config.allowed_endpoints, opts.resolver);
-  const client = new PushClient({
-    policy,
-    authorization: (endpoint) => signer.header(endpoint),
-    timeoutMs: config.push_timeout_ms,
-  });
+  const { policy, client } = pushStack(config, key.privateKey, opts.resolver);
   const metrics = new Metrics(() => supervisor.counts());
 
   const options = (opts.tune ?? ((o) => o))(supervisorOptions(config));
@@ -169,6 +165,21 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     process.stderr.write(`\n${await qrTerminal(link)}\n${link}\n\n`);
   }
   supervisor.start();
+  const startedAt = Date.now();
+  let published = -1;
+  const publish = (): void => {
+    try {
+      if (supervisor.revision !== published) {
+        published = supervisor.revision;
+        store.publishStates(supervisor.statuses());
+      }
+      store.beat({ pid: process.pid, version, startedAt, seenAt: Date.now() });
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'cannot write the heartbeat to the store');
+    }
+  };
+  publish();
+  const heartbeat = setInterval(publish, HEARTBEAT_MS);
 
   return {
     url,
@@ -182,6 +193,12 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       await supervisor.stop();
       await notifier.drain(PUSH_DRAIN_MS);
       client.close();
+      clearInterval(heartbeat);
+      try {
+        store.clearLive();
+      } catch (err) {
+        log.debug({ err: (err as Error).message }, 'cannot clear the heartbeat'); // the store is already gone
+      }
       store.close();
     },
   };

@@ -19,8 +19,44 @@ export interface Connection {
 export type ConnectionKey = Pick<Connection, 'uuid' | 'deviceId'>;
 export const connectionKey = (c: ConnectionKey): string => `${c.uuid}.${c.deviceId}`;
 
-/** Schema versions: 1 is MollySocket's (one row per uuid), 2 is ours (one row per account device). */
-const SCHEMA_VERSION = 2;
+/**
+ * Schema versions: 1 is MollySocket's (one row per uuid); 2 is ours (one row per account device); 3 adds what the
+ * running server publishes for `status` and `health` (connection states, heartbeat).
+ */
+const SCHEMA_VERSION = 3;
+
+const CREATE_V3 = `
+  CREATE TABLE live_state(
+    uuid TEXT NOT NULL,
+    device_id INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    since INTEGER NOT NULL,
+    PRIMARY KEY (uuid, device_id)
+  );
+  CREATE TABLE heartbeat(
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    pid INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    seen_at INTEGER NOT NULL
+  )`;
+
+/** A connection's state as the running server last published it (times in ms). */
+export interface LiveState {
+  uuid: string;
+  deviceId: number;
+  state: string;
+  reason: string;
+  since: number;
+}
+
+export interface Heartbeat {
+  pid: number;
+  version: string;
+  startedAt: number;
+  seenAt: number;
+}
 
 const CREATE_V2 = `
   CREATE TABLE connections(
@@ -98,7 +134,7 @@ export class Store {
   }
 
   private migrate(backup: boolean): void {
-    const version = this.db.pragma('user_version', { simple: true }) as number;
+    let version = this.db.pragma('user_version', { simple: true }) as number;
     if (version === SCHEMA_VERSION) return;
     if (version > SCHEMA_VERSION) {
       throw new StoreError(`the database ${this.path} has schema version ${version}, newer than this program knows (${SCHEMA_VERSION}): upgrade mollysocket`);
@@ -107,11 +143,23 @@ export class Store {
     if (!hasTable) {
       this.db.transaction(() => {
         this.db.exec(CREATE_V2);
+        this.db.exec(CREATE_V3);
         this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
       })();
       return;
     }
-    // A MollySocket database: keep a copy as it was, then move every row, forbidden flag included.
+    if (version < 2) {
+      this.fromMollySocket(version, backup);
+      version = 2;
+    }
+    this.db.transaction(() => {
+      if (version === 2) this.db.exec(CREATE_V3);
+      this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    })();
+  }
+
+  /** A MollySocket database: keep a copy as it was, then move every row, forbidden flag included. */
+  private fromMollySocket(version: number, backup: boolean): void {
     if (backup) this.db.prepare('VACUUM INTO ?').run(`${this.path}.mollysocket-v${version}.bak`);
     const now = Math.floor(Date.now() / 1000);
     this.db.transaction(() => {
@@ -129,7 +177,7 @@ export class Store {
         )
         .run({ now });
       this.db.exec('DROP TABLE connections_v1');
-      this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+      this.db.pragma('user_version = 2');
     })();
   }
 
@@ -188,6 +236,45 @@ export class Store {
     return key.deviceId === undefined
       ? this.db.prepare('DELETE FROM connections WHERE uuid = ?').run(key.uuid).changes
       : this.db.prepare('DELETE FROM connections WHERE uuid = ? AND device_id = ?').run(key.uuid, key.deviceId).changes;
+  }
+
+  /** Replaces the published connection states (the running server calls this when they change). */
+  publishStates(states: LiveState[]): void {
+    this.db.transaction(() => {
+      this.db.exec('DELETE FROM live_state');
+      const insert = this.db.prepare('INSERT INTO live_state (uuid, device_id, state, reason, since) VALUES (?, ?, ?, ?, ?)');
+      for (const s of states) insert.run(s.uuid, s.deviceId, s.state, s.reason, s.since);
+    })();
+  }
+
+  liveStates(): LiveState[] {
+    return (
+      this.db.prepare('SELECT * FROM live_state').all() as { uuid: string; device_id: number; state: string; reason: string; since: number }[]
+    ).map((r) => ({ uuid: r.uuid, deviceId: r.device_id, state: r.state, reason: r.reason, since: r.since }));
+  }
+
+  beat(h: Heartbeat): void {
+    this.db
+      .prepare(
+        `INSERT INTO heartbeat (id, pid, version, started_at, seen_at) VALUES (1, @pid, @version, @startedAt, @seenAt)
+         ON CONFLICT (id) DO UPDATE SET pid = @pid, version = @version, started_at = @startedAt, seen_at = @seenAt`,
+      )
+      .run(h);
+  }
+
+  heartbeat(): Heartbeat | undefined {
+    const r = this.db.prepare('SELECT * FROM heartbeat WHERE id = 1').get() as
+      | { pid: number; version: string; started_at: number; seen_at: number }
+      | undefined;
+    return r && { pid: r.pid, version: r.version, startedAt: r.started_at, seenAt: r.seen_at };
+  }
+
+  /** The server stopped: nothing it published is current any more. */
+  clearLive(): void {
+    this.db.transaction(() => {
+      this.db.exec('DELETE FROM live_state');
+      this.db.exec('DELETE FROM heartbeat');
+    })();
   }
 
   /** Runs `fn` in one transaction: all of it is written, or none. */

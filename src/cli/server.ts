@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { startServer } from '../server.js';
-import { setup } from './common.js';
+import { loadForServer } from './common.js';
 
 /** How long shutdown may take before the process exits anyway. */
 const SHUTDOWN_DEADLINE_MS = 4_000;
@@ -10,7 +10,7 @@ export function registerServer(program: Command): void {
     .command('server')
     .description('run the web server and the Signal connections')
     .action(async (_opts, cmd: Command) => {
-      const { loaded, log } = setup(cmd);
+      const { loaded, log } = loadForServer(cmd);
       const running = await startServer(loaded.config, log);
       const shutdown = (signal: string): void => {
         log.info({ signal }, 'shutting down');

@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
 import { generatePrivateKey } from '../push/vapid.js';
+import { pushStack } from '../push/setup.js';
+import { loadFor, print, UsageError, vapidKey } from './common.js';
 
 export function registerVapid(program: Command): void {
   const vapid = program.command('vapid').description('VAPID keys');
@@ -7,7 +9,20 @@ export function registerVapid(program: Command): void {
     .command('generate')
     .alias('gen')
     .description('print a new VAPID private key (and nothing else) on stdout')
-    .action(() => {
-      process.stdout.write(`${generatePrivateKey()}\n`);
+    .action(() => print(generatePrivateKey()));
+
+  vapid
+    .command('pub')
+    .description('print the public key of the configured (or kept) VAPID key')
+    .action((_o, cmd: Command) => print(vapidKey(loadFor(cmd).config).publicKey));
+
+  vapid
+    .command('test')
+    .description('print the VAPID Authorization header this server sends to an endpoint')
+    .argument('<endpoint>', 'UnifiedPush endpoint URL')
+    .action((endpoint: string, _o, cmd: Command) => {
+      const { config } = loadFor(cmd);
+      if (!URL.canParse(endpoint)) throw new UsageError(`endpoint ${endpoint} is not a URL: give the full https://… URL`);
+      print(pushStack(config, vapidKey(config).privateKey).signer.header(endpoint));
     });
 }

@@ -70,6 +70,7 @@ export class Supervisor {
   private pollTimer: TimerHandle | undefined;
   private seenVersion = 0;
   private stopping = false;
+  private stateChanges = 0;
 
   constructor(
     private readonly opts: SupervisorOptions,
@@ -151,6 +152,11 @@ export class Supervisor {
     }));
   }
 
+  /** Grows with every state change: whoever publishes the states can tell whether anything changed. */
+  get revision(): number {
+    return this.stateChanges;
+  }
+
   counts(): Record<ConnectionState | 'total', number> {
     const counts = { total: 0, connecting: 0, connected: 0, backoff: 0, forbidden: 0, stopped: 0 };
     for (const e of this.entries.values()) {
@@ -198,6 +204,7 @@ export class Supervisor {
     entry.state = state;
     entry.reason = reason;
     entry.since = this.clock.now();
+    this.stateChanges++;
     const { uuid, deviceId } = entry.conn;
     this.deps.log.info({ uuid: shortUuid(uuid), device: deviceId, state, reason, ...extra }, 'connection state');
   }

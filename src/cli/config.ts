@@ -1,0 +1,19 @@
+import type { Command } from 'commander';
+import { redactedConfig, type Source } from '../config.js';
+import { loadFor, print } from './common.js';
+
+const from = (source: Source): string => (source === 'default' ? 'default' : 'file' in source ? source.file : source.env);
+
+export function registerConfig(program: Command): void {
+  program
+    .command('config')
+    .description('print the effective configuration, secrets redacted, with where each value came from')
+    .action((_o, cmd: Command) => {
+      const loaded = loadFor(cmd);
+      print(`# config file: ${loaded.file ?? 'none found'}`);
+      for (const [key, value] of Object.entries(redactedConfig(loaded.config))) {
+        const shown = value === undefined ? '(unset)' : JSON.stringify(value);
+        print(`${key} = ${shown}  # ${from(loaded.sources[key as keyof typeof loaded.sources])}`);
+      }
+    });
+}

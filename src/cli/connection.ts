@@ -1,0 +1,151 @@
+import type { Command } from 'commander';
+import { endpointOrigin } from '../log.js';
+import { isUuidAllowed } from '../policy.js';
+import { pushStack } from '../push/setup.js';
+import type { PushOutcome } from '../push/client.js';
+import type { Config } from '../config.js';
+import type { Connection } from '../store.js';
+import { FailureError, formatTime, loadFor, maskUuid, parseDeviceId, print, table, UsageError, vapidKey, withStore } from './common.js';
+
+/** How a push went, in words. */
+export function describeOutcome(o: PushOutcome): string {
+  switch (o.kind) {
+    case 'delivered':
+      return `delivered (${o.status})`;
+    case 'gone':
+      return `the endpoint is gone (${o.status}): register again from Molly`;
+    case 'rate_limited':
+      return `the push server asks to slow down (429)`;
+    case 'rejected':
+      return `refused${o.status ? ` (${o.status})` : ''}${o.reason ? `: ${o.reason}` : ''}`;
+    case 'failed':
+      return `failed: ${o.status ? `HTTP ${o.status}` : o.error ?? 'no answer'}`;
+  }
+}
+
+/** Sends a test push to each connection and prints how it went; false when any was not delivered. */
+async function ping(config: Config, conns: Connection[]): Promise<boolean> {
+  const { client } = pushStack(config, vapidKey(config).privateKey);
+  try {
+    let all = true;
+    for (const c of conns) {
+      const outcome = await client.send(c.endpoint, 'test');
+      print(`test push to ${c.uuid} device ${c.deviceId} (${endpointOrigin(c.endpoint)}): ${describeOutcome(outcome)}`);
+      all &&= outcome.kind === 'delivered';
+    }
+    return all;
+  } finally {
+    client.close();
+  }
+}
+
+function selected(conns: Connection[], uuid: string, deviceId: number | undefined): Connection[] {
+  const found = conns.filter((c) => c.uuid === uuid && (deviceId === undefined || c.deviceId === deviceId));
+  if (found.length === 0) {
+    throw new FailureError(`no connection for ${uuid}${deviceId === undefined ? '' : ` device ${deviceId}`} (see \`mollysocket connection list\`)`);
+  }
+  return found;
+}
+
+export function registerConnection(program: Command): void {
+  const connection = program.command('connection').description('the registered connections (account devices)');
+
+  connection
+    .command('add')
+    .description('register a connection, as Molly shows it in air-gapped mode, and send a test push')
+    .argument('<uuid>', 'account UUID')
+    .argument('<device_id>', 'linked device id', parseDeviceId)
+    .argument('<password>', 'linked device password')
+    .argument('<endpoint>', 'UnifiedPush endpoint URL')
+    .action(async (uuid: string, deviceId: number, password: string, endpoint: string, _o, cmd: Command) => {
+      const { config } = loadFor(cmd);
+      if (!isUuidAllowed(uuid, config.allowed_uuids)) {
+        throw new UsageError(`uuid ${uuid} is not allowed: it must be an account UUID allowed by allowed_uuids (${JSON.stringify(config.allowed_uuids)})`);
+      }
+      const { policy } = pushStack(config, vapidKey(config).privateKey);
+      const target = await policy.check(endpoint);
+      if (!target.ok && target.transient) throw new FailureError(`cannot check the endpoint now: ${target.reason}`);
+      if (!target.ok) throw new UsageError(`endpoint is not allowed: ${target.reason}`);
+      const conn = await withStore(config, (store) => {
+        store.put({ uuid, deviceId, password, endpoint }, Math.floor(Date.now() / 1000));
+        return store.get({ uuid, deviceId }) as Connection;
+      });
+      print(`Connection for ${uuid} device ${deviceId} added: a running server connects it within a few seconds.`);
+      if (!(await ping(config, [conn]))) throw new FailureError('the connection is stored, but the test push was not delivered');
+    });
+
+  connection
+    .command('list')
+    .description('list the connections (never their passwords)')
+    .option('-a, --anonymized', 'mask the uuids too')
+    .option('--json', 'print JSON, for scripts')
+    .action(async (opts: { anonymized?: boolean; json?: boolean }, cmd: Command) => {
+      const { config } = loadFor(cmd);
+      const conns = await withStore(config, (store) => store.list());
+      const uuid = (u: string) => (opts.anonymized ? maskUuid(u) : u);
+      if (opts.json) {
+        const rows = conns.map((c) => ({
+          uuid: uuid(c.uuid),
+          device_id: c.deviceId,
+          state: c.forbidden ? 'forbidden' : 'ok',
+          forbidden_reason: c.forbiddenReason,
+          forbidden_at: c.forbiddenAt,
+          endpoint_origin: endpointOrigin(c.endpoint),
+          last_registration: c.lastRegistration,
+        }));
+        print(JSON.stringify(rows, null, 2));
+        return;
+      }
+      if (conns.length === 0) {
+        print('No connection registered yet.');
+        return;
+      }
+      const state = (c: Connection) => (c.forbidden ? `forbidden: ${c.forbiddenReason ?? 'unknown'}` : 'ok');
+      print(
+        table([
+          ['UUID', 'DEVICE', 'STATE', 'ENDPOINT', 'LAST REGISTRATION'],
+          ...conns.map((c) => [uuid(c.uuid), String(c.deviceId), state(c), endpointOrigin(c.endpoint), formatTime(c.lastRegistration)]),
+        ]),
+      );
+    });
+
+  connection
+    .command('remove')
+    .description('remove the connections of an account, or of one of its devices')
+    .argument('<uuid>', 'account UUID')
+    .argument('[device_id]', 'only this device', parseDeviceId)
+    .action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
+      const { config } = loadFor(cmd);
+      const removed = await withStore(config, (store) => {
+        selected(store.list(), uuid, deviceId);
+        return store.remove({ uuid, ...(deviceId !== undefined && { deviceId }) });
+      });
+      print(`Removed ${removed} connection${removed === 1 ? '' : 's'} of ${uuid}: a running server closes ${removed === 1 ? 'its socket' : 'their sockets'} within a few seconds.`);
+    });
+
+  connection
+    .command('ping')
+    .description('send a test push to the endpoints of an account')
+    .argument('<uuid>', 'account UUID')
+    .argument('[device_id]', 'only this device', parseDeviceId)
+    .action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
+      const { config } = loadFor(cmd);
+      const conns = await withStore(config, (store) => selected(store.list(), uuid, deviceId));
+      if (!(await ping(config, conns))) throw new FailureError('a test push was not delivered');
+    });
+
+  connection
+    .command('enable')
+    .description('clear the forbidden state of an account (or one device): the server connects again')
+    .argument('<uuid>', 'account UUID')
+    .argument('[device_id]', 'only this device', parseDeviceId)
+    .action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
+      const { config } = loadFor(cmd);
+      const enabled = await withStore(config, (store) => {
+        const conns = selected(store.list(), uuid, deviceId);
+        for (const c of conns) store.enable(c, Math.floor(Date.now() / 1000));
+        return conns;
+      });
+      for (const c of enabled) print(`Enabled ${uuid} device ${c.deviceId}: a running server connects it within a few seconds.`);
+    });
+}

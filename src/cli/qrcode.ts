@@ -1,0 +1,26 @@
+import type { Command } from 'commander';
+import { linkUrl, qrTerminal, type LinkTarget } from '../link.js';
+import { loadFor, print, UsageError, vapidKey } from './common.js';
+
+async function show(cmd: Command, target: LinkTarget): Promise<void> {
+  const link = linkUrl(vapidKey(loadFor(cmd).config).publicKey, target);
+  print(`${await qrTerminal(link)}\n${link}`);
+}
+
+export function registerQrcode(program: Command): void {
+  const qrcode = program.command('qrcode').description('the link and QR code to scan with Molly');
+  qrcode
+    .command('url')
+    .description('for a server reached at this https URL')
+    .argument('<url>', 'the https URL of this server, as Molly will reach it')
+    .action(async (url: string, _o, cmd: Command) => {
+      if (!URL.canParse(url) || new URL(url).protocol !== 'https:') {
+        throw new UsageError(`url ${url} must be an https URL (Molly refuses others), like https://molly.example.org/`);
+      }
+      await show(cmd, { type: 'webserver', url });
+    });
+  qrcode
+    .command('airgapped')
+    .description('for air-gapped mode (register with `connection add`)')
+    .action(async (_o, cmd: Command) => show(cmd, { type: 'airgapped' }));
+}

@@ -1,0 +1,36 @@
+import type { Command } from 'commander';
+import { isUuidAllowed } from '../policy.js';
+import { EndpointPolicy } from '../policy.js';
+import { FailureError, loadFor, print, withStore } from './common.js';
+
+export function registerTest(program: Command): void {
+  const test = program.command('test').description('check an endpoint or an account against the configuration');
+
+  test
+    .command('endpoint')
+    .description('whether an endpoint is allowed, and the address it would be pushed to')
+    .argument('<url>', 'UnifiedPush endpoint URL')
+    .action(async (url: string, _o, cmd: Command) => {
+      const { config } = loadFor(cmd);
+      const verdict = await new EndpointPolicy(config.allowed_endpoints).check(url);
+      if (!verdict.ok) throw new FailureError(`Endpoint ${url} is not valid: ${verdict.reason}`);
+      print(`Endpoint ${url} is valid (pushed to ${verdict.address.address})`);
+    });
+
+  test
+    .command('uuid')
+    .description('whether an account may register, and the state of its connections')
+    .argument('<uuid>', 'account UUID')
+    .action(async (uuid: string, _o, cmd: Command) => {
+      const { config } = loadFor(cmd);
+      if (!isUuidAllowed(uuid, config.allowed_uuids)) {
+        throw new FailureError(`UUID ${uuid} is not valid: it must be a UUID allowed by allowed_uuids (${JSON.stringify(config.allowed_uuids)})`);
+      }
+      print(`UUID ${uuid} is valid`);
+      const conns = await withStore(config, (store) => store.list().filter((c) => c.uuid === uuid));
+      if (conns.length === 0) print('  No connection is registered with this UUID.');
+      for (const c of conns) {
+        print(`  Device ${c.deviceId}: ${c.forbidden ? `forbidden (${c.forbiddenReason ?? 'unknown reason'})` : 'registered and enabled'}.`);
+      }
+    });
+}
