@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { endpointOrigin } from '../log.js';
-import { isUuidAllowed } from '../policy.js';
+import { EndpointPolicy, isUuidAllowed } from '../policy.js';
 import { pushStack } from '../push/setup.js';
 import type { PushOutcome } from '../push/client.js';
 import type { Config } from '../config.js';
@@ -62,8 +62,7 @@ export function registerConnection(program: Command): void {
       if (!isUuidAllowed(uuid, config.allowed_uuids)) {
         throw new UsageError(`uuid ${uuid} is not allowed: it must be an account UUID allowed by allowed_uuids (${JSON.stringify(config.allowed_uuids)})`);
       }
-      const { policy } = pushStack(config, vapidKey(config).privateKey);
-      const target = await policy.check(endpoint);
+      const target = await new EndpointPolicy(config.allowed_endpoints).check(endpoint);
       if (!target.ok && target.transient) throw new FailureError(`cannot check the endpoint now: ${target.reason}`);
       if (!target.ok) throw new UsageError(`endpoint is not allowed: ${target.reason}`);
       const conn = await withStore(config, (store) => {

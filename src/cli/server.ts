@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { startServer } from '../server.js';
+import { startServer, type RunningServer } from '../server.js';
 import { loadForServer } from './common.js';
 
 /** How long shutdown may take before the process exits anyway. */
@@ -11,13 +11,20 @@ export function registerServer(program: Command): void {
     .description('run the web server and the Signal connections')
     .action(async (_opts, cmd: Command) => {
       const { loaded, log } = loadForServer(cmd);
-      const running = await startServer(loaded.config, log);
+      let running: RunningServer | undefined;
+      let stopping = false;
+      const stop = (server: RunningServer): void => void server.close().then(() => process.exit(0));
+      // Installed before starting: a SIGTERM during start-up also ends in an orderly shutdown.
       const shutdown = (signal: string): void => {
+        if (stopping) return;
+        stopping = true;
         log.info({ signal }, 'shutting down');
         setTimeout(() => process.exit(0), SHUTDOWN_DEADLINE_MS).unref();
-        void running.close().then(() => process.exit(0));
+        if (running) stop(running);
       };
       process.once('SIGTERM', shutdown);
       process.once('SIGINT', shutdown);
+      running = await startServer(loaded.config, log);
+      if (stopping) stop(running);
     });
 }

@@ -28,11 +28,11 @@ export function httpGet(url: string, headers: Record<string, string> = {}): Prom
 }
 
 /** Polls `predicate` on real time until it holds: for effects of real I/O under a manual clock. */
-export async function eventually(predicate: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
+export async function eventually(predicate: () => boolean | Promise<boolean>, what: string, timeoutMs = 5_000, everyMs = 5): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
+  while (!(await predicate())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, everyMs));
   }
 }
 

@@ -8,19 +8,19 @@ import { BinProcess, runBin } from '../helpers/bin.js';
 import { httpGet, tempDir } from '../helpers/index.js';
 
 describe('the mollysocket bin', () => {
-  it('lists its commands', () => {
-    const r = runBin(['--help'], { cwd: tempDir() });
+  it('lists its commands', async () => {
+    const r = await runBin(['--help'], { cwd: tempDir() });
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^\s+server\s/m);
     expect(r.stdout).toMatch(/^\s+vapid\s/m);
     expect(r.stdout).toMatch(/-c, --config <file>/);
   });
 
-  it('`vapid gen` prints a fresh 43-character key and nothing else on stdout', () => {
+  it('`vapid gen` prints a fresh 43-character key and nothing else on stdout', async () => {
     const cwd = tempDir();
-    const a = runBin(['vapid', 'gen'], { cwd });
-    const b = runBin(['vapid', 'generate'], { cwd });
-    const c = runBin(['vap', 'ge'], { cwd }); // unambiguous prefixes
+    const a = await runBin(['vapid', 'gen'], { cwd });
+    const b = await runBin(['vapid', 'generate'], { cwd });
+    const c = await runBin(['vap', 'ge'], { cwd }); // unambiguous prefixes
     for (const r of [a, b, c]) {
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(/^[A-Za-z0-9_-]{43}\n$/);
@@ -28,14 +28,14 @@ describe('the mollysocket bin', () => {
     expect(a.stdout).not.toBe(b.stdout);
   });
 
-  it('exits 2 with one line naming the setting on a configuration error', () => {
-    const r = runBin(['server'], { cwd: tempDir(), env: { MOLLY_PORT: 'http' } });
+  it('exits 2 with one line naming the setting on a configuration error', async () => {
+    const r = await runBin(['server'], { cwd: tempDir(), env: { MOLLY_PORT: 'http' } });
     expect(r.code).toBe(2);
     expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^mollysocket: config key "port" must be an integer.*MOLLY_PORT/)]);
   });
 
-  it('exits 2 on an unknown command', () => {
-    expect(runBin(['serve-me'], { cwd: tempDir() }).code).toBe(2);
+  it('exits 2 on an unknown command', async () => {
+    expect((await runBin(['serve-me'], { cwd: tempDir() })).code).toBe(2);
   });
 
   it('runs the server on embedded defaults, generating a VAPID key once and keeping it', async () => {

@@ -1,0 +1,272 @@
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Store } from '../../src/store.js';
+import { checkVapid, FakePushServer } from '../fakes/push-server.js';
+import { FakeSignalServer } from '../fakes/signal-server.js';
+import { testPki } from '../fakes/tls.js';
+import { BinProcess, runBin } from '../helpers/bin.js';
+import { eventually, tempDir } from '../helpers/index.js';
+
+const UUID = '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e';
+const UUID2 = '0b6c2f4e-8d1a-4c3b-9e5f-7a6b5c4d3e2f';
+const PRIV = 'DSqYuWchrB6yIMYJtidvqANeRQic4uWy34afzZRsZnI';
+const PUB = 'BOniQ9xHBPNY9gnQW4o-16vHqOb40pEIMifyUdFsxAgyzVkFMguxw0QrdbZcq8hRjN2zpeInRvKVPlkzABvuTnI';
+const PASSWORD = 'c2VjcmV0K3Bhc3N3b3JkLz0=';
+
+let push: FakePushServer;
+beforeAll(async () => {
+  push = await FakePushServer.start();
+});
+afterAll(async () => {
+  await push.close();
+});
+
+/** A working directory whose configuration allows the fake push server. */
+function workdir(extra: Record<string, string> = {}) {
+  const cwd = tempDir();
+  const env = { MOLLY_ALLOWED_ENDPOINTS: `["${push.origin}"]`, ...extra };
+  const run = (...args: string[]) => runBin(args, { cwd, env });
+  return { cwd, env, run, db: join(cwd, 'mollysocket.db') };
+}
+
+/** A database file exactly as MollySocket (Rust) writes it: one enabled and one forbidden connection. */
+function mollySocketDb(path: string, endpoint: string): void {
+  const db = new Database(path);
+  db.exec(`CREATE TABLE connections(uuid TEXT UNIQUE ON CONFLICT REPLACE, device_id INTEGER, password TEXT,
+    endpoint TEXT, forbidden BOOLEAN NOT NULL CHECK (forbidden IN (0, 1)), last_registration INTEGER)`);
+  db.pragma('user_version = 1');
+  db.prepare('INSERT INTO connections VALUES (?, ?, ?, ?, ?, ?)').run(UUID, 3, PASSWORD, endpoint, 0, 1700000000);
+  db.prepare('INSERT INTO connections VALUES (?, ?, ?, ?, ?, ?)').run(UUID2, 1, 'pw2', endpoint, 1, 0);
+  db.close();
+}
+
+describe('connection add', () => {
+  it('stores the connection and sends a signed test push with the kept key', async () => {
+    const w = workdir();
+    const before = push.requests.length;
+    const r = await w.run('connection', 'add', UUID, '2', PASSWORD, push.endpoint('cli-add'));
+    expect(r.stderr).toMatch(/generated a VAPID key/);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/Connection for 6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e device 2 added/);
+    expect(r.stdout).toMatch(/test push .*: delivered \(201\)/);
+    const sent = push.requests[before]!;
+    expect(sent).toMatchObject({ path: '/up/cli-add', body: '{"test":true}' });
+    const pub = (await runBin(['vapid', 'pub'], { cwd: w.cwd, env: w.env })).stdout.trim();
+    expect(sent.vapid).toMatchObject({ ok: true, publicKey: pub });
+    const store = Store.open(w.db);
+    expect(store.get({ uuid: UUID, deviceId: 2 })).toMatchObject({ password: PASSWORD, endpoint: push.endpoint('cli-add'), forbidden: false });
+    store.close();
+  });
+
+  it('refuses a bad device id, a uuid not allowed and an endpoint not allowed, with exit 2 and one line each', async () => {
+    const w = workdir({ MOLLY_ALLOWED_UUIDS: `${UUID2}, ${UUID.replace('6e3b', '7e3b')}` }); // comma-separated list
+    const bad = [
+      [await w.run('connection', 'add', UUID2, 'zero', PASSWORD, push.endpoint()), /argument 'device_id'.*whole number from 1/],
+      [await w.run('connection', 'add', UUID2, '0', PASSWORD, push.endpoint()), /argument 'device_id'/],
+      [await w.run('connection', 'add', UUID, '1', PASSWORD, push.endpoint()), /uuid .* is not allowed.*allowed_uuids/],
+      [await w.run('connection', 'add', UUID2, '1', PASSWORD, 'https://elsewhere.example/up'), /endpoint is not allowed: not in allowed_endpoints/],
+      [await w.run('connection', 'add', UUID2, '1', PASSWORD), /missing required argument 'endpoint'.*connection add --help/],
+    ] as const;
+    for (const [r, message] of bad) {
+      expect(r.code).toBe(2);
+      expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(message)]);
+    }
+    expect(existsSync(w.db) ? Store.open(w.db).list() : []).toEqual([]);
+  });
+
+  it('exits 1 when the test push is not delivered, keeping the connection', async () => {
+    const w = workdir();
+    push.script.push({ status: 500 });
+    const r = await w.run('connection', 'add', UUID, '1', PASSWORD, push.endpoint());
+    expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(/failed: HTTP 500/);
+    expect(r.stderr).toMatch(/stored, but the test push was not delivered/);
+    expect((await w.run('connection', 'list')).stdout).toContain(UUID);
+  });
+
+  it('is picked up by a running server without a restart', async () => {
+    const signal = await FakeSignalServer.start({ tls: true });
+    const w = workdir({ MOLLY_PORT: '0', MOLLY_SIGNAL_URL: signal.url, MOLLY_SIGNAL_CA_FILE: testPki().caFile });
+    const server = new BinProcess(['server'], { cwd: w.cwd, env: w.env });
+    try {
+      await server.url();
+      signal.addAccount({ uuid: UUID, deviceId: 4, password: PASSWORD });
+      expect((await w.run('connection', 'add', UUID, '4', PASSWORD, push.endpoint())).code).toBe(0);
+      await signal.until(() => signal.open(UUID, 4).length === 1, 'the server to connect the added device', 8_000);
+
+      const status = await w.run('status');
+      expect(status.stdout).toMatch(/^server: running \(pid \d+/m);
+      const connectedRow = new RegExp(`^${UUID}\\s+4\\s+connected\\s+open`, 'm');
+      await eventually(async () => connectedRow.test((await w.run('status')).stdout), 'status to show the connection', 12_000, 500);
+
+      expect((await w.run('connection', 'remove', UUID, '4')).code).toBe(0);
+      await signal.until(() => signal.events.includes(`close ${UUID}.4 1000`), 'the server to close the removed device', 8_000);
+    } finally {
+      expect(await server.stop()).toBe(0);
+      await signal.close();
+    }
+    expect((await w.run('status')).stdout).toMatch(/^server: not running/m);
+  });
+});
+
+describe('connection list, remove, ping, enable on a MollySocket database', () => {
+  it('works with every command, never printing a password or an endpoint token', async () => {
+    const w = workdir();
+    mollySocketDb(w.db, push.endpoint('secret-token'));
+
+    const list = await w.run('connection', 'list');
+    expect(list.code).toBe(0);
+    expect(list.stdout).toMatch(/^UUID\s+DEVICE\s+STATE\s+ENDPOINT\s+LAST REGISTRATION$/m);
+    expect(list.stdout).toMatch(new RegExp(`^${UUID}\\s+3\\s+ok\\s+${push.origin}\\s+2023-11-14 22:13:20Z$`, 'm'));
+    expect(list.stdout).toMatch(new RegExp(`^${UUID2}\\s+1\\s+forbidden: forbidden_in_mollysocket\\s+.*never$`, 'm'));
+    for (const out of [list.stdout, (await w.run('connection', 'list', '--json')).stdout, (await w.run('status')).stdout]) {
+      expect(out).not.toContain(PASSWORD);
+      expect(out).not.toContain('secret-token');
+    }
+    const masked = (await w.run('connection', 'list', '-a')).stdout;
+    expect(masked).not.toContain(UUID);
+    expect(masked).toContain('6e3b****-****-****-****-************');
+    const json = JSON.parse((await w.run('conn', 'li', '--json')).stdout) as Record<string, unknown>[];
+    expect(json).toEqual([
+      { uuid: UUID2, device_id: 1, state: 'forbidden', forbidden_reason: 'forbidden_in_mollysocket', forbidden_at: null, endpoint_origin: push.origin, last_registration: 0 },
+      { uuid: UUID, device_id: 3, state: 'ok', forbidden_reason: null, forbidden_at: null, endpoint_origin: push.origin, last_registration: 1700000000 },
+    ]);
+
+    const before = push.requests.length;
+    const ping = await w.run('connection', 'ping', UUID);
+    expect(ping.code).toBe(0);
+    expect(ping.stdout).toMatch(/delivered/);
+    expect(push.requests.slice(before).map((r) => [r.path, r.body])).toEqual([['/up/secret-token', '{"test":true}']]);
+    expect((await w.run('connection', 'ping', '00000000-0000-4000-8000-000000000000')).code).toBe(1);
+
+    expect((await w.run('test', 'uuid', UUID2)).stdout).toMatch(/Device 1: forbidden/);
+    const enable = await w.run('connection', 'enable', UUID2);
+    expect(enable.code).toBe(0);
+    expect((await w.run('test', 'uuid', UUID2)).stdout).toMatch(/Device 1: registered and enabled/);
+
+    expect((await w.run('connection', 'remove', UUID, '9')).code).toBe(1); // no such device
+    const removed = await w.run('connection', 'remove', UUID);
+    expect(removed.code).toBe(0);
+    expect(removed.stdout).toMatch(/Removed 1 connection of/);
+    expect((await w.run('connection', 'list')).stdout).not.toContain(UUID);
+    expect((await w.run('status')).stdout).toMatch(new RegExp(`^${UUID2}\\s+1\\s+stopped\\s+server not running`, 'm'));
+  });
+});
+
+describe('test endpoint and test uuid', () => {
+  it('gives a verdict, with a non-zero exit when not valid', async () => {
+    const w = workdir({ MOLLY_ALLOWED_UUIDS: `["${UUID}"]` });
+    const ok = await w.run('test', 'endpoint', push.endpoint());
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toMatch(/is valid \(pushed to 127\.0\.0\.1\)/);
+    const refused = await w.run('test', 'endpoint', 'http://localhost:1/up');
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/is not valid: not in allowed_endpoints/);
+    const loopback = await runBin(['test', 'endpoint', 'http://127.0.0.1:9/up'], { cwd: w.cwd }); // default "*"
+    expect(loopback.code).toBe(1);
+    expect(loopback.stderr).toMatch(/127\.0\.0\.1 is an address that is not globally routable/);
+
+    expect(await w.run('test', 'uuid', UUID)).toMatchObject({ code: 0, stdout: expect.stringMatching(/is valid\n {2}No connection is registered/) });
+    expect(await w.run('test', 'uuid', UUID2)).toMatchObject({ code: 1, stderr: expect.stringMatching(/is not valid/) });
+  });
+});
+
+describe('vapid', () => {
+  it('pub prints the public key of the configured key; test prints a header valid for the endpoint origin', async () => {
+    const w = workdir({ MOLLY_VAPID_PRIVKEY: PRIV });
+    expect((await w.run('vapid', 'pub')).stdout).toBe(`${PUB}\n`);
+    const header = (await w.run('vapid', 'test', 'https://push.example:8443/up/abc')).stdout.trim();
+    expect(checkVapid(header, 'https://push.example:8443', Math.floor(Date.now() / 1000))).toMatchObject({ ok: true, publicKey: PUB });
+    expect((await w.run('vapid', 'test', 'not a url')).code).toBe(2);
+  });
+
+  it('pub keeps a generated key that the server then uses', async () => {
+    const w = workdir();
+    const pub = (await w.run('vapid', 'pub')).stdout.trim();
+    expect(pub).toMatch(/^[A-Za-z0-9_-]{87}$/);
+    expect(existsSync(join(w.cwd, 'vapid.key'))).toBe(true);
+    expect((await w.run('vapid', 'pub')).stdout.trim()).toBe(pub);
+  });
+
+  it('names the setting when the key is wrong', async () => {
+    const w = workdir({ MOLLY_VAPID_PRIVKEY: 'tooshort' });
+    const r = await w.run('vapid', 'pub');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/"vapid_privkey" must be 43 characters/);
+  });
+});
+
+describe('qrcode', () => {
+  it('draws the link for a URL and for air-gapped mode with block characters', async () => {
+    const w = workdir({ MOLLY_VAPID_PRIVKEY: PRIV });
+    const url = await w.run('qrcode', 'url', 'https://molly.example.org/push/');
+    expect(url.code).toBe(0);
+    expect(url.stdout).toMatch(/[█▀▄]/);
+    expect(url.stdout).toContain(`mollysocket://link?vapid=${PUB}&url=https%3A%2F%2Fmolly.example.org%2Fpush%2F&type=webserver`);
+    const airgapped = await w.run('qr', 'air');
+    expect(airgapped.stdout).toContain(`mollysocket://link?vapid=${PUB}&type=airgapped`);
+    const http = await w.run('qrcode', 'url', 'http://molly.example.org/');
+    expect(http.code).toBe(2);
+    expect(http.stderr).toMatch(/must be an https URL/);
+  });
+});
+
+describe('config', () => {
+  it('prints the effective configuration, secrets redacted, with the source of each value', async () => {
+    const w = workdir({ MOLLY_VAPID_PRIVKEY: PRIV, MOLLY_PORT: '9999' });
+    const file = join(w.cwd, 'mollysocket.toml');
+    writeFileSync(file, 'host = "0.0.0.0"\n');
+    const r = await w.run('config');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('# config file: ./mollysocket.toml');
+    expect(r.stdout).toMatch(/^host = "0\.0\.0\.0" {2}# \.\/mollysocket\.toml$/m);
+    expect(r.stdout).toMatch(/^port = 9999 {2}# MOLLY_PORT$/m);
+    expect(r.stdout).toMatch(/^vapid_privkey = "\(redacted\)" {2}# MOLLY_VAPID_PRIVKEY$/m);
+    expect(r.stdout).toMatch(/^db = "\.\/mollysocket\.db" {2}# default$/m);
+    expect(r.stdout).not.toContain(PRIV);
+  });
+
+  it('warns about an unknown key by name, and stops on a wrong value with exit 2', async () => {
+    const w = workdir();
+    writeFileSync(join(w.cwd, 'mollysocket.toml'), 'prot = 1\n');
+    const r = await w.run('config');
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/warning: unknown config key "prot"/);
+    writeFileSync(join(w.cwd, 'mollysocket.toml'), 'port = "x"\n');
+    expect(await w.run('config')).toMatchObject({ code: 2, stderr: expect.stringMatching(/"port" must be an integer/) });
+    expect(await runBin(['-c', '/nonexistent.toml', 'config'], { cwd: w.cwd })).toMatchObject({ code: 2, stderr: expect.stringMatching(/does not exist/) });
+  });
+});
+
+describe('global options', () => {
+  it('has --help on every command', async () => {
+    for (const args of [['connection', '--help'], ['connection', 'add', '--help'], ['test', 'endpoint', '--help'], ['qrcode', '--help'], ['status', '--help']]) {
+      const r = await runBin(args, { cwd: tempDir() });
+      expect(r.code, args.join(' ')).toBe(0);
+      expect(r.stdout).toMatch(/^Usage: mollysocket /);
+    }
+  });
+
+  it('takes the log level from MOLLY_LOG, or RUST_LOG as MollySocket guides say', async () => {
+    for (const env of [{ MOLLY_LOG: 'debug' }, { RUST_LOG: 'mollysocket=debug,warn' }] as Record<string, string>[]) {
+      const server = new BinProcess(['server'], { cwd: tempDir(), env: { ...env, MOLLY_PORT: '0' } });
+      await server.waitFor(/"level":20,.*"msg":"configuration"/);
+      expect(await server.stop()).toBe(0);
+    }
+    const cwd = tempDir();
+    const quiet = new BinProcess(['server'], { cwd, env: { MOLLY_LOG: 'warn', MOLLY_PORT: '0' } });
+    await eventually(async () => /^server: running/.test((await runBin(['status'], { cwd })).stdout), 'the server to run', 10_000, 100);
+    expect(await quiet.stop()).toBe(0);
+    expect(quiet.stderr).not.toMatch(/web server listening/);
+  });
+
+  it('reads the configuration from MOLLY_CONF', async () => {
+    const cwd = tempDir();
+    const conf = join(cwd, 'elsewhere.toml');
+    writeFileSync(conf, `vapid_privkey = "${PRIV}"\n`);
+    expect((await runBin(['vapid', 'pub'], { cwd, env: { MOLLY_CONF: conf } })).stdout).toBe(`${PUB}\n`);
+    expect(readFileSync(conf, 'utf8')).toContain(PRIV);
+  });
+});
