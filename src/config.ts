@@ -54,6 +54,8 @@ interface KeySpec {
   default: unknown;
   doc: string;
   secret?: boolean;
+  /** For keys unset by default: a value to show in config.example.toml. */
+  example?: unknown;
 }
 
 const checkUrl =
@@ -79,6 +81,7 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
   url: {
     kind: { type: 'string', check: checkUrl(['https']) },
     default: undefined,
+    example: 'https://molly.example.org/',
     doc: 'New: the public https URL of this server, for the QR code (reverse proxies on a sub-path). Unset: taken from the request.',
   },
   trust_proxy: {
@@ -99,17 +102,20 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
   metrics_port: {
     kind: { type: 'int', min: 0, max: 65535 },
     default: undefined,
+    example: 9090,
     doc: 'New: serve /health and /metrics on this port only (and not on the public one). Unset: on the web server.',
   },
   vapid_privkey: {
     kind: { type: 'string', check: checkVapidKey },
     default: undefined,
+    example: '<the output of mollysocket vapid gen>',
     secret: true,
     doc: 'VAPID private key (43 characters of base64url). Unset: a key is generated and kept next to the database.',
   },
   vapid_key_file: {
     kind: { type: 'string' },
     default: undefined,
+    example: '/etc/mollysocket/vapid.key',
     doc: 'File holding the VAPID private key; wins over vapid_privkey.',
   },
   signal_env: {
@@ -120,11 +126,13 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
   signal_url: {
     kind: { type: 'string', check: checkUrl(['wss', 'ws']) },
     default: undefined,
+    example: 'wss://chat.signal.example/v1/websocket/',
     doc: 'New: the chat websocket URL, overriding signal_env (self-hosted Signal servers, proxies, tests).',
   },
   signal_ca_file: {
     kind: { type: 'string' },
     default: undefined,
+    example: '/etc/mollysocket/signal-ca.pem',
     doc: "New: a PEM file of CA certificates trusted instead of Signal's pinned roots.",
   },
   user_agent: {
@@ -336,4 +344,24 @@ export function redactedConfig(config: Config): Record<string, unknown> {
       CONFIG_KEYS[key as ConfigKey].secret && value !== undefined ? '(redacted)' : value,
     ]),
   );
+}
+
+const tomlValue = (v: unknown): string =>
+  Array.isArray(v) ? `[${v.map((x) => JSON.stringify(x)).join(', ')}]` : JSON.stringify(v);
+
+/** config.example.toml: every key commented out with its default (or an example), its meaning and variable. */
+export function configExample(): string {
+  const lines = [
+    '# MollySocket configuration: every key, with its default. Uncomment what you change.',
+    '# Precedence: built-in defaults < this file < MOLLY_* environment variables (the key in capitals: port -> MOLLY_PORT).',
+    '# Where it is read from: -c FILE, else $MOLLY_CONF, else $XDG_CONFIG_HOME/mollysocket/config.toml,',
+    '# ./mollysocket.toml, /etc/mollysocket/config.toml (the first that exists).',
+    '',
+  ];
+  for (const [key, spec] of Object.entries(CONFIG_KEYS) as [string, KeySpec][]) {
+    lines.push(`# ${spec.doc} (${envName(key)})`);
+    if (spec.default === undefined) lines.push('# Unset by default. Example:');
+    lines.push(`# ${key} = ${tomlValue(spec.default ?? spec.example)}`, '');
+  }
+  return lines.join('\n');
 }

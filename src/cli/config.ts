@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { redactedConfig, type Source } from '../config.js';
+import { configExample, redactedConfig, type Source } from '../config.js';
 import { loadFor, print } from './common.js';
 
 const from = (source: Source): string => (source === 'default' ? 'default' : 'file' in source ? source.file : source.env);
@@ -8,7 +8,12 @@ export function registerConfig(program: Command): void {
   program
     .command('config')
     .description('print the effective configuration, secrets redacted, with where each value came from')
-    .action((_o, cmd: Command) => {
+    .option('--example', 'print an example file documenting every key and its default instead')
+    .action((opts: { example?: boolean }, cmd: Command) => {
+      if (opts.example) {
+        print(configExample());
+        return;
+      }
       const loaded = loadFor(cmd);
       print(`# config file: ${loaded.file ?? 'none found'}`);
       for (const [key, value] of Object.entries(redactedConfig(loaded.config))) {

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { isFresh } from '../heartbeat.js';
 import { connectionKey } from '../store.js';
-import { formatTime, loadFor, maskUuid, print, table, withStore } from './common.js';
+import { FailureError, formatTime, loadFor, maskUuid, print, table, withStore } from './common.js';
 
 export function registerStatus(program: Command): void {
   program
@@ -40,5 +40,18 @@ export function registerStatus(program: Command): void {
         return;
       }
       print(table([['UUID', 'DEVICE', 'STATE', 'REASON', 'SINCE'], ...rows.map((r) => [r.uuid, String(r.device_id), r.state, r.reason, formatTime(r.since, 'ms')])]));
+    });
+
+  program
+    .command('health')
+    .description('exit 0 when a server is running on this database (its heartbeat is recent), else 1: for HEALTHCHECK')
+    .action(async (_o, cmd: Command) => {
+      const { config } = loadFor(cmd);
+      const heartbeat = await withStore(config, (store) => store.heartbeat());
+      const ageS = heartbeat && Math.round((Date.now() - heartbeat.seenAt) / 1000);
+      if (!isFresh(heartbeat, Date.now())) {
+        throw new FailureError(heartbeat ? `unhealthy: no heartbeat from the server for ${ageS} s` : 'unhealthy: no server is running on this database');
+      }
+      print(`healthy: server pid ${heartbeat!.pid} seen ${ageS} s ago`);
     });
 }

@@ -1,0 +1,136 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse as parseToml } from 'smol-toml';
+import { CONFIG_KEYS, configExample, loadConfig } from '../../src/config.js';
+import { packageRoot } from '../../src/paths.js';
+import { startServer, type RunningServer } from '../../src/server.js';
+import { FakePushServer } from '../fakes/push-server.js';
+import { eventually, httpGet, memoryLogger, tempDir } from '../helpers/index.js';
+
+const repo = (...p: string[]) => join(packageRoot, ...p);
+const which = (cmd: string): string | undefined =>
+  ['/usr/bin', '/usr/sbin', '/bin', '/sbin', '/usr/local/bin'].map((d) => join(d, cmd)).find((p) => existsSync(p));
+
+describe('config.example.toml', () => {
+  it('is what `mollysocket config --example` prints: every key, its default, its variable', () => {
+    const text = readFileSync(repo('config.example.toml'), 'utf8');
+    expect(text).toBe(configExample());
+    // Uncommented, the keys that have defaults form a valid file that changes nothing.
+    const uncommented = text.split('\n').filter((l) => /^# [a-z_]+ = /.test(l)).map((l) => l.slice(2));
+    expect(uncommented.map((l) => l.split(' ')[0])).toEqual(Object.keys(CONFIG_KEYS));
+    const withDefaults = uncommented.filter((l) => CONFIG_KEYS[l.split(' ')[0] as keyof typeof CONFIG_KEYS].default !== undefined);
+    const file = join(tempDir(), 'c.toml');
+    writeFileSync(file, withDefaults.join('\n'));
+    expect(parseToml(readFileSync(file, 'utf8'))).toBeTruthy();
+    expect(loadConfig({ file, env: {} }).config).toEqual(loadConfig({ env: { XDG_CONFIG_HOME: '/nonexistent', HOME: '/nonexistent' } }).config);
+  });
+});
+
+const systemdAnalyze = which('systemd-analyze');
+
+describe.skipIf(!systemdAnalyze)('systemd units', () => {
+  /** Runs `systemd-analyze verify` in a scratch root holding the system's units, stub binaries and ours. */
+  function verify(units: Record<string, string>): { code: number | null; output: string } {
+    const root = tempDir('ms-systemd-');
+    mkdirSync(join(root, 'etc/systemd/system'), { recursive: true });
+    cpSync('/usr/lib/systemd/system', join(root, 'usr/lib/systemd/system'), { recursive: true });
+    for (const bin of ['usr/local/bin/mollysocket', 'usr/bin/sh']) {
+      mkdirSync(join(root, bin, '..'), { recursive: true });
+      writeFileSync(join(root, bin), '#!/bin/sh\n', { mode: 0o755 });
+    }
+    for (const [name, text] of Object.entries(units)) writeFileSync(join(root, 'etc/systemd/system', name), text);
+    const r = spawnSync(systemdAnalyze!, ['verify', `--root=${root}`, ...Object.keys(units).map((u) => `/etc/systemd/system/${u}`)], { encoding: 'utf8' });
+    return { code: r.status, output: `${r.stdout}${r.stderr}`.trim() };
+  }
+  const unit = (name: string) => readFileSync(repo('deploy/systemd', name), 'utf8');
+
+  it('mollysocket.service and mollysocket-vapid.service pass `systemd-analyze verify` without a warning', () => {
+    expect(verify({ 'mollysocket.service': unit('mollysocket.service'), 'mollysocket-vapid.service': unit('mollysocket-vapid.service') })).toEqual({ code: 0, output: '' });
+  });
+
+  it('(the check itself catches a broken unit)', () => {
+    const broken = unit('mollysocket.service').replace('ProtectSystem=strict', 'ProtectSystem=sometimes');
+    expect(verify({ 'mollysocket.service': broken }).output).toMatch(/ProtectSystem|protect system/i);
+  });
+
+  it('sandbox the service and load the VAPID key as an encrypted credential', () => {
+    const service = unit('mollysocket.service');
+    for (const line of ['DynamicUser=true', 'ProtectSystem=strict', 'StateDirectory=mollysocket', 'NoNewPrivileges=true', 'LoadCredentialEncrypted=vapid_key:/etc/mollysocket/vapid.key', 'Environment=MOLLY_VAPID_KEY_FILE=%d/vapid_key']) {
+      expect(service).toContain(`\n${line}\n`);
+    }
+    expect(unit('mollysocket-vapid.service')).toMatch(/mollysocket vapid gen \| systemd-creds encrypt --name=vapid_key/);
+  });
+});
+
+const nginx = which('nginx');
+if (!nginx && process.env.CI) throw new Error('the reverse-proxy test needs nginx: apt-get install nginx-light');
+if (!nginx) console.warn('reverse-proxy test skipped: no nginx (apt-get install nginx-light)');
+
+const freePort = (): Promise<number> =>
+  new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+
+describe.skipIf(!nginx)('behind nginx on a sub-path, with the sample from deploy/nginx', () => {
+  let server: RunningServer;
+  let push: FakePushServer;
+  let proxy: ChildProcess;
+  let proxyUrl: string;
+
+  beforeAll(async () => {
+    push = await FakePushServer.start();
+    const { config } = loadConfig({
+      env: { XDG_CONFIG_HOME: '/nonexistent', MOLLY_PORT: '0', MOLLY_DB: join(tempDir(), 'm.db'), MOLLY_ALLOWED_ENDPOINTS: `["${push.origin}"]`, MOLLY_SIGNAL_URL: 'ws://127.0.0.1:1/' },
+    });
+    server = await startServer(config, memoryLogger().log);
+    const dir = tempDir('ms-nginx-');
+    const sample = readFileSync(repo('deploy/nginx/mollysocket.conf'), 'utf8').replaceAll('127.0.0.1:8020', new URL(server.url!).host);
+    writeFileSync(join(dir, 'mollysocket.conf'), sample);
+    const port = await freePort();
+    writeFileSync(
+      join(dir, 'nginx.conf'),
+      `worker_processes 1; daemon off; pid ${dir}/nginx.pid; error_log ${dir}/error.log;
+       events { worker_connections 64; }
+       http {
+         access_log off;
+         client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy; fastcgi_temp_path ${dir}/fastcgi;
+         uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
+         server { listen 127.0.0.1:${port}; include ${dir}/mollysocket.conf; }
+       }`,
+    );
+    proxy = spawn(nginx!, ['-c', join(dir, 'nginx.conf'), '-p', dir], { stdio: 'ignore' });
+    proxyUrl = `http://127.0.0.1:${port}`;
+    await eventually(async () => (await httpGet(`${proxyUrl}/molly/discover`).catch(() => ({ status: 0 }))).status === 200, 'nginx', 10_000, 50);
+  });
+
+  afterAll(async () => {
+    proxy?.kill('SIGQUIT');
+    await server?.close();
+    await push?.close();
+  });
+
+  it('shows the public URL in the homepage link', async () => {
+    const page = await httpGet(`${proxyUrl}/molly/`, { Host: 'example.org' });
+    expect(page.status).toBe(200);
+    const link = new URL(/<code id="link">([^<]+)<\/code>/.exec(page.body)![1]!.replaceAll('&amp;', '&'));
+    expect(link.searchParams.get('url')).toBe('https://example.org/molly/');
+    expect(link.searchParams.get('type')).toBe('webserver');
+  });
+
+  it('answers a registration through the proxy with ok', async () => {
+    const res = await fetch(`${proxyUrl}/molly/`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json; charset=utf-8' },
+      body: JSON.stringify({ uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', device_id: 2, password: 'pw', endpoint: push.endpoint() }),
+    });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ mollysocket: { version: expect.any(String), status: 'ok' } });
+    expect(server.store.list()).toHaveLength(1);
+  });
+});
