@@ -1,4 +1,4 @@
-// npm run bench [-- --n 10000] [-- --idle-seconds 30]
+// npm run bench [-- --n 10000] [-- --idle-seconds 60] [-- --only relay] [-- --cpu-prof (profiles into .bench-tmp/prof)]
 // Measures the relay and the floor (bench/floor.mjs) against a fake Signal server holding N account devices and a
 // fake push server, each in its own process. Writes bench/results/n<N>.json and prints a table and a summary line.
 import { fork, spawn } from 'node:child_process';
@@ -14,10 +14,11 @@ const here = dirname(fileURLToPath(import.meta.url));
 const { values: args } = parseArgs({
   options: {
     n: { type: 'string', default: '2000' },
-    'idle-seconds': { type: 'string', default: '30' },
+    'idle-seconds': { type: 'string', default: '60' },
     rate: { type: 'string', default: '200' },
     blast: { type: 'string', default: '20000' },
     only: { type: 'string' },
+    'cpu-prof': { type: 'boolean', default: false },
   },
 });
 const N = Number(args.n);
@@ -65,7 +66,8 @@ const subjects = {
     const db = join(work, `${tag}.db`);
     if (withAccounts) populatedDb(db);
     const log = openSync(join(work, `${tag}.log`), 'w');
-    return spawn(process.execPath, [join(here, '..', 'dist', 'cli', 'main.js'), 'server'], {
+    const profile = args['cpu-prof'] && withAccounts ? ['--cpu-prof', `--cpu-prof-dir=${join(work, 'prof')}`] : [];
+    return spawn(process.execPath, [...profile, join(here, '..', 'dist', 'cli', 'main.js'), 'server'], {
       cwd: work,
       stdio: ['ignore', 'ignore', log],
       env: {

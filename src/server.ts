@@ -45,6 +45,7 @@ export function supervisorOptions(config: Config): SupervisorOptions {
     ramp: { ratePerSecond: config.connect_rate, concurrency: config.connect_concurrency },
     storePollMs: 2_000,
     deliveryCheckIntervalMs: 3600_000,
+    keepaliveTickMs: 1_000,
   };
 }
 

@@ -55,10 +55,10 @@ export class SignalLink {
   private outcome: LinkEnd | undefined;
   private readonly ws: WebSocket;
   private connectTimer: TimerHandle | undefined;
-  private keepaliveTimer: TimerHandle | undefined;
-  private keepaliveDeadline: TimerHandle | undefined;
   private keepaliveId = 0;
-  private pendingKeepalive: string | undefined;
+  /** The id of the keepalive awaiting its answer, and when it was sent. */
+  private pendingKeepalive: { id: string; at: number } | undefined;
+  private lastKeepaliveAt = 0;
   private lastError: string | undefined;
   private wasOpen = false;
 
@@ -112,24 +112,25 @@ export class SignalLink {
 
   private opened(): void {
     this.wasOpen = true;
+    this.lastKeepaliveAt = this.opts.clock.now(); // the keepalive clock starts now, never while connecting
     this.opts.clock.clearTimeout(this.connectTimer);
-    this.scheduleKeepalive(); // the keepalive clock starts now, never while connecting
     this.events.onOpen();
   }
 
-  private scheduleKeepalive(): void {
-    this.keepaliveTimer = this.opts.clock.setTimeout(() => this.sendKeepalive(), this.opts.keepaliveIntervalMs);
-  }
-
-  private sendKeepalive(): void {
-    this.scheduleKeepalive();
-    if (this.pendingKeepalive !== undefined) return;
-    this.pendingKeepalive = String(++this.keepaliveId);
-    this.ws.send(encodeRequest(this.pendingKeepalive, 'GET', '/v1/keepalive'));
-    this.keepaliveDeadline = this.opts.clock.setTimeout(
-      () => this.abort({ kind: 'timeout', phase: 'keepalive' }),
-      this.opts.keepaliveTimeoutMs,
-    );
+  /**
+   * Called about every second by the supervisor for all open links at once (one timer for thousands of sockets
+   * instead of two per keepalive): sends a keepalive when one is due, ends the session when one went unanswered.
+   */
+  tick(now: number): void {
+    if (!this.wasOpen || this.outcome !== undefined) return;
+    if (this.pendingKeepalive) {
+      if (now - this.pendingKeepalive.at >= this.opts.keepaliveTimeoutMs) this.abort({ kind: 'timeout', phase: 'keepalive' });
+      return;
+    }
+    if (now - this.lastKeepaliveAt < this.opts.keepaliveIntervalMs) return;
+    this.lastKeepaliveAt = now;
+    this.pendingKeepalive = { id: String(++this.keepaliveId), at: now };
+    this.ws.send(encodeRequest(this.pendingKeepalive.id, 'GET', '/v1/keepalive'));
   }
 
   private handleFrame(data: Buffer): void {
@@ -141,10 +142,7 @@ export class SignalLink {
       return;
     }
     if (frame.type === 'request') this.answer(frame.request);
-    else if (frame.type === 'response' && frame.response.id === this.pendingKeepalive) {
-      this.pendingKeepalive = undefined;
-      this.opts.clock.clearTimeout(this.keepaliveDeadline);
-    }
+    else if (frame.type === 'response' && frame.response.id === this.pendingKeepalive?.id) this.pendingKeepalive = undefined;
   }
 
   /** Every request gets an answer with its id, at once: an unanswered message is redelivered later. */
@@ -170,8 +168,6 @@ export class SignalLink {
 
   private stopTimers(): void {
     this.opts.clock.clearTimeout(this.connectTimer);
-    this.opts.clock.clearTimeout(this.keepaliveTimer);
-    this.opts.clock.clearTimeout(this.keepaliveDeadline);
   }
 
   private finish(fallback: LinkEnd): void {

@@ -19,6 +19,8 @@ export interface SupervisorOptions {
   storePollMs: number;
   /** After close code 4409, at most one delivery-check push per connection in this period. */
   deliveryCheckIntervalMs: number;
+  /** How often every open link is asked whether a keepalive is due (their precision). */
+  keepaliveTickMs: number;
 }
 
 export interface SupervisorDeps {
@@ -68,6 +70,7 @@ export class Supervisor {
   private readonly random: () => number;
   private readonly ramp: ConnectRamp;
   private pollTimer: TimerHandle | undefined;
+  private tickTimer: TimerHandle | undefined;
   private seenVersion = 0;
   private stopping = false;
   private stateChanges = 0;
@@ -86,6 +89,7 @@ export class Supervisor {
     this.seenVersion = this.deps.store.dataVersion();
     this.reconcile(this.deps.store.list());
     this.schedulePoll();
+    this.scheduleTick();
   }
 
   /**
@@ -170,6 +174,7 @@ export class Supervisor {
   async stop(): Promise<void> {
     this.stopping = true;
     this.clock.clearTimeout(this.pollTimer);
+    this.clock.clearTimeout(this.tickTimer);
     this.ramp.stop();
     await Promise.all([...this.entries.values()].map((e) => this.halt(e)));
   }
@@ -197,6 +202,14 @@ export class Supervisor {
       }
       if (!this.stopping) this.schedulePoll();
     }, this.opts.storePollMs);
+  }
+
+  private scheduleTick(): void {
+    this.tickTimer = this.clock.setTimeout(() => {
+      const now = this.clock.now();
+      for (const entry of this.entries.values()) entry.link?.tick(now);
+      if (!this.stopping) this.scheduleTick();
+    }, this.opts.keepaliveTickMs);
   }
 
   private setState(entry: Entry, state: ConnectionState, reason: string, extra: Record<string, unknown> = {}): void {

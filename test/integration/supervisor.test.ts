@@ -47,6 +47,7 @@ async function harness(over: Partial<SupervisorOptions> = {}, url?: string): Pro
     ramp: { ratePerSecond: 100, concurrency: 50 },
     storePollMs: 2_000,
     deliveryCheckIntervalMs: 3600_000,
+    keepaliveTickMs: 1_000,
     ...over,
   };
   // random() = 1: every backoff delay is the whole step, so the schedule is exact.
