@@ -41,8 +41,18 @@ const noAccountsFile = join(work, 'none.json');
 writeFileSync(accountsFile, JSON.stringify(accounts));
 writeFileSync(noAccountsFile, '[]');
 
+/** Every process this run starts, ended with it even when it fails. */
+const children = new Set();
+process.on('exit', () => children.forEach((c) => c.kill('SIGKILL')));
+const track = (child) => {
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  return child;
+};
+
 async function start(script, env) {
   const child = fork(join(here, script), { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  track(child);
   const ready = await new Promise((resolve) => child.once('message', resolve));
   return { child, call: rpc(child), port: ready.port };
 }
@@ -67,7 +77,7 @@ const subjects = {
     if (withAccounts) populatedDb(db);
     const log = openSync(join(work, `${tag}.log`), 'w');
     const profile = args['cpu-prof'] && withAccounts ? ['--cpu-prof', `--cpu-prof-dir=${join(work, 'prof')}`] : [];
-    return spawn(process.execPath, [...profile, join(here, '..', 'dist', 'cli', 'main.js'), 'server'], {
+    return track(spawn(process.execPath, [...profile, join(here, '..', 'dist', 'cli', 'main.js'), 'server'], {
       cwd: work,
       stdio: ['ignore', 'ignore', log],
       env: {
@@ -79,13 +89,15 @@ const subjects = {
         MOLLY_ALLOWED_ENDPOINTS: `["${pushOrigin}"]`,
         MOLLY_VAPID_PRIVKEY: VAPID,
       },
-    });
+    }));
   },
   floor: (withAccounts) =>
-    spawn(process.execPath, [join(here, 'floor.mjs')], {
-      stdio: ['ignore', 'ignore', 'inherit'],
-      env: { PATH: process.env.PATH, ACCOUNTS_FILE: withAccounts ? accountsFile : noAccountsFile, CA_FILE: certs.caFile, SIGNAL_URL: signalUrl, PUSH_ORIGIN: pushOrigin },
-    }),
+    track(
+      spawn(process.execPath, [join(here, 'floor.mjs')], {
+        stdio: ['ignore', 'ignore', 'inherit'],
+        env: { PATH: process.env.PATH, ACCOUNTS_FILE: withAccounts ? accountsFile : noAccountsFile, CA_FILE: certs.caFile, SIGNAL_URL: signalUrl, PUSH_ORIGIN: pushOrigin },
+      }),
+    ),
 };
 
 async function stop(child) {

@@ -78,7 +78,6 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   log.debug({ config: redactedConfig(config) }, 'configuration');
   const store = Store.open(config.db);
   const key = resolveVapidKey(config, { generate: true });
-  if (!key) throw new Error('no VAPID key'); // resolveVapidKey generates one when asked
   if (key.source === 'generated') {
     log.info({ file: key.path }, 'generated a VAPID key and kept it next to the database: back this file up with it');
   }
@@ -105,7 +104,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       log,
       metrics,
       onGone: (c) => supervisor.forbid(c, ENDPOINT_GONE),
-      isActive: (c) => ['connecting', 'connected', 'backoff'].includes(supervisor.state(c) ?? 'stopped'),
+      isActive: (c) => supervisor.wantsPushes(c),
       ...(opts.clock && { clock: opts.clock }),
     },
   );

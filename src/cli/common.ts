@@ -60,7 +60,7 @@ export async function withStore<T>(config: Config, fn: (store: Store) => T | Pro
 
 /** The key the server uses; kept (generated first if need be) so that what Molly is shown stays valid. */
 export function vapidKey(config: Config): ResolvedKey {
-  const key = resolveVapidKey(config, { generate: true }) as ResolvedKey;
+  const key = resolveVapidKey(config, { generate: true });
   if (key.source === 'generated') warn(`generated a VAPID key and kept it in ${key.path}: back this file up with the database`);
   return key;
 }

@@ -108,12 +108,11 @@ export function registerConnection(program: Command): void {
       );
     });
 
-  connection
-    .command('remove')
-    .description('remove the connections of an account, or of one of its devices')
-    .argument('<uuid>', 'account UUID')
-    .argument('[device_id]', 'only this device', parseDeviceId)
-    .action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
+  /** A subcommand acting on an account's connections, or on one device's. */
+  const onConnections = (name: string, description: string): Command =>
+    connection.command(name).description(description).argument('<uuid>', 'account UUID').argument('[device_id]', 'only this device', parseDeviceId);
+
+  onConnections('remove', 'remove the connections of an account, or of one of its devices').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
       const { config } = loadFor(cmd);
       const removed = await withStore(config, (store) => {
         selected(store.list(), uuid, deviceId);
@@ -122,23 +121,13 @@ export function registerConnection(program: Command): void {
       print(`Removed ${removed} connection${removed === 1 ? '' : 's'} of ${uuid}: a running server closes ${removed === 1 ? 'its socket' : 'their sockets'} within a few seconds.`);
     });
 
-  connection
-    .command('ping')
-    .description('send a test push to the endpoints of an account')
-    .argument('<uuid>', 'account UUID')
-    .argument('[device_id]', 'only this device', parseDeviceId)
-    .action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
+  onConnections('ping', 'send a test push to the endpoints of an account').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
       const { config } = loadFor(cmd);
       const conns = await withStore(config, (store) => selected(store.list(), uuid, deviceId));
       if (!(await ping(config, conns))) throw new FailureError('a test push was not delivered');
     });
 
-  connection
-    .command('enable')
-    .description('clear the forbidden state of an account (or one device): the server connects again')
-    .argument('<uuid>', 'account UUID')
-    .argument('[device_id]', 'only this device', parseDeviceId)
-    .action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
+  onConnections('enable', 'clear the forbidden state of an account (or one device): the server connects again').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
       const { config } = loadFor(cmd);
       const enabled = await withStore(config, (store) => {
         const conns = selected(store.list(), uuid, deviceId);

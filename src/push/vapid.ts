@@ -45,6 +45,8 @@ export function generatePrivateKey(): string {
 /** Where `server` keeps the key it generates when none is configured: next to the database. */
 export const keptKeyPath = (config: Pick<Config, 'db'>): string => join(dirname(config.db), 'vapid.key');
 
+type KeyConfig = Pick<Config, 'db' | 'vapid_key_file' | 'vapid_privkey'>;
+
 export interface ResolvedKey {
   privateKey: Buffer;
   publicKey: string;
@@ -57,10 +59,9 @@ export interface ResolvedKey {
  * The configured key: `vapid_key_file` wins over `vapid_privkey`, then the kept key. With `generate`, a missing
  * kept key is generated and written (mode 0600). Without a key and without `generate`: undefined.
  */
-export function resolveVapidKey(
-  config: Pick<Config, 'db' | 'vapid_key_file' | 'vapid_privkey'>,
-  opts: { generate: boolean },
-): ResolvedKey | undefined {
+export function resolveVapidKey(config: KeyConfig, opts: { generate: true }): ResolvedKey;
+export function resolveVapidKey(config: KeyConfig, opts: { generate: boolean }): ResolvedKey | undefined;
+export function resolveVapidKey(config: KeyConfig, opts: { generate: boolean }): ResolvedKey | undefined {
   const make = (privateKey: Buffer, source: ResolvedKey['source'], path?: string): ResolvedKey => ({
     privateKey,
     publicKey: publicKeyOf(privateKey),

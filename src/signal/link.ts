@@ -101,7 +101,7 @@ export class SignalLink {
   /** Closes the session with 1000; `ended` resolves with `stopped`. */
   close(): void {
     this.outcome ??= { kind: 'stopped' };
-    this.stopTimers();
+    this.opts.clock.clearTimeout(this.connectTimer);
     if (this.ws.readyState === WebSocket.CONNECTING) {
       this.ws.terminate();
     } else if (this.ws.readyState === WebSocket.OPEN) {
@@ -162,16 +162,12 @@ export class SignalLink {
 
   private abort(end: LinkEnd): void {
     this.outcome ??= end;
-    this.stopTimers();
+    this.opts.clock.clearTimeout(this.connectTimer);
     this.ws.terminate();
   }
 
-  private stopTimers(): void {
-    this.opts.clock.clearTimeout(this.connectTimer);
-  }
-
   private finish(fallback: LinkEnd): void {
-    this.stopTimers();
+    this.opts.clock.clearTimeout(this.connectTimer);
     this.resolveEnded(this.outcome ?? fallback);
   }
 }

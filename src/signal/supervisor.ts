@@ -146,6 +146,12 @@ export class Supervisor {
     return this.entries.get(connectionKey(key))?.state;
   }
 
+  /** Whether pushes for this connection are still wanted: it is stored, not forbidden and not stopped. */
+  wantsPushes(key: ConnectionKey): boolean {
+    const state = this.state(key);
+    return state === 'connecting' || state === 'connected' || state === 'backoff';
+  }
+
   statuses(): ConnectionStatus[] {
     return [...this.entries.values()].map((e) => ({
       uuid: e.conn.uuid,
