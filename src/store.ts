@@ -116,7 +116,7 @@ export class Store {
   /** Opens (creating with mode 0600 if needed) and migrates the database. */
   static open(path: string, opts: { migrationBackup?: boolean } = {}): Store {
     try {
-      if (!existsSync(path)) closeSync(openSync(path, 'wx', 0o600));
+      closeSync(openSync(path, 'a', 0o600)); // creates it private; an existing file (or another process's) is kept
       const db = new Database(path);
       db.pragma('busy_timeout = 5000');
       db.pragma('journal_mode = WAL');
@@ -133,52 +133,50 @@ export class Store {
     }
   }
 
+  /**
+   * Brings the schema to SCHEMA_VERSION. Safe when several processes (the server, the CLI) open a new or old file at
+   * once: the work runs under SQLite's write lock and re-reads the version once it holds it.
+   */
   private migrate(backup: boolean): void {
-    let version = this.db.pragma('user_version', { simple: true }) as number;
-    if (version === SCHEMA_VERSION) return;
-    if (version > SCHEMA_VERSION) {
-      throw new StoreError(`the database ${this.path} has schema version ${version}, newer than this program knows (${SCHEMA_VERSION}): upgrade mollysocket`);
+    const version = (): number => this.db.pragma('user_version', { simple: true }) as number;
+    if (version() === SCHEMA_VERSION) return;
+    if (version() > SCHEMA_VERSION) {
+      throw new StoreError(`the database ${this.path} has schema version ${version()}, newer than this program knows (${SCHEMA_VERSION}): upgrade mollysocket`);
     }
-    const hasTable = this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'connections'`).get();
-    if (!hasTable) {
-      this.db.transaction(() => {
-        this.db.exec(CREATE_V2);
+    const hasConnections = (): boolean =>
+      this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'connections'`).get() !== undefined;
+    // A MollySocket database: keep a copy as it was before anything changes (VACUUM cannot run in a transaction).
+    const copy = `${this.path}.mollysocket-v${version()}.bak`;
+    if (backup && version() < 2 && hasConnections() && !existsSync(copy)) this.db.prepare('VACUUM INTO ?').run(copy);
+    this.db
+      .transaction(() => {
+        const current = version();
+        if (current === SCHEMA_VERSION) return; // another process did it meanwhile
+        if (!hasConnections()) this.db.exec(CREATE_V2);
+        else if (current < 2) this.fromMollySocket();
         this.db.exec(CREATE_V3);
         this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
-      })();
-      return;
-    }
-    if (version < 2) {
-      this.fromMollySocket(version, backup);
-      version = 2;
-    }
-    this.db.transaction(() => {
-      if (version === 2) this.db.exec(CREATE_V3);
-      this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
-    })();
+      })
+      .immediate();
   }
 
-  /** A MollySocket database: keep a copy as it was, then move every row, forbidden flag included. */
-  private fromMollySocket(version: number, backup: boolean): void {
-    if (backup) this.db.prepare('VACUUM INTO ?').run(`${this.path}.mollysocket-v${version}.bak`);
+  /** Moves every row of MollySocket's table (one per uuid) into ours (one per account device), forbidden flag included. */
+  private fromMollySocket(): void {
     const now = Math.floor(Date.now() / 1000);
-    this.db.transaction(() => {
-      this.db.exec('ALTER TABLE connections RENAME TO connections_v1');
-      this.db.exec(CREATE_V2);
-      this.db
-        .prepare(
-          `INSERT OR REPLACE INTO connections
-             (uuid, device_id, password, endpoint, forbidden, forbidden_reason, forbidden_at, last_registration, created_at, updated_at)
-           SELECT uuid, COALESCE(device_id, 1), COALESCE(password, ''), COALESCE(endpoint, ''),
-                  CASE WHEN forbidden THEN 1 ELSE 0 END,
-                  CASE WHEN forbidden THEN 'forbidden_in_mollysocket' END, NULL,
-                  COALESCE(last_registration, 0), @now, @now
-           FROM connections_v1 WHERE uuid IS NOT NULL`,
-        )
-        .run({ now });
-      this.db.exec('DROP TABLE connections_v1');
-      this.db.pragma('user_version = 2');
-    })();
+    this.db.exec('ALTER TABLE connections RENAME TO connections_v1');
+    this.db.exec(CREATE_V2);
+    this.db
+      .prepare(
+        `INSERT OR REPLACE INTO connections
+           (uuid, device_id, password, endpoint, forbidden, forbidden_reason, forbidden_at, last_registration, created_at, updated_at)
+         SELECT uuid, COALESCE(device_id, 1), COALESCE(password, ''), COALESCE(endpoint, ''),
+                CASE WHEN forbidden THEN 1 ELSE 0 END,
+                CASE WHEN forbidden THEN 'forbidden_in_mollysocket' END, NULL,
+                COALESCE(last_registration, 0), @now, @now
+         FROM connections_v1 WHERE uuid IS NOT NULL`,
+      )
+      .run({ now });
+    this.db.exec('DROP TABLE connections_v1');
   }
 
   get(key: ConnectionKey): Connection | undefined {

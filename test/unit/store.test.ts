@@ -1,7 +1,9 @@
+import { spawn } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
+import { packageRoot } from '../../src/paths.js';
 import { Store } from '../../src/store.js';
 import { tempDir } from '../helpers/index.js';
 
@@ -72,5 +74,35 @@ describe('Store', () => {
     expect(server.dataVersion()).not.toBe(before);
     server.close();
     cli.close();
+  });
+
+  /** Opens the database from `n` processes at the same moment (the built store, as the server and the CLI do). */
+  async function openConcurrently(path: string, n: number): Promise<(number | null)[]> {
+    const store = JSON.stringify(join(packageRoot, 'dist', 'store.js'));
+    const script = `import(${store}).then((m) => m.Store.open(${JSON.stringify(path)}).close())`;
+    return Promise.all(
+      Array.from({ length: n }, () => new Promise<number | null>((resolve) => spawn(process.execPath, ['-e', script], { stdio: 'ignore' }).on('exit', resolve))),
+    );
+  }
+
+  it('lets several processes open a new database at once', async () => {
+    for (let round = 0; round < 5; round++) {
+      const path = join(tempDir(), 'race.db');
+      expect(await openConcurrently(path, 4)).toEqual([0, 0, 0, 0]);
+      const store = Store.open(path);
+      expect(store.list()).toEqual([]);
+      store.close();
+    }
+  });
+
+  it("lets several processes open MollySocket's database at once, migrating it once", async () => {
+    for (let round = 0; round < 3; round++) {
+      const path = join(tempDir(), 'mollysocket.db');
+      mollySocketDb(path);
+      expect(await openConcurrently(path, 4)).toEqual([0, 0, 0, 0]);
+      const store = Store.open(path);
+      expect(store.list().map((c) => [c.uuid, c.forbidden])).toEqual([[UUID2, true], [UUID, false]]);
+      store.close();
+    }
   });
 });
