@@ -99,6 +99,22 @@ const fromRow = (r: Row): Connection => ({
   updatedAt: r.updated_at,
 });
 
+/**
+ * Runs `fn` again while SQLite answers SQLITE_BUSY without waiting, which it does when two processes opening a new
+ * file at once would otherwise deadlock upgrading their locks. Only at open time, so blocking briefly is fine.
+ */
+function retryWhileBusy(fn: () => void): void {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      fn();
+      return;
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'SQLITE_BUSY' || attempt >= 50) throw err;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10 + Math.random() * 40);
+    }
+  }
+}
+
 export class StoreError extends Error {
   override name = 'StoreError';
 }
@@ -119,9 +135,12 @@ export class Store {
       closeSync(openSync(path, 'a', 0o600)); // creates it private; an existing file (or another process's) is kept
       const db = new Database(path);
       db.pragma('busy_timeout = 5000');
-      db.pragma('journal_mode = WAL');
       const store = new Store(db, path);
-      store.migrate(opts.migrationBackup ?? true);
+      retryWhileBusy(() => {
+        // WAL lets the CLI write while the server reads. The mode is kept in the file: only a new file changes it.
+        if (db.pragma('journal_mode', { simple: true }) !== 'wal') db.pragma('journal_mode = WAL');
+        store.migrate(opts.migrationBackup ?? true);
+      });
       return store;
     } catch (err) {
       if (err instanceof StoreError) throw err;
