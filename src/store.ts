@@ -1,4 +1,4 @@
-import { closeSync, existsSync, openSync } from 'node:fs';
+import { closeSync, existsSync, linkSync, openSync, rmSync } from 'node:fs';
 import Database from 'better-sqlite3';
 
 /** One registered account device. Times are unix seconds, as in MollySocket's database. */
@@ -164,9 +164,7 @@ export class Store {
     }
     const hasConnections = (): boolean =>
       this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'connections'`).get() !== undefined;
-    // A MollySocket database: keep a copy as it was before anything changes (VACUUM cannot run in a transaction).
-    const copy = `${this.path}.mollysocket-v${version()}.bak`;
-    if (backup && version() < 2 && hasConnections() && !existsSync(copy)) this.db.prepare('VACUUM INTO ?').run(copy);
+    if (backup && version() < 2 && hasConnections()) this.keepCopy(`${this.path}.mollysocket-v${version()}.bak`);
     this.db
       .transaction(() => {
         const current = version();
@@ -177,6 +175,23 @@ export class Store {
         this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
       })
       .immediate();
+  }
+
+  /**
+   * A MollySocket database: keeps a copy as it was before anything changes. VACUUM cannot run in a transaction, so
+   * several processes may get here at once: each writes its own file, and the first one linked into place stays.
+   */
+  private keepCopy(copy: string): void {
+    if (existsSync(copy)) return;
+    const mine = `${copy}.${process.pid}.tmp`;
+    try {
+      this.db.prepare('VACUUM INTO ?').run(mine);
+      linkSync(mine, copy);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err; // else another process kept the same copy
+    } finally {
+      rmSync(mine, { force: true });
+    }
   }
 
   /** Moves every row of MollySocket's table (one per uuid) into ours (one per account device), forbidden flag included. */

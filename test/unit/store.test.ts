@@ -80,9 +80,19 @@ describe('Store', () => {
   async function openConcurrently(path: string, n: number): Promise<(number | null)[]> {
     const store = JSON.stringify(join(packageRoot, 'dist', 'store.js'));
     const script = `import(${store}).then((m) => m.Store.open(${JSON.stringify(path)}).close())`;
-    return Promise.all(
-      Array.from({ length: n }, () => new Promise<number | null>((resolve) => spawn(process.execPath, ['-e', script], { stdio: 'ignore' }).on('exit', resolve))),
+    const runs = await Promise.all(
+      Array.from({ length: n }, () =>
+        new Promise<{ code: number | null; stderr: string }>((resolve) => {
+          const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'ignore', 'pipe'] });
+          let stderr = '';
+          child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+          child.on('exit', (code) => resolve({ code, stderr }));
+        }),
+      ),
     );
+    const failures = runs.filter((r) => r.code !== 0).map((r) => r.stderr.trim());
+    if (failures.length > 0) console.error(`processes that failed to open ${path}:\n${failures.join('\n')}`);
+    return runs.map((r) => r.code);
   }
 
   it('lets several processes open a new database at once', async () => {
@@ -103,6 +113,7 @@ describe('Store', () => {
       const store = Store.open(path);
       expect(store.list().map((c) => [c.uuid, c.forbidden])).toEqual([[UUID2, true], [UUID, false]]);
       store.close();
+      expect(existsSync(`${path}.mollysocket-v1.bak`)).toBe(true);
     }
   });
 });
