@@ -200,8 +200,9 @@ export const envName = (key: string): string => `MOLLY_${key.toUpperCase()}`;
 /** MOLLY_* variables that are not configuration keys. */
 const NON_KEY_ENV = new Set(['MOLLY_CONF', 'MOLLY_LOG']);
 
-function describeSource(source: Source): string {
-  if (source === 'default') return 'the default';
+/** `default`, the file's path, or the variable's name. */
+export function describeSource(source: Source): string {
+  if (source === 'default') return 'default';
   return 'file' in source ? source.file : source.env;
 }
 

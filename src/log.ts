@@ -23,8 +23,8 @@ export function logLevel(verbosity: number, env: NodeJS.ProcessEnv = process.env
 }
 
 /** Logs go to stderr so that stdout stays for command output. */
-export function createLogger(verbosity = 0, destination: number = 2): Logger {
-  return pino({ level: logLevel(verbosity), base: undefined }, pino.destination({ fd: destination, sync: true }));
+export function createLogger(verbosity = 0): Logger {
+  return pino({ level: logLevel(verbosity), base: undefined }, pino.destination({ fd: 2, sync: true }));
 }
 
 /** First 8 characters of a UUID: enough to tell accounts apart in logs, not enough to identify one. */

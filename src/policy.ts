@@ -10,6 +10,12 @@ export function isUuidAllowed(uuid: string, allowed: readonly string[]): boolean
   return allowed.some((a) => a === '*' || a.toLowerCase() === uuid.toLowerCase());
 }
 
+/** Why a uuid may not register, for the command line; undefined when it may. */
+export function uuidRefusal(uuid: string, allowed: readonly string[]): string | undefined {
+  if (isUuidAllowed(uuid, allowed)) return undefined;
+  return `uuid ${uuid} is not allowed: it must be an account UUID allowed by allowed_uuids (${JSON.stringify(allowed)})`;
+}
+
 /** Address ranges that are not globally routable (IANA special-purpose registries). */
 const SPECIAL = new BlockList();
 for (const [net, prefix] of [

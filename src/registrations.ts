@@ -1,8 +1,9 @@
 import type { Connection, Store } from './store.js';
 import type { Logger } from './log.js';
-import { shortUuid } from './log.js';
+import { endpointOrigin, shortUuid } from './log.js';
+import type { ResolvedEndpoint } from './policy.js';
 
-/** What Molly sends in `POST /` (and `connection add` on the command line). */
+/** What Molly sends in `POST /`. */
 export interface RegistrationRequest {
   uuid: string;
   deviceId: number;
@@ -62,9 +63,9 @@ export function decide(
 
 /** What applying a registration needs from the rest of the server. */
 export interface RegistrationEffects {
-  /** Endpoint policy, including the address check for endpoints allowed through "*". */
-  isEndpointAllowed(endpoint: string): Promise<boolean>;
   isUuidAllowed(uuid: string): boolean;
+  /** The endpoint policy, including the address check for endpoints allowed through "*". */
+  checkEndpoint(endpoint: string): Promise<ResolvedEndpoint>;
   /** The stored connection changed: start, replace or stop its socket. */
   connectionChanged(conn: Connection): void;
   sendTestPush(conn: Connection): void;
@@ -82,7 +83,13 @@ export class Registrations {
   async register(req: RegistrationRequest): Promise<RegistrationStatus> {
     try {
       const uuidAllowed = this.effects.isUuidAllowed(req.uuid);
-      const endpointAllowed = uuidAllowed && (await this.effects.isEndpointAllowed(req.endpoint));
+      const endpoint = uuidAllowed ? await this.effects.checkEndpoint(req.endpoint) : undefined;
+      if (endpoint?.ok === false) {
+        this.log.info({ endpoint: endpointOrigin(req.endpoint), reason: endpoint.reason }, 'endpoint refused');
+        // A DNS failure says nothing about the endpoint: internal_error makes Molly try again later.
+        if (endpoint.transient) return 'internal_error';
+      }
+      const endpointAllowed = endpoint?.ok === true;
       const key = { uuid: req.uuid, deviceId: req.deviceId };
       const decision = decide(req, { uuidAllowed, endpointAllowed }, this.store.get(key));
       const at = this.now();

@@ -5,7 +5,7 @@ import { redactedConfig, signalUrl, type Config } from './config.js';
 import { HEARTBEAT_MS } from './heartbeat.js';
 import { linkUrl, qrTerminal } from './link.js';
 import type { Clock } from './clock.js';
-import { endpointOrigin, type Logger } from './log.js';
+import type { Logger } from './log.js';
 import { packageRoot, version } from './paths.js';
 import { Metrics } from './metrics.js';
 import { isUuidAllowed, type Resolver } from './policy.js';
@@ -112,12 +112,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     store,
     {
       isUuidAllowed: (uuid) => isUuidAllowed(uuid, config.allowed_uuids),
-      isEndpointAllowed: async (endpoint) => {
-        const target = await policy.check(endpoint);
-        if (!target.ok) log.info({ endpoint: endpointOrigin(endpoint), reason: target.reason }, 'endpoint refused');
-        if (!target.ok && target.transient) throw new Error(target.reason); // answered internal_error: Molly tries again
-        return target.ok;
-      },
+      checkEndpoint: (endpoint) => policy.check(endpoint),
       connectionChanged: (conn) => supervisor.sync(conn),
       sendTestPush: (conn) => notifier.test(conn),
     },

@@ -130,7 +130,7 @@ export class Store {
   ) {}
 
   /** Opens (creating with mode 0600 if needed) and migrates the database. */
-  static open(path: string, opts: { migrationBackup?: boolean } = {}): Store {
+  static open(path: string): Store {
     try {
       closeSync(openSync(path, 'a', 0o600)); // creates it private; an existing file (or another process's) is kept
       const db = new Database(path);
@@ -139,7 +139,7 @@ export class Store {
       retryWhileBusy(() => {
         // WAL lets the CLI write while the server reads. The mode is kept in the file: only a new file changes it.
         if (db.pragma('journal_mode', { simple: true }) !== 'wal') db.pragma('journal_mode = WAL');
-        store.migrate(opts.migrationBackup ?? true);
+        store.migrate();
       });
       return store;
     } catch (err) {
@@ -156,7 +156,7 @@ export class Store {
    * Brings the schema to SCHEMA_VERSION. Safe when several processes (the server, the CLI) open a new or old file at
    * once: the work runs under SQLite's write lock and re-reads the version once it holds it.
    */
-  private migrate(backup: boolean): void {
+  private migrate(): void {
     const version = (): number => this.db.pragma('user_version', { simple: true }) as number;
     if (version() === SCHEMA_VERSION) return;
     if (version() > SCHEMA_VERSION) {
@@ -164,7 +164,7 @@ export class Store {
     }
     const hasConnections = (): boolean =>
       this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'connections'`).get() !== undefined;
-    if (backup && version() < 2 && hasConnections()) this.keepCopy(`${this.path}.mollysocket-v${version()}.bak`);
+    if (version() < 2 && hasConnections()) this.keepCopy(`${this.path}.mollysocket-v${version()}.bak`);
     this.db
       .transaction(() => {
         const current = version();
@@ -220,8 +220,15 @@ export class Store {
     return row && fromRow(row);
   }
 
-  list(): Connection[] {
-    return (this.db.prepare('SELECT * FROM connections ORDER BY uuid, device_id').all() as Row[]).map(fromRow);
+  /** Every connection, or those of one account, or of one of its devices. */
+  list(filter: { uuid?: string; deviceId?: number } = {}): Connection[] {
+    const rows = this.db
+      .prepare(
+        `SELECT * FROM connections WHERE (@uuid IS NULL OR uuid = @uuid) AND (@deviceId IS NULL OR device_id = @deviceId)
+         ORDER BY uuid, device_id`,
+      )
+      .all({ uuid: filter.uuid ?? null, deviceId: filter.deviceId ?? null }) as Row[];
+    return rows.map(fromRow);
   }
 
   /** Inserts or fully replaces a connection, enabled, as a fresh registration at `now`. */
@@ -252,15 +259,13 @@ export class Store {
   }
 
   /** Clears the forbidden flag: the server connects again. */
-  enable(key: ConnectionKey, now: number): boolean {
-    return (
-      this.db
-        .prepare(
-          `UPDATE connections SET forbidden = 0, forbidden_reason = NULL, forbidden_at = NULL, updated_at = ?
-           WHERE uuid = ? AND device_id = ?`,
-        )
-        .run(now, key.uuid, key.deviceId).changes > 0
-    );
+  enable(key: ConnectionKey, now: number): void {
+    this.db
+      .prepare(
+        `UPDATE connections SET forbidden = 0, forbidden_reason = NULL, forbidden_at = NULL, updated_at = ?
+         WHERE uuid = ? AND device_id = ?`,
+      )
+      .run(now, key.uuid, key.deviceId);
   }
 
   /** Removes one device's connection, or every device of the account when no device is given. */

@@ -1,8 +1,6 @@
 import type { Command } from 'commander';
-import { configExample, redactedConfig, type Source } from '../config.js';
+import { configExample, describeSource, redactedConfig } from '../config.js';
 import { loadFor, print } from './common.js';
-
-const from = (source: Source): string => (source === 'default' ? 'default' : 'file' in source ? source.file : source.env);
 
 export function registerConfig(program: Command): void {
   program
@@ -18,7 +16,7 @@ export function registerConfig(program: Command): void {
       print(`# config file: ${loaded.file ?? 'none found'}`);
       for (const [key, value] of Object.entries(redactedConfig(loaded.config))) {
         const shown = value === undefined ? '(unset)' : JSON.stringify(value);
-        print(`${key} = ${shown}  # ${from(loaded.sources[key as keyof typeof loaded.sources])}`);
+        print(`${key} = ${shown}  # ${describeSource(loaded.sources[key as keyof typeof loaded.sources])}`);
       }
     });
 }

@@ -1,10 +1,10 @@
 import type { Command } from 'commander';
 import { endpointOrigin } from '../log.js';
-import { EndpointPolicy, isUuidAllowed } from '../policy.js';
+import { EndpointPolicy, uuidRefusal } from '../policy.js';
 import { pushStack } from '../push/setup.js';
 import type { PushOutcome } from '../push/client.js';
 import type { Config } from '../config.js';
-import type { Connection } from '../store.js';
+import type { Connection, Store } from '../store.js';
 import { FailureError, formatTime, loadFor, maskUuid, parseDeviceId, print, table, UsageError, vapidKey, withStore } from './common.js';
 
 /** How a push went, in words. */
@@ -39,8 +39,9 @@ async function ping(config: Config, conns: Connection[]): Promise<boolean> {
   }
 }
 
-function selected(conns: Connection[], uuid: string, deviceId: number | undefined): Connection[] {
-  const found = conns.filter((c) => c.uuid === uuid && (deviceId === undefined || c.deviceId === deviceId));
+/** The connections of an account (or of one of its devices); there must be some. */
+function selected(store: Store, uuid: string, deviceId: number | undefined): Connection[] {
+  const found = store.list({ uuid, ...(deviceId !== undefined && { deviceId }) });
   if (found.length === 0) {
     throw new FailureError(`no connection for ${uuid}${deviceId === undefined ? '' : ` device ${deviceId}`} (see \`mollysocket connection list\`)`);
   }
@@ -59,9 +60,8 @@ export function registerConnection(program: Command): void {
     .argument('<endpoint>', 'UnifiedPush endpoint URL')
     .action(async (uuid: string, deviceId: number, password: string, endpoint: string, _o, cmd: Command) => {
       const { config } = loadFor(cmd);
-      if (!isUuidAllowed(uuid, config.allowed_uuids)) {
-        throw new UsageError(`uuid ${uuid} is not allowed: it must be an account UUID allowed by allowed_uuids (${JSON.stringify(config.allowed_uuids)})`);
-      }
+      const refusal = uuidRefusal(uuid, config.allowed_uuids);
+      if (refusal) throw new UsageError(refusal);
       const target = await new EndpointPolicy(config.allowed_endpoints).check(endpoint);
       if (!target.ok && target.transient) throw new FailureError(`cannot check the endpoint now: ${target.reason}`);
       if (!target.ok) throw new UsageError(`endpoint is not allowed: ${target.reason}`);
@@ -115,7 +115,7 @@ export function registerConnection(program: Command): void {
   onConnections('remove', 'remove the connections of an account, or of one of its devices').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
       const { config } = loadFor(cmd);
       const removed = await withStore(config, (store) => {
-        selected(store.list(), uuid, deviceId);
+        selected(store, uuid, deviceId);
         return store.remove({ uuid, ...(deviceId !== undefined && { deviceId }) });
       });
       print(`Removed ${removed} connection${removed === 1 ? '' : 's'} of ${uuid}: a running server closes ${removed === 1 ? 'its socket' : 'their sockets'} within a few seconds.`);
@@ -123,14 +123,14 @@ export function registerConnection(program: Command): void {
 
   onConnections('ping', 'send a test push to the endpoints of an account').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
       const { config } = loadFor(cmd);
-      const conns = await withStore(config, (store) => selected(store.list(), uuid, deviceId));
+      const conns = await withStore(config, (store) => selected(store, uuid, deviceId));
       if (!(await ping(config, conns))) throw new FailureError('a test push was not delivered');
     });
 
   onConnections('enable', 'clear the forbidden state of an account (or one device): the server connects again').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
       const { config } = loadFor(cmd);
       const enabled = await withStore(config, (store) => {
-        const conns = selected(store.list(), uuid, deviceId);
+        const conns = selected(store, uuid, deviceId);
         for (const c of conns) store.enable(c, Math.floor(Date.now() / 1000));
         return conns;
       });

@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import { isUuidAllowed } from '../policy.js';
-import { EndpointPolicy } from '../policy.js';
+import { EndpointPolicy, uuidRefusal } from '../policy.js';
 import { FailureError, loadFor, print, withStore } from './common.js';
 
 export function registerTest(program: Command): void {
@@ -23,11 +22,10 @@ export function registerTest(program: Command): void {
     .argument('<uuid>', 'account UUID')
     .action(async (uuid: string, _o, cmd: Command) => {
       const { config } = loadFor(cmd);
-      if (!isUuidAllowed(uuid, config.allowed_uuids)) {
-        throw new FailureError(`UUID ${uuid} is not valid: it must be a UUID allowed by allowed_uuids (${JSON.stringify(config.allowed_uuids)})`);
-      }
+      const refusal = uuidRefusal(uuid, config.allowed_uuids);
+      if (refusal) throw new FailureError(`UUID ${uuid} is not valid: ${refusal}`);
       print(`UUID ${uuid} is valid`);
-      const conns = await withStore(config, (store) => store.list().filter((c) => c.uuid === uuid));
+      const conns = await withStore(config, (store) => store.list({ uuid }));
       if (conns.length === 0) print('  No connection is registered with this UUID.');
       for (const c of conns) {
         print(`  Device ${c.deviceId}: ${c.forbidden ? `forbidden (${c.forbiddenReason ?? 'unknown reason'})` : 'registered and enabled'}.`);

@@ -34,7 +34,7 @@ message Envelope {
 const WebSocketMessage = root.lookupType('WebSocketMessage');
 const Envelope = root.lookupType('Envelope');
 
-export const MessageType = { UNKNOWN: 0, REQUEST: 1, RESPONSE: 2 } as const;
+const MessageType = { UNKNOWN: 0, REQUEST: 1, RESPONSE: 2 } as const;
 
 /** uint64 ids are kept as decimal strings: exact, and comparable. */
 export interface Request {

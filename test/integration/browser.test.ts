@@ -55,17 +55,20 @@ describe.skipIf(!haveChromium)('the homepage in a browser', () => {
     page.on('console', (m) => m.type() === 'error' && errors.push(m.text()));
     await page.goto(url);
     const png = PNG.sync.read(await page.locator('.qr').screenshot());
-    const code = jsQR.default(new Uint8ClampedArray(png.data), png.width, png.height);
+    // No inversion: a light-on-dark code (a page that followed the dark theme) must not count as scanned.
+    const code = jsQR.default(new Uint8ClampedArray(png.data), png.width, png.height, { inversionAttempts: 'dontInvert' });
+    const background = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
     const warnings = {
       proxy: await page.locator('#proxy-warning').isVisible(),
       https: await page.locator('#https-warning').isVisible(),
     };
     await page.close();
-    return { text: code?.data, warnings, errors };
+    return { text: code?.data, warnings, errors, background };
   }
 
   it('shows a QR code that Molly accepts, pointing at the address the page was opened at', async () => {
-    const { text, warnings, errors } = await scan(`${server.url}/`);
+    const { text, warnings, errors, background } = await scan(`${server.url}/`);
+    expect(background).toBe('rgb(255, 255, 255)'); // light, though the browser asks for a dark theme
     expect(text).toBeDefined();
     const verdict = mollyAccepts(text!);
     expect(verdict.ok).toBe(true);

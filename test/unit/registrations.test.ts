@@ -1,6 +1,10 @@
+import { join } from 'node:path';
+import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
-import { decide, ENDPOINT_GONE, type RegistrationRequest } from '../../src/registrations.js';
-import type { Connection } from '../../src/store.js';
+import type { ResolvedEndpoint } from '../../src/policy.js';
+import { decide, ENDPOINT_GONE, Registrations, type RegistrationRequest } from '../../src/registrations.js';
+import { Store, type Connection } from '../../src/store.js';
+import { tempDir } from '../helpers/index.js';
 
 const req: RegistrationRequest = {
   uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e',
@@ -60,5 +64,49 @@ describe('registration decision table (PROTOCOL.md section 1)', () => {
   });
   it('first match wins: a disallowed uuid is refused even with a disallowed endpoint', () => {
     expect(decide(req, { uuidAllowed: false, endpointAllowed: false }, stored()).status).toBe('invalid_uuid');
+  });
+});
+
+describe('applying a registration', () => {
+  function harness(endpoint: ResolvedEndpoint) {
+    const store = Store.open(join(tempDir(), 'r.db'));
+    const changed: Connection[] = [];
+    const pinged: Connection[] = [];
+    const registrations = new Registrations(
+      store,
+      { isUuidAllowed: () => true, checkEndpoint: async () => endpoint, connectionChanged: (c) => changed.push(c), sendTestPush: (c) => pinged.push(c) },
+      pino({ level: 'silent' }),
+      () => 1234,
+    );
+    return { store, changed, pinged, registrations };
+  }
+  const allowed: ResolvedEndpoint = { ok: true, url: new URL(req.endpoint), address: { address: '93.184.216.34', family: 4 } };
+
+  it('stores a new connection, starts it and sends a test push', async () => {
+    const h = harness(allowed);
+    expect(await h.registrations.register(req)).toBe('ok');
+    expect(h.store.get(req)).toMatchObject({ password: req.password, endpoint: req.endpoint, lastRegistration: 1234 });
+    expect(h.changed).toHaveLength(1);
+    expect(h.pinged).toHaveLength(1);
+  });
+
+  it('answers internal_error when the endpoint cannot be resolved now, so that Molly tries again; stores nothing', async () => {
+    const h = harness({ ok: false, reason: 'cannot resolve push.example: EAI_AGAIN', transient: true });
+    expect(await h.registrations.register(req)).toBe('internal_error');
+    expect(h.store.list()).toEqual([]);
+    expect([...h.changed, ...h.pinged]).toEqual([]);
+  });
+
+  it('answers invalid_endpoint for an endpoint the policy refuses; stores nothing', async () => {
+    const h = harness({ ok: false, reason: 'not in allowed_endpoints', transient: false });
+    expect(await h.registrations.register(req)).toBe('invalid_endpoint');
+    expect(h.store.list()).toEqual([]);
+  });
+
+  it('answers internal_error, with nothing half-written, when the store fails', async () => {
+    const h = harness(allowed);
+    h.store.close(); // every query now throws
+    expect(await h.registrations.register(req)).toBe('internal_error');
+    expect([...h.changed, ...h.pinged]).toEqual([]);
   });
 });
