@@ -249,9 +249,12 @@ function fromEnvString(kind: Kind, raw: string): unknown {
   }
 }
 
-function validate(key: ConfigKey, kind: Kind, value: unknown, source: Source): unknown {
+function validate(key: ConfigKey, spec: KeySpec, value: unknown, source: Source): unknown {
+  const kind = spec.kind;
+  // A secret's value is never repeated: the error goes to the journal or `docker logs`.
+  const got = !spec.secret ? JSON.stringify(value) : typeof value === 'string' ? `${value.length} characters` : `a ${typeof value}`;
   const fail = (what: string): never => {
-    throw new ConfigError(`config key "${key}" ${what} (got ${JSON.stringify(value)} from ${describeSource(source)})`);
+    throw new ConfigError(`config key "${key}" ${what} (got ${got} from ${describeSource(source)})`);
   };
   switch (kind.type) {
     case 'string': {
@@ -324,7 +327,7 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
   for (const [key, spec] of Object.entries(CONFIG_KEYS) as [ConfigKey, KeySpec][]) {
     const given = raw[key];
     sources[key] = given?.source ?? 'default';
-    config[key] = given === undefined ? spec.default : validate(key, spec.kind, given.value, given.source);
+    config[key] = given === undefined ? spec.default : validate(key, spec, given.value, given.source);
   }
 
   return {
