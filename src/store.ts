@@ -185,6 +185,7 @@ export class Store {
     if (existsSync(copy)) return;
     const mine = `${copy}.${process.pid}.tmp`;
     try {
+      closeSync(openSync(mine, 'wx', 0o600)); // it holds every password: as private as the database (SQLite fills an empty file)
       this.db.prepare('VACUUM INTO ?').run(mine);
       linkSync(mine, copy);
     } catch (err) {

@@ -49,13 +49,16 @@ describe('Store', () => {
   it("migrates MollySocket's database in place, keeping every row and its forbidden flag, with a backup", () => {
     const path = join(tempDir(), 'mollysocket.db');
     mollySocketDb(path);
+    const umask = process.umask(0o022); // the copy holds every password: 0600 whatever the umask lets through
     const store = Store.open(path);
+    process.umask(umask);
     expect(store.list()).toEqual([
       expect.objectContaining({ uuid: UUID2, deviceId: 1, password: 'pw2', endpoint: 'https://push.example/up/2', forbidden: true, lastRegistration: 0 }),
       expect.objectContaining({ uuid: UUID, deviceId: 3, password: 'pw1', endpoint: 'https://push.example/up/1', forbidden: false, lastRegistration: 1700000000 }),
     ]);
     store.close();
     expect(existsSync(`${path}.mollysocket-v1.bak`)).toBe(true);
+    expect(statSync(`${path}.mollysocket-v1.bak`).mode & 0o777).toBe(0o600);
     const reopened = Store.open(path); // a second open finds it migrated
     expect(reopened.list()).toHaveLength(2);
     reopened.close();
@@ -114,6 +117,7 @@ describe('Store', () => {
       expect(store.list().map((c) => [c.uuid, c.forbidden])).toEqual([[UUID2, true], [UUID, false]]);
       store.close();
       expect(existsSync(`${path}.mollysocket-v1.bak`)).toBe(true);
+      expect(statSync(`${path}.mollysocket-v1.bak`).mode & 0o777).toBe(0o600);
     }
   });
 });
