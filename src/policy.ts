@@ -6,6 +6,9 @@ import { isGlobalAddress } from './addresses.js';
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
+/** The one spelling a uuid is stored and matched in (Signal writes them lower-case; a phone may not). */
+export const canonicalUuid = (uuid: string): string => uuid.toLowerCase();
+
 export function isUuidAllowed(uuid: string, allowed: readonly string[]): boolean {
   if (!UUID_RE.test(uuid)) return false;
   return allowed.some((a) => a === '*' || a.toLowerCase() === uuid.toLowerCase());

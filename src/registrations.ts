@@ -1,7 +1,7 @@
 import type { Connection, Store } from './store.js';
 import type { Logger } from './log.js';
 import { endpointOrigin, shortUuid } from './log.js';
-import type { ResolvedEndpoint } from './policy.js';
+import { canonicalUuid, type ResolvedEndpoint } from './policy.js';
 
 /** What Molly sends in `POST /`. */
 export interface RegistrationRequest {
@@ -80,7 +80,8 @@ export class Registrations {
     private readonly now: () => number = () => Math.floor(Date.now() / 1000),
   ) {}
 
-  async register(req: RegistrationRequest): Promise<RegistrationStatus> {
+  async register(sent: RegistrationRequest): Promise<RegistrationStatus> {
+    const req = { ...sent, uuid: canonicalUuid(sent.uuid) };
     try {
       const uuidAllowed = this.effects.isUuidAllowed(req.uuid);
       const endpoint = uuidAllowed ? await this.effects.checkEndpoint(req.endpoint) : undefined;

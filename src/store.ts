@@ -21,9 +21,9 @@ export const connectionKey = (c: ConnectionKey): string => `${c.uuid}.${c.device
 
 /**
  * Schema versions: 1 is MollySocket's (one row per uuid); 2 is ours (one row per account device); 3 adds what the
- * running server publishes for `status` and `health` (connection states, heartbeat).
+ * running server publishes for `status` and `health` (connection states, heartbeat); 4 stores every uuid lower-case.
  */
-const SCHEMA_VERSION = 3;
+const SCHEMA_VERSION = 4;
 
 const CREATE_V3 = `
   CREATE TABLE live_state(
@@ -171,7 +171,8 @@ export class Store {
         if (current === SCHEMA_VERSION) return; // another process did it meanwhile
         if (!hasConnections()) this.db.exec(CREATE_V2);
         else if (current < 2) this.fromMollySocket();
-        this.db.exec(CREATE_V3);
+        if (current < 3) this.db.exec(CREATE_V3);
+        if (current < 4) this.canonicalUuids();
         this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
       })
       .immediate();
@@ -212,6 +213,25 @@ export class Store {
       )
       .run({ now });
     this.db.exec('DROP TABLE connections_v1');
+  }
+
+  /**
+   * One spelling per uuid (lower case), so that one account device is one row and one socket. Rows that differ only in
+   * the case of their uuid are merged: the newest registration stays (then the newest change, then the one already
+   * lower-case), the others are dropped. What the server published is dropped too: it publishes again.
+   */
+  private canonicalUuids(): void {
+    this.db.exec(`
+      DELETE FROM connections WHERE rowid IN (
+        SELECT rowid FROM (
+          SELECT rowid, ROW_NUMBER() OVER (
+            PARTITION BY lower(uuid), device_id
+            ORDER BY last_registration DESC, updated_at DESC, uuid = lower(uuid) DESC, uuid
+          ) AS rank
+          FROM connections)
+        WHERE rank > 1);
+      UPDATE connections SET uuid = lower(uuid) WHERE uuid <> lower(uuid);
+      DELETE FROM live_state;`);
   }
 
   get(key: ConnectionKey): Connection | undefined {

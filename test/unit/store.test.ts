@@ -64,6 +64,29 @@ describe('Store', () => {
     reopened.close();
   });
 
+  it('migrates a file with both spellings of a uuid to one lower-case row per account device, the newest registration', () => {
+    const path = join(tempDir(), 'v3.db');
+    Store.open(path).close();
+    const raw = new Database(path);
+    const insert = raw.prepare(
+      `INSERT INTO connections (uuid, device_id, password, endpoint, last_registration, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, 1)`,
+    );
+    insert.run(UUID.toUpperCase(), 1, 'newer', 'https://e/upper', 20);
+    insert.run(UUID, 1, 'older', 'https://e/lower', 10);
+    insert.run(UUID.toUpperCase(), 2, 'only', 'https://e/2', 5);
+    insert.run(UUID2, 1, 'tie-lower', 'https://e/3', 7);
+    insert.run(UUID2.toUpperCase(), 1, 'tie-upper', 'https://e/4', 7);
+    raw.pragma('user_version = 3');
+    raw.close();
+    const store = Store.open(path);
+    expect(store.list().map((c) => [c.uuid, c.deviceId, c.password])).toEqual([
+      [UUID2, 1, 'tie-lower'], // equal times: the spelling already canonical stays
+      [UUID, 1, 'newer'],
+      [UUID, 2, 'only'],
+    ]);
+    store.close();
+  });
+
   it('says which setting to fix when the file cannot be opened', () => {
     expect(() => Store.open('/nonexistent-dir/x.db')).toThrow(/cannot open the database \/nonexistent-dir\/x.db \(setting "db"\)/);
   });
