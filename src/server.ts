@@ -90,6 +90,8 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     log,
     onUrgent: (c) => notifier.urgent(c),
     onDeliveryCheck: (c) => notifier.deliveryCheck(c),
+    onChanged: (c) => (c.forbidden ? notifier.forget(c) : notifier.update(c)),
+    onRemoved: (k) => notifier.forget(k),
     metrics,
     ...(opts.clock && { clock: opts.clock }),
   });
@@ -103,7 +105,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       client,
       log,
       metrics,
-      onGone: (c) => supervisor.forbid(c, ENDPOINT_GONE),
+      onGone: (c) => supervisor.forbid(c, ENDPOINT_GONE, { endpoint: c.endpoint }),
       isActive: (c) => supervisor.wantsPushes(c),
       ...(opts.clock && { clock: opts.clock }),
     },

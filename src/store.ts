@@ -17,6 +17,8 @@ export interface Connection {
 }
 
 export type ConnectionKey = Pick<Connection, 'uuid' | 'deviceId'>;
+/** What a decision to forbid a connection was made for: the endpoint a push server gave up, or refused credentials. */
+export type ForbiddenFor = { endpoint: string } | { password: string };
 export const connectionKey = (c: ConnectionKey): string => `${c.uuid}.${c.deviceId}`;
 
 /**
@@ -270,13 +272,28 @@ export class Store {
       .run(now, key.uuid, key.deviceId);
   }
 
-  setForbidden(key: ConnectionKey, reason: string, now: number): void {
-    this.db
+  /**
+   * Marks an enabled connection forbidden, compare-and-set on what the decision was made for: the endpoint that
+   * answered 404/410, or the password Signal refused. An answer about an endpoint or a password replaced meanwhile
+   * (Molly registered again) changes nothing, and neither does one for a connection already forbidden (its reason
+   * stays). Returns whether the connection changed.
+   */
+  setForbidden(key: ConnectionKey, reason: string, decidedFor: ForbiddenFor, now: number): boolean {
+    const changes = this.db
       .prepare(
-        `UPDATE connections SET forbidden = 1, forbidden_reason = ?, forbidden_at = ?, updated_at = ?
-         WHERE uuid = ? AND device_id = ?`,
+        `UPDATE connections SET forbidden = 1, forbidden_reason = @reason, forbidden_at = @now, updated_at = @now
+         WHERE uuid = @uuid AND device_id = @deviceId AND forbidden = 0
+           AND (@endpoint IS NULL OR endpoint = @endpoint) AND (@password IS NULL OR password = @password)`,
       )
-      .run(reason, now, now, key.uuid, key.deviceId);
+      .run({
+        reason,
+        now,
+        uuid: key.uuid,
+        deviceId: key.deviceId,
+        endpoint: 'endpoint' in decidedFor ? decidedFor.endpoint : null,
+        password: 'password' in decidedFor ? decidedFor.password : null,
+      }).changes;
+    return changes > 0;
   }
 
   /** Clears the forbidden flag: the server connects again. */

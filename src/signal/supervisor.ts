@@ -3,7 +3,7 @@ import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { shortUuid } from '../log.js';
-import { connectionKey, type Connection, type ConnectionKey, type Store } from '../store.js';
+import { connectionKey, type Connection, type ConnectionKey, type ForbiddenFor, type Store } from '../store.js';
 import { SignalLink, type LinkEnd, type LinkOptions } from './link.js';
 import { ConnectRamp, type RampOptions } from './ramp.js';
 
@@ -30,6 +30,10 @@ export interface SupervisorDeps {
   onUrgent(conn: Connection): void;
   /** Close code 4409 (the device connected elsewhere): a push that tells whether the endpoint still exists. */
   onDeliveryCheck(conn: Connection): void;
+  /** A stored connection's endpoint, credentials or forbidden flag changed: whatever pushes for it must follow. */
+  onChanged?(conn: Connection): void;
+  /** A connection was removed: nothing may be pushed for it any more. */
+  onRemoved?(key: ConnectionKey): void;
   metrics?: Metrics;
   clock?: Clock;
   random?: () => number;
@@ -104,6 +108,7 @@ export class Supervisor {
       return;
     }
     const previous = entry ? this.halt(entry) : undefined;
+    if (entry) this.deps.onChanged?.(conn);
     const fresh: Entry = {
       conn,
       state: 'stopped',
@@ -133,13 +138,21 @@ export class Supervisor {
     void this.halt(entry);
     this.entries.delete(connectionKey(key));
     this.deliveryChecks.delete(connectionKey(key));
+    this.deps.onRemoved?.(key);
   }
 
-  /** Marks a connection forbidden (stored with its reason) and closes its socket. */
-  forbid(key: ConnectionKey, reason: string): void {
-    this.deps.store.setForbidden(key, reason, Math.floor(this.clock.now() / 1000));
+  /**
+   * Marks a connection forbidden (stored with its reason) and closes its socket, if it still has the endpoint or
+   * credentials the decision was made for: a late answer about replaced ones changes nothing.
+   */
+  forbid(key: ConnectionKey, reason: string, decidedFor: ForbiddenFor): boolean {
+    if (!this.deps.store.setForbidden(key, reason, decidedFor, Math.floor(this.clock.now() / 1000))) {
+      this.deps.log.info({ uuid: shortUuid(key.uuid), device: key.deviceId, reason }, 'not forbidden: the answer was about replaced settings');
+      return false;
+    }
     const conn = this.deps.store.get(key);
     if (conn) this.sync(conn);
+    return true;
   }
 
   state(key: ConnectionKey): ConnectionState | undefined {
@@ -279,10 +292,8 @@ export class Supervisor {
 
   private ended(entry: Entry, end: LinkEnd): void {
     if (this.stopping || entry.halted || end.kind === 'stopped') return;
-    if (end.kind === 'forbidden') {
-      this.forbid(entry.conn, 'signal_403');
-      return;
-    }
+    // Credentials replaced meanwhile (by another process): retried, and the store's change reaches this entry soon.
+    if (end.kind === 'forbidden' && this.forbid(entry.conn, 'signal_403', { password: entry.conn.password })) return;
     const now = this.clock.now();
     if (entry.openedAt !== undefined && now - entry.openedAt >= this.opts.healthyAfterMs) entry.attempt = 0;
     entry.openedAt = undefined;
@@ -317,6 +328,8 @@ function describeEnd(end: LinkEnd): string {
       return `closed ${end.code}${end.reason ? ` ${end.reason}` : ''}`;
     case 'refused':
       return `upgrade answered ${end.status}`;
+    case 'forbidden':
+      return 'upgrade answered 403 for credentials replaced meanwhile';
     case 'error':
       return `network: ${end.message}`;
     case 'timeout':

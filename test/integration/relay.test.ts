@@ -4,10 +4,11 @@ import WebSocket from 'ws';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import { startServer, type RunningServer } from '../../src/server.js';
+import { Store } from '../../src/store.js';
 import { FakePushServer } from '../fakes/push-server.js';
 import { FakeSignalServer } from '../fakes/signal-server.js';
 import { testPki } from '../fakes/tls.js';
-import { memoryLogger, tempDir } from '../helpers/index.js';
+import { eventually, memoryLogger, tempDir } from '../helpers/index.js';
 
 const account = { uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', deviceId: 2, password: 'cGFzc3dvcmQrL3Bhc3N3b3Jk' };
 
@@ -33,7 +34,8 @@ describe('the relay end to end', () => {
     });
     const memory = memoryLogger();
     logs = memory.lines;
-    server = await startServer(config, memory.log, { tune: (o) => ({ ...o, backoff: { baseMs: 20, capMs: 100 } }) });
+    // The store is polled often, so that a removal (by the CLI) is followed before a push's first retry (0.5 to 1 s).
+    server = await startServer(config, memory.log, { tune: (o) => ({ ...o, backoff: { baseMs: 20, capMs: 100 }, storePollMs: 50 }) });
   });
 
   afterEach(async () => {
@@ -159,6 +161,40 @@ describe('the relay end to end', () => {
     await signal.until(() => server.supervisor.state(account) === 'connected', 'connected again');
     await push.until(() => push.requests.length === 3, 'the new test push');
     expect(push.requests[2]).toMatchObject({ path: '/up/new', body: '{"test":true}' });
+  });
+
+  it('a late 410 from the old endpoint after Molly registered a new one disables nothing; the push goes to the new one', async () => {
+    await register({ ...molly, endpoint: push.endpoint('old') });
+    await signal.until(() => server.supervisor.state(account) === 'connected', 'connected');
+    await push.until(() => push.requests.length === 1, 'the test push');
+
+    let answerLate!: () => void;
+    push.script.push({ status: 410, after: new Promise<void>((r) => (answerLate = r)) });
+    await signal.sendEnvelope(signal.open(account.uuid, 2)[0]!);
+    await push.until(() => push.requests.length === 2, 'the urgent push to the old endpoint');
+    expect((await register({ ...molly, endpoint: push.endpoint('new') })).json.mollysocket.status).toBe('ok');
+    answerLate(); // the old endpoint was unregistered meanwhile
+    await push.until(() => push.requests.some((r) => r.path === '/up/new' && r.body === '{"urgent":true}'), 'the push to the new endpoint');
+    await new Promise((r) => setTimeout(r, 100));
+
+    expect(server.store.get(account)).toMatchObject({ forbidden: false, endpoint: push.endpoint('new') });
+    expect(server.supervisor.state(account)).toBe('connected');
+    expect((await register({ ...molly, endpoint: push.endpoint('new') })).json.mollysocket.status).toBe('ok');
+  });
+
+  it('sends nothing for a connection removed while its push waits to be retried', async () => {
+    await register({ ...molly, endpoint: push.endpoint() });
+    await signal.until(() => server.supervisor.state(account) === 'connected', 'connected');
+    await push.until(() => push.requests.length === 1, 'the test push');
+    push.script.push({ status: 503 });
+    await signal.sendEnvelope(signal.open(account.uuid, 2)[0]!);
+    await push.until(() => push.requests.length === 2, 'the urgent push');
+    const cli = Store.open(server.store.path); // as `mollysocket connection remove` does
+    cli.remove({ uuid: account.uuid });
+    cli.close();
+    await eventually(() => server.supervisor.state(account) === undefined, 'the server to follow the removal', 400);
+    await new Promise((r) => setTimeout(r, 1_100)); // past the retry's backoff (at most 1 s)
+    expect(push.requests).toHaveLength(2);
   });
 
   it('keeps acking envelopes at once while the push server hangs', async () => {

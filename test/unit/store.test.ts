@@ -39,10 +39,23 @@ describe('Store', () => {
     store.put({ uuid: UUID, deviceId: 1, password: 'a', endpoint: 'https://e/1' }, 10);
     store.put({ uuid: UUID, deviceId: 2, password: 'b', endpoint: 'https://e/2' }, 11);
     expect(store.list().map((c) => [c.deviceId, c.password])).toEqual([[1, 'a'], [2, 'b']]);
-    store.setForbidden({ uuid: UUID, deviceId: 2 }, 'signal_403', 12);
+    expect(store.setForbidden({ uuid: UUID, deviceId: 2 }, 'signal_403', { password: 'b' }, 12)).toBe(true);
     expect(store.get({ uuid: UUID, deviceId: 2 })).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403', forbiddenAt: 12 });
     store.put({ uuid: UUID, deviceId: 2, password: 'c', endpoint: 'https://e/2' }, 13);
     expect(store.get({ uuid: UUID, deviceId: 2 })).toMatchObject({ forbidden: false, forbiddenReason: null, password: 'c', lastRegistration: 13, createdAt: 11 });
+    store.close();
+  });
+
+  it('forbids compare-and-set: only an enabled connection that still has the endpoint or password decided on', () => {
+    const store = Store.open(join(tempDir(), 'f.db'));
+    const key = { uuid: UUID, deviceId: 1 };
+    store.put({ ...key, password: 'new', endpoint: 'https://e/new' }, 10);
+    expect(store.setForbidden(key, 'endpoint_gone', { endpoint: 'https://e/old' }, 11)).toBe(false);
+    expect(store.setForbidden(key, 'signal_403', { password: 'old' }, 11)).toBe(false);
+    expect(store.get(key)?.forbidden).toBe(false);
+    expect(store.setForbidden(key, 'signal_403', { password: 'new' }, 12)).toBe(true);
+    expect(store.setForbidden(key, 'endpoint_gone', { endpoint: 'https://e/new' }, 13)).toBe(false); // the first reason stays
+    expect(store.get(key)).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403', forbiddenAt: 12 });
     store.close();
   });
 
