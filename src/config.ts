@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
+import { isProxyAddressEntry } from './addresses.js';
 
 /**
  * Configuration: built-in defaults < TOML file < MOLLY_* environment variables.
@@ -21,7 +22,8 @@ export interface Config {
   port: number;
   webserver: boolean;
   url: string | undefined;
-  trust_proxy: boolean;
+  /** false; true (one hop: the nearest proxy); a number of hops; or the proxies' addresses and ranges. */
+  trust_proxy: boolean | number | readonly string[];
   registration_rate_limit: number;
   metrics_host: string;
   metrics_port: number | undefined;
@@ -47,7 +49,9 @@ type Kind =
   | { type: 'int'; min: number; max: number }
   | { type: 'bool' }
   | { type: 'enum'; values: readonly string[] }
-  | { type: 'list'; check?: (v: string) => string | undefined };
+  | { type: 'list'; check?: (v: string) => string | undefined }
+  /** trust_proxy: a boolean, a number of hops, or a list of addresses. */
+  | { type: 'proxies' };
 
 interface KeySpec {
   kind: Kind;
@@ -85,9 +89,11 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
     doc: 'New: the public https URL of this server, for the QR code (reverse proxies on a sub-path). Unset: taken from the request.',
   },
   trust_proxy: {
-    kind: { type: 'bool' },
+    kind: { type: 'proxies' },
     default: false,
-    doc: 'New: believe X-Forwarded-Proto/Host/Prefix/For from a reverse proxy (only when one is in front).',
+    doc:
+      'New: believe X-Forwarded-For/Proto/Host/Prefix from reverse proxies: true trusts one hop (the nearest proxy), ' +
+      'a number that many hops, a list the proxies\' addresses or ranges (["127.0.0.1", "10.0.0.0/8"]); only when one is in front.',
   },
   registration_rate_limit: {
     kind: { type: 'int', min: 0, max: 1_000_000 },
@@ -225,6 +231,11 @@ export function findConfigFile(explicit: string | undefined, env: NodeJS.Process
 /** Turns an environment string into the key's type (lists: a JSON array, or comma-separated values). */
 function fromEnvString(kind: Kind, raw: string): unknown {
   switch (kind.type) {
+    case 'proxies': {
+      const asBool = fromEnvString({ type: 'bool' }, raw);
+      if (typeof asBool === 'boolean') return asBool;
+      return /^\s*\d+\s*$/.test(raw) ? Number(raw) : fromEnvString({ type: 'list' }, raw);
+    }
     case 'int':
       return /^\s*-?\d+\s*$/.test(raw) ? Number(raw) : raw;
     case 'bool': {
@@ -273,6 +284,17 @@ function validate(key: ConfigKey, spec: KeySpec, value: unknown, source: Source)
       return typeof value === 'string' && kind.values.includes(value)
         ? value
         : fail(`must be one of ${kind.values.join(', ')}`);
+    case 'proxies': {
+      if (typeof value === 'boolean') return value;
+      if (typeof value === 'number') {
+        return Number.isInteger(value) && value >= 0 && value <= 100 ? value : fail('must be a number of hops from 0 to 100');
+      }
+      const list = typeof value === 'string' ? [value] : value;
+      if (!Array.isArray(list) || !list.every((v) => typeof v === 'string' && isProxyAddressEntry(v))) {
+        return fail('must be true, false, a number of hops, or a list of IP addresses or CIDR ranges, like ["127.0.0.1"]');
+      }
+      return Object.freeze([...(list as string[])]);
+    }
     case 'list': {
       // MollySocket users write `allowed_uuids = "*"` as often as `["*"]`.
       const list = typeof value === 'string' ? [value] : value;

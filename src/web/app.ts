@@ -1,6 +1,9 @@
+import proxyAddr from '@fastify/proxy-addr';
 import helmet from '@fastify/helmet';
 import rateLimit from '@fastify/rate-limit';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import { isLocalNetworkAddress } from '../addresses.js';
+import type { Config } from '../config.js';
 import { linkUrl, qrSvg } from '../link.js';
 import type { Logger } from '../log.js';
 import type { Registrations } from '../registrations.js';
@@ -23,8 +26,8 @@ export interface WebDeps {
   log: Logger;
   /** `url`: the public URL, for proxies that pass no usable headers. */
   publicUrl: string | undefined;
-  /** `trust_proxy`: believe X-Forwarded-* headers (and the client address in X-Forwarded-For). */
-  trustProxy: boolean;
+  /** `trust_proxy`: which hops' X-Forwarded-* headers to believe (the client address in X-Forwarded-For included). */
+  trustProxy: Config['trust_proxy'];
   /** Registrations per minute per client address; 0: no limit. */
   rateLimitPerMinute: number;
   /** Health and metrics on this listener; undefined when a separate listener serves them. */
@@ -32,31 +35,60 @@ export interface WebDeps {
 }
 
 type Headers = Record<string, string | string[] | undefined>;
-
-const first = (value: string | string[] | undefined): string | undefined => {
-  const v = Array.isArray(value) ? value[0] : value;
-  return v?.split(',')[0]?.trim() || undefined;
-};
+/** proxy-addr's trust function: whether the address `hop` steps from this server is a proxy to believe. */
+type Trust = (address: string, hop: number) => boolean;
 
 /**
- * The server URL Molly must store (PROTOCOL.md section 1): the `url` setting; else, with trust_proxy,
- * X-Forwarded-Proto/Host/Prefix; else https, the Host header, and the path of X-Original-URL as MollySocket does.
- * Pure.
+ * `trust_proxy` as fastify's trustProxy function: true is one hop (the nearest proxy's view of the client), a
+ * number that many, a list the proxies' addresses (proxy-addr). Undefined: believe no forwarded header.
+ */
+export function proxyTrust(setting: Config['trust_proxy']): Trust | undefined {
+  if (setting === false || setting === 0) return undefined;
+  const hops = setting === true ? 1 : setting;
+  return typeof hops === 'number' ? (_address, hop) => hop < hops : proxyAddr.compile([...hops]);
+}
+
+const single = (value: string | string[] | undefined): string | undefined => (Array.isArray(value) ? value[0] : value)?.trim() || undefined;
+/** The entry the nearest proxy wrote: the last of a comma-separated list (earlier ones may come from the client). */
+const nearest = (value: string | string[] | undefined): string | undefined => single(value)?.split(',').pop()?.trim() || undefined;
+
+/** A host name, IPv4 or bracketed IPv6 address, with an optional port: nothing that could carry userinfo or a path. */
+const HOST_RE = /^(?:[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*\.?|\[[0-9a-f:.]+\])(?::\d{1,5})?$/i;
+const PATH_RE = /^\/[\w\-.~!$&'()*+,;=:@%/]*$/;
+
+export interface ServerUrl {
+  url: string;
+  /** Headers that were sent but could not be used for the link, for the page to say so. */
+  unusable: string[];
+}
+
+/**
+ * The server URL Molly must store (PROTOCOL.md section 1): the `url` setting; else https, the Host header, and the
+ * path of X-Original-URL as MollySocket does; through a trusted proxy, X-Forwarded-Host/Prefix win. Every header is
+ * checked: the link stays https on a plain host, and a header that is not usable is ignored and reported. Pure.
  */
 export function serverUrl(
   req: { headers: Headers; url: string },
-  opts: { publicUrl: string | undefined; trustProxy: boolean },
-): string {
-  if (opts.publicUrl !== undefined) return opts.publicUrl;
+  opts: { publicUrl: string | undefined; viaTrustedProxy: boolean },
+): ServerUrl {
+  if (opts.publicUrl !== undefined) return { url: opts.publicUrl, unusable: [] };
+  const unusable: string[] = [];
+  const usable = (name: string, value: string | undefined, ok: (v: string) => boolean): string | undefined => {
+    if (value === undefined || ok(value)) return value;
+    unusable.push(name);
+    return undefined;
+  };
   const pathOf = (u: string): string => new URL(u, 'http://placeholder').pathname;
-  const host = first(req.headers.host) ?? 'localhost';
-  if (opts.trustProxy) {
-    const proto = first(req.headers['x-forwarded-proto']) ?? 'https';
-    const prefix = (first(req.headers['x-forwarded-prefix']) ?? '').replace(/\/+$/, '');
-    return `${proto}://${first(req.headers['x-forwarded-host']) ?? host}${prefix}${pathOf(req.url)}`;
+  let host = usable('Host', single(req.headers.host), (v) => HOST_RE.test(v)) ?? 'localhost';
+  let prefix = '';
+  if (opts.viaTrustedProxy) {
+    usable('X-Forwarded-Proto', nearest(req.headers['x-forwarded-proto']), (v) => v.toLowerCase() === 'https'); // Molly takes only https
+    host = usable('X-Forwarded-Host', nearest(req.headers['x-forwarded-host']), (v) => HOST_RE.test(v)) ?? host;
+    prefix = usable('X-Forwarded-Prefix', nearest(req.headers['x-forwarded-prefix']), (v) => PATH_RE.test(v))?.replace(/\/+$/, '') ?? '';
   }
-  const original = first(req.headers['x-original-url']);
-  return `https://${host}${pathOf(original ?? req.url)}`;
+  // Only a path: `x:@evil.example/` would otherwise put another host in the link.
+  const original = prefix === '' ? usable('X-Original-URL', single(req.headers['x-original-url']), (v) => v.startsWith('/')) : undefined;
+  return { url: `https://${host}${prefix}${pathOf(original ?? req.url)}`, unusable };
 }
 
 interface RegistrationBody {
@@ -82,13 +114,13 @@ const registrationSchema = {
 /** Registrations are a few hundred bytes. */
 const BODY_LIMIT = 8 * 1024;
 
-function baseApp(log: Logger, trustProxy: boolean): FastifyInstance {
+function baseApp(log: Logger, trust: Trust | undefined): FastifyInstance {
   const app = Fastify({
     loggerInstance: log as FastifyBaseLogger,
     // Request lines only with -v: health checks would otherwise fill the log.
     logController: new LogController({ disableRequestLogging: () => !log.isLevelEnabled('debug') }),
     bodyLimit: BODY_LIMIT,
-    trustProxy,
+    trustProxy: trust ?? false,
     ajv: { customOptions: { coerceTypes: false } },
   });
   app.setErrorHandler((err: { statusCode?: number; message: string }, req, reply) => {
@@ -115,13 +147,14 @@ function addOpsRoutes(app: FastifyInstance, ops: Ops): void {
 
 /** A listener with only /health and /metrics (`metrics_port`), for operators who keep them private. */
 export function buildOpsApp(ops: Ops, log: Logger): FastifyInstance {
-  const app = baseApp(log, false);
+  const app = baseApp(log, undefined);
   addOpsRoutes(app, ops);
   return app;
 }
 
 export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
-  const app = baseApp(deps.log, deps.trustProxy);
+  const trust = proxyTrust(deps.trustProxy);
+  const app = baseApp(deps.log, trust);
   await app.register(helmet, {
     contentSecurityPolicy: {
       useDefaults: false,
@@ -139,7 +172,12 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
     // HSTS belongs to whoever terminates TLS for the whole host: the reverse proxy.
     strictTransportSecurity: false,
   });
-  await app.register(rateLimit, { global: false });
+  // Without trust_proxy, every phone behind a reverse proxy has the proxy's address: one bucket would refuse them all.
+  const proxyPeer = trust === undefined && deps.rateLimitPerMinute > 0;
+  if (proxyPeer) {
+    deps.log.info('registration_rate_limit applies only to clients at public addresses: set trust_proxy to limit per phone behind a reverse proxy');
+  }
+  await app.register(rateLimit, { global: false, ...(proxyPeer && { allowList: (req) => isLocalNetworkAddress(req.ip) }) });
   app.removeContentTypeParser('text/plain'); // registrations are JSON; anything else is 415
 
   const discovery = { mollysocket: { version: deps.version } };
@@ -149,9 +187,18 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
   app.get<{ Querystring: Record<string, string> }>('/', async (req, reply) => {
     if (req.headers['user-agent']?.includes('Signal-Android')) return discovery;
     const airgapped = 'airgapped' in req.query;
-    const url = airgapped ? undefined : serverUrl(req, deps);
+    const viaTrustedProxy = trust?.(req.socket.remoteAddress ?? '', 0) ?? false;
+    const server = airgapped ? undefined : serverUrl(req, { publicUrl: deps.publicUrl, viaTrustedProxy });
+    const url = server?.url;
     const link = linkUrl(deps.vapidPublicKey, url === undefined ? { type: 'airgapped' } : { type: 'webserver', url });
-    const page = renderHome({ mode: airgapped ? 'airgapped' : 'webserver', link, linkUrl: url, qrSvg: await qrSvg(link), version: deps.version });
+    const page = renderHome({
+      mode: airgapped ? 'airgapped' : 'webserver',
+      link,
+      linkUrl: url,
+      unusableHeaders: server?.unusable ?? [],
+      qrSvg: await qrSvg(link),
+      version: deps.version,
+    });
     return reply.type('text/html; charset=utf-8').header('Cache-Control', 'no-store').send(page);
   });
 
