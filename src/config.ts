@@ -98,7 +98,9 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
   registration_rate_limit: {
     kind: { type: 'int', min: 0, max: 1_000_000 },
     default: 120,
-    doc: 'New: registrations per minute per client address (0: no limit). Molly registers on every app unlock.',
+    doc:
+      'New: registrations per minute per client address (0: no limit). Molly registers on every app unlock. Without ' +
+      'trust_proxy, clients at loopback or private addresses (a reverse proxy) are not limited.',
   },
   metrics_host: {
     kind: { type: 'string' },
@@ -109,7 +111,9 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
     kind: { type: 'int', min: 0, max: 65535 },
     default: undefined,
     example: 9090,
-    doc: 'New: serve /health and /metrics on this port only (and not on the public one). Unset: on the web server.',
+    doc:
+      'New: serve /health and /metrics on this port only, to keep them private. Unset: they are public on the web ' +
+      'port, as in MollySocket (counts only, never an account).',
   },
   vapid_privkey: {
     kind: { type: 'string', check: checkVapidKey },

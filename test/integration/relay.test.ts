@@ -235,6 +235,11 @@ describe('the relay end to end', () => {
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
     expect(metrics).toContain('\nmollysocket_connections 1\n');
     expect(metrics).toContain('\nmollysocket_pushs 1\n'); // the test push
+    const healthText = JSON.stringify((await health()).body);
+    for (const secret of [account.uuid, account.uuid.slice(0, 8), account.password, 'up-token']) {
+      expect(metrics).not.toContain(secret); // nothing on the public ops endpoints names an account
+      expect(healthText).not.toContain(secret);
+    }
     rmSync(server.store.path);
     expect((await health()).status).toBe(503);
   });
