@@ -50,22 +50,28 @@ export function createResolver(opts: ResolverOptions): Resolver {
   let hosts = new Map<string, ResolvedAddress[]>();
   let hostsMtime = -1;
   let hostsCheckedAt = -Infinity;
+  let hostsLoading: Promise<void> | undefined;
   const cache = new LRUCache<string, Answer>({ max: 10_000 });
   const pending = new Map<string, Promise<Answer>>();
+
+  async function loadHosts(): Promise<void> {
+    try {
+      const mtime = (await stat(hostsFile)).mtimeMs;
+      if (mtime !== hostsMtime) {
+        hosts = parseHosts(await readFile(hostsFile, 'utf8'));
+        hostsMtime = mtime;
+      }
+    } catch {
+      hosts = new Map(); // no hosts file: DNS only
+    }
+  }
 
   async function fromHostsFile(name: string): Promise<ResolvedAddress[] | undefined> {
     if (Date.now() - hostsCheckedAt >= HOSTS_CHECK_MS) {
       hostsCheckedAt = Date.now();
-      try {
-        const mtime = (await stat(hostsFile)).mtimeMs;
-        if (mtime !== hostsMtime) {
-          hosts = parseHosts(await readFile(hostsFile, 'utf8'));
-          hostsMtime = mtime;
-        }
-      } catch {
-        hosts = new Map(); // no hosts file: DNS only
-      }
+      hostsLoading = loadHosts();
     }
+    await hostsLoading; // every ask waits for the same read
     return hosts.get(name);
   }
 
