@@ -138,7 +138,7 @@ export class SignalLink {
     try {
       frame = decodeFrame(data);
     } catch (err) {
-      this.opts.log.debug({ err: (err as Error).message }, 'malformed frame from Signal skipped');
+      this.opts.log.debug({ err }, 'malformed frame from Signal skipped');
       return;
     }
     if (frame.type === 'request') this.answer(frame.request);

@@ -296,7 +296,7 @@ export class Supervisor {
           release();
           entry.openedAt = this.clock.now();
           this.setState(entry, 'connected', 'open');
-          if (entry.attempt > 0) this.recovered();
+          this.recovered();
           if (entry.wakeOnOpen) {
             entry.wakeOnOpen = false;
             this.deps.onUrgent(entry.conn);
@@ -323,8 +323,8 @@ export class Supervisor {
   }
 
   /**
-   * A socket opened after failing: Signal is reachable again. The others waiting in backoff after an outage retry
-   * now rather than at the end of their (possibly long) backoff; the ramp still spreads them out.
+   * A socket opened: Signal is reachable. Those waiting in backoff after an outage retry now rather than at the end
+   * of their (possibly long) backoff; the ramp still spreads them out.
    */
   private recovered(): void {
     const now = this.clock.now();

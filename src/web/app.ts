@@ -93,7 +93,7 @@ function baseApp(log: Logger, trustProxy: boolean): FastifyInstance {
   });
   app.setErrorHandler((err: { statusCode?: number; message: string }, req, reply) => {
     const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
-    if (status === 500) req.log.error({ err: err.message }, 'request failed');
+    if (status === 500) req.log.error({ err }, 'request failed');
     void reply.status(status).send({ error: status === 500 ? 'internal error' : err.message });
   });
   return app;

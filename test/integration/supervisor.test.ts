@@ -32,7 +32,7 @@ afterEach(async () => {
   }
 });
 
-async function harness(over: Partial<SupervisorOptions> = {}, url?: string): Promise<Harness> {
+async function harness(over: Partial<SupervisorOptions> = {}, url?: string, random: () => number = () => 1): Promise<Harness> {
   const signal = await FakeSignalServer.start({ tls: false });
   const dbPath = join(tempDir(), 'mollysocket.db');
   const store = Store.open(dbPath);
@@ -51,12 +51,12 @@ async function harness(over: Partial<SupervisorOptions> = {}, url?: string): Pro
     recoveryIntervalMs: 1_000,
     ...over,
   };
-  // random() = 1: every backoff delay is the whole step, so the schedule is exact.
+  // random() = 1 by default: every backoff delay is the whole step, so the schedule is exact.
   const sup = new Supervisor(options, {
     store,
     log,
     clock,
-    random: () => 1,
+    random,
     onUrgent: (c) => urgent.push(c),
     onDeliveryCheck: (c) => checks.push(c),
   });
@@ -315,6 +315,44 @@ describe('backoff', () => {
     h.signal.open(A.uuid, A.deviceId)[0]!.ws.close(1011, 'after a healthy minute');
     await eventually(() => retryDelays(h).length === 4, 'fourth failure');
     expect(retryDelays(h)[3]).toBe(1_000);
+  });
+});
+
+describe('recovery after an outage', () => {
+  it('reconnects every account within seconds once Signal is back, however long their backoff had grown', async () => {
+    let seed = 7;
+    const seeded = (): number => ((seed = (seed * 48271) % 2147483647) / 2147483647); // jitter spreads the retries
+    const h = await harness({}, undefined, seeded);
+    const accounts = Array.from({ length: 20 }, (_, i) => ({
+      uuid: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`,
+      deviceId: 1,
+      password: `pw${i}`,
+    }));
+    for (const a of accounts) register(h, a);
+    h.sup.start();
+    await eventually(() => accounts.every((a) => h.sup.state(a) === 'connected'), 'all connected');
+
+    // Blackout: keepalives go unanswered, so every socket is given up; reconnects are refused for a while.
+    h.signal.silentKeepalive = true;
+    h.signal.refusals.push(...Array.from({ length: accounts.length * 6 }, () => ({ status: 503 })));
+    await passTime(h, 50_000);
+    h.signal.silentKeepalive = false;
+    let elapsed = 0;
+    while (h.signal.refusals.length > 0 && elapsed < 3600_000) {
+      await passTime(h, 1_000, 1_000);
+      elapsed += 1_000;
+    }
+    expect(h.signal.refusals).toHaveLength(0); // Signal answers again from here on
+    const waiting = accounts.filter((a) => h.sup.state(a) === 'backoff');
+    expect(waiting.length).toBeGreaterThan(0);
+    expect(Math.max(...retryDelays(h).slice(-accounts.length))).toBeGreaterThan(10_000); // long backoffs by now
+
+    // The first account whose retry comes up connects; the rest follow through the ramp within seconds.
+    const before = h.signal.sessions.length;
+    for (let t = 0; t < 600 && h.signal.sessions.length === before; t++) await passTime(h, 1_000, 1_000);
+    await passTime(h, 3_000, 1_000);
+    expect(accounts.filter((a) => h.sup.state(a) !== 'connected')).toEqual([]);
+    for (const a of accounts) expect(h.signal.open(a.uuid, a.deviceId)).toHaveLength(1);
   });
 });
 
