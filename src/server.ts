@@ -130,7 +130,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   let url: string | undefined;
   let opsUrl: string | undefined;
   if (config.metrics_port !== undefined) {
-    const opsApp = buildOpsApp(ops, log);
+    const opsApp = buildOpsApp(ops, log, metrics);
     listeners.push(opsApp);
     opsUrl = await opsApp.listen({ host: config.metrics_host, port: config.metrics_port });
     log.info({ url: opsUrl }, 'health and metrics listening');
@@ -145,6 +145,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       trustProxy: config.trust_proxy,
       rateLimitPerMinute: config.registration_rate_limit,
       ops: config.metrics_port === undefined ? ops : undefined,
+      httpMetrics: metrics,
     });
     listeners.push(app);
     url = await app.listen({ host: config.host, port: config.port });

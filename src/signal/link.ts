@@ -70,7 +70,13 @@ export class SignalLink {
     this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
     const basic = Buffer.from(`${creds.uuid}.${creds.deviceId}:${creds.password}`).toString('base64');
     this.ws = new WebSocket(opts.url, {
-      headers: { Authorization: `Basic ${basic}`, 'User-Agent': opts.userAgent, 'X-Signal-Receive-Stories': 'true' },
+      // As MollySocket 1.7.1: a Signal-Android User-Agent and Signal's X-Signal-Agent, which its spam filter expects.
+      headers: {
+        Authorization: `Basic ${basic}`,
+        'User-Agent': opts.userAgent,
+        'X-Signal-Agent': 'OWA',
+        'X-Signal-Receive-Stories': 'true',
+      },
       // Frames are small; a compression context per socket would cost memory at scale.
       perMessageDeflate: false,
       ...(opts.ca && { ca: opts.ca }),

@@ -61,7 +61,9 @@ describe('the relay end to end', () => {
     const session = signal.open(account.uuid, 2)[0]!;
     const basic = Buffer.from(`${account.uuid}.2:${account.password}`).toString('base64');
     expect(session.headers.authorization).toBe(`Basic ${basic}`);
-    expect(session.headers['user-agent']).toMatch(/^Signal-Android\//);
+    // Signal's identity as MollySocket 1.7.1 sends it (the default user_agent).
+    expect(session.headers['user-agent']).toBe('Signal-Android/8.3.4 Android/36');
+    expect(session.headers['x-signal-agent']).toBe('OWA');
     expect(session.headers['x-signal-disable-messages']).toBeUndefined();
     expect(session.headers['sec-websocket-extensions']).toBeUndefined(); // permessage-deflate is off
 
@@ -198,7 +200,8 @@ describe('the relay end to end', () => {
     expect(await health()).toEqual({ status: 200, body: { status: 'ok', version: expect.any(String), connections: { total: 1, connected: 1, connecting: 0, backoff: 0, forbidden: 0 } } });
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
     expect(metrics).toContain('\nmollysocket_connections 1\n');
-    expect(metrics).toContain('\nmollysocket_pushs 1\n'); // the test push
+    expect(metrics).toContain('\nmollysocket_pushs 0\n'); // the registration's test push is no wake-up
+    expect(metrics).toMatch(/\nrocket_http_requests_total\{endpoint="\/",method="POST",status="200"\} 1\n/);
     rmSync(server.store.path);
     expect((await health()).status).toBe(503);
   });
