@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify';
 import { redactedConfig, signalUrl, type Config } from './config.js';
 import { HEARTBEAT_MS } from './heartbeat.js';
 import { linkUrl, qrTerminal } from './link.js';
-import type { Clock } from './clock.js';
+import { systemClock, type Clock } from './clock.js';
 import type { Logger } from './log.js';
 import { packageRoot, version } from './paths.js';
 import { Metrics } from './metrics.js';
@@ -13,6 +13,7 @@ import { Notifier } from './push/notifier.js';
 import { pushStack } from './push/setup.js';
 import { resolveVapidKey } from './push/vapid.js';
 import { ENDPOINT_GONE, Registrations } from './registrations.js';
+import { askSignal } from './signal/link.js';
 import { Supervisor, type SupervisorOptions } from './signal/supervisor.js';
 import { Store } from './store.js';
 import { buildApp, buildOpsApp, type Ops } from './web/app.js';
@@ -46,8 +47,18 @@ export function supervisorOptions(config: Config): SupervisorOptions {
     storePollMs: 2_000,
     deliveryCheckIntervalMs: 3600_000,
     keepaliveTickMs: 1_000,
+    // A week: the old Molly's re-registrations still get a cheap `forbidden` (no question to Signal), and
+    // `connection list` shows why it stopped, through a week away from the phone; then the row goes.
+    leftBehindKeptMs: 7 * 24 * 3600_000,
+    leftBehindSweepMs: 3600_000,
   };
 }
+
+/**
+ * How long Signal gets to accept new credentials during a registration (Molly waits for the answer), before the
+ * registration answers internal_error and Molly tries again later.
+ */
+const ASK_SIGNAL_TIMEOUT_MS = 5_000;
 
 /** Time that pushes under way get to finish at shutdown. */
 const PUSH_DRAIN_MS = 2_000;
@@ -115,6 +126,8 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       checkEndpoint: (endpoint) => policy.check(endpoint),
       connectionChanged: (conn) => supervisor.sync(conn),
       sendTestPush: (conn) => notifier.test(conn),
+      askSignal: (creds) =>
+        askSignal(creds, { ...options.link, connectTimeoutMs: ASK_SIGNAL_TIMEOUT_MS, clock: opts.clock ?? systemClock, log }),
     },
     log,
   );

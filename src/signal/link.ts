@@ -177,3 +177,24 @@ export class SignalLink {
     this.resolveEnded(this.outcome ?? fallback);
   }
 }
+
+/** Signal's answer to a set of credentials: 101 accepted, 403 refused, anything else (or nothing) unreachable. */
+export type SignalVerdict = 'accepted' | 'refused' | 'unreachable';
+
+/**
+ * Asks Signal whether it accepts credentials: one websocket upgrade, closed as soon as it opens. Nothing is
+ * answered on it, so whatever Signal queued is delivered again to the real connection.
+ */
+export async function askSignal(creds: LinkCredentials, opts: LinkOptions): Promise<SignalVerdict> {
+  let accepted = false;
+  const link: SignalLink = new SignalLink(creds, opts, {
+    onOpen: () => {
+      accepted = true;
+      link.close();
+    },
+    onEnvelope: () => {},
+  });
+  const end = await link.ended;
+  if (accepted) return 'accepted';
+  return end.kind === 'forbidden' ? 'refused' : 'unreachable';
+}
