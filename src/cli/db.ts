@@ -7,7 +7,7 @@ import { ENDPOINT_GONE } from '../registrations.js';
 import { formatTime, loadFor, print, UsageError, withStore } from './common.js';
 
 export function registerDb(program: Command): void {
-  const db = program.command('db').description('the database file: going back to MollySocket');
+  const db = program.command('db').description('the database file');
 
   db.command('downgrade')
     .description("write the configured database's connections to a new file that MollySocket 1.7 opens")
@@ -16,6 +16,9 @@ export function registerDb(program: Command): void {
       const { config } = loadFor(cmd);
       if (existsSync(output)) {
         throw new UsageError(`output-file ${output} already exists: downgrade never overwrites a file, name a new one`);
+      }
+      if (!existsSync(config.db)) {
+        throw new UsageError(`the database ${config.db} (setting "db") does not exist: nothing to downgrade; check -c or MOLLY_DB`);
       }
       const plan = await withStore(config, (store) => planDowngrade(store.list()));
       writeMollySocketDb(output, plan.kept);

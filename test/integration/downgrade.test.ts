@@ -1,4 +1,4 @@
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
@@ -139,6 +139,7 @@ describe('db downgrade', () => {
   it('says how MollySocket finds the kept VAPID key, which it does not look for by itself', async () => {
     const cwd = tempDir();
     const db = join(cwd, 'mollysocket.db');
+    mollySocketFile(db, original);
     writeFileSync(join(cwd, 'vapid.key'), 'DSqYuWchrB6yIMYJtidvqANeRQic4uWy34afzZRsZnI\n', { mode: 0o600 });
     const r = await runBin(['db', 'downgrade', 'back.db'], { cwd, env: { MOLLY_DB: db } });
     expect(r.code).toBe(0);
@@ -155,5 +156,14 @@ describe('db downgrade', () => {
     const missing = await runBin(['db', 'downgrade'], { cwd });
     expect(missing.code).toBe(2);
     expect(missing.stderr).toMatch(/output-file/);
+  });
+
+  it('refuses to downgrade a database that does not exist, instead of writing an empty file', async () => {
+    const cwd = tempDir();
+    const r = await runBin(['db', 'downgrade', 'back.db'], { cwd, env: { MOLLY_DB: join(cwd, 'nope.db') } });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/nope\.db \(setting "db"\) does not exist/);
+    expect(existsSync(join(cwd, 'back.db'))).toBe(false);
+    expect(existsSync(join(cwd, 'nope.db'))).toBe(false);
   });
 });
