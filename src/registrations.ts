@@ -3,6 +3,7 @@ import type { Logger } from './log.js';
 import { endpointOrigin, shortUuid } from './log.js';
 import type { ResolvedEndpoint } from './policy.js';
 import type { SignalVerdict } from './signal/link.js';
+import { StoreWrites } from './store-writes.js';
 
 /** What Molly sends in `POST /`. */
 export interface RegistrationRequest {
@@ -130,12 +131,19 @@ export interface RegistrationEffects {
 
 /** The one place that applies the decision table: to the store, then to the running connections. */
 export class Registrations {
+  private readonly now: () => number;
+  private readonly writes: StoreWrites;
+
   constructor(
     private readonly store: Store,
     private readonly effects: RegistrationEffects,
     private readonly log: Logger,
-    private readonly now: () => number = () => Math.floor(Date.now() / 1000),
-  ) {}
+    /** `now` in unix seconds; `writes`: the server's, so that /health sees registrations failing. */
+    opts: { now?: () => number; writes?: StoreWrites } = {},
+  ) {
+    this.now = opts.now ?? (() => Math.floor(Date.now() / 1000));
+    this.writes = opts.writes ?? new StoreWrites(log);
+  }
 
   async register(req: RegistrationRequest): Promise<RegistrationStatus> {
     try {
@@ -157,12 +165,16 @@ export class Registrations {
       }
       const at = this.now();
       const writes = decision.action !== 'none' && decision.action !== 'ask_signal'; // Signal was asked by now
+      // Answered `ok` only once stored, in a file that is still the database (not deleted under the server).
       const conn = !writes
         ? undefined
-        : this.store.transaction(() => {
-            if (decision.action === 'refresh') this.store.touchRegistration(key, at);
-            else this.store.put(req, at); // create, update_endpoint, replace_credentials: the whole row, enabled
-            return this.store.get(key);
+        : await this.writes.now(() => {
+            this.store.assertPresent();
+            return this.store.transaction(() => {
+              if (decision.action === 'refresh') this.store.touchRegistration(key, at);
+              else this.store.put(req, at); // create, update_endpoint, replace_credentials: the whole row, enabled
+              return this.store.get(key);
+            });
           });
       if (writes) {
         this.log.info({ uuid: shortUuid(req.uuid), device: req.deviceId, action: decision.action }, 'registration');
@@ -173,7 +185,7 @@ export class Registrations {
       if (conn && decision.testPush) this.effects.sendTestPush(conn);
       return decision.status;
     } catch (err) {
-      this.log.error({ err: (err as Error).message, uuid: shortUuid(req.uuid) }, 'registration failed');
+      this.log.error({ err, uuid: shortUuid(req.uuid) }, 'registration failed');
       return 'internal_error';
     }
   }

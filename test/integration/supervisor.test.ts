@@ -50,6 +50,7 @@ async function harness(over: Partial<SupervisorOptions> = {}, url?: string): Pro
     keepaliveTickMs: 1_000,
     leftBehindKeptMs: 7 * 86_400_000,
     leftBehindSweepMs: 3_600_000,
+    recoveryIntervalMs: 1_000,
     ...over,
   };
   // random() = 1: every backoff delay is the whole step, so the schedule is exact.
