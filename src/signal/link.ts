@@ -182,19 +182,18 @@ export class SignalLink {
 export type SignalVerdict = 'accepted' | 'refused' | 'unreachable';
 
 /**
- * Asks Signal whether it accepts credentials: one websocket upgrade, closed as soon as it opens. Nothing is
- * answered on it, so whatever Signal queued is delivered again to the real connection.
+ * Asks Signal whether it accepts credentials: one websocket upgrade, closed as soon as it opens, and answered then.
+ * Nothing is acknowledged on it, so whatever Signal queued is delivered again to the real connection.
  */
-export async function askSignal(creds: LinkCredentials, opts: LinkOptions): Promise<SignalVerdict> {
-  let accepted = false;
-  const link: SignalLink = new SignalLink(creds, opts, {
-    onOpen: () => {
-      accepted = true;
-      link.close();
-    },
-    onEnvelope: () => {},
+export function askSignal(creds: LinkCredentials, opts: LinkOptions): Promise<SignalVerdict> {
+  return new Promise((resolve) => {
+    const link: SignalLink = new SignalLink(creds, opts, {
+      onOpen: () => {
+        resolve('accepted');
+        link.close();
+      },
+      onEnvelope: () => {},
+    });
+    void link.ended.then((end) => resolve(end.kind === 'forbidden' ? 'refused' : 'unreachable')); // if not accepted
   });
-  const end = await link.ended;
-  if (accepted) return 'accepted';
-  return end.kind === 'forbidden' ? 'refused' : 'unreachable';
 }

@@ -145,13 +145,21 @@ describe('the relay end to end', () => {
     it('a new device of an account with a healthy connection: accepted by Signal -> ok, stored, connected, test push', async () => {
       await healthy();
       signal.addAccount(device3);
+      signal.queue(device3, 2); // messages Signal holds for the new device
       const relinked = await register({ uuid: account.uuid, device_id: 3, password: device3.password, endpoint: push.endpoint('device3') });
       expect(relinked.json.mollysocket.status).toBe('ok');
-      // The question is a socket closed at once; then the connection itself.
+      // The question is a socket closed at once, acknowledging nothing; then the connection itself, which gets
+      // what Signal queued and wakes the phone.
       await signal.until(() => server.supervisor.state(device3) === 'connected', 'device 3 connected');
-      expect(signal.events.filter((e) => e.includes(`${account.uuid}.3`))).toEqual([`open ${account.uuid}.3`, `close ${account.uuid}.3 1000`, `open ${account.uuid}.3`]);
+      const sessions = signal.sessions.filter((x) => x.account.deviceId === 3);
+      expect(sessions).toHaveLength(2);
+      expect(sessions[0]!.ws.readyState).not.toBe(sessions[0]!.ws.OPEN);
+      expect(signal.events).toContain(`close ${account.uuid}.3 1000`);
+      await signal.until(() => signal.queued.get(`${account.uuid}.3`) === 0, 'the queued envelopes acknowledged');
+      expect(sessions.map((x) => x.acked)).toEqual([0, 2]);
       expect(server.store.get(device3)).toMatchObject({ password: device3.password, forbidden: false });
-      await push.until(() => push.requests.some((r) => r.path === '/up/device3'), 'the test push of device 3');
+      await push.until(() => push.requests.some((r) => r.path === '/up/device3' && r.body === '{"urgent":true}'), 'a wake-up for device 3');
+      expect(push.requests.some((r) => r.path === '/up/device3' && r.body === '{"test":true}')).toBe(true);
       expect(server.supervisor.state(account)).toBe('connected'); // device 2 is untouched
       expect(logs().join('')).toMatch(/"verdict":"accepted".*"msg":"new credentials checked with Signal"/);
     });
