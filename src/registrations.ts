@@ -129,10 +129,17 @@ export interface RegistrationEffects {
   askSignal(creds: Pick<RegistrationRequest, 'uuid' | 'deviceId' | 'password'>): Promise<SignalVerdict>;
 }
 
+/**
+ * Questions to Signal in progress at once, at most. Each is a login attempt from this server's address: a flood of
+ * made-up credentials must not turn into a flood of failed logins that gets the address throttled for every account.
+ */
+const MAX_QUESTIONS_TO_SIGNAL = 8;
+
 /** The one place that applies the decision table: to the store, then to the running connections. */
 export class Registrations {
   private readonly now: () => number;
   private readonly writes: StoreWrites;
+  private asking = 0;
 
   constructor(
     private readonly store: Store,
@@ -159,7 +166,7 @@ export class Registrations {
       const checks = { uuidAllowed, endpointAllowed };
       let decision = decide(req, checks, this.stored(key));
       if (decision.action === 'ask_signal') {
-        const verdict = await this.effects.askSignal(req);
+        const verdict = await this.askSignal(req);
         this.log.info({ uuid: shortUuid(req.uuid), device: req.deviceId, verdict }, 'new credentials checked with Signal');
         decision = decide(req, checks, this.stored(key), verdict); // what is stored may have changed meanwhile
       }
@@ -187,6 +194,17 @@ export class Registrations {
     } catch (err) {
       this.log.error({ err, uuid: shortUuid(req.uuid) }, 'registration failed');
       return 'internal_error';
+    }
+  }
+
+  /** Signal's verdict; `unreachable` (Molly tries again later) while too many questions are in progress. */
+  private async askSignal(req: RegistrationRequest): Promise<SignalVerdict> {
+    if (this.asking >= MAX_QUESTIONS_TO_SIGNAL) return 'unreachable';
+    this.asking++;
+    try {
+      return await this.effects.askSignal(req);
+    } finally {
+      this.asking--;
     }
   }
 

@@ -1,8 +1,9 @@
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { ResolvedEndpoint } from '../../src/policy.js';
+import type { SignalVerdict } from '../../src/signal/link.js';
 import { decide, ENDPOINT_GONE, leftBehind, Registrations, type RegistrationRequest, type StoredAccount } from '../../src/registrations.js';
 import { Store, type Connection } from '../../src/store.js';
 import { tempDir } from '../helpers/index.js';
@@ -119,7 +120,7 @@ describe('forbidden connections left behind by a re-link', () => {
 });
 
 describe('applying a registration', () => {
-  function harness(endpoint: ResolvedEndpoint) {
+  function harness(endpoint: ResolvedEndpoint, askSignal: () => Promise<SignalVerdict> = async () => 'accepted') {
     const store = Store.open(join(tempDir(), 'r.db'));
     const changed: Connection[] = [];
     const pinged: Connection[] = [];
@@ -130,7 +131,7 @@ describe('applying a registration', () => {
         checkEndpoint: async () => endpoint,
         connectionChanged: (c) => changed.push(c),
         sendTestPush: (c) => pinged.push(c),
-        askSignal: async () => 'accepted',
+        askSignal,
       },
       pino({ level: 'silent' }),
       { now: () => 1234 },
@@ -158,6 +159,24 @@ describe('applying a registration', () => {
     const h = harness({ ok: false, reason: 'not in allowed_endpoints', transient: false });
     expect(await h.registrations.register(req)).toBe('invalid_endpoint');
     expect(h.store.list()).toEqual([]);
+  });
+
+  it('asks Signal at most 8 times at once: beyond, internal_error at once (Molly tries again later), nothing stored', async () => {
+    const answers: ((v: SignalVerdict) => void)[] = [];
+    const h = harness(allowed, () => new Promise((resolve) => answers.push(resolve)));
+    h.store.put({ ...req, deviceId: 1 }, 1); // a healthy device: every new device id is a question to Signal
+    const pending = Array.from({ length: 8 }, (_, i) => h.registrations.register({ ...req, deviceId: 10 + i }));
+    await vi.waitFor(() => expect(answers).toHaveLength(8));
+    expect(await h.registrations.register({ ...req, deviceId: 20 })).toBe('internal_error');
+    expect(answers).toHaveLength(8);
+    for (const answer of answers) answer('refused');
+    expect(await Promise.all(pending)).toEqual(Array(8).fill('forbidden'));
+    expect(h.store.list().map((c) => c.deviceId)).toEqual([1]);
+    // Answered questions free their places.
+    const next = h.registrations.register({ ...req, deviceId: 21 });
+    await vi.waitFor(() => expect(answers).toHaveLength(9));
+    answers[8]!('accepted');
+    expect(await next).toBe('ok');
   });
 
   it('answers internal_error when the store fails', async () => {
