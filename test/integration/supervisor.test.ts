@@ -48,6 +48,8 @@ async function harness(over: Partial<SupervisorOptions> = {}, url?: string, rand
     storePollMs: 2_000,
     deliveryCheckIntervalMs: 3600_000,
     keepaliveTickMs: 1_000,
+    leftBehindKeptMs: 7 * 86_400_000,
+    leftBehindSweepMs: 3_600_000,
     recoveryIntervalMs: 1_000,
     ...over,
   };
@@ -405,6 +407,34 @@ describe('following the store', () => {
     } finally {
       cli.close();
     }
+  });
+});
+
+describe('forbidden connections left behind by a re-link', () => {
+  it('are removed once forbidden for the kept time, while a newer device of the account is connected', async () => {
+    const h = await harness({ leftBehindKeptMs: 60_000, leftBehindSweepMs: 10_000 });
+    const now = () => Math.floor(h.clock.now() / 1000);
+    const unlinked = { ...A, deviceId: 2 };
+    const relinked: Account = { ...A, deviceId: 3, password: 'pw-relinked' };
+    h.store.put({ ...unlinked, endpoint: ENDPOINT }, now() - 3600);
+    h.store.setForbidden(unlinked, 'signal_403', now());
+    const other = { ...B, deviceId: 5 }; // another account's forbidden row, with no newer device: it stays
+    h.store.put({ ...other, endpoint: ENDPOINT }, now() - 3600);
+    h.store.setForbidden(other, 'signal_403', now());
+    h.signal.addAccount(relinked);
+    h.store.put({ ...relinked, endpoint: ENDPOINT }, now()); // registered here after the unlinked device
+    h.sup.start();
+    await connected(h, relinked);
+
+    await passTime(h, 50_000);
+    expect(h.store.get(unlinked)).toBeDefined(); // forbidden for 50 s: kept
+    await passTime(h, 20_000);
+    expect(h.store.get(unlinked)).toBeUndefined();
+    expect(h.sup.state(unlinked)).toBeUndefined();
+    expect(h.store.get(relinked)).toMatchObject({ forbidden: false });
+    expect(h.sup.state(relinked)).toBe('connected');
+    expect(h.store.get(other)).toMatchObject({ forbidden: true });
+    expect(h.logs().join('')).toContain('removed a forbidden connection: a newer device of the account is connected');
   });
 });
 
