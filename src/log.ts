@@ -31,7 +31,7 @@ export const REDACTED_PATHS = ['password', '*.password', 'vapid_privkey', '*.vap
 /** Logs go to stderr so that stdout stays for command output. Errors go under `err` (pino's serializer keeps the cause). */
 export function createLogger(verbosity = 0): Logger {
   return pino(
-    { level: logLevel(verbosity), base: undefined, redact: { paths: REDACTED_PATHS, censor: '[redacted]' } },
+    { level: logLevel(verbosity), base: undefined, redact: { paths: REDACTED_PATHS, censor: '(redacted)' } },
     pino.destination({ fd: 2, sync: true }),
   );
 }

@@ -157,7 +157,7 @@ describe('the database under a running server', () => {
   it('tells the truth when the database file is deleted: 503, registrations refused, and no empty database at the next start', async () => {
     const w = await setUp();
     const { proc, url } = await running(w);
-    rmSync(w.env.MOLLY_DB);
+    rmSync(w.env.MOLLY_DB as string);
     expect((await fetch(`${url}/health`)).status).toBe(503);
     const late: Account = { uuid: '6e3b5c1a-5a8e-4b6e-9c3e-0000000000ff', deviceId: 1, password: 'late' };
     expect(await register(url, late, w.push.endpoint('late'))).toBe('internal_error');
