@@ -7,7 +7,7 @@ import { startServer, type RunningServer } from '../../src/server.js';
 import { FakePushServer } from '../fakes/push-server.js';
 import { FakeSignalServer } from '../fakes/signal-server.js';
 import { testPki } from '../fakes/tls.js';
-import { memoryLogger, tempDir } from '../helpers/index.js';
+import { eventually, memoryLogger, tempDir } from '../helpers/index.js';
 
 const account = { uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', deviceId: 2, password: 'cGFzc3dvcmQrL3Bhc3N3b3Jk' };
 
@@ -209,6 +209,35 @@ describe('the relay end to end', () => {
     const attempts = signal.upgrades.length;
     await new Promise((r) => setTimeout(r, 300)); // several backoff periods of this test's 20-100 ms
     expect(signal.upgrades.length).toBe(attempts);
+  });
+
+  it('keeps running when a store write throws: the connection is stopped at once, the write retried, /health tells', async () => {
+    const second = { uuid: '00000000-0000-4000-8000-0000000000b2', deviceId: 1, password: 'c2Vjb25k' };
+    signal.addAccount(second);
+    await register({ ...molly, endpoint: push.endpoint('gone') });
+    await register({ uuid: second.uuid, device_id: 1, password: second.password, endpoint: push.endpoint('other') });
+    await signal.until(() => signal.open(account.uuid, 2).length === 1 && signal.open(second.uuid, 1).length === 1, 'both connected');
+    await push.until(() => push.requests.length === 2, 'the test pushes');
+
+    const setForbidden = server.store.setForbidden.bind(server.store);
+    server.store.setForbidden = () => {
+      throw Object.assign(new Error('database is locked'), { code: 'SQLITE_BUSY' });
+    };
+    push.script.push({ status: 410 }); // the wake-up finds the endpoint gone: the connection must be forbidden
+    await signal.sendEnvelope(signal.open(account.uuid, 2)[0]!);
+    await signal.until(() => signal.open(account.uuid, 2).length === 0, 'the gone connection closed');
+    expect(server.supervisor.state(account)).toBe('forbidden');
+    expect((await fetch(`${server.url}/health`)).status).toBe(503);
+
+    // Every other connection goes on.
+    await signal.sendEnvelope(signal.open(second.uuid, 1)[0]!);
+    await push.until(() => push.requests.some((r) => r.path === '/up/other' && r.body === '{"urgent":true}'), 'the other wake-up');
+
+    server.store.setForbidden = setForbidden; // the store takes writes again: the queued write lands
+    await eventually(() => server.store.get(account)?.forbidden === true, 'the forbid written', 10_000);
+    expect(server.store.get(account)).toMatchObject({ forbiddenReason: 'endpoint_gone' });
+    expect((await fetch(`${server.url}/health`)).status).toBe(200);
+    expect(logs().join('')).toMatch(/"code":"SQLITE_BUSY".*a store write failed: kept and retried/);
   });
 
   it('reconnects when the server closes the socket', async () => {
