@@ -6,6 +6,7 @@ import { isLocalNetworkAddress } from '../addresses.js';
 import type { Config } from '../config.js';
 import { linkUrl, qrSvg } from '../link.js';
 import type { Logger } from '../log.js';
+import type { HttpMetrics } from '../metrics.js';
 import type { Registrations } from '../registrations.js';
 import { HOME_HASHES, renderHome } from './home.js';
 
@@ -32,6 +33,8 @@ export interface WebDeps {
   rateLimitPerMinute: number;
   /** Health and metrics on this listener; undefined when a separate listener serves them. */
   ops: Ops | undefined;
+  /** Counts every answered request (`rocket_http_requests_*`), wherever /metrics is served. */
+  httpMetrics?: HttpMetrics;
 }
 
 type Headers = Record<string, string | string[] | undefined>;
@@ -114,7 +117,7 @@ const registrationSchema = {
 /** Registrations are a few hundred bytes. */
 const BODY_LIMIT = 8 * 1024;
 
-function baseApp(log: Logger, trust: Trust | undefined): FastifyInstance {
+function baseApp(log: Logger, trust: Trust | undefined, httpMetrics: HttpMetrics | undefined): FastifyInstance {
   const app = Fastify({
     loggerInstance: log as FastifyBaseLogger,
     // Request lines only with -v: health checks would otherwise fill the log.
@@ -125,9 +128,16 @@ function baseApp(log: Logger, trust: Trust | undefined): FastifyInstance {
   });
   app.setErrorHandler((err: { statusCode?: number; message: string }, req, reply) => {
     const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
-    if (status === 500) req.log.error({ err: err.message }, 'request failed');
+    if (status === 500) req.log.error({ err }, 'request failed');
     void reply.status(status).send({ error: status === 500 ? 'internal error' : err.message });
   });
+  if (httpMetrics) {
+    app.addHook('onResponse', async (req, reply) => {
+      // As rocket_prometheus: labelled with the route's path, and a request that matched no route is not counted.
+      const route = req.routeOptions.url;
+      if (route !== undefined) httpMetrics.requestDone(route, req.method, reply.statusCode, reply.elapsedTime / 1000);
+    });
+  }
   return app;
 }
 
@@ -146,15 +156,15 @@ function addOpsRoutes(app: FastifyInstance, ops: Ops): void {
 }
 
 /** A listener with only /health and /metrics (`metrics_port`), for operators who keep them private. */
-export function buildOpsApp(ops: Ops, log: Logger): FastifyInstance {
-  const app = baseApp(log, undefined);
+export function buildOpsApp(ops: Ops, log: Logger, httpMetrics?: HttpMetrics): FastifyInstance {
+  const app = baseApp(log, undefined, httpMetrics);
   addOpsRoutes(app, ops);
   return app;
 }
 
 export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
   const trust = proxyTrust(deps.trustProxy);
-  const app = baseApp(deps.log, trust);
+  const app = baseApp(deps.log, trust, deps.httpMetrics);
   await app.register(helmet, {
     contentSecurityPolicy: {
       useDefaults: false,

@@ -78,7 +78,7 @@ describe('Store', () => {
   });
 
   it('migrates a file with both spellings of a uuid to one lower-case row per account device, the newest registration', () => {
-    const path = join(tempDir(), 'v3.db');
+    const path = join(tempDir(), 'v4.db');
     Store.open(path).close();
     const raw = new Database(path);
     const insert = raw.prepare(
@@ -89,7 +89,7 @@ describe('Store', () => {
     insert.run(UUID.toUpperCase(), 2, 'only', 'https://e/2', 5);
     insert.run(UUID2, 1, 'tie-lower', 'https://e/3', 7);
     insert.run(UUID2.toUpperCase(), 1, 'tie-upper', 'https://e/4', 7);
-    raw.pragma('user_version = 3');
+    raw.pragma('user_version = 4'); // as schema 4 wrote it, before uuids were made canonical
     raw.close();
     const store = Store.open(path);
     expect(store.list().map((c) => [c.uuid, c.deviceId, c.password])).toEqual([
