@@ -47,8 +47,9 @@ type Trust = (address: string, hop: number) => boolean;
  */
 export function proxyTrust(setting: Config['trust_proxy']): Trust | undefined {
   if (setting === false || setting === 0) return undefined;
+  if (typeof setting === 'object') return proxyAddr.compile([...setting]); // the proxies' addresses
   const hops = setting === true ? 1 : setting;
-  return typeof hops === 'number' ? (_address, hop) => hop < hops : proxyAddr.compile([...hops]);
+  return (_address, hop) => hop < hops;
 }
 
 const single = (value: string | string[] | undefined): string | undefined => (Array.isArray(value) ? value[0] : value)?.trim() || undefined;
