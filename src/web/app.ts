@@ -4,6 +4,7 @@ import rateLimit from '@fastify/rate-limit';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { isLocalNetworkAddress } from '../addresses.js';
 import type { Config } from '../config.js';
+import { LRUCache } from 'lru-cache';
 import { linkUrl, qrSvg } from '../link.js';
 import type { Logger } from '../log.js';
 import type { HttpMetrics } from '../metrics.js';
@@ -35,7 +36,31 @@ export interface WebDeps {
   ops: Ops | undefined;
   /** Counts every answered request (`rocket_http_requests_*`), wherever /metrics is served. */
   httpMetrics?: HttpMetrics;
+  /** Bounds on clients (tests shorten them). */
+  limits?: ClientLimits;
 }
+
+/** What one client may hold: slow or many clients cannot pile up. */
+export interface ClientLimits {
+  /** A request's headers and body must arrive within this. */
+  requestTimeoutMs: number;
+  /** A connection with nothing going on is closed after this. */
+  idleTimeoutMs: number;
+  /** Connections open at once; more are refused. */
+  maxConnections: number;
+  /** How often Node looks for requests over their time. */
+  checkIntervalMs: number;
+}
+
+export const CLIENT_LIMITS: ClientLimits = { requestTimeoutMs: 10_000, idleTimeoutMs: 30_000, maxConnections: 1024, checkIntervalMs: 1_000 };
+
+/** A host name or IP literal with an optional port, as a Host header must be; anything else is refused (400). */
+const HOST_HEADER = /^(?:[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*\.?|\[[0-9a-f:.]+\])(?::\d{1,5})?$/i;
+const MAX_HOST_LENGTH = 261; // 253 for the name, a port
+/** Far more than a real link needs, and a QR code that stays cheap to draw and easy to scan. */
+const MAX_LINK_LENGTH = 1_000;
+export const isValidHost = (host: string | undefined): boolean =>
+  host === undefined || (host.length <= MAX_HOST_LENGTH && HOST_HEADER.test(host));
 
 type Headers = Record<string, string | string[] | undefined>;
 /** proxy-addr's trust function: whether the address `hop` steps from this server is a proxy to believe. */
@@ -56,8 +81,6 @@ const single = (value: string | string[] | undefined): string | undefined => (Ar
 /** The entry the nearest proxy wrote: the last of a comma-separated list (earlier ones may come from the client). */
 const nearest = (value: string | string[] | undefined): string | undefined => single(value)?.split(',').pop()?.trim() || undefined;
 
-/** A host name, IPv4 or bracketed IPv6 address, with an optional port: nothing that could carry userinfo or a path. */
-const HOST_RE = /^(?:[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*\.?|\[[0-9a-f:.]+\])(?::\d{1,5})?$/i;
 const PATH_RE = /^\/[\w\-.~!$&'()*+,;=:@%/]*$/;
 
 export interface ServerUrl {
@@ -68,8 +91,9 @@ export interface ServerUrl {
 
 /**
  * The server URL Molly must store (PROTOCOL.md section 1): the `url` setting; else https, the Host header, and the
- * path of X-Original-URL as MollySocket does; through a trusted proxy, X-Forwarded-Host/Prefix win. Every header is
- * checked: the link stays https on a plain host, and a header that is not usable is ignored and reported. Pure.
+ * path of X-Original-URL as MollySocket does; through a trusted proxy, X-Forwarded-Host/Prefix win. The hosts are
+ * checked by the caller (`isValidHost`: a malformed one is answered 400); the link stays https, and a proto, prefix
+ * or X-Original-URL that is not usable is ignored and reported. Pure.
  */
 export function serverUrl(
   req: { headers: Headers; url: string },
@@ -83,11 +107,11 @@ export function serverUrl(
     return undefined;
   };
   const pathOf = (u: string): string => new URL(u, 'http://placeholder').pathname;
-  let host = usable('Host', single(req.headers.host), (v) => HOST_RE.test(v)) ?? 'localhost';
+  let host = single(req.headers.host) ?? 'localhost';
   let prefix = '';
   if (opts.viaTrustedProxy) {
     usable('X-Forwarded-Proto', nearest(req.headers['x-forwarded-proto']), (v) => v.toLowerCase() === 'https'); // Molly takes only https
-    host = usable('X-Forwarded-Host', nearest(req.headers['x-forwarded-host']), (v) => HOST_RE.test(v)) ?? host;
+    host = nearest(req.headers['x-forwarded-host']) ?? host;
     prefix = usable('X-Forwarded-Prefix', nearest(req.headers['x-forwarded-prefix']), (v) => PATH_RE.test(v))?.replace(/\/+$/, '') ?? '';
   }
   // Only a path: `x:@evil.example/` would otherwise put another host in the link.
@@ -118,8 +142,11 @@ const registrationSchema = {
 /** Registrations are a few hundred bytes. */
 const BODY_LIMIT = 8 * 1024;
 
-function baseApp(log: Logger, trust: Trust | undefined, httpMetrics: HttpMetrics | undefined): FastifyInstance {
+function baseApp(log: Logger, trust: Trust | undefined, httpMetrics: HttpMetrics | undefined, limits = CLIENT_LIMITS): FastifyInstance {
   const app = Fastify({
+    requestTimeout: limits.requestTimeoutMs,
+    connectionTimeout: limits.idleTimeoutMs,
+    http: { headersTimeout: limits.requestTimeoutMs, requestTimeout: limits.requestTimeoutMs, connectionsCheckingInterval: limits.checkIntervalMs },
     loggerInstance: log as FastifyBaseLogger,
     // Request lines only with -v: health checks would otherwise fill the log.
     logController: new LogController({ disableRequestLogging: () => !log.isLevelEnabled('debug') }),
@@ -127,6 +154,7 @@ function baseApp(log: Logger, trust: Trust | undefined, httpMetrics: HttpMetrics
     trustProxy: trust ?? false,
     ajv: { customOptions: { coerceTypes: false } },
   });
+  app.server.maxConnections = limits.maxConnections;
   app.setErrorHandler((err: { statusCode?: number; message: string }, req, reply) => {
     const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
     if (status === 500) req.log.error({ err }, 'request failed');
@@ -157,15 +185,15 @@ function addOpsRoutes(app: FastifyInstance, ops: Ops): void {
 }
 
 /** A listener with only /health and /metrics (`metrics_port`), for operators who keep them private. */
-export function buildOpsApp(ops: Ops, log: Logger, httpMetrics?: HttpMetrics): FastifyInstance {
-  const app = baseApp(log, undefined, httpMetrics);
+export function buildOpsApp(ops: Ops, log: Logger, httpMetrics?: HttpMetrics, limits?: ClientLimits): FastifyInstance {
+  const app = baseApp(log, undefined, httpMetrics, limits);
   addOpsRoutes(app, ops);
   return app;
 }
 
 export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
   const trust = proxyTrust(deps.trustProxy);
-  const app = baseApp(deps.log, trust, deps.httpMetrics);
+  const app = baseApp(deps.log, trust, deps.httpMetrics, deps.limits);
   await app.register(helmet, {
     contentSecurityPolicy: {
       useDefaults: false,
@@ -195,21 +223,37 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
   app.get('/discover', async () => discovery);
   app.get('/favicon.ico', async (_req, reply) => reply.code(204).send()); // browsers ask for it on every visit
 
+  // A page (and its QR code, the costly part) is made once per link: the links a server shows are few.
+  const pages = new LRUCache<string, string>({ max: 64 });
   app.get<{ Querystring: Record<string, string> }>('/', async (req, reply) => {
     if (req.headers['user-agent']?.includes('Signal-Android')) return discovery;
-    const airgapped = 'airgapped' in req.query;
     const viaTrustedProxy = trust?.(req.socket.remoteAddress ?? '', 0) ?? false;
-    const server = airgapped ? undefined : serverUrl(req, { publicUrl: deps.publicUrl, viaTrustedProxy });
+    const hosts = [single(req.headers.host), ...(viaTrustedProxy ? [nearest(req.headers['x-forwarded-host'])] : [])];
+    if (!hosts.every(isValidHost)) return reply.status(400).send({ error: 'the Host header is not a host name' });
+    const airgapped = 'airgapped' in req.query;
+    let server: ServerUrl | undefined;
+    try {
+      server = airgapped ? undefined : serverUrl(req, { publicUrl: deps.publicUrl, viaTrustedProxy });
+    } catch {
+      return reply.status(400).send({ error: 'a proxy header does not make a URL' });
+    }
     const url = server?.url;
+    const unusable = server?.unusable ?? [];
     const link = linkUrl(deps.vapidPublicKey, url === undefined ? { type: 'airgapped' } : { type: 'webserver', url });
-    const page = renderHome({
-      mode: airgapped ? 'airgapped' : 'webserver',
-      link,
-      linkUrl: url,
-      unusableHeaders: server?.unusable ?? [],
-      qrSvg: await qrSvg(link),
-      version: deps.version,
-    });
+    if (link.length > MAX_LINK_LENGTH) return reply.status(400).send({ error: 'the request path is too long for a link' });
+    const pageKey = `${link} ${unusable.join(',')}`;
+    let page = pages.get(pageKey);
+    if (page === undefined) {
+      page = renderHome({
+        mode: airgapped ? 'airgapped' : 'webserver',
+        link,
+        linkUrl: url,
+        unusableHeaders: unusable,
+        qrSvg: await qrSvg(link),
+        version: deps.version,
+      });
+      pages.set(pageKey, page);
+    }
     return reply.type('text/html; charset=utf-8').header('Cache-Control', 'no-store').send(page);
   });
 
