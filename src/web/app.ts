@@ -212,11 +212,11 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
     strictTransportSecurity: false,
   });
   // Without trust_proxy, every phone behind a reverse proxy has the proxy's address: one bucket would refuse them all.
-  const proxyPeer = trust === undefined && deps.rateLimitPerMinute > 0;
-  if (proxyPeer) {
+  const localPeersUnlimited = trust === undefined && deps.rateLimitPerMinute > 0;
+  if (localPeersUnlimited) {
     deps.log.info('registration_rate_limit applies only to clients at public addresses: set trust_proxy to limit per phone behind a reverse proxy');
   }
-  await app.register(rateLimit, { global: false, ...(proxyPeer && { allowList: (req) => isLocalNetworkAddress(req.ip) }) });
+  await app.register(rateLimit, { global: false, ...(localPeersUnlimited && { allowList: (req) => isLocalNetworkAddress(req.ip) }) });
   app.removeContentTypeParser('text/plain'); // registrations are JSON; anything else is 415
 
   const discovery = { mollysocket: { version: deps.version } };
