@@ -318,6 +318,20 @@ describe('the relay end to end', () => {
     expect(push.requests).toHaveLength(2);
   });
 
+  it('sends nothing for a connection forbidden (Signal 403) while its push waits to be retried', async () => {
+    await register({ ...molly, endpoint: push.endpoint() });
+    await signal.until(() => server.supervisor.state(account) === 'connected', 'connected');
+    await push.until(() => push.requests.length === 1, 'the test push');
+    push.script.push({ status: 503 });
+    await signal.sendEnvelope(signal.open(account.uuid, 2)[0]!);
+    await push.until(() => push.requests.length === 2, 'the urgent push');
+    signal.removeAccount(account); // the device was unlinked: the reconnection is answered 403
+    signal.open(account.uuid, 2)[0]!.ws.close(4401);
+    await eventually(() => server.supervisor.state(account) === 'forbidden', 'forbidden', 400);
+    await new Promise((r) => setTimeout(r, 1_100)); // past the retry's backoff (at most 1 s)
+    expect(push.requests).toHaveLength(2);
+  });
+
   it('keeps acking envelopes at once while the push server hangs', async () => {
     await register({ ...molly, endpoint: push.endpoint() });
     await signal.until(() => server.supervisor.state(account) === 'connected', 'connected');
