@@ -76,6 +76,7 @@ export function resolveVapidKey(config: KeyConfig, opts: { generate: boolean }):
     } catch (err) {
       throw new VapidKeyError(
         `cannot read vapid_key_file ${config.vapid_key_file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+        { cause: err },
       );
     }
     return make(parsePrivateKey(text, `vapid_key_file ${config.vapid_key_file}`), 'vapid_key_file', config.vapid_key_file);
@@ -92,6 +93,7 @@ export function resolveVapidKey(config: KeyConfig, opts: { generate: boolean }):
     throw new VapidKeyError(
       `cannot keep a generated VAPID key at ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; ` +
         'make that directory writable, or set vapid_privkey or vapid_key_file',
+      { cause: err },
     );
   }
   return make(parsePrivateKey(key, path), 'generated', path);
