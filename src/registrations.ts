@@ -2,6 +2,7 @@ import type { Connection, Store } from './store.js';
 import type { Logger } from './log.js';
 import { endpointOrigin, shortUuid } from './log.js';
 import type { ResolvedEndpoint } from './policy.js';
+import { StoreWrites } from './store-writes.js';
 
 /** What Molly sends in `POST /`. */
 export interface RegistrationRequest {
@@ -73,12 +74,19 @@ export interface RegistrationEffects {
 
 /** The one place that applies the decision table: to the store, then to the running connections. */
 export class Registrations {
+  private readonly now: () => number;
+  private readonly writes: StoreWrites;
+
   constructor(
     private readonly store: Store,
     private readonly effects: RegistrationEffects,
     private readonly log: Logger,
-    private readonly now: () => number = () => Math.floor(Date.now() / 1000),
-  ) {}
+    /** `now` in unix seconds; `writes`: the server's, so that /health sees registrations failing. */
+    opts: { now?: () => number; writes?: StoreWrites } = {},
+  ) {
+    this.now = opts.now ?? (() => Math.floor(Date.now() / 1000));
+    this.writes = opts.writes ?? new StoreWrites(log);
+  }
 
   async register(req: RegistrationRequest): Promise<RegistrationStatus> {
     try {
@@ -93,11 +101,15 @@ export class Registrations {
       const key = { uuid: req.uuid, deviceId: req.deviceId };
       const decision = decide(req, { uuidAllowed, endpointAllowed }, this.store.get(key));
       const at = this.now();
-      const conn = this.store.transaction(() => {
-        if (decision.action === 'none') return undefined;
-        if (decision.action === 'refresh') this.store.touchRegistration(key, at);
-        else this.store.put(req, at); // create, update_endpoint, replace_credentials: the whole row, enabled
-        return this.store.get(key);
+      // Answered `ok` only once stored, in a file that is still the database (not deleted under the server).
+      const conn = await this.writes.now(() => {
+        this.store.assertPresent();
+        return this.store.transaction(() => {
+          if (decision.action === 'none') return undefined;
+          if (decision.action === 'refresh') this.store.touchRegistration(key, at);
+          else this.store.put(req, at); // create, update_endpoint, replace_credentials: the whole row, enabled
+          return this.store.get(key);
+        });
       });
       if (decision.action !== 'none') {
         this.log.info({ uuid: shortUuid(req.uuid), device: req.deviceId, action: decision.action }, 'registration');
@@ -108,7 +120,7 @@ export class Registrations {
       if (conn && decision.testPush) this.effects.sendTestPush(conn);
       return decision.status;
     } catch (err) {
-      this.log.error({ err: (err as Error).message, uuid: shortUuid(req.uuid) }, 'registration failed');
+      this.log.error({ err, uuid: shortUuid(req.uuid) }, 'registration failed');
       return 'internal_error';
     }
   }

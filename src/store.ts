@@ -1,4 +1,4 @@
-import { closeSync, existsSync, linkSync, openSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, linkSync, openSync, rmSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
 
 /** One registered account device. Times are unix seconds, as in MollySocket's database. */
@@ -21,9 +21,17 @@ export const connectionKey = (c: ConnectionKey): string => `${c.uuid}.${c.device
 
 /**
  * Schema versions: 1 is MollySocket's (one row per uuid); 2 is ours (one row per account device); 3 adds what the
- * running server publishes for `status` and `health` (connection states, heartbeat).
+ * running server publishes for `status` and `health` (connection states, heartbeat); 4 keeps the wake-ups a
+ * stopping server still owed.
  */
-const SCHEMA_VERSION = 3;
+const SCHEMA_VERSION = 4;
+
+const CREATE_V4 = `
+  CREATE TABLE owed_wakeups(
+    uuid TEXT NOT NULL,
+    device_id INTEGER NOT NULL,
+    PRIMARY KEY (uuid, device_id)
+  )`;
 
 const CREATE_V3 = `
   CREATE TABLE live_state(
@@ -127,15 +135,21 @@ export class Store {
   private constructor(
     private readonly db: Database.Database,
     readonly path: string,
+    /** The file opened, to notice when it is deleted or replaced under a running server. */
+    private readonly identity: { dev: number; ino: number },
   ) {}
 
-  /** Opens (creating with mode 0600 if needed) and migrates the database. */
-  static open(path: string): Store {
+  /**
+   * Opens (creating with mode 0600 if needed) and migrates the database. `busyTimeoutMs` is how long a statement
+   * waits, blocking, for another process's lock: the CLI can wait; the server keeps it short and retries instead.
+   */
+  static open(path: string, opts: { busyTimeoutMs?: number } = {}): Store {
     try {
       closeSync(openSync(path, 'a', 0o600)); // creates it private; an existing file (or another process's) is kept
+      const { dev, ino } = statSync(path);
       const db = new Database(path);
-      db.pragma('busy_timeout = 5000');
-      const store = new Store(db, path);
+      db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 5000}`);
+      const store = new Store(db, path, { dev, ino });
       retryWhileBusy(() => {
         // WAL lets the CLI write while the server reads. The mode is kept in the file: only a new file changes it.
         if (db.pragma('journal_mode', { simple: true }) !== 'wal') db.pragma('journal_mode = WAL');
@@ -148,6 +162,7 @@ export class Store {
       throw new StoreError(
         `cannot open the database ${path} (setting "db"): ${e.code ?? ''} ${e.message}`.replace(/\s+/g, ' ').trim() +
           '; check that the directory exists and is writable by this user',
+        { cause: err },
       );
     }
   }
@@ -171,7 +186,8 @@ export class Store {
         if (current === SCHEMA_VERSION) return; // another process did it meanwhile
         if (!hasConnections()) this.db.exec(CREATE_V2);
         else if (current < 2) this.fromMollySocket();
-        this.db.exec(CREATE_V3);
+        if (current < 3) this.db.exec(CREATE_V3);
+        if (current < 4) this.db.exec(CREATE_V4);
         this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
       })
       .immediate();
@@ -319,14 +335,40 @@ export class Store {
     return this.db.transaction(fn)();
   }
 
-  /** Whether the database file is still there and readable. */
+  /** Whether the database file is still the one opened (not deleted or replaced) and readable. */
   healthy(): boolean {
     try {
       this.db.prepare('SELECT 1 FROM connections LIMIT 1').get();
-      return existsSync(this.path);
+      const { dev, ino } = statSync(this.path);
+      return dev === this.identity.dev && ino === this.identity.ino;
     } catch {
       return false;
     }
+  }
+
+  /** Throws when the file is no longer the one opened: what is written now would be lost with it. */
+  assertPresent(): void {
+    if (!this.healthy()) {
+      throw new StoreError(`the database ${this.path} was deleted or replaced while the server runs: restore it and restart`);
+    }
+  }
+
+  /** Keeps the connections a stopping server still owed a wake-up (replacing what was kept before). */
+  keepOwedWakeups(keys: ConnectionKey[]): void {
+    this.db.transaction(() => {
+      this.db.exec('DELETE FROM owed_wakeups');
+      const insert = this.db.prepare('INSERT OR IGNORE INTO owed_wakeups (uuid, device_id) VALUES (?, ?)');
+      for (const k of keys) insert.run(k.uuid, k.deviceId);
+    })();
+  }
+
+  /** The wake-ups owed since the last shutdown, forgotten as they are read. */
+  takeOwedWakeups(): ConnectionKey[] {
+    return this.db.transaction(() => {
+      const rows = this.db.prepare('SELECT uuid, device_id FROM owed_wakeups').all() as { uuid: string; device_id: number }[];
+      this.db.exec('DELETE FROM owed_wakeups');
+      return rows.map((r) => ({ uuid: r.uuid, deviceId: r.device_id }));
+    })();
   }
 
   /** Changes whenever another connection (the CLI) commits to the file. */

@@ -4,6 +4,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { shortUuid } from '../log.js';
 import { connectionKey, type Connection, type ConnectionKey, type Store } from '../store.js';
+import { StoreWrites } from '../store-writes.js';
 import { SignalLink, type LinkEnd, type LinkOptions } from './link.js';
 import { ConnectRamp, type RampOptions } from './ramp.js';
 
@@ -21,6 +22,8 @@ export interface SupervisorOptions {
   deliveryCheckIntervalMs: number;
   /** How often every open link is asked whether a keepalive is due (their precision). */
   keepaliveTickMs: number;
+  /** After an outage, once one socket opens again, the others waiting in backoff retry at once: at most this often. */
+  recoveryIntervalMs: number;
 }
 
 export interface SupervisorDeps {
@@ -30,6 +33,8 @@ export interface SupervisorDeps {
   onUrgent(conn: Connection): void;
   /** Close code 4409 (the device connected elsewhere): a push that tells whether the endpoint still exists. */
   onDeliveryCheck(conn: Connection): void;
+  /** Where store writes go without blocking (default: a queue of its own). */
+  writes?: StoreWrites;
   metrics?: Metrics;
   clock?: Clock;
   random?: () => number;
@@ -56,6 +61,10 @@ interface Entry {
   retryTimer: TimerHandle | undefined;
   attempt: number;
   openedAt: number | undefined;
+  /** Send one wake-up when the socket opens (the last run may have acked envelopes it never pushed). */
+  wakeOnOpen: boolean;
+  /** In backoff after a failure that ends with an outage (network, timeout, 5xx): retried early on recovery. */
+  outage: boolean;
 }
 
 /**
@@ -74,6 +83,10 @@ export class Supervisor {
   private seenVersion = 0;
   private stopping = false;
   private stateChanges = 0;
+  private lastRecovery = -Infinity;
+  private readonly writes: StoreWrites;
+  /** Forbidden here, not yet written to the store: the store's older row must not bring them back meanwhile. */
+  private readonly forbidding = new Map<string, Connection>();
 
   constructor(
     private readonly opts: SupervisorOptions,
@@ -82,12 +95,17 @@ export class Supervisor {
     this.clock = deps.clock ?? systemClock;
     this.random = deps.random ?? Math.random;
     this.ramp = new ConnectRamp(opts.ramp, this.clock);
+    this.writes = deps.writes ?? new StoreWrites(deps.log, { clock: this.clock });
   }
 
-  /** Starts every stored connection that is not forbidden, then follows the store. */
-  start(): void {
+  /**
+   * Starts every stored connection that is not forbidden, then follows the store. With `wakeAfterConnect`, each
+   * sends one wake-up once its socket opens (the last run did not end cleanly).
+   */
+  start(opts: { wakeAfterConnect?: boolean } = {}): void {
     this.seenVersion = this.deps.store.dataVersion();
     this.reconcile(this.deps.store.list());
+    if (opts.wakeAfterConnect) for (const entry of this.entries.values()) entry.wakeOnOpen = entry.state === 'connecting';
     this.schedulePoll();
     this.scheduleTick();
   }
@@ -115,6 +133,8 @@ export class Supervisor {
       retryTimer: undefined,
       attempt: 0,
       openedAt: undefined,
+      wakeOnOpen: false,
+      outage: false,
     };
     this.entries.set(key, fresh);
     if (conn.forbidden) {
@@ -122,7 +142,7 @@ export class Supervisor {
       return;
     }
     const reason = entry ? 'settings changed' : 'started';
-    if (previous) void previous.then(() => this.queueConnect(fresh, reason));
+    if (previous) this.after(previous, () => this.queueConnect(fresh, reason));
     else this.queueConnect(fresh, reason);
   }
 
@@ -130,16 +150,28 @@ export class Supervisor {
   remove(key: ConnectionKey): void {
     const entry = this.entries.get(connectionKey(key));
     if (!entry) return;
-    void this.halt(entry);
+    this.after(this.halt(entry), () => {});
     this.entries.delete(connectionKey(key));
     this.deliveryChecks.delete(connectionKey(key));
   }
 
-  /** Marks a connection forbidden (stored with its reason) and closes its socket. */
+  /**
+   * Marks a connection forbidden and closes its socket at once; the store learns it without the caller waiting
+   * (retried while the store fails).
+   */
   forbid(key: ConnectionKey, reason: string): void {
-    this.deps.store.setForbidden(key, reason, Math.floor(this.clock.now() / 1000));
-    const conn = this.deps.store.get(key);
-    if (conn) this.sync(conn);
+    const entry = this.entries.get(connectionKey(key));
+    if (!entry || entry.conn.forbidden) return;
+    const at = Math.floor(this.clock.now() / 1000);
+    const forbidden = { ...entry.conn, forbidden: true, forbiddenReason: reason, forbiddenAt: at };
+    const id = connectionKey(key);
+    this.forbidding.set(id, forbidden);
+    this.sync(forbidden);
+    this.writes.later(
+      `forbid:${id}`,
+      () => this.deps.store.setForbidden(key, reason, at),
+      () => this.forbidding.delete(id),
+    );
   }
 
   state(key: ConnectionKey): ConnectionState | undefined {
@@ -189,8 +221,11 @@ export class Supervisor {
   private reconcile(stored: Connection[]): void {
     const keys = new Set<string>();
     for (const conn of stored) {
-      keys.add(connectionKey(conn));
-      this.sync(conn);
+      const key = connectionKey(conn);
+      keys.add(key);
+      const forbidden = this.forbidding.get(key);
+      // Our forbid not yet written: the stored row is older, unless someone changed the credentials or endpoint since.
+      this.sync(forbidden && forbidden.password === conn.password && forbidden.endpoint === conn.endpoint ? forbidden : conn);
     }
     for (const entry of [...this.entries.values()]) if (!keys.has(connectionKey(entry.conn))) this.remove(entry.conn);
   }
@@ -204,7 +239,7 @@ export class Supervisor {
           this.reconcile(this.deps.store.list());
         }
       } catch (err) {
-        this.deps.log.error({ err: (err as Error).message }, 'cannot read the store for changes');
+        this.deps.log.error({ err }, 'cannot read the store for changes');
       }
       if (!this.stopping) this.schedulePoll();
     }, this.opts.storePollMs);
@@ -261,6 +296,11 @@ export class Supervisor {
           release();
           entry.openedAt = this.clock.now();
           this.setState(entry, 'connected', 'open');
+          if (entry.attempt > 0) this.recovered();
+          if (entry.wakeOnOpen) {
+            entry.wakeOnOpen = false;
+            this.deps.onUrgent(entry.conn);
+          }
         },
         onEnvelope: (urgent) => {
           this.deps.metrics?.messages.inc();
@@ -269,12 +309,33 @@ export class Supervisor {
       },
     );
     entry.link = link;
-    void link.ended.then((end) => {
+    this.after(link.ended, (end) => {
       release();
       if (entry.link !== link) return; // replaced or halted meanwhile
       entry.link = undefined;
       this.ended(entry, end);
     });
+  }
+
+  /** Runs `then` when `promise` settles; a failure in either is logged, and every other connection keeps running. */
+  private after<T>(promise: Promise<T>, then: (value: T) => void): void {
+    promise.then(then).catch((err: unknown) => this.deps.log.error({ err }, 'connection step failed'));
+  }
+
+  /**
+   * A socket opened after failing: Signal is reachable again. The others waiting in backoff after an outage retry
+   * now rather than at the end of their (possibly long) backoff; the ramp still spreads them out.
+   */
+  private recovered(): void {
+    const now = this.clock.now();
+    if (now - this.lastRecovery < this.opts.recoveryIntervalMs) return;
+    this.lastRecovery = now;
+    for (const entry of this.entries.values()) {
+      if (entry.state !== 'backoff' || !entry.outage) continue;
+      this.clock.clearTimeout(entry.retryTimer);
+      entry.retryTimer = undefined;
+      this.queueConnect(entry, 'retry');
+    }
   }
 
   private ended(entry: Entry, end: LinkEnd): void {
@@ -291,6 +352,7 @@ export class Supervisor {
       this.deps.log.warn('Signal refused this client version (499): upgrade mollysocket, or set user_agent to a current Signal-Android version');
     }
     const retryAfterMs = 'retryAfterMs' in end ? end.retryAfterMs : undefined;
+    entry.outage = isOutage(end) && retryAfterMs === undefined;
     const delayMs = backoffDelay(entry.attempt++, this.opts.backoff, this.random(), retryAfterMs);
     this.setState(entry, 'backoff', describeEnd(end), { retryInMs: delayMs });
     entry.retryTimer = this.clock.setTimeout(() => this.queueConnect(entry, 'retry'), delayMs);
@@ -304,6 +366,13 @@ export class Supervisor {
     this.deliveryChecks.set(key, now);
     this.deps.onDeliveryCheck(conn);
   }
+}
+
+/** An end that says Signal (or the way to it) was down, rather than something about this device. */
+function isOutage(end: LinkEnd): boolean {
+  if (end.kind === 'error' || end.kind === 'timeout') return true;
+  if (end.kind === 'refused') return end.status >= 500;
+  return end.kind === 'closed' && end.code !== 4409 && end.code !== 4401;
 }
 
 const sameSettings = (a: Connection, b: Connection): boolean =>

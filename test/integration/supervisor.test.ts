@@ -48,6 +48,7 @@ async function harness(over: Partial<SupervisorOptions> = {}, url?: string): Pro
     storePollMs: 2_000,
     deliveryCheckIntervalMs: 3600_000,
     keepaliveTickMs: 1_000,
+    recoveryIntervalMs: 1_000,
     ...over,
   };
   // random() = 1: every backoff delay is the whole step, so the schedule is exact.

@@ -1,3 +1,4 @@
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
@@ -76,7 +77,7 @@ describe('applying a registration', () => {
       store,
       { isUuidAllowed: () => true, checkEndpoint: async () => endpoint, connectionChanged: (c) => changed.push(c), sendTestPush: (c) => pinged.push(c) },
       pino({ level: 'silent' }),
-      () => 1234,
+      { now: () => 1234 },
     );
     return { store, changed, pinged, registrations };
   }
@@ -103,9 +104,30 @@ describe('applying a registration', () => {
     expect(h.store.list()).toEqual([]);
   });
 
-  it('answers internal_error, with nothing half-written, when the store fails', async () => {
+  it('answers internal_error when the store fails', async () => {
     const h = harness(allowed);
     h.store.close(); // every query now throws
+    expect(await h.registrations.register(req)).toBe('internal_error');
+    expect([...h.changed, ...h.pinged]).toEqual([]);
+  });
+
+  it('writes nothing half: a failure after the row was written takes the row back', async () => {
+    const h = harness(allowed);
+    const get = h.store.get.bind(h.store);
+    let reads = 0;
+    h.store.get = (key) => {
+      if (++reads === 2) throw new Error('disk I/O error'); // the read after the write, inside the transaction
+      return get(key);
+    };
+    expect(await h.registrations.register(req)).toBe('internal_error');
+    h.store.get = get;
+    expect(h.store.list()).toEqual([]);
+    expect([...h.changed, ...h.pinged]).toEqual([]);
+  });
+
+  it('answers internal_error and stores nothing once the database file was deleted under the server', async () => {
+    const h = harness(allowed);
+    rmSync(h.store.path);
     expect(await h.registrations.register(req)).toBe('internal_error');
     expect([...h.changed, ...h.pinged]).toEqual([]);
   });
