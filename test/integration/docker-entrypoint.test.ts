@@ -42,10 +42,11 @@ describe.skipIf(reason !== '')('docker-entrypoint.sh', () => {
   const gid = ids('-g');
 
   it('started as root on a root-owned volume: hands every file to the user and execs the server as that user, with no capabilities', async () => {
-    // A volume as MollySocket's root image leaves it: root-owned, with a root-only key file and a subdirectory.
+    // A volume as a root image leaves it: root-owned, with a root-only database, key file and a subdirectory.
     const dir = tempDir('ms-entry-');
     mkdirSync(join(dir, 'old'));
     writeFileSync(join(dir, 'old', 'mollysocket.db.bak'), 'x');
+    writeFileSync(join(dir, 'mollysocket.db'), '', { mode: 0o600 });
     const kept = spawnSync(process.execPath, [BIN, 'vapid', 'pub'], { cwd: dir, env: cleanEnv(entrypointEnv(dir)), encoding: 'utf8' });
     expect(kept.status).toBe(0);
     expect(statSync(join(dir, 'vapid.key'))).toMatchObject({ uid: 0, mode: 0o100600 });
@@ -55,9 +56,11 @@ describe.skipIf(reason !== '')('docker-entrypoint.sh', () => {
     let log = '';
     child.stdout.on('data', (d: Buffer) => (log += d.toString()));
     child.stderr.on('data', (d: Buffer) => (log += d.toString()));
-    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    let exitCode: number | null | undefined;
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve((exitCode = code))));
     try {
-      await eventually(() => log.includes('web server listening'), `the server to listen; log: ${log}`, 15_000);
+      await eventually(() => log.includes('web server listening') || exitCode !== undefined, 'the server to listen or exit', 15_000);
+      expect(log).toContain('web server listening');
       // The same process (exec, not a child): the node server, with the user's ids and no capabilities.
       const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
       expect(readFileSync(`/proc/${child.pid}/cmdline`, 'utf8').split('\0')).toEqual(['node', join(packageRoot, 'dist/cli/main.js'), 'server', '']);
@@ -65,10 +68,10 @@ describe.skipIf(reason !== '')('docker-entrypoint.sh', () => {
       expect(status).toMatch(new RegExp(`^Gid:\\s+${gid}\\s+${gid}\\s+${gid}\\s+${gid}$`, 'm'));
       expect(status).toMatch(/^CapEff:\s+0+$/m);
       expect(status).toMatch(/^CapPrm:\s+0+$/m);
-      // The server read the root-only key it was handed, and created its database as the user.
+      // The server read the root-only key and database it was handed, and created the database's WAL as the user.
       expect(log).not.toMatch(/EACCES|generated a VAPID key/);
       const all = owners(dir);
-      expect(Object.keys(all)).toEqual(expect.arrayContaining(['.', 'vapid.key', 'old', 'old/mollysocket.db.bak', 'mollysocket.db']));
+      expect(Object.keys(all)).toEqual(expect.arrayContaining(['.', 'vapid.key', 'old', 'old/mollysocket.db.bak', 'mollysocket.db', 'mollysocket.db-wal']));
       for (const owner of Object.values(all)) expect(owner).toBe(`${uid}:${gid}`);
     } finally {
       child.kill('SIGTERM');
