@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify';
 import { redactedConfig, signalUrl, type Config } from './config.js';
 import { HEARTBEAT_MS } from './heartbeat.js';
 import { linkUrl, qrTerminal } from './link.js';
-import type { Clock } from './clock.js';
+import { systemClock, type Clock } from './clock.js';
 import type { Logger } from './log.js';
 import { packageRoot, version } from './paths.js';
 import { Metrics } from './metrics.js';
@@ -13,6 +13,7 @@ import { Notifier } from './push/notifier.js';
 import { pushStack } from './push/setup.js';
 import { keptKeyPath, resolveVapidKey } from './push/vapid.js';
 import { ENDPOINT_GONE, Registrations } from './registrations.js';
+import { askSignal } from './signal/link.js';
 import { Supervisor, type SupervisorOptions } from './signal/supervisor.js';
 import { Store, StoreError, type Connection } from './store.js';
 import { StoreWrites } from './store-writes.js';
@@ -47,9 +48,19 @@ export function supervisorOptions(config: Config): SupervisorOptions {
     storePollMs: 2_000,
     deliveryCheckIntervalMs: 3600_000,
     keepaliveTickMs: 1_000,
+    // A week: the old Molly's re-registrations still get a cheap `forbidden` (no question to Signal), and
+    // `connection list` shows why it stopped, through a week away from the phone; then the row goes.
+    leftBehindKeptMs: 7 * 24 * 3600_000,
+    leftBehindSweepMs: 3600_000,
     recoveryIntervalMs: 1_000,
   };
 }
+
+/**
+ * How long Signal gets to accept new credentials during a registration (Molly waits for the answer), before the
+ * registration answers internal_error and Molly tries again later.
+ */
+const ASK_SIGNAL_TIMEOUT_MS = 5_000;
 
 /** Time that pushes under way get to finish at shutdown. */
 const PUSH_DRAIN_MS = 2_000;
@@ -124,6 +135,10 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     metrics,
     ...(opts.clock && { clock: opts.clock }),
   });
+  metrics.watchLoad(() => {
+    const pushes = client.load();
+    return { pushesInFlight: pushes.inFlight, pushesQueued: pushes.queued, connectQueue: supervisor.connectQueue };
+  });
   const notifier = new Notifier(
     {
       minIntervalMs: config.push_min_interval_ms,
@@ -146,6 +161,8 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       checkEndpoint: (endpoint) => policy.check(endpoint),
       connectionChanged: (conn) => supervisor.sync(conn),
       sendTestPush: (conn) => notifier.test(conn),
+      askSignal: (creds) =>
+        askSignal(creds, { ...options.link, connectTimeoutMs: ASK_SIGNAL_TIMEOUT_MS, clock: opts.clock ?? systemClock, log }),
     },
     log,
     { writes },
@@ -162,7 +179,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   let url: string | undefined;
   let opsUrl: string | undefined;
   if (config.metrics_port !== undefined) {
-    const opsApp = buildOpsApp(ops, log);
+    const opsApp = buildOpsApp(ops, log, metrics);
     listeners.push(opsApp);
     opsUrl = await opsApp.listen({ host: config.metrics_host, port: config.metrics_port });
     log.info({ url: opsUrl }, 'health and metrics listening');
@@ -177,6 +194,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       trustProxy: config.trust_proxy,
       rateLimitPerMinute: config.registration_rate_limit,
       ops: config.metrics_port === undefined ? ops : undefined,
+      httpMetrics: metrics,
     });
     listeners.push(app);
     url = await app.listen({ host: config.host, port: config.port });

@@ -3,6 +3,7 @@ import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { shortUuid } from '../log.js';
+import { leftBehind } from '../registrations.js';
 import { connectionKey, type Connection, type ConnectionKey, type Store } from '../store.js';
 import { StoreWrites } from '../store-writes.js';
 import { SignalLink, type LinkEnd, type LinkOptions } from './link.js';
@@ -22,6 +23,10 @@ export interface SupervisorOptions {
   deliveryCheckIntervalMs: number;
   /** How often every open link is asked whether a keepalive is due (their precision). */
   keepaliveTickMs: number;
+  /** A forbidden connection whose account has a newer device connected is removed after this long. */
+  leftBehindKeptMs: number;
+  /** How often forbidden connections left behind are looked for. */
+  leftBehindSweepMs: number;
   /** After an outage, once one socket opens again, the others waiting in backoff retry at once: at most this often. */
   recoveryIntervalMs: number;
 }
@@ -80,6 +85,7 @@ export class Supervisor {
   private readonly ramp: ConnectRamp;
   private pollTimer: TimerHandle | undefined;
   private tickTimer: TimerHandle | undefined;
+  private sweepTimer: TimerHandle | undefined;
   private seenVersion = 0;
   private stopping = false;
   private stateChanges = 0;
@@ -108,6 +114,7 @@ export class Supervisor {
     if (opts.wakeAfterConnect) for (const entry of this.entries.values()) entry.wakeOnOpen = entry.state === 'connecting';
     this.schedulePoll();
     this.scheduleTick();
+    this.scheduleSweep();
   }
 
   /**
@@ -194,6 +201,11 @@ export class Supervisor {
     }));
   }
 
+  /** Connections waiting for the connect ramp. */
+  get connectQueue(): number {
+    return this.ramp.waiting;
+  }
+
   /** Grows with every state change: whoever publishes the states can tell whether anything changed. */
   get revision(): number {
     return this.stateChanges;
@@ -213,6 +225,7 @@ export class Supervisor {
     this.stopping = true;
     this.clock.clearTimeout(this.pollTimer);
     this.clock.clearTimeout(this.tickTimer);
+    this.clock.clearTimeout(this.sweepTimer);
     this.ramp.stop();
     await Promise.all([...this.entries.values()].map((e) => this.halt(e)));
   }
@@ -251,6 +264,32 @@ export class Supervisor {
       for (const entry of this.entries.values()) entry.link?.tick(now);
       if (!this.stopping) this.scheduleTick();
     }, this.opts.keepaliveTickMs);
+  }
+
+  private scheduleSweep(): void {
+    this.sweepTimer = this.clock.setTimeout(() => {
+      this.removeLeftBehind();
+      if (!this.stopping) this.scheduleSweep();
+    }, this.opts.leftBehindSweepMs);
+  }
+
+  /** Removes the forbidden connections a re-link left behind (see `leftBehind`), unless enabled meanwhile. */
+  private removeLeftBehind(): void {
+    try {
+      const now = Math.floor(this.clock.now() / 1000);
+      const keptSeconds = this.opts.leftBehindKeptMs / 1000;
+      for (const old of leftBehind(this.deps.store.list(), (k) => this.state(k) === 'connected', now, keptSeconds)) {
+        const removed = this.deps.store.transaction(() => this.deps.store.get(old)?.forbidden === true && this.deps.store.remove(old) > 0);
+        if (!removed) continue;
+        this.remove(old);
+        this.deps.log.info(
+          { uuid: shortUuid(old.uuid), device: old.deviceId, reason: old.forbiddenReason },
+          'removed a forbidden connection: a newer device of the account is connected',
+        );
+      }
+    } catch (err) {
+      this.deps.log.warn({ err: (err as Error).message }, 'cannot remove forbidden connections left behind now: tried again at the next sweep');
+    }
   }
 
   private setState(entry: Entry, state: ConnectionState, reason: string, extra: Record<string, unknown> = {}): void {
@@ -296,7 +335,7 @@ export class Supervisor {
           release();
           entry.openedAt = this.clock.now();
           this.setState(entry, 'connected', 'open');
-          if (entry.attempt > 0) this.recovered();
+          this.recovered();
           if (entry.wakeOnOpen) {
             entry.wakeOnOpen = false;
             this.deps.onUrgent(entry.conn);
@@ -323,8 +362,8 @@ export class Supervisor {
   }
 
   /**
-   * A socket opened after failing: Signal is reachable again. The others waiting in backoff after an outage retry
-   * now rather than at the end of their (possibly long) backoff; the ramp still spreads them out.
+   * A socket opened: Signal is reachable. Those waiting in backoff after an outage retry now rather than at the end
+   * of their (possibly long) backoff; the ramp still spreads them out.
    */
   private recovered(): void {
     const now = this.clock.now();

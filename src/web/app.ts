@@ -1,8 +1,10 @@
 import helmet from '@fastify/helmet';
 import rateLimit from '@fastify/rate-limit';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import { LRUCache } from 'lru-cache';
 import { linkUrl, qrSvg } from '../link.js';
 import type { Logger } from '../log.js';
+import type { HttpMetrics } from '../metrics.js';
 import type { Registrations } from '../registrations.js';
 import { HOME_HASHES, renderHome } from './home.js';
 
@@ -29,7 +31,33 @@ export interface WebDeps {
   rateLimitPerMinute: number;
   /** Health and metrics on this listener; undefined when a separate listener serves them. */
   ops: Ops | undefined;
+  /** Counts every answered request (`rocket_http_requests_*`), wherever /metrics is served. */
+  httpMetrics?: HttpMetrics;
+  /** Bounds on clients (tests shorten them). */
+  limits?: ClientLimits;
 }
+
+/** What one client may hold: slow or many clients cannot pile up. */
+export interface ClientLimits {
+  /** A request's headers and body must arrive within this. */
+  requestTimeoutMs: number;
+  /** A connection with nothing going on is closed after this. */
+  idleTimeoutMs: number;
+  /** Connections open at once; more are refused. */
+  maxConnections: number;
+  /** How often Node looks for requests over their time. */
+  checkIntervalMs: number;
+}
+
+export const CLIENT_LIMITS: ClientLimits = { requestTimeoutMs: 10_000, idleTimeoutMs: 30_000, maxConnections: 1024, checkIntervalMs: 1_000 };
+
+/** A host name or IP literal with an optional port, as a Host header must be; anything else is refused (400). */
+const HOST_HEADER = /^(?:[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*\.?|\[[0-9a-f:.]+\])(?::\d{1,5})?$/i;
+const MAX_HOST_LENGTH = 261; // 253 for the name, a port
+/** Far more than a real link needs, and a QR code that stays cheap to draw and easy to scan. */
+const MAX_LINK_LENGTH = 1_000;
+export const isValidHost = (host: string | undefined): boolean =>
+  host === undefined || (host.length <= MAX_HOST_LENGTH && HOST_HEADER.test(host));
 
 type Headers = Record<string, string | string[] | undefined>;
 
@@ -82,8 +110,11 @@ const registrationSchema = {
 /** Registrations are a few hundred bytes. */
 const BODY_LIMIT = 8 * 1024;
 
-function baseApp(log: Logger, trustProxy: boolean): FastifyInstance {
+function baseApp(log: Logger, trustProxy: boolean, httpMetrics: HttpMetrics | undefined, limits = CLIENT_LIMITS): FastifyInstance {
   const app = Fastify({
+    requestTimeout: limits.requestTimeoutMs,
+    connectionTimeout: limits.idleTimeoutMs,
+    http: { headersTimeout: limits.requestTimeoutMs, requestTimeout: limits.requestTimeoutMs, connectionsCheckingInterval: limits.checkIntervalMs },
     loggerInstance: log as FastifyBaseLogger,
     // Request lines only with -v: health checks would otherwise fill the log.
     logController: new LogController({ disableRequestLogging: () => !log.isLevelEnabled('debug') }),
@@ -91,11 +122,19 @@ function baseApp(log: Logger, trustProxy: boolean): FastifyInstance {
     trustProxy,
     ajv: { customOptions: { coerceTypes: false } },
   });
+  app.server.maxConnections = limits.maxConnections;
   app.setErrorHandler((err: { statusCode?: number; message: string }, req, reply) => {
     const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
-    if (status === 500) req.log.error({ err: err.message }, 'request failed');
+    if (status === 500) req.log.error({ err }, 'request failed');
     void reply.status(status).send({ error: status === 500 ? 'internal error' : err.message });
   });
+  if (httpMetrics) {
+    app.addHook('onResponse', async (req, reply) => {
+      // As rocket_prometheus: labelled with the route's path, and a request that matched no route is not counted.
+      const route = req.routeOptions.url;
+      if (route !== undefined) httpMetrics.requestDone(route, req.method, reply.statusCode, reply.elapsedTime / 1000);
+    });
+  }
   return app;
 }
 
@@ -114,14 +153,14 @@ function addOpsRoutes(app: FastifyInstance, ops: Ops): void {
 }
 
 /** A listener with only /health and /metrics (`metrics_port`), for operators who keep them private. */
-export function buildOpsApp(ops: Ops, log: Logger): FastifyInstance {
-  const app = baseApp(log, false);
+export function buildOpsApp(ops: Ops, log: Logger, httpMetrics?: HttpMetrics, limits?: ClientLimits): FastifyInstance {
+  const app = baseApp(log, false, httpMetrics, limits);
   addOpsRoutes(app, ops);
   return app;
 }
 
 export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
-  const app = baseApp(deps.log, deps.trustProxy);
+  const app = baseApp(deps.log, deps.trustProxy, deps.httpMetrics, deps.limits);
   await app.register(helmet, {
     contentSecurityPolicy: {
       useDefaults: false,
@@ -146,12 +185,26 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
   app.get('/discover', async () => discovery);
   app.get('/favicon.ico', async (_req, reply) => reply.code(204).send()); // browsers ask for it on every visit
 
+  // A page (and its QR code, the costly part) is made once per link: the links a server shows are few.
+  const pages = new LRUCache<string, string>({ max: 64 });
   app.get<{ Querystring: Record<string, string> }>('/', async (req, reply) => {
     if (req.headers['user-agent']?.includes('Signal-Android')) return discovery;
+    const hosts = [req.headers.host, ...(deps.trustProxy ? [req.headers['x-forwarded-host']] : [])].map(first);
+    if (!hosts.every(isValidHost)) return reply.status(400).send({ error: 'the Host header is not a host name' });
     const airgapped = 'airgapped' in req.query;
-    const url = airgapped ? undefined : serverUrl(req, deps);
+    let url: string | undefined;
+    try {
+      url = airgapped ? undefined : serverUrl(req, deps);
+    } catch {
+      return reply.status(400).send({ error: 'a proxy header does not make a URL' });
+    }
     const link = linkUrl(deps.vapidPublicKey, url === undefined ? { type: 'airgapped' } : { type: 'webserver', url });
-    const page = renderHome({ mode: airgapped ? 'airgapped' : 'webserver', link, linkUrl: url, qrSvg: await qrSvg(link), version: deps.version });
+    if (link.length > MAX_LINK_LENGTH) return reply.status(400).send({ error: 'the request path is too long for a link' });
+    let page = pages.get(link);
+    if (page === undefined) {
+      page = renderHome({ mode: airgapped ? 'airgapped' : 'webserver', link, linkUrl: url, qrSvg: await qrSvg(link), version: deps.version });
+      pages.set(link, page);
+    }
     return reply.type('text/html; charset=utf-8').header('Cache-Control', 'no-store').send(page);
   });
 
