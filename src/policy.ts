@@ -72,7 +72,8 @@ export function checkEndpoint(endpoint: string, allowed: readonly string[]): End
   }
   if (url.protocol !== 'https:' && url.protocol !== 'http:') return { allowed: false, reason: 'not http or https' };
   for (const entry of allowed) {
-    if (entry !== '*' && sameOrigin(new URL(entry), url)) return { allowed: true, explicit: true, url };
+    // An entry that is not a URL never matches (the configuration warned about it), as in MollySocket.
+    if (entry !== '*' && URL.canParse(entry) && sameOrigin(new URL(entry), url)) return { allowed: true, explicit: true, url };
   }
   if (allowed.includes('*')) return { allowed: true, explicit: false, url };
   return { allowed: false, reason: 'not in allowed_endpoints' };
