@@ -39,11 +39,11 @@ export function loadFor(cmd: Command): LoadedConfig {
   return loaded;
 }
 
-/** For the server: the configuration, and a logger at the -v level that also carries the warnings. */
+/** For the server: the configuration, and a logger at the -v level, in the configured format, that carries the warnings. */
 export function loadForServer(cmd: Command): { loaded: LoadedConfig; log: Logger } {
   const opts = globals(cmd);
-  const log = createLogger(opts.verbose);
   const loaded = loadConfig({ ...(opts.config !== undefined && { file: opts.config }) });
+  const log = createLogger({ verbosity: opts.verbose, format: loaded.config.log_format });
   for (const warning of loaded.warnings) log.warn(warning);
   return { loaded, log };
 }

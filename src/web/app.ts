@@ -82,9 +82,23 @@ const registrationSchema = {
 /** Registrations are a few hundred bytes. */
 const BODY_LIMIT = 8 * 1024;
 
+/**
+ * Our logger without Fastify's own "Server listening at" lines (one per network interface on 0.0.0.0): the server
+ * says once where it listens.
+ */
+function fastifyLogger(log: Logger): FastifyBaseLogger {
+  const logger = log.child({});
+  const info = logger.info.bind(logger) as (...args: unknown[]) => void;
+  logger.info = ((...args: unknown[]) => {
+    if (typeof args[0] === 'string' && args[0].startsWith('Server listening at ')) return;
+    info(...args);
+  }) as Logger['info'];
+  return logger as FastifyBaseLogger;
+}
+
 function baseApp(log: Logger, trustProxy: boolean): FastifyInstance {
   const app = Fastify({
-    loggerInstance: log as FastifyBaseLogger,
+    loggerInstance: fastifyLogger(log),
     // Request lines only with -v: health checks would otherwise fill the log.
     logController: new LogController({ disableRequestLogging: () => !log.isLevelEnabled('debug') }),
     bodyLimit: BODY_LIMIT,
