@@ -5,14 +5,17 @@ import { BlockList, isIP } from 'node:net';
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
+export const isUuid = (uuid: string): boolean => UUID_RE.test(uuid);
+
 export function isUuidAllowed(uuid: string, allowed: readonly string[]): boolean {
-  if (!UUID_RE.test(uuid)) return false;
+  if (!isUuid(uuid)) return false;
   return allowed.some((a) => a === '*' || a.toLowerCase() === uuid.toLowerCase());
 }
 
 /** Why a uuid may not register, for the command line; undefined when it may. */
 export function uuidRefusal(uuid: string, allowed: readonly string[]): string | undefined {
   if (isUuidAllowed(uuid, allowed)) return undefined;
+  if (!isUuid(uuid)) return `uuid ${uuid} is not a UUID: give the account UUID Molly shows, like 6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e`;
   return `uuid ${uuid} is not allowed: it must be an account UUID allowed by allowed_uuids (${JSON.stringify(allowed)})`;
 }
 

@@ -76,11 +76,20 @@ export interface RunningServer {
 /** Assembles store, pusher, supervisor and web server, and starts them. */
 export async function startServer(config: Config, log: Logger, opts: ServerOptions = {}): Promise<RunningServer> {
   log.debug({ config: redactedConfig(config) }, 'configuration');
-  const store = Store.open(config.db);
+  const store = Store.open(config.db, 'create');
+  if (store.migratedFrom) {
+    log.warn({ db: config.db, backup: store.migratedFrom.backup }, "migrated MollySocket's database to this version's schema, after keeping a copy of it as it was");
+  }
   const key = resolveVapidKey(config, { generate: true });
   if (key.source === 'generated') {
     log.info({ file: key.path }, 'generated a VAPID key and kept it next to the database: back this file up with it');
   }
+  const previousKey = store.recordedVapidKey();
+  if (previousKey !== undefined && previousKey !== key.publicKey) {
+    log.warn({ was: previousKey, now: key.publicKey, source: key.source }, 'the VAPID key differs from the one this server used before: every Molly must scan the new QR code');
+  }
+  // The CLI compares its own key with this one, so that it never shows a QR code the server does not sign for.
+  store.recordVapidKey(key.publicKey);
   const { policy, client } = pushStack(config, key.privateKey, opts.resolver);
   const metrics = new Metrics(() => supervisor.counts());
 

@@ -36,7 +36,7 @@ function mollySocketDb(path: string, endpoint: string): void {
   const db = new Database(path);
   db.exec(`CREATE TABLE connections(uuid TEXT UNIQUE ON CONFLICT REPLACE, device_id INTEGER, password TEXT,
     endpoint TEXT, forbidden BOOLEAN NOT NULL CHECK (forbidden IN (0, 1)), last_registration INTEGER)`);
-  db.pragma('user_version = 1');
+  db.pragma('user_version = 0'); // MollySocket never sets it
   db.prepare('INSERT INTO connections VALUES (?, ?, ?, ?, ?, ?)').run(UUID, 3, PASSWORD, endpoint, 0, 1700000000);
   db.prepare('INSERT INTO connections VALUES (?, ?, ?, ?, ?, ?)').run(UUID2, 1, 'pw2', endpoint, 1, 0);
   db.close();
