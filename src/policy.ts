@@ -1,7 +1,7 @@
 import { lookup } from 'node:dns/promises';
 import { BlockList, isIP } from 'node:net';
 
-/** Who may register, and which UnifiedPush endpoints may be pushed to, at which address (PROTOCOL.md section 5). */
+/** Who may register, and which UnifiedPush endpoints may be pushed to, at which address (docs/protocol.md section 5). */
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 

@@ -37,7 +37,7 @@ export const ENDPOINT_GONE = 'endpoint_gone';
 
 const nothing = (status: RegistrationStatus): Decision => ({ status, action: 'none', testPush: false });
 
-/** The registration decision table of PROTOCOL.md section 1; first match wins. Pure. */
+/** The registration decision table of docs/protocol.md section 1; first match wins. Pure. */
 export function decide(
   req: RegistrationRequest,
   checks: { uuidAllowed: boolean; endpointAllowed: boolean },

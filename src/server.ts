@@ -29,7 +29,7 @@ function signalCa(config: Config): Buffer[] {
   return ['signal.pem', 'signal-ed25519.pem'].map((f) => readFileSync(join(packageRoot, 'certs', f)));
 }
 
-/** Protocol timings (PROTOCOL.md section 2) and the parts of the supervisor's behaviour set by the config. */
+/** Protocol timings (docs/protocol.md section 2) and the parts of the supervisor's behaviour set by the config. */
 export function supervisorOptions(config: Config): SupervisorOptions {
   return {
     link: {

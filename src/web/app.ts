@@ -39,7 +39,7 @@ const first = (value: string | string[] | undefined): string | undefined => {
 };
 
 /**
- * The server URL Molly must store (PROTOCOL.md section 1): the `url` setting; else, with trust_proxy,
+ * The server URL Molly must store (docs/protocol.md section 1): the `url` setting; else, with trust_proxy,
  * X-Forwarded-Proto/Host/Prefix; else https, the Host header, and the path of X-Original-URL as MollySocket does.
  * Pure.
  */

@@ -14,7 +14,7 @@ const haveChromium = existsSync(CHROMIUM);
 if (!haveChromium && process.env.CI) throw new Error(`the browser test needs Chromium at ${CHROMIUM}: apt-get install chromium`);
 if (!haveChromium) console.warn(`browser test skipped: no Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`);
 
-/** Molly's acceptance rules for a scanned link (PROTOCOL.md section 1). */
+/** Molly's acceptance rules for a scanned link (docs/protocol.md section 1). */
 function mollyAccepts(text: string): { ok: boolean; url?: URL } {
   const link = new URL(text);
   if (link.protocol !== 'mollysocket:' || link.host !== 'link') return { ok: false };

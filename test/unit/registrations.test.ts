@@ -28,7 +28,7 @@ const stored = (over: Partial<Connection> = {}): Connection => ({
 });
 const allowed = { uuidAllowed: true, endpointAllowed: true };
 
-describe('registration decision table (PROTOCOL.md section 1)', () => {
+describe('registration decision table (docs/protocol.md section 1)', () => {
   it('row 1: uuid not allowed -> invalid_uuid, nothing stored', () => {
     expect(decide(req, { uuidAllowed: false, endpointAllowed: true }, undefined)).toEqual({ status: 'invalid_uuid', action: 'none', testPush: false });
   });
