@@ -124,7 +124,7 @@ export function registerConnection(program: Command): void {
 
   onConnections('ping', 'send a test push to the endpoints of an account').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
       const loaded = loadFor(cmd);
-      const { conns, key } = await withStore(loaded, 'read', (store) => ({ conns: selected(store, uuid, deviceId), key: vapidKey(loaded, store) }));
+      const { conns, key } = await withStore(loaded, 'read', (store) => ({ key: vapidKey(loaded, store), conns: selected(store, uuid, deviceId) }));
       if (!(await ping(loaded.config, key, conns))) throw new FailureError('a test push was not delivered');
     });
 
