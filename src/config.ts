@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { closest, distance } from 'fastest-levenshtein';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { parseEnvValue, type EnvValue } from './envValue.js';
+import { isProxyAddressEntry } from './addresses.js';
 
 /**
  * Configuration: built-in defaults < TOML file < MOLLY_* environment variables.
@@ -15,15 +16,19 @@ export const SIGNAL_URLS = {
   staging: 'wss://chat.staging.signal.org/v1/websocket/',
 } as const;
 
-/** Signal's servers refuse clients they consider too old; MollySocket sends an agent shaped like Signal-Android's. */
-export const DEFAULT_USER_AGENT = 'Signal-Android/7.60.0 Android/34';
+/**
+ * Signal's servers refuse clients they consider too old (499). The same agent as MollySocket 1.7.1 sends: never
+ * older than it, or this relay would be refused before MollySocket is.
+ */
+export const DEFAULT_USER_AGENT = 'Signal-Android/8.3.4 Android/36';
 
 export interface Config {
   host: string;
   port: number;
   webserver: boolean;
   url: string | undefined;
-  trust_proxy: boolean;
+  /** false; true (one hop: the nearest proxy); a number of hops; or the proxies' addresses and ranges. */
+  trust_proxy: boolean | number | readonly string[];
   registration_rate_limit: number;
   metrics_host: string;
   metrics_port: number | undefined;
@@ -52,7 +57,9 @@ type Kind =
   /** Matched without regard to case (MollySocket spells `Production`), kept in lower case. */
   | { type: 'enum'; values: readonly string[] }
   /** `ignore`: why an entry can never match; such an entry is a warning, not an error (MollySocket ignores it). */
-  | { type: 'list'; ignore?: (v: string) => string | undefined };
+  | { type: 'list'; ignore?: (v: string) => string | undefined }
+  /** trust_proxy: a boolean, a number of hops, or a list of addresses. */
+  | { type: 'proxies' };
 
 interface KeySpec {
   kind: Kind;
@@ -99,14 +106,18 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
     doc: 'New: the public https URL of this server, for the QR code (reverse proxies on a sub-path). Unset: taken from the request.',
   },
   trust_proxy: {
-    kind: { type: 'bool' },
+    kind: { type: 'proxies' },
     default: false,
-    doc: 'New: believe X-Forwarded-Proto/Host/Prefix/For from a reverse proxy (only when one is in front).',
+    doc:
+      'New: believe X-Forwarded-For/Proto/Host/Prefix from reverse proxies: true trusts one hop (the nearest proxy), ' +
+      'a number that many hops, a list the proxies\' addresses or ranges (["127.0.0.1", "10.0.0.0/8"]); only when one is in front.',
   },
   registration_rate_limit: {
     kind: { type: 'int', min: 0, max: 1_000_000 },
     default: 120,
-    doc: 'New: registrations per minute per client address (0: no limit). Molly registers on every app unlock.',
+    doc:
+      'New: registrations per minute per client address (0: no limit). Molly registers on every app unlock. Without ' +
+      'trust_proxy, clients at loopback or private addresses (a reverse proxy) are not limited.',
   },
   metrics_host: {
     kind: { type: 'string' },
@@ -117,7 +128,9 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
     kind: { type: 'int', min: 0, max: 65535 },
     default: undefined,
     example: 9090,
-    doc: 'New: serve /health and /metrics on this port only (and not on the public one). Unset: on the web server.',
+    doc:
+      'New: serve /health and /metrics on this port only, to keep them private. Unset: they are public on the web ' +
+      'port, as in MollySocket (counts only, never an account).',
   },
   vapid_privkey: {
     kind: { type: 'string', check: checkVapidKey },
@@ -261,6 +274,8 @@ function fromEnv(kind: Kind, text: string, value: EnvValue): unknown {
     case 'string':
     case 'enum':
       return typeof value === 'number' ? text.trim() : value;
+    case 'proxies':
+      return typeof value === 'string' ? value.split(',').map((s) => s.trim()) : value;
     case 'list': {
       if (typeof value === 'string') return value === '' ? [] : value.split(',').map((s) => s.trim());
       return Array.isArray(value) ? value.map((v) => (typeof v === 'number' ? String(v) : v)) : value;
@@ -270,9 +285,12 @@ function fromEnv(kind: Kind, text: string, value: EnvValue): unknown {
   }
 }
 
-function validate(key: ConfigKey, kind: Kind, value: unknown, source: Source, warnings: string[]): unknown {
+function validate(key: ConfigKey, spec: KeySpec, value: unknown, source: Source, warnings: string[]): unknown {
+  const kind = spec.kind;
+  // A secret's value is never repeated: the error goes to the journal or `docker logs`.
+  const got = !spec.secret ? JSON.stringify(value) : typeof value === 'string' ? `${value.length} characters` : `a ${typeof value}`;
   const fail = (what: string): never => {
-    throw new ConfigError(`config key "${key}" ${what} (got ${JSON.stringify(value)} from ${describeSource(source)})`);
+    throw new ConfigError(`config key "${key}" ${what} (got ${got} from ${describeSource(source)})`);
   };
   switch (kind.type) {
     case 'string': {
@@ -290,6 +308,17 @@ function validate(key: ConfigKey, kind: Kind, value: unknown, source: Source, wa
     case 'enum': {
       const known = typeof value === 'string' ? kind.values.find((v) => v === value.toLowerCase()) : undefined;
       return known ?? fail(`must be one of ${kind.values.join(', ')}`);
+    }
+    case 'proxies': {
+      if (typeof value === 'boolean') return value;
+      if (typeof value === 'number') {
+        return Number.isInteger(value) && value >= 0 && value <= 100 ? value : fail('must be a number of hops from 0 to 100');
+      }
+      const list = typeof value === 'string' ? [value] : value;
+      if (!Array.isArray(list) || !list.every((v) => typeof v === 'string' && isProxyAddressEntry(v))) {
+        return fail('must be true, false, a number of hops, or a list of IP addresses or CIDR ranges, like ["127.0.0.1"]');
+      }
+      return Object.freeze([...(list as string[])]);
     }
     case 'list': {
       // MollySocket users write `allowed_uuids = "*"` as often as `["*"]`.
@@ -350,7 +379,7 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
   for (const [key, spec] of Object.entries(CONFIG_KEYS) as [ConfigKey, KeySpec][]) {
     const given = raw[key];
     sources[key] = given?.source ?? 'default';
-    config[key] = given === undefined ? spec.default : validate(key, spec.kind, given.value, given.source, warnings);
+    config[key] = given === undefined ? spec.default : validate(key, spec, given.value, given.source, warnings);
   }
 
   return {

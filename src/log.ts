@@ -27,15 +27,22 @@ export function logLevel(verbosity: number, env: NodeJS.ProcessEnv = process.env
   return candidates.length === 0 ? 'error' : candidates.reduce((a, b) => (LEVELS.indexOf(a) >= LEVELS.indexOf(b) ? a : b));
 }
 
+/**
+ * Secrets never logged: the code logs neither, and these paths are the backstop should an object carrying one be
+ * logged whole by mistake.
+ */
+export const REDACTED_PATHS = ['password', '*.password', 'vapid_privkey', '*.vapid_privkey', 'privateKey', '*.privateKey'];
+
 export type LogFormat = 'text' | 'json';
 
 /**
- * Logs go to stderr, one line per event, so that stdout stays for command output. Text (the default, as MollySocket's
- * logs read in journalctl or `docker compose logs`): time, level, message and fields on one line, coloured only on a
- * terminal. JSON: one object per line. Written synchronously, so nothing is lost when the process exits.
+ * Logs go to stderr, one line per event, so that stdout stays for command output; errors go under `err` (pino's
+ * serializer keeps the cause). Text (the default, as MollySocket's logs read in journalctl or `docker compose
+ * logs`): time, level, message and fields on one line, coloured only on a terminal. JSON: one object per line.
+ * Written synchronously, so nothing is lost when the process exits.
  */
 export function createLogger(opts: { verbosity: number; format: LogFormat }): Logger {
-  const options = { level: logLevel(opts.verbosity), base: undefined };
+  const options = { level: logLevel(opts.verbosity), base: undefined, redact: { paths: REDACTED_PATHS, censor: '(redacted)' } };
   if (opts.format === 'json') return pino(options, pino.destination({ fd: 2, sync: true }));
   const pretty = prettyFactory({
     colorize: process.stderr.isTTY === true,

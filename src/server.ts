@@ -1,20 +1,22 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { redactedConfig, signalUrl, type Config } from './config.js';
 import { HEARTBEAT_MS } from './heartbeat.js';
 import { linkUrl, qrTerminal } from './link.js';
-import type { Clock } from './clock.js';
+import { systemClock, type Clock } from './clock.js';
 import type { Logger } from './log.js';
 import { packageRoot, version } from './paths.js';
 import { Metrics } from './metrics.js';
 import { isUuidAllowed, type Resolver } from './policy.js';
 import { Notifier } from './push/notifier.js';
 import { pushStack } from './push/setup.js';
-import { resolveVapidKey } from './push/vapid.js';
+import { keptKeyPath, resolveVapidKey } from './push/vapid.js';
 import { ENDPOINT_GONE, Registrations } from './registrations.js';
+import { askSignal } from './signal/link.js';
 import { Supervisor, type SupervisorOptions } from './signal/supervisor.js';
-import { Store } from './store.js';
+import { Store, StoreError, type Connection } from './store.js';
+import { StoreWrites } from './store-writes.js';
 import { buildApp, buildOpsApp, type Ops } from './web/app.js';
 
 /** CA certificates for the Signal websocket: signal_ca_file, else Signal's own two roots. */
@@ -46,11 +48,37 @@ export function supervisorOptions(config: Config): SupervisorOptions {
     storePollMs: 2_000,
     deliveryCheckIntervalMs: 3600_000,
     keepaliveTickMs: 1_000,
+    // A week: the old Molly's re-registrations still get a cheap `forbidden` (no question to Signal), and
+    // `connection list` shows why it stopped, through a week away from the phone; then the row goes.
+    leftBehindKeptMs: 7 * 24 * 3600_000,
+    leftBehindSweepMs: 3600_000,
+    recoveryIntervalMs: 1_000,
   };
 }
 
+/**
+ * How long Signal gets to accept new credentials during a registration (Molly waits for the answer), before the
+ * registration answers internal_error and Molly tries again later.
+ */
+const ASK_SIGNAL_TIMEOUT_MS = 5_000;
+
 /** Time that pushes under way get to finish at shutdown. */
 const PUSH_DRAIN_MS = 2_000;
+/** How long one statement of the server may wait, blocking, for another process's lock; beyond it writes are retried. */
+const SERVER_BUSY_TIMEOUT_MS = 5;
+
+/**
+ * A server ran here before (its kept VAPID key is beside the database) but the database is gone: starting would
+ * silently create an empty one, and every registration would be lost for good.
+ */
+function refuseVanishedDatabase(config: Config): void {
+  const key = keptKeyPath(config);
+  if (existsSync(config.db) || !existsSync(key)) return;
+  throw new StoreError(
+    `the database ${config.db} (setting "db") is missing, but the VAPID key kept beside it (${key}) shows that a server ` +
+      `ran here: restore the database from your backup, or create an empty one on purpose with \`touch ${config.db}\``,
+  );
+}
 
 
 export interface ServerOptions {
@@ -73,13 +101,26 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/** Sends the wake-ups the last run could not deliver before it stopped, to connections still wanting them. */
+function wakeOwed(owed: { uuid: string; deviceId: number }[], store: Store, notifier: Notifier, log: Logger): void {
+  const wanted = owed.map((k) => store.get(k)).filter((c): c is Connection => c !== undefined && !c.forbidden);
+  if (wanted.length === 0) return;
+  log.info({ count: wanted.length }, 'sending the wake-ups owed since the last shutdown');
+  for (const conn of wanted) notifier.urgent(conn);
+}
+
 /** Assembles store, pusher, supervisor and web server, and starts them. */
 export async function startServer(config: Config, log: Logger, opts: ServerOptions = {}): Promise<RunningServer> {
   log.debug({ config: redactedConfig(config) }, 'configuration');
-  const store = Store.open(config.db, 'create');
+  refuseVanishedDatabase(config);
+  const store = Store.open(config.db, { busyTimeoutMs: SERVER_BUSY_TIMEOUT_MS });
   if (store.migratedFrom) {
     log.warn({ db: config.db, backup: store.migratedFrom.backup }, "migrated MollySocket's database to this version's schema, after keeping a copy of it as it was");
   }
+  const writes = new StoreWrites(log, opts.clock ? { clock: opts.clock } : {});
+  // A clean shutdown removes the heartbeat: one left behind means the last run ended without one.
+  const unclean = store.heartbeat() !== undefined;
+  const owed = store.takeOwedWakeups();
   const key = resolveVapidKey(config, { generate: true });
   if (key.source === 'generated') {
     log.info({ file: key.path }, 'generated a VAPID key and kept it next to the database: back this file up with it');
@@ -99,8 +140,15 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     log,
     onUrgent: (c) => notifier.urgent(c),
     onDeliveryCheck: (c) => notifier.deliveryCheck(c),
+    onChanged: (c) => (c.forbidden ? notifier.forget(c) : notifier.update(c)),
+    onRemoved: (k) => notifier.forget(k),
+    writes,
     metrics,
     ...(opts.clock && { clock: opts.clock }),
+  });
+  metrics.watchLoad(() => {
+    const pushes = client.load();
+    return { pushesInFlight: pushes.inFlight, pushesQueued: pushes.queued, connectQueue: supervisor.connectQueue };
   });
   const notifier = new Notifier(
     {
@@ -112,7 +160,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       client,
       log,
       metrics,
-      onGone: (c) => supervisor.forbid(c, ENDPOINT_GONE),
+      onGone: (c) => supervisor.forbid(c, ENDPOINT_GONE, { endpoint: c.endpoint }),
       isActive: (c) => supervisor.wantsPushes(c),
       ...(opts.clock && { clock: opts.clock }),
     },
@@ -124,14 +172,17 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       checkEndpoint: (endpoint) => policy.check(endpoint),
       connectionChanged: (conn) => supervisor.sync(conn),
       sendTestPush: (conn) => notifier.test(conn),
+      askSignal: (creds) =>
+        askSignal(creds, { ...options.link, connectTimeoutMs: ASK_SIGNAL_TIMEOUT_MS, clock: opts.clock ?? systemClock, log }),
     },
     log,
+    { writes },
   );
 
   const ops: Ops = {
     version,
     counts: () => supervisor.counts(),
-    storeHealthy: () => store.healthy(),
+    storeHealthy: () => store.healthy() && writes.failing() === undefined,
     metrics: () => metrics.registry.metrics(),
     metricsContentType: metrics.registry.contentType,
   };
@@ -139,7 +190,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   let url: string | undefined;
   let opsUrl: string | undefined;
   if (config.metrics_port !== undefined) {
-    const opsApp = buildOpsApp(ops, log);
+    const opsApp = buildOpsApp(ops, log, metrics);
     listeners.push(opsApp);
     opsUrl = await opsApp.listen({ host: config.metrics_host, port: config.metrics_port });
     log.info({ url: opsUrl }, 'health and metrics listening');
@@ -154,6 +205,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       trustProxy: config.trust_proxy,
       rateLimitPerMinute: config.registration_rate_limit,
       ops: config.metrics_port === undefined ? ops : undefined,
+      httpMetrics: metrics,
     });
     listeners.push(app);
     url = await app.listen({ host: config.host, port: config.port });
@@ -168,19 +220,22 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     // Raw on stderr: inside a JSON log line the code's line breaks would be escaped and it could not be scanned.
     process.stderr.write(`\n${await qrTerminal(link)}\n${link}\n\n`);
   }
-  supervisor.start();
+  if (unclean) {
+    log.warn('the last run did not end cleanly: each connection gets one wake-up once connected, for messages it may have acknowledged without pushing');
+  }
+  supervisor.start({ wakeAfterConnect: unclean });
+  wakeOwed(owed, store, notifier, log);
   const startedAt = Date.now();
   let published = -1;
+  // Through the write queue: a locked or failing database never holds up the sockets; only the latest state matters.
   const publish = (): void => {
-    try {
-      if (supervisor.revision !== published) {
-        published = supervisor.revision;
-        store.publishStates(supervisor.statuses());
-      }
-      store.beat({ pid: process.pid, version, startedAt, seenAt: Date.now() });
-    } catch (err) {
-      log.error({ err: (err as Error).message }, 'cannot write the heartbeat to the store');
+    const revision = supervisor.revision;
+    if (revision !== published) {
+      const states = supervisor.statuses();
+      writes.later('states', () => store.publishStates(states), () => (published = revision));
     }
+    const beat = { pid: process.pid, version, startedAt, seenAt: Date.now() };
+    writes.later('heartbeat', () => store.beat(beat));
   };
   publish();
   const heartbeat = setInterval(publish, HEARTBEAT_MS);
@@ -195,13 +250,19 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     async close() {
       await Promise.all(listeners.map((l) => l.close()));
       await supervisor.stop();
-      await notifier.drain(PUSH_DRAIN_MS);
+      const stillOwed = await notifier.drain(PUSH_DRAIN_MS);
       client.close();
       clearInterval(heartbeat);
+      const unwritten = writes.close();
+      if (unwritten > 0) log.error({ count: unwritten }, 'store writes still failing at shutdown are lost');
       try {
-        store.clearLive();
+        store.keepOwedWakeups(stillOwed);
+        if (stillOwed.length > 0) {
+          log.warn({ count: stillOwed.length }, 'wake-ups not delivered before shutdown: kept in the store, sent at the next start');
+        }
+        store.clearLive(); // a clean shutdown
       } catch (err) {
-        log.debug({ err: (err as Error).message }, 'cannot clear the heartbeat'); // the store is already gone
+        log.error({ err, owed: stillOwed.length }, 'cannot record the shutdown in the store: the next start treats it as unclean');
       }
       store.close();
     },

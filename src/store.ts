@@ -1,4 +1,4 @@
-import { closeSync, existsSync, linkSync, openSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, linkSync, openSync, rmSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
 
 /** One registered account device. Times are unix seconds, as in MollySocket's database. */
@@ -17,16 +17,26 @@ export interface Connection {
 }
 
 export type ConnectionKey = Pick<Connection, 'uuid' | 'deviceId'>;
+/** What a decision to forbid a connection was made for: the endpoint a push server gave up, or refused credentials. */
+export type ForbiddenFor = { endpoint: string } | { password: string };
 export const connectionKey = (c: ConnectionKey): string => `${c.uuid}.${c.deviceId}`;
 
 /**
  * Schema versions: 0 is MollySocket's (one row per uuid; it never sets user_version); 2 is ours (one row per account
- * device); 3 adds what the running server publishes for `status` and `health` (connection states, heartbeat); 4 the
- * VAPID public key the server signs with, so that the CLI can tell when its own key differs.
+ * device); 3 adds what the running server publishes for `status` and `health` (connection states, heartbeat); 4 keeps
+ * the wake-ups a stopping server still owed; 5 stores every uuid lower-case; 6 the VAPID public key the server signs
+ * with, so that the CLI can tell when its own key differs.
  */
-const SCHEMA_VERSION = 4;
+const SCHEMA_VERSION = 6;
 
-const CREATE_V4 = `CREATE TABLE server_info(name TEXT PRIMARY KEY, value TEXT NOT NULL)`;
+const CREATE_V4 = `
+  CREATE TABLE owed_wakeups(
+    uuid TEXT NOT NULL,
+    device_id INTEGER NOT NULL,
+    PRIMARY KEY (uuid, device_id)
+  )`;
+
+const CREATE_V6 = `CREATE TABLE server_info(name TEXT PRIMARY KEY, value TEXT NOT NULL)`;
 
 /**
  * MollySocket's rows in our columns (a table with its schema named `table`): for the migration and for reading its
@@ -153,6 +163,8 @@ export class Store {
   private constructor(
     private readonly db: Database.Database,
     readonly path: string,
+    /** The file opened, to notice when it is deleted or replaced under a running server. */
+    private readonly identity: { dev: number; ino: number },
   ) {}
 
   /** The path of the copy kept of MollySocket's file when it is migrated. */
@@ -160,13 +172,19 @@ export class Store {
     return `${path}.mollysocket.bak`;
   }
 
-  /** Opens the database as `mode` says (see OpenMode); a new file is created with mode 0600. */
-  static open(path: string, mode: OpenMode = 'create'): Store {
+  /**
+   * Opens the database as `mode` says (see OpenMode; `create` by default); a new file is created with mode 0600.
+   * `busyTimeoutMs` is how long a statement waits, blocking, for another process's lock: the CLI can wait; the server
+   * keeps it short and retries instead.
+   */
+  static open(path: string, opts: { mode?: OpenMode; busyTimeoutMs?: number } = {}): Store {
+    const mode = opts.mode ?? 'create';
     try {
       if (mode === 'create') closeSync(openSync(path, 'a', 0o600)); // created private; an existing file is kept
+      const { dev, ino } = statSync(path);
       const db = new Database(path, { readonly: mode === 'read', fileMustExist: true });
-      db.pragma('busy_timeout = 5000');
-      const store = new Store(db, path);
+      db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 5000}`);
+      const store = new Store(db, path, { dev, ino });
       if (mode === 'read') {
         store.readAsItIs();
         return store;
@@ -183,6 +201,7 @@ export class Store {
       throw new StoreError(
         `cannot open the database ${path} (setting "db"): ${e.code ?? ''} ${e.message}`.replace(/\s+/g, ' ').trim() +
           '; check that the directory exists and is writable by this user',
+        { cause: err },
       );
     }
   }
@@ -204,7 +223,11 @@ export class Store {
     if (!this.hasTable('connections')) {
       throw new StoreError(`${this.path} holds no connections table: it is not a MollySocket database (setting "db")`);
     }
-    if (version < 2) this.connections = `(SELECT *, 0 AS created_at, 0 AS updated_at FROM (${mollySocketRows('connections')}))`;
+    if (version < 2) {
+      // Lower-case uuids, as the migration stores them (schema 5).
+      this.connections = `(SELECT lower(uuid) AS uuid, device_id, password, endpoint, forbidden, forbidden_reason, forbidden_at,
+        last_registration, 0 AS created_at, 0 AS updated_at FROM (${mollySocketRows('connections')}))`;
+    }
   }
 
   /**
@@ -229,7 +252,9 @@ export class Store {
           this.migratedFrom = { backup };
         }
         if (current < 3) this.db.exec(CREATE_V3);
-        this.db.exec(CREATE_V4);
+        if (current < 4) this.db.exec(CREATE_V4);
+        if (current < 5) this.canonicalUuids();
+        if (current < 6) this.db.exec(CREATE_V6);
         this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
       })
       .immediate();
@@ -243,6 +268,7 @@ export class Store {
     if (existsSync(copy)) return;
     const mine = `${copy}.${process.pid}.tmp`;
     try {
+      closeSync(openSync(mine, 'wx', 0o600)); // it holds every password: as private as the database (SQLite fills an empty file)
       this.db.prepare('VACUUM INTO ?').run(mine);
       linkSync(mine, copy);
     } catch (err) {
@@ -265,6 +291,27 @@ export class Store {
       )
       .run({ now });
     this.db.exec('DROP TABLE connections_v1');
+  }
+
+  /**
+   * One spelling per uuid (lower case), so that one account device is one row and one socket. Rows that differ only in
+   * the case of their uuid are merged: the newest registration stays (then the newest change, then the one already
+   * lower-case), the others are dropped. What the server published is dropped too: it publishes again.
+   */
+  private canonicalUuids(): void {
+    this.db.exec(`
+      DELETE FROM connections WHERE rowid IN (
+        SELECT rowid FROM (
+          SELECT rowid, ROW_NUMBER() OVER (
+            PARTITION BY lower(uuid), device_id
+            ORDER BY last_registration DESC, updated_at DESC, uuid = lower(uuid) DESC, uuid
+          ) AS rank
+          FROM connections)
+        WHERE rank > 1);
+      UPDATE connections SET uuid = lower(uuid) WHERE uuid <> lower(uuid);
+      INSERT OR IGNORE INTO owed_wakeups SELECT lower(uuid), device_id FROM owed_wakeups WHERE uuid <> lower(uuid);
+      DELETE FROM owed_wakeups WHERE uuid <> lower(uuid);
+      DELETE FROM live_state;`);
   }
 
   get(key: ConnectionKey): Connection | undefined {
@@ -303,13 +350,28 @@ export class Store {
       .run(now, key.uuid, key.deviceId);
   }
 
-  setForbidden(key: ConnectionKey, reason: string, now: number): void {
-    this.db
+  /**
+   * Marks an enabled connection forbidden, compare-and-set on what the decision was made for: the endpoint that
+   * answered 404/410, or the password Signal refused. An answer about an endpoint or a password replaced meanwhile
+   * (Molly registered again) changes nothing, and neither does one for a connection already forbidden (its reason
+   * stays). Returns whether the connection changed.
+   */
+  setForbidden(key: ConnectionKey, reason: string, decidedFor: ForbiddenFor, now: number): boolean {
+    const changes = this.db
       .prepare(
-        `UPDATE connections SET forbidden = 1, forbidden_reason = ?, forbidden_at = ?, updated_at = ?
-         WHERE uuid = ? AND device_id = ?`,
+        `UPDATE connections SET forbidden = 1, forbidden_reason = @reason, forbidden_at = @now, updated_at = @now
+         WHERE uuid = @uuid AND device_id = @deviceId AND forbidden = 0
+           AND (@endpoint IS NULL OR endpoint = @endpoint) AND (@password IS NULL OR password = @password)`,
       )
-      .run(reason, now, now, key.uuid, key.deviceId);
+      .run({
+        reason,
+        now,
+        uuid: key.uuid,
+        deviceId: key.deviceId,
+        endpoint: 'endpoint' in decidedFor ? decidedFor.endpoint : null,
+        password: 'password' in decidedFor ? decidedFor.password : null,
+      }).changes;
+    return changes > 0;
   }
 
   /** Clears the forbidden flag: the server connects again. */
@@ -387,14 +449,40 @@ export class Store {
     return this.db.transaction(fn)();
   }
 
-  /** Whether the database file is still there and readable. */
+  /** Whether the database file is still the one opened (not deleted or replaced) and readable. */
   healthy(): boolean {
     try {
       this.db.prepare(`SELECT 1 FROM ${this.connections} LIMIT 1`).get();
-      return existsSync(this.path);
+      const { dev, ino } = statSync(this.path);
+      return dev === this.identity.dev && ino === this.identity.ino;
     } catch {
       return false;
     }
+  }
+
+  /** Throws when the file is no longer the one opened: what is written now would be lost with it. */
+  assertPresent(): void {
+    if (!this.healthy()) {
+      throw new StoreError(`the database ${this.path} was deleted or replaced while the server runs: restore it and restart`);
+    }
+  }
+
+  /** Keeps the connections a stopping server still owed a wake-up (replacing what was kept before). */
+  keepOwedWakeups(keys: ConnectionKey[]): void {
+    this.db.transaction(() => {
+      this.db.exec('DELETE FROM owed_wakeups');
+      const insert = this.db.prepare('INSERT OR IGNORE INTO owed_wakeups (uuid, device_id) VALUES (?, ?)');
+      for (const k of keys) insert.run(k.uuid, k.deviceId);
+    })();
+  }
+
+  /** The wake-ups owed since the last shutdown, forgotten as they are read. */
+  takeOwedWakeups(): ConnectionKey[] {
+    return this.db.transaction(() => {
+      const rows = this.db.prepare('SELECT uuid, device_id FROM owed_wakeups').all() as { uuid: string; device_id: number }[];
+      this.db.exec('DELETE FROM owed_wakeups');
+      return rows.map((r) => ({ uuid: r.uuid, deviceId: r.device_id }));
+    })();
   }
 
   /** Changes whenever another connection (the CLI) commits to the file. */

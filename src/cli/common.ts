@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { ConfigError, describeSource, loadConfig, type LoadedConfig } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
-import { isUuid } from '../policy.js';
+import { canonicalUuid, isUuid } from '../policy.js';
 import { keptKeyPath, resolveVapidKey, VapidKeyError, type ResolvedKey } from '../push/vapid.js';
 import { Store, StoreError, type OpenMode } from '../store.js';
 
@@ -75,7 +75,7 @@ export function openStore(loaded: LoadedConfig, mode: OpenMode): Store {
       `no database at ${resolve(db)} (${dbSetting(loaded)}): run this command where the server keeps its database, or point db, MOLLY_DB or -c at it`,
     );
   }
-  const store = Store.open(db, mode);
+  const store = Store.open(db, { mode });
   if (store.migratedFrom) warn(`migrated the MollySocket database ${db} to this version's schema; the file as it was is kept as ${store.migratedFrom.backup}`);
   return store;
 }
@@ -131,10 +131,10 @@ export function describeKeyInEffect(loaded: LoadedConfig): string {
   return `${key.publicKey} (${describeKey(key, loaded)})`;
 }
 
-/** Parses an account uuid argument. */
+/** Parses an account uuid argument, in the one spelling the store uses. */
 export function parseUuid(value: string): string {
   if (!isUuid(value)) throw new InvalidArgumentError('it is not a UUID: give the account UUID Molly shows, like 6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e');
-  return value;
+  return canonicalUuid(value);
 }
 
 /** Parses a device id argument: a whole number from 1. */

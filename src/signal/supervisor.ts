@@ -3,7 +3,9 @@ import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { shortUuid } from '../log.js';
-import { connectionKey, type Connection, type ConnectionKey, type Store } from '../store.js';
+import { leftBehind } from '../registrations.js';
+import { connectionKey, type Connection, type ConnectionKey, type ForbiddenFor, type Store } from '../store.js';
+import { StoreWrites } from '../store-writes.js';
 import { SignalLink, type LinkEnd, type LinkOptions } from './link.js';
 import { ConnectRamp, type RampOptions } from './ramp.js';
 
@@ -21,6 +23,12 @@ export interface SupervisorOptions {
   deliveryCheckIntervalMs: number;
   /** How often every open link is asked whether a keepalive is due (their precision). */
   keepaliveTickMs: number;
+  /** A forbidden connection whose account has a newer device connected is removed after this long. */
+  leftBehindKeptMs: number;
+  /** How often forbidden connections left behind are looked for. */
+  leftBehindSweepMs: number;
+  /** After an outage, once one socket opens again, the others waiting in backoff retry at once: at most this often. */
+  recoveryIntervalMs: number;
 }
 
 export interface SupervisorDeps {
@@ -30,6 +38,12 @@ export interface SupervisorDeps {
   onUrgent(conn: Connection): void;
   /** Close code 4409 (the device connected elsewhere): a push that tells whether the endpoint still exists. */
   onDeliveryCheck(conn: Connection): void;
+  /** A stored connection's endpoint, credentials or forbidden flag changed: whatever pushes for it must follow. */
+  onChanged?(conn: Connection): void;
+  /** A connection was removed: nothing may be pushed for it any more. */
+  onRemoved?(key: ConnectionKey): void;
+  /** Where store writes go without blocking (default: a queue of its own). */
+  writes?: StoreWrites;
   metrics?: Metrics;
   clock?: Clock;
   random?: () => number;
@@ -56,6 +70,10 @@ interface Entry {
   retryTimer: TimerHandle | undefined;
   attempt: number;
   openedAt: number | undefined;
+  /** Send one wake-up when the socket opens (the last run may have acked envelopes it never pushed). */
+  wakeOnOpen: boolean;
+  /** In backoff after a failure that ends with an outage (network, timeout, 5xx): retried early on recovery. */
+  outage: boolean;
 }
 
 /**
@@ -71,9 +89,14 @@ export class Supervisor {
   private readonly ramp: ConnectRamp;
   private pollTimer: TimerHandle | undefined;
   private tickTimer: TimerHandle | undefined;
+  private sweepTimer: TimerHandle | undefined;
   private seenVersion = 0;
   private stopping = false;
   private stateChanges = 0;
+  private lastRecovery = -Infinity;
+  private readonly writes: StoreWrites;
+  /** Forbidden here, not yet written to the store: the store's older row must not bring them back meanwhile. */
+  private readonly forbidding = new Map<string, Connection>();
 
   constructor(
     private readonly opts: SupervisorOptions,
@@ -82,14 +105,20 @@ export class Supervisor {
     this.clock = deps.clock ?? systemClock;
     this.random = deps.random ?? Math.random;
     this.ramp = new ConnectRamp(opts.ramp, this.clock);
+    this.writes = deps.writes ?? new StoreWrites(deps.log, { clock: this.clock });
   }
 
-  /** Starts every stored connection that is not forbidden, then follows the store. */
-  start(): void {
+  /**
+   * Starts every stored connection that is not forbidden, then follows the store. With `wakeAfterConnect`, each
+   * sends one wake-up once its socket opens (the last run did not end cleanly).
+   */
+  start(opts: { wakeAfterConnect?: boolean } = {}): void {
     this.seenVersion = this.deps.store.dataVersion();
     this.reconcile(this.deps.store.list());
+    if (opts.wakeAfterConnect) for (const entry of this.entries.values()) entry.wakeOnOpen = entry.state === 'connecting';
     this.schedulePoll();
     this.scheduleTick();
+    this.scheduleSweep();
   }
 
   /**
@@ -104,6 +133,7 @@ export class Supervisor {
       return;
     }
     const previous = entry ? this.halt(entry) : undefined;
+    if (entry) this.deps.onChanged?.(conn);
     const fresh: Entry = {
       conn,
       state: 'stopped',
@@ -115,6 +145,8 @@ export class Supervisor {
       retryTimer: undefined,
       attempt: 0,
       openedAt: undefined,
+      wakeOnOpen: false,
+      outage: false,
     };
     this.entries.set(key, fresh);
     if (conn.forbidden) {
@@ -122,7 +154,7 @@ export class Supervisor {
       return;
     }
     const reason = entry ? 'settings changed' : 'started';
-    if (previous) void previous.then(() => this.queueConnect(fresh, reason));
+    if (previous) this.after(previous, () => this.queueConnect(fresh, reason));
     else this.queueConnect(fresh, reason);
   }
 
@@ -130,16 +162,34 @@ export class Supervisor {
   remove(key: ConnectionKey): void {
     const entry = this.entries.get(connectionKey(key));
     if (!entry) return;
-    void this.halt(entry);
+    this.after(this.halt(entry), () => {});
     this.entries.delete(connectionKey(key));
     this.deliveryChecks.delete(connectionKey(key));
+    this.deps.onRemoved?.(key);
   }
 
-  /** Marks a connection forbidden (stored with its reason) and closes its socket. */
-  forbid(key: ConnectionKey, reason: string): void {
-    this.deps.store.setForbidden(key, reason, Math.floor(this.clock.now() / 1000));
-    const conn = this.deps.store.get(key);
-    if (conn) this.sync(conn);
+  /**
+   * Marks a connection forbidden and closes its socket at once, if it still has the endpoint or credentials the
+   * decision was made for: a late answer about replaced ones changes nothing. The store learns it without the caller
+   * waiting (retried while the store fails), compare-and-set too: another process may have replaced them meanwhile.
+   */
+  forbid(key: ConnectionKey, reason: string, decidedFor: ForbiddenFor): void {
+    const entry = this.entries.get(connectionKey(key));
+    if (!entry || entry.conn.forbidden) return;
+    if ('endpoint' in decidedFor ? entry.conn.endpoint !== decidedFor.endpoint : entry.conn.password !== decidedFor.password) {
+      this.deps.log.info({ uuid: shortUuid(key.uuid), device: key.deviceId, reason }, 'not forbidden: the answer was about replaced settings');
+      return;
+    }
+    const at = Math.floor(this.clock.now() / 1000);
+    const forbidden = { ...entry.conn, forbidden: true, forbiddenReason: reason, forbiddenAt: at };
+    const id = connectionKey(key);
+    this.forbidding.set(id, forbidden);
+    this.sync(forbidden);
+    this.writes.later(
+      `forbid:${id}`,
+      () => this.deps.store.setForbidden(key, reason, decidedFor, at), // unchanged if replaced: the next poll syncs that
+      () => this.forbidding.delete(id),
+    );
   }
 
   state(key: ConnectionKey): ConnectionState | undefined {
@@ -162,6 +212,11 @@ export class Supervisor {
     }));
   }
 
+  /** Connections waiting for the connect ramp. */
+  get connectQueue(): number {
+    return this.ramp.waiting;
+  }
+
   /** Grows with every state change: whoever publishes the states can tell whether anything changed. */
   get revision(): number {
     return this.stateChanges;
@@ -181,6 +236,7 @@ export class Supervisor {
     this.stopping = true;
     this.clock.clearTimeout(this.pollTimer);
     this.clock.clearTimeout(this.tickTimer);
+    this.clock.clearTimeout(this.sweepTimer);
     this.ramp.stop();
     await Promise.all([...this.entries.values()].map((e) => this.halt(e)));
   }
@@ -189,8 +245,11 @@ export class Supervisor {
   private reconcile(stored: Connection[]): void {
     const keys = new Set<string>();
     for (const conn of stored) {
-      keys.add(connectionKey(conn));
-      this.sync(conn);
+      const key = connectionKey(conn);
+      keys.add(key);
+      const forbidden = this.forbidding.get(key);
+      // Our forbid not yet written: the stored row is older, unless someone changed the credentials or endpoint since.
+      this.sync(forbidden && forbidden.password === conn.password && forbidden.endpoint === conn.endpoint ? forbidden : conn);
     }
     for (const entry of [...this.entries.values()]) if (!keys.has(connectionKey(entry.conn))) this.remove(entry.conn);
   }
@@ -204,7 +263,7 @@ export class Supervisor {
           this.reconcile(this.deps.store.list());
         }
       } catch (err) {
-        this.deps.log.error({ err: (err as Error).message }, 'cannot read the store for changes');
+        this.deps.log.error({ err }, 'cannot read the store for changes');
       }
       if (!this.stopping) this.schedulePoll();
     }, this.opts.storePollMs);
@@ -216,6 +275,32 @@ export class Supervisor {
       for (const entry of this.entries.values()) entry.link?.tick(now);
       if (!this.stopping) this.scheduleTick();
     }, this.opts.keepaliveTickMs);
+  }
+
+  private scheduleSweep(): void {
+    this.sweepTimer = this.clock.setTimeout(() => {
+      this.removeLeftBehind();
+      if (!this.stopping) this.scheduleSweep();
+    }, this.opts.leftBehindSweepMs);
+  }
+
+  /** Removes the forbidden connections a re-link left behind (see `leftBehind`), unless enabled meanwhile. */
+  private removeLeftBehind(): void {
+    try {
+      const now = Math.floor(this.clock.now() / 1000);
+      const keptSeconds = this.opts.leftBehindKeptMs / 1000;
+      for (const old of leftBehind(this.deps.store.list(), (k) => this.state(k) === 'connected', now, keptSeconds)) {
+        const removed = this.deps.store.transaction(() => this.deps.store.get(old)?.forbidden === true && this.deps.store.remove(old) > 0);
+        if (!removed) continue;
+        this.remove(old);
+        this.deps.log.info(
+          { uuid: shortUuid(old.uuid), device: old.deviceId, reason: old.forbiddenReason },
+          'removed a forbidden connection: a newer device of the account is connected',
+        );
+      }
+    } catch (err) {
+      this.deps.log.warn({ err: (err as Error).message }, 'cannot remove forbidden connections left behind now: tried again at the next sweep');
+    }
   }
 
   private setState(entry: Entry, state: ConnectionState, reason: string, extra: Record<string, unknown> = {}): void {
@@ -261,6 +346,11 @@ export class Supervisor {
           release();
           entry.openedAt = this.clock.now();
           this.setState(entry, 'connected', 'open');
+          this.recovered();
+          if (entry.wakeOnOpen) {
+            entry.wakeOnOpen = false;
+            this.deps.onUrgent(entry.conn);
+          }
         },
         onEnvelope: (urgent) => {
           this.deps.metrics?.messages.inc();
@@ -269,7 +359,7 @@ export class Supervisor {
       },
     );
     entry.link = link;
-    void link.ended.then((end) => {
+    this.after(link.ended, (end) => {
       release();
       if (entry.link !== link) return; // replaced or halted meanwhile
       entry.link = undefined;
@@ -277,10 +367,31 @@ export class Supervisor {
     });
   }
 
+  /** Runs `then` when `promise` settles; a failure in either is logged, and every other connection keeps running. */
+  private after<T>(promise: Promise<T>, then: (value: T) => void): void {
+    promise.then(then).catch((err: unknown) => this.deps.log.error({ err }, 'connection step failed'));
+  }
+
+  /**
+   * A socket opened: Signal is reachable. Those waiting in backoff after an outage retry now rather than at the end
+   * of their (possibly long) backoff; the ramp still spreads them out.
+   */
+  private recovered(): void {
+    const now = this.clock.now();
+    if (now - this.lastRecovery < this.opts.recoveryIntervalMs) return;
+    this.lastRecovery = now;
+    for (const entry of this.entries.values()) {
+      if (entry.state !== 'backoff' || !entry.outage) continue;
+      this.clock.clearTimeout(entry.retryTimer);
+      entry.retryTimer = undefined;
+      this.queueConnect(entry, 'retry');
+    }
+  }
+
   private ended(entry: Entry, end: LinkEnd): void {
     if (this.stopping || entry.halted || end.kind === 'stopped') return;
     if (end.kind === 'forbidden') {
-      this.forbid(entry.conn, 'signal_403');
+      this.forbid(entry.conn, 'signal_403', { password: entry.conn.password });
       return;
     }
     const now = this.clock.now();
@@ -291,6 +402,7 @@ export class Supervisor {
       this.deps.log.warn('Signal refused this client version (499): upgrade mollysocket, or set user_agent to a current Signal-Android version');
     }
     const retryAfterMs = 'retryAfterMs' in end ? end.retryAfterMs : undefined;
+    entry.outage = isOutage(end) && retryAfterMs === undefined;
     const delayMs = backoffDelay(entry.attempt++, this.opts.backoff, this.random(), retryAfterMs);
     this.setState(entry, 'backoff', describeEnd(end), { retryInMs: delayMs });
     entry.retryTimer = this.clock.setTimeout(() => this.queueConnect(entry, 'retry'), delayMs);
@@ -304,6 +416,13 @@ export class Supervisor {
     this.deliveryChecks.set(key, now);
     this.deps.onDeliveryCheck(conn);
   }
+}
+
+/** An end that says Signal (or the way to it) was down, rather than something about this device. */
+function isOutage(end: LinkEnd): boolean {
+  if (end.kind === 'error' || end.kind === 'timeout') return true;
+  if (end.kind === 'refused') return end.status >= 500;
+  return end.kind === 'closed' && end.code !== 4409 && end.code !== 4401;
 }
 
 const sameSettings = (a: Connection, b: Connection): boolean =>

@@ -38,6 +38,8 @@ export interface Session {
   ws: WebSocket;
   /** Requests the client sent (keepalives). */
   requests: { verb: string; path: string; id: string }[];
+  /** Queued envelopes this session acknowledged (see `queue`). */
+  acked: number;
 }
 
 export interface EnvelopeOptions {
@@ -60,6 +62,9 @@ export class FakeSignalServer {
   readonly upgrades: { uuid: string | undefined; status: number }[] = [];
   /** Answers to the next upgrades, consumed one per attempt. */
   readonly refusals: UpgradeRefusal[] = [];
+  /** Envelopes waiting for an account device (`<uuid>.<device>`), as Signal keeps them: sent as soon as it
+   * connects, and kept until a session acknowledges them. */
+  readonly queued = new Map<string, number>();
   /** When true, keepalive requests get no answer. */
   silentKeepalive = false;
   /** In order: `open <uuid>.<device>` and `close <uuid>.<device> <code>` (the code the client closed with). */
@@ -94,6 +99,12 @@ export class FakeSignalServer {
 
   removeAccount(account: Pick<Account, 'uuid' | 'deviceId'>): void {
     this.accounts.delete(`${account.uuid}.${account.deviceId}`);
+  }
+
+  /** Queues envelopes for an account device, delivered on its next connection (see `queued`). */
+  queue(account: Pick<Account, 'uuid' | 'deviceId'>, count = 1): void {
+    const name = `${account.uuid}.${account.deviceId}`;
+    this.queued.set(name, (this.queued.get(name) ?? 0) + count);
   }
 
   /** Open sessions of an account device. */
@@ -167,7 +178,7 @@ export class FakeSignalServer {
       const name = `${account.uuid}.${account.deviceId}`;
       // As Signal does: the newest socket of a device wins, the older one is closed with 4409.
       for (const older of this.open(account.uuid, account.deviceId)) older.ws.close(4409, 'Connected elsewhere');
-      const session: Session = { account, headers: req.headers, ws, requests: [] };
+      const session: Session = { account, headers: req.headers, ws, requests: [], acked: 0 };
       this.sessions.push(session);
       this.events.push(`open ${name}`);
       ws.on('message', (data) => this.onFrame(session, data as Buffer));
@@ -175,6 +186,14 @@ export class FakeSignalServer {
         this.events.push(`close ${name} ${code}`);
         this.notify();
       });
+      for (let i = 0; i < (this.queued.get(name) ?? 0); i++) {
+        void this.sendEnvelope(session).then((answer) => {
+          if (answer.status !== 200) return;
+          session.acked++;
+          this.queued.set(name, (this.queued.get(name) ?? 1) - 1);
+          this.notify();
+        });
+      }
       this.notify();
     });
   }

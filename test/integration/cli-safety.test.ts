@@ -104,7 +104,7 @@ describe('the VAPID key of a command and of the server', () => {
     for (const args of [['connection', 'ping', UUID], ['vapid', 'test', 'https://push.example/x'], ['qr-code', 'url', 'https://m.example/']]) {
       expect((await atServer({ MOLLY_VAPID_PRIVKEY: OTHER_PRIV })(...args)).code, args.join(' ')).toBe(2);
     }
-    expect(Store.open(serverDb, 'read').list()).toEqual([]); // the refused `connection add` stored nothing
+    expect(Store.open(serverDb, { mode: 'read' }).list()).toEqual([]); // the refused `connection add` stored nothing
 
     const same = await atServer({ MOLLY_VAPID_PRIVKEY: PRIV })('qr-code', 'airgapped');
     expect(same.code).toBe(0);

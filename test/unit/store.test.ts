@@ -39,23 +39,39 @@ describe('Store', () => {
     store.put({ uuid: UUID, deviceId: 1, password: 'a', endpoint: 'https://e/1' }, 10);
     store.put({ uuid: UUID, deviceId: 2, password: 'b', endpoint: 'https://e/2' }, 11);
     expect(store.list().map((c) => [c.deviceId, c.password])).toEqual([[1, 'a'], [2, 'b']]);
-    store.setForbidden({ uuid: UUID, deviceId: 2 }, 'signal_403', 12);
+    expect(store.setForbidden({ uuid: UUID, deviceId: 2 }, 'signal_403', { password: 'b' }, 12)).toBe(true);
     expect(store.get({ uuid: UUID, deviceId: 2 })).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403', forbiddenAt: 12 });
     store.put({ uuid: UUID, deviceId: 2, password: 'c', endpoint: 'https://e/2' }, 13);
     expect(store.get({ uuid: UUID, deviceId: 2 })).toMatchObject({ forbidden: false, forbiddenReason: null, password: 'c', lastRegistration: 13, createdAt: 11 });
     store.close();
   });
 
+  it('forbids compare-and-set: only an enabled connection that still has the endpoint or password decided on', () => {
+    const store = Store.open(join(tempDir(), 'f.db'));
+    const key = { uuid: UUID, deviceId: 1 };
+    store.put({ ...key, password: 'new', endpoint: 'https://e/new' }, 10);
+    expect(store.setForbidden(key, 'endpoint_gone', { endpoint: 'https://e/old' }, 11)).toBe(false);
+    expect(store.setForbidden(key, 'signal_403', { password: 'old' }, 11)).toBe(false);
+    expect(store.get(key)?.forbidden).toBe(false);
+    expect(store.setForbidden(key, 'signal_403', { password: 'new' }, 12)).toBe(true);
+    expect(store.setForbidden(key, 'endpoint_gone', { endpoint: 'https://e/new' }, 13)).toBe(false); // the first reason stays
+    expect(store.get(key)).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403', forbiddenAt: 12 });
+    store.close();
+  });
+
   it("migrates MollySocket's database in place, keeping every row and its forbidden flag, with a backup", () => {
     const path = join(tempDir(), 'mollysocket.db');
     mollySocketDb(path);
+    const umask = process.umask(0o022); // the copy holds every password: 0600 whatever the umask lets through
     const store = Store.open(path);
+    process.umask(umask);
     expect(store.list()).toEqual([
       expect.objectContaining({ uuid: UUID2, deviceId: 1, password: 'pw2', endpoint: 'https://push.example/up/2', forbidden: true, lastRegistration: 0 }),
       expect.objectContaining({ uuid: UUID, deviceId: 3, password: 'pw1', endpoint: 'https://push.example/up/1', forbidden: false, lastRegistration: 1700000000 }),
     ]);
     store.close();
     expect(existsSync(`${path}.mollysocket.bak`)).toBe(true);
+    expect(statSync(`${path}.mollysocket.bak`).mode & 0o777).toBe(0o600);
     const reopened = Store.open(path); // a second open finds it migrated
     expect(reopened.list()).toHaveLength(2);
     reopened.close();
@@ -65,7 +81,7 @@ describe('Store', () => {
     const path = join(tempDir(), 'mollysocket.db');
     mollySocketDb(path);
     const before = readFileSync(path);
-    const reader = Store.open(path, 'read');
+    const reader = Store.open(path, { mode: 'read' });
     const asItIs = reader.list();
     expect(asItIs.map((c) => [c.uuid, c.deviceId, c.password, c.forbidden, c.forbiddenReason, c.lastRegistration])).toEqual([
       [UUID2, 1, 'pw2', true, 'forbidden_in_mollysocket', 0],
@@ -76,7 +92,7 @@ describe('Store', () => {
     expect(readFileSync(path).equals(before)).toBe(true);
     expect(readdirSync(join(path, '..'))).toEqual(['mollysocket.db']);
 
-    const writer = Store.open(path, 'write');
+    const writer = Store.open(path, { mode: 'write' });
     expect(writer.migratedFrom).toEqual({ backup: `${path}.mollysocket.bak` });
     expect(writer.list().map((c) => [c.uuid, c.deviceId, c.password, c.forbidden, c.forbiddenReason, c.lastRegistration])).toEqual(
       asItIs.map((c) => [c.uuid, c.deviceId, c.password, c.forbidden, c.forbiddenReason, c.lastRegistration]),
@@ -86,15 +102,15 @@ describe('Store', () => {
     expect(copy.prepare('SELECT * FROM connections ORDER BY uuid').all()).toHaveLength(2);
     expect(copy.pragma('user_version', { simple: true })).toBe(0);
     copy.close();
-    const again = Store.open(path, 'write');
+    const again = Store.open(path, { mode: 'write' });
     expect(again.migratedFrom).toBeUndefined();
     again.close();
   });
 
   it('creates a database only in create mode', () => {
     const dir = tempDir();
-    expect(() => Store.open(join(dir, 'a.db'), 'read')).toThrow(/cannot open the database/);
-    expect(() => Store.open(join(dir, 'a.db'), 'write')).toThrow(/cannot open the database/);
+    expect(() => Store.open(join(dir, 'a.db'), { mode: 'read' })).toThrow(/cannot open the database/);
+    expect(() => Store.open(join(dir, 'a.db'), { mode: 'write' })).toThrow(/cannot open the database/);
     expect(readdirSync(dir)).toEqual([]);
   });
 
@@ -105,9 +121,32 @@ describe('Store', () => {
     store.recordVapidKey('A');
     store.recordVapidKey('B');
     store.close();
-    const reader = Store.open(path, 'read');
+    const reader = Store.open(path, { mode: 'read' });
     expect(reader.recordedVapidKey()).toBe('B');
     reader.close();
+  });
+
+  it('migrates a file with both spellings of a uuid to one lower-case row per account device, the newest registration', () => {
+    const path = join(tempDir(), 'v4.db');
+    Store.open(path).close();
+    const raw = new Database(path);
+    const insert = raw.prepare(
+      `INSERT INTO connections (uuid, device_id, password, endpoint, last_registration, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, 1)`,
+    );
+    insert.run(UUID.toUpperCase(), 1, 'newer', 'https://e/upper', 20);
+    insert.run(UUID, 1, 'older', 'https://e/lower', 10);
+    insert.run(UUID.toUpperCase(), 2, 'only', 'https://e/2', 5);
+    insert.run(UUID2, 1, 'tie-lower', 'https://e/3', 7);
+    insert.run(UUID2.toUpperCase(), 1, 'tie-upper', 'https://e/4', 7);
+    raw.pragma('user_version = 4'); // as schema 4 wrote it, before uuids were made canonical
+    raw.close();
+    const store = Store.open(path);
+    expect(store.list().map((c) => [c.uuid, c.deviceId, c.password])).toEqual([
+      [UUID2, 1, 'tie-lower'], // equal times: the spelling already canonical stays
+      [UUID, 1, 'newer'],
+      [UUID, 2, 'only'],
+    ]);
+    store.close();
   });
 
   it('says which setting to fix when the file cannot be opened', () => {
@@ -163,6 +202,7 @@ describe('Store', () => {
       expect(store.list().map((c) => [c.uuid, c.forbidden])).toEqual([[UUID2, true], [UUID, false]]);
       store.close();
       expect(existsSync(`${path}.mollysocket.bak`)).toBe(true);
+      expect(statSync(`${path}.mollysocket.bak`).mode & 0o777).toBe(0o600);
     }
   });
 });
