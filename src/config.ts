@@ -275,6 +275,7 @@ function fromEnv(kind: Kind, text: string, value: EnvValue): unknown {
     case 'enum':
       return typeof value === 'number' ? text.trim() : value;
     case 'proxies':
+      if (value === 0 || value === 1) return value === 1; // as for booleans; one hop either way
       return typeof value === 'string' ? value.split(',').map((s) => s.trim()) : value;
     case 'list': {
       if (typeof value === 'string') return value === '' ? [] : value.split(',').map((s) => s.trim());

@@ -36,7 +36,7 @@ const CREATE_V4 = `
     PRIMARY KEY (uuid, device_id)
   )`;
 
-const CREATE_V6 = `CREATE TABLE server_info(name TEXT PRIMARY KEY, value TEXT NOT NULL)`;
+const CREATE_V6 = `CREATE TABLE IF NOT EXISTS server_info(name TEXT PRIMARY KEY, value TEXT NOT NULL)`;
 
 /**
  * MollySocket's rows in our columns (a table with its schema named `table`): for the migration and for reading its
