@@ -221,7 +221,11 @@ export class Store {
       throw new StoreError(`the database ${this.path} has schema version ${version}, newer than this program knows (${SCHEMA_VERSION}): upgrade mollysocket`);
     }
     if (!this.hasTable('connections')) {
-      throw new StoreError(`${this.path} holds no connections table: it is not a MollySocket database (setting "db")`);
+      const empty = this.db.prepare(`SELECT 1 FROM sqlite_master LIMIT 1`).get() === undefined;
+      if (!empty) throw new StoreError(`${this.path} holds no connections table: it is not a MollySocket database (setting "db")`);
+      // An empty file (`touch`ed, or never opened by a server): no connections yet.
+      this.connections = `(SELECT ${['uuid', 'device_id', 'password', 'endpoint', 'forbidden', 'forbidden_reason', 'forbidden_at', 'last_registration', 'created_at', 'updated_at'].map((c) => `NULL AS ${c}`).join(', ')} WHERE 0)`;
+      return;
     }
     if (version < 2) {
       // Lower-case uuids, as the migration stores them (schema 5).

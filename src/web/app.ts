@@ -148,11 +148,12 @@ const BODY_LIMIT = 8 * 1024;
  */
 function fastifyLogger(log: Logger): FastifyBaseLogger {
   const logger = log.child({});
-  const info = logger.info.bind(logger) as (...args: unknown[]) => void;
-  logger.info = ((...args: unknown[]) => {
+  const info = logger.info as (this: Logger, ...args: unknown[]) => void;
+  // Not bound: Fastify's per-request children inherit this method and must log with their own bindings and serializers.
+  logger.info = function (this: Logger, ...args: unknown[]) {
     if (typeof args[0] === 'string' && args[0].startsWith('Server listening at ')) return;
-    info(...args);
-  }) as Logger['info'];
+    info.apply(this, args);
+  } as Logger['info'];
   return logger as FastifyBaseLogger;
 }
 
