@@ -114,9 +114,9 @@ export function vapidKey(loaded: LoadedConfig, store: Store): ResolvedKey {
   const recorded = store.recordedVapidKey();
   const key = resolveVapidKey(loaded.config, { generate: recorded === undefined });
   if (recorded !== undefined && key?.publicKey !== recorded) {
-    const own = key === undefined ? 'this command has none' : `this command's key is ${shortKey(key.publicKey)}`;
+    const own = key === undefined ? `this command has ${describeKey(key, loaded)}` : `this command's key is ${shortKey(key.publicKey)}, from ${describeKey(key, loaded)}`;
     throw new UsageError(
-      `the server on ${store.path} signs with VAPID key ${shortKey(recorded)}, but ${own}, from ${describeKey(key, loaded)}: ` +
+      `the server on ${store.path} signs with VAPID key ${shortKey(recorded)}, but ${own}: ` +
         'give this command the settings the server has (the same -c file, or vapid_privkey / vapid_key_file)',
     );
   }

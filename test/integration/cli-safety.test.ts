@@ -87,7 +87,7 @@ describe('the VAPID key of a command and of the server', () => {
     const none = await atServer()('qr-code', 'airgapped');
     expect(none.code).toBe(2);
     expect(oneLine(none.stderr)).toBe(
-      `mollysocket: the server on ${serverDb} signs with VAPID key ${PUB.slice(0, 12)}…, but this command has none, from none ` +
+      `mollysocket: the server on ${serverDb} signs with VAPID key ${PUB.slice(0, 12)}…, but this command has none ` +
         '(neither vapid_privkey nor vapid_key_file is set, and there is no kept vapid.key): give this command the settings ' +
         'the server has (the same -c file, or vapid_privkey / vapid_key_file)',
     );
