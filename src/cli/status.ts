@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { isFresh } from '../heartbeat.js';
 import { connectionKey } from '../store.js';
-import { FailureError, formatTime, loadFor, maskUuid, print, table, withStore } from './common.js';
+import { FailureError, formatTime, jsonTime, loadFor, maskUuid, print, table, withStore } from './common.js';
 
 export function registerStatus(program: Command): void {
   program
@@ -10,9 +10,8 @@ export function registerStatus(program: Command): void {
     .option('-a, --anonymized', 'mask the uuids')
     .option('--json', 'print JSON, for scripts')
     .action(async (opts: { anonymized?: boolean; json?: boolean }, cmd: Command) => {
-      const { config } = loadFor(cmd);
       const now = Date.now();
-      const { heartbeat, conns, live } = await withStore(config, (store) => ({
+      const { heartbeat, conns, live } = await withStore(loadFor(cmd), 'read', (store) => ({
         heartbeat: store.heartbeat(),
         conns: store.list(),
         live: new Map(store.liveStates().map((s) => [connectionKey(s), s])),
@@ -27,7 +26,11 @@ export function registerStatus(program: Command): void {
         return { uuid: opts.anonymized ? maskUuid(c.uuid) : c.uuid, device_id: c.deviceId, state: s.state, reason: s.reason, since: s.since };
       });
       if (opts.json) {
-        print(JSON.stringify({ server: { running, ...(running && heartbeat) }, connections: rows }, null, 2));
+        const server = running && heartbeat
+          ? { running, pid: heartbeat.pid, version: heartbeat.version, started_at: jsonTime(heartbeat.startedAt, 'ms'), seen_at: jsonTime(heartbeat.seenAt, 'ms') }
+          : { running };
+        const connections = rows.map((r) => ({ ...r, since: jsonTime(r.since, 'ms') }));
+        print(JSON.stringify({ server, connections }, null, 2));
         return;
       }
       print(
@@ -46,8 +49,7 @@ export function registerStatus(program: Command): void {
     .command('health')
     .description('exit 0 when a server is running on this database (its heartbeat is recent), else 1: for HEALTHCHECK')
     .action(async (_o, cmd: Command) => {
-      const { config } = loadFor(cmd);
-      const heartbeat = await withStore(config, (store) => store.heartbeat());
+      const heartbeat = await withStore(loadFor(cmd), 'read', (store) => store.heartbeat());
       const ageS = heartbeat && Math.round((Date.now() - heartbeat.seenAt) / 1000);
       if (!isFresh(heartbeat, Date.now())) {
         throw new FailureError(heartbeat ? `unhealthy: no heartbeat from the server for ${ageS} s` : 'unhealthy: no server is running on this database');
