@@ -1,4 +1,4 @@
-import { writeSync } from 'node:fs';
+import { isatty } from 'node:tty';
 import { pino, type Logger } from 'pino';
 import { prettyFactory } from 'pino-pretty';
 
@@ -43,13 +43,16 @@ export type LogFormat = 'text' | 'json';
  */
 export function createLogger(opts: { verbosity: number; format: LogFormat }): Logger {
   const options = { level: logLevel(opts.verbosity), base: undefined, redact: { paths: REDACTED_PATHS, censor: '(redacted)' } };
-  if (opts.format === 'json') return pino(options, pino.destination({ fd: 2, sync: true }));
+  // SonicBoom, synchronous: it waits out a full pipe (EAGAIN) and finishes partial writes, where a bare writeSync
+  // would throw out of the logging call.
+  const destination = pino.destination({ fd: 2, sync: true });
+  if (opts.format === 'json') return pino(options, destination);
   const pretty = prettyFactory({
-    colorize: process.stderr.isTTY === true,
+    colorize: isatty(2), // not process.stderr.isTTY: creating that stream makes a piped fd 2 non-blocking
     singleLine: true,
     translateTime: "UTC:yyyy-mm-dd'T'HH:MM:ss.l'Z'",
   });
-  return pino(options, { write: (line: string) => void writeSync(2, pretty(line)) });
+  return pino(options, { write: (line: string) => void destination.write(pretty(line)) });
 }
 
 /** First 8 characters of a UUID: enough to tell accounts apart in logs, not enough to identify one. */
