@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
+import { redactUrl } from './store.js';
 
 /**
  * Configuration: built-in defaults < TOML file < MOLLY_* environment variables.
@@ -40,6 +41,8 @@ export interface Config {
   allowed_endpoints: readonly string[];
   allowed_uuids: readonly string[];
   db: string;
+  lease_seconds: number;
+  instance_name: string;
 }
 
 type Kind =
@@ -176,7 +179,21 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
     doc: 'UnifiedPush endpoints allowed: URLs (scheme, host, port and userinfo must match) or "*".',
   },
   allowed_uuids: { kind: { type: 'list' }, default: ['*'], doc: 'Account UUIDs allowed to register, or "*".' },
-  db: { kind: { type: 'string' }, default: './mollysocket.db', doc: 'Path of the SQLite database.' },
+  db: {
+    kind: { type: 'string' },
+    default: './mollysocket.db',
+    doc: 'Path of the SQLite database; new: a postgres:// or postgresql:// URL selects PostgreSQL, shared by several instances.',
+  },
+  lease_seconds: {
+    kind: { type: 'int', min: 2, max: 600 },
+    default: 15,
+    doc: 'New, PostgreSQL only: how long an instance owns its devices without renewing; a dead instance\'s devices move after this.',
+  },
+  instance_name: {
+    kind: { type: 'string' },
+    default: '',
+    doc: 'New, PostgreSQL only: this instance\'s stable name (empty: the host name); a restarted instance with the same name gets the same devices back.',
+  },
 };
 
 export type ConfigKey = keyof Config;
@@ -342,7 +359,7 @@ export function redactedConfig(config: Config): Record<string, unknown> {
   return Object.fromEntries(
     Object.entries(config).map(([key, value]) => [
       key,
-      CONFIG_KEYS[key as ConfigKey].secret && value !== undefined ? '(redacted)' : value,
+      CONFIG_KEYS[key as ConfigKey].secret && value !== undefined ? '(redacted)' : key === 'db' ? redactUrl(value as string) : value,
     ]),
   );
 }

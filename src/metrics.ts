@@ -16,6 +16,7 @@ export class Metrics {
   readonly pushResults: Counter<'kind' | 'outcome'>;
   readonly pushRetries: Counter;
   readonly pushDuration: Histogram;
+  readonly leases: Counter<'event'>;
 
   constructor(states: StateCounts = () => ({ connected: 0, forbidden: 0 })) {
     const registers = [this.registry];
@@ -49,6 +50,12 @@ export class Metrics {
       name: 'mollysocket_push_duration_seconds',
       help: 'Time from sending a push request to its answer',
       buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    this.leases = new Counter({
+      name: 'mollysocket_lease_devices_total',
+      help: 'Account devices whose ownership changed (several instances on PostgreSQL), by event: claimed, handed_over, lost, released',
+      labelNames: ['event'],
       registers,
     });
   }

@@ -91,14 +91,14 @@ export class Registrations {
       }
       const endpointAllowed = endpoint?.ok === true;
       const key = { uuid: req.uuid, deviceId: req.deviceId };
-      const decision = decide(req, { uuidAllowed, endpointAllowed }, this.store.get(key));
+      const decision = decide(req, { uuidAllowed, endpointAllowed }, await this.store.get(key));
       const at = this.now();
-      const conn = this.store.transaction(() => {
-        if (decision.action === 'none') return undefined;
-        if (decision.action === 'refresh') this.store.touchRegistration(key, at);
-        else this.store.put(req, at); // create, update_endpoint, replace_credentials: the whole row, enabled
-        return this.store.get(key);
-      });
+      const conn =
+        decision.action === 'none'
+          ? undefined
+          : decision.action === 'refresh'
+            ? await this.store.touchRegistration(key, at)
+            : await this.store.put(req, at); // create, update_endpoint, replace_credentials: the whole row, enabled
       if (decision.action !== 'none') {
         this.log.info({ uuid: shortUuid(req.uuid), device: req.deviceId, action: decision.action }, 'registration');
       } else {

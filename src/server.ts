@@ -11,10 +11,13 @@ import { Metrics } from './metrics.js';
 import { isUuidAllowed, type Resolver } from './policy.js';
 import { Notifier } from './push/notifier.js';
 import { pushStack } from './push/setup.js';
-import { resolveVapidKey } from './push/vapid.js';
+import { clusterVapidKey, resolveVapidKey } from './push/vapid.js';
 import { ENDPOINT_GONE, Registrations } from './registrations.js';
 import { Supervisor, type SupervisorOptions } from './signal/supervisor.js';
-import { Store } from './store.js';
+import { Leases } from './cluster/leases.js';
+import { hostname } from 'node:os';
+import { openStore, type Store } from './store.js';
+import { PostgresStore } from './store-pg.js';
 import { buildApp, buildOpsApp, type Ops } from './web/app.js';
 
 /** CA certificates for the Signal websocket: signal_ca_file, else Signal's own two roots. */
@@ -46,6 +49,7 @@ export function supervisorOptions(config: Config): SupervisorOptions {
     storePollMs: 2_000,
     deliveryCheckIntervalMs: 3600_000,
     keepaliveTickMs: 1_000,
+    handOverTimeoutMs: 30_000,
   };
 }
 
@@ -76,8 +80,8 @@ export interface RunningServer {
 /** Assembles store, pusher, supervisor and web server, and starts them. */
 export async function startServer(config: Config, log: Logger, opts: ServerOptions = {}): Promise<RunningServer> {
   log.debug({ config: redactedConfig(config) }, 'configuration');
-  const store = Store.open(config.db);
-  const key = resolveVapidKey(config, { generate: true });
+  const store = await openStore(config.db);
+  const key = store instanceof PostgresStore ? await clusterVapidKey(config, store) : resolveVapidKey(config, { generate: true });
   if (key.source === 'generated') {
     log.info({ file: key.path }, 'generated a VAPID key and kept it next to the database: back this file up with it');
   }
@@ -85,7 +89,12 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   const metrics = new Metrics(() => supervisor.counts());
 
   const options = (opts.tune ?? ((o) => o))(supervisorOptions(config));
+  const ownership =
+    store instanceof PostgresStore
+      ? new Leases(store, { leaseSeconds: config.lease_seconds, name: config.instance_name || hostname(), version, reconcileMs: 30_000 }, log, metrics)
+      : undefined;
   const supervisor: Supervisor = new Supervisor(options, {
+    ...(ownership && { ownership }),
     store,
     log,
     onUrgent: (c) => notifier.urgent(c),
@@ -123,6 +132,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     version,
     counts: () => supervisor.counts(),
     storeHealthy: () => store.healthy(),
+    cluster: () => supervisor.ownership.describe(),
     metrics: () => metrics.registry.metrics(),
     metricsContentType: metrics.registry.contentType,
   };
@@ -159,22 +169,23 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     // Raw on stderr: inside a JSON log line the code's line breaks would be escaped and it could not be scanned.
     process.stderr.write(`\n${await qrTerminal(link)}\n${link}\n\n`);
   }
-  supervisor.start();
+  await supervisor.start();
   const startedAt = Date.now();
   let published = -1;
-  const publish = (): void => {
+  const publish = async (): Promise<void> => {
     try {
       if (supervisor.revision !== published) {
-        published = supervisor.revision;
-        store.publishStates(supervisor.statuses());
+        const revision = supervisor.revision;
+        await store.publishStates(supervisor.statuses());
+        published = revision;
       }
-      store.beat({ pid: process.pid, version, startedAt, seenAt: Date.now() });
+      await store.beat({ pid: process.pid, version, startedAt, seenAt: Date.now() });
     } catch (err) {
       log.error({ err: (err as Error).message }, 'cannot write the heartbeat to the store');
     }
   };
-  publish();
-  const heartbeat = setInterval(publish, HEARTBEAT_MS);
+  await publish();
+  const heartbeat = setInterval(() => void publish(), HEARTBEAT_MS);
 
   return {
     url,
@@ -190,11 +201,11 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       client.close();
       clearInterval(heartbeat);
       try {
-        store.clearLive();
+        await store.clearLive();
       } catch (err) {
         log.debug({ err: (err as Error).message }, 'cannot clear the heartbeat'); // the store is already gone
       }
-      store.close();
+      await store.close();
     },
   };
 }

@@ -14,7 +14,13 @@ export interface Connection {
   lastRegistration: number;
   createdAt: number;
   updatedAt: number;
+  /** PostgreSQL: the instance that owns it (runs its socket), and the epoch raised on every change of owner. */
+  owner: string | null;
+  epoch: number;
 }
+
+/** The fields a registration or the CLI stores. */
+export type NewConnection = Pick<Connection, 'uuid' | 'deviceId' | 'password' | 'endpoint'>;
 
 export type ConnectionKey = Pick<Connection, 'uuid' | 'deviceId'>;
 export const connectionKey = (c: ConnectionKey): string => `${c.uuid}.${c.deviceId}`;
@@ -97,6 +103,8 @@ const fromRow = (r: Row): Connection => ({
   lastRegistration: r.last_registration,
   createdAt: r.created_at,
   updatedAt: r.updated_at,
+  owner: null,
+  epoch: 0,
 });
 
 /**
@@ -119,23 +127,76 @@ export class StoreError extends Error {
   override name = 'StoreError';
 }
 
+/** `db` names PostgreSQL when it is a postgres:// or postgresql:// URL; anything else is a SQLite file path. */
+export const isPostgresUrl = (db: string): boolean => /^postgres(ql)?:\/\//i.test(db);
+
+/** A database URL with its password masked, for messages and logs. */
+export const redactUrl = (url: string): string => url.replace(/^(postgres(?:ql)?:\/\/[^:/@]*):[^@]*@/i, '$1:***@');
+
+/**
+ * Where the backends meet: every query the server and the CLI make. SQLite (one machine, the default) and
+ * PostgreSQL (several instances, src/store-pg.ts) both implement it; PostgreSQL is asynchronous, so all of it is.
+ */
+export interface Store {
+  /** The file path, or the URL without its password. */
+  readonly location: string;
+  get(key: ConnectionKey): Promise<Connection | undefined>;
+  /** Every connection, or those of one account, or of one of its devices. */
+  list(filter?: { uuid?: string; deviceId?: number }): Promise<Connection[]>;
+  /** Inserts or fully replaces a connection, enabled, as a fresh registration at `now` (unix seconds). */
+  put(c: NewConnection, now: number): Promise<Connection>;
+  /** An identical registration: only remembers when it was seen. */
+  touchRegistration(key: ConnectionKey, now: number): Promise<Connection | undefined>;
+  /**
+   * Marks a connection forbidden. `fence` (the owner's view of the row) makes it a write of the owner: on PostgreSQL
+   * it fails when the epoch moved on (another instance owns the row now). Returns whether the row changed.
+   */
+  setForbidden(key: ConnectionKey, reason: string, now: number, fence?: Pick<Connection, 'epoch'>): Promise<boolean>;
+  /** Clears the forbidden flag: the server connects again. */
+  enable(key: ConnectionKey, now: number): Promise<void>;
+  /** Removes one device's connection, or every device of the account when no device is given. */
+  remove(key: { uuid: string; deviceId?: number }): Promise<number>;
+  /** The running server's connection states (all of them; a backend writes only what changed). */
+  publishStates(states: LiveState[]): Promise<void>;
+  liveStates(): Promise<LiveState[]>;
+  beat(h: Heartbeat): Promise<void>;
+  /** The running server's heartbeat (PostgreSQL: the freshest instance's). */
+  heartbeat(): Promise<Heartbeat | undefined>;
+  /** The server stopped: nothing it published is current any more. */
+  clearLive(): Promise<void>;
+  /** Whether the database answers. */
+  healthy(): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+/** Opens the store `db` names (setting "db" / MOLLY_DB), creating and migrating its schema. */
+export async function openStore(db: string): Promise<Store> {
+  if (!isPostgresUrl(db)) return SqliteStore.open(db);
+  const { PostgresStore } = await import('./store-pg.js');
+  return PostgresStore.open(db);
+}
+
 /**
  * The SQLite file: schema, migration from MollySocket's file, and every query.
  * The server and the CLI both use it, concurrently (WAL mode, busy timeout).
  */
-export class Store {
+export class SqliteStore implements Store {
   private constructor(
     private readonly db: Database.Database,
     readonly path: string,
   ) {}
 
+  get location(): string {
+    return this.path;
+  }
+
   /** Opens (creating with mode 0600 if needed) and migrates the database. */
-  static open(path: string): Store {
+  static open(path: string): SqliteStore {
     try {
       closeSync(openSync(path, 'a', 0o600)); // creates it private; an existing file (or another process's) is kept
       const db = new Database(path);
       db.pragma('busy_timeout = 5000');
-      const store = new Store(db, path);
+      const store = new SqliteStore(db, path);
       retryWhileBusy(() => {
         // WAL lets the CLI write while the server reads. The mode is kept in the file: only a new file changes it.
         if (db.pragma('journal_mode', { simple: true }) !== 'wal') db.pragma('journal_mode = WAL');
@@ -213,15 +274,14 @@ export class Store {
     this.db.exec('DROP TABLE connections_v1');
   }
 
-  get(key: ConnectionKey): Connection | undefined {
+  async get(key: ConnectionKey): Promise<Connection | undefined> {
     const row = this.db
       .prepare('SELECT * FROM connections WHERE uuid = ? AND device_id = ?')
       .get(key.uuid, key.deviceId) as Row | undefined;
     return row && fromRow(row);
   }
 
-  /** Every connection, or those of one account, or of one of its devices. */
-  list(filter: { uuid?: string; deviceId?: number } = {}): Connection[] {
+  async list(filter: { uuid?: string; deviceId?: number } = {}): Promise<Connection[]> {
     const rows = this.db
       .prepare(
         `SELECT * FROM connections WHERE (@uuid IS NULL OR uuid = @uuid) AND (@deviceId IS NULL OR device_id = @deviceId)
@@ -231,35 +291,38 @@ export class Store {
     return rows.map(fromRow);
   }
 
-  /** Inserts or fully replaces a connection, enabled, as a fresh registration at `now`. */
-  put(c: Pick<Connection, 'uuid' | 'deviceId' | 'password' | 'endpoint'>, now: number): void {
-    this.db
+  async put(c: NewConnection, now: number): Promise<Connection> {
+    const row = this.db
       .prepare(
         `INSERT INTO connections (uuid, device_id, password, endpoint, forbidden, last_registration, created_at, updated_at)
          VALUES (@uuid, @deviceId, @password, @endpoint, 0, @now, @now, @now)
          ON CONFLICT (uuid, device_id) DO UPDATE SET password = @password, endpoint = @endpoint, forbidden = 0,
-           forbidden_reason = NULL, forbidden_at = NULL, last_registration = @now, updated_at = @now`,
+           forbidden_reason = NULL, forbidden_at = NULL, last_registration = @now, updated_at = @now
+         RETURNING *`,
       )
-      .run({ ...c, now });
+      .get({ uuid: c.uuid, deviceId: c.deviceId, password: c.password, endpoint: c.endpoint, now }) as Row;
+    return fromRow(row);
   }
 
-  touchRegistration(key: ConnectionKey, now: number): void {
-    this.db
-      .prepare('UPDATE connections SET last_registration = ? WHERE uuid = ? AND device_id = ?')
-      .run(now, key.uuid, key.deviceId);
+  async touchRegistration(key: ConnectionKey, now: number): Promise<Connection | undefined> {
+    const row = this.db
+      .prepare('UPDATE connections SET last_registration = ? WHERE uuid = ? AND device_id = ? RETURNING *')
+      .get(now, key.uuid, key.deviceId) as Row | undefined;
+    return row && fromRow(row);
   }
 
-  setForbidden(key: ConnectionKey, reason: string, now: number): void {
-    this.db
+  /** One process owns every row of a SQLite file: there is no fence to check. */
+  async setForbidden(key: ConnectionKey, reason: string, now: number): Promise<boolean> {
+    const { changes } = this.db
       .prepare(
         `UPDATE connections SET forbidden = 1, forbidden_reason = ?, forbidden_at = ?, updated_at = ?
          WHERE uuid = ? AND device_id = ?`,
       )
       .run(reason, now, now, key.uuid, key.deviceId);
+    return changes > 0;
   }
 
-  /** Clears the forbidden flag: the server connects again. */
-  enable(key: ConnectionKey, now: number): void {
+  async enable(key: ConnectionKey, now: number): Promise<void> {
     this.db
       .prepare(
         `UPDATE connections SET forbidden = 0, forbidden_reason = NULL, forbidden_at = NULL, updated_at = ?
@@ -268,15 +331,13 @@ export class Store {
       .run(now, key.uuid, key.deviceId);
   }
 
-  /** Removes one device's connection, or every device of the account when no device is given. */
-  remove(key: { uuid: string; deviceId?: number }): number {
+  async remove(key: { uuid: string; deviceId?: number }): Promise<number> {
     return key.deviceId === undefined
       ? this.db.prepare('DELETE FROM connections WHERE uuid = ?').run(key.uuid).changes
       : this.db.prepare('DELETE FROM connections WHERE uuid = ? AND device_id = ?').run(key.uuid, key.deviceId).changes;
   }
 
-  /** Replaces the published connection states (the running server calls this when they change). */
-  publishStates(states: LiveState[]): void {
+  async publishStates(states: LiveState[]): Promise<void> {
     this.db.transaction(() => {
       this.db.exec('DELETE FROM live_state');
       const insert = this.db.prepare('INSERT INTO live_state (uuid, device_id, state, reason, since) VALUES (?, ?, ?, ?, ?)');
@@ -284,13 +345,13 @@ export class Store {
     })();
   }
 
-  liveStates(): LiveState[] {
+  async liveStates(): Promise<LiveState[]> {
     return (
       this.db.prepare('SELECT * FROM live_state').all() as { uuid: string; device_id: number; state: string; reason: string; since: number }[]
     ).map((r) => ({ uuid: r.uuid, deviceId: r.device_id, state: r.state, reason: r.reason, since: r.since }));
   }
 
-  beat(h: Heartbeat): void {
+  async beat(h: Heartbeat): Promise<void> {
     this.db
       .prepare(
         `INSERT INTO heartbeat (id, pid, version, started_at, seen_at) VALUES (1, @pid, @version, @startedAt, @seenAt)
@@ -299,28 +360,22 @@ export class Store {
       .run(h);
   }
 
-  heartbeat(): Heartbeat | undefined {
+  async heartbeat(): Promise<Heartbeat | undefined> {
     const r = this.db.prepare('SELECT * FROM heartbeat WHERE id = 1').get() as
       | { pid: number; version: string; started_at: number; seen_at: number }
       | undefined;
     return r && { pid: r.pid, version: r.version, startedAt: r.started_at, seenAt: r.seen_at };
   }
 
-  /** The server stopped: nothing it published is current any more. */
-  clearLive(): void {
+  async clearLive(): Promise<void> {
     this.db.transaction(() => {
       this.db.exec('DELETE FROM live_state');
       this.db.exec('DELETE FROM heartbeat');
     })();
   }
 
-  /** Runs `fn` in one transaction: all of it is written, or none. */
-  transaction<T>(fn: () => T): T {
-    return this.db.transaction(fn)();
-  }
-
   /** Whether the database file is still there and readable. */
-  healthy(): boolean {
+  async healthy(): Promise<boolean> {
     try {
       this.db.prepare('SELECT 1 FROM connections LIMIT 1').get();
       return existsSync(this.path);
@@ -334,7 +389,7 @@ export class Store {
     return this.db.pragma('data_version', { simple: true }) as number;
   }
 
-  close(): void {
+  async close(): Promise<void> {
     this.db.close();
   }
 }

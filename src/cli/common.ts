@@ -2,7 +2,7 @@ import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { ConfigError, loadConfig, type Config, type LoadedConfig } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
 import { resolveVapidKey, VapidKeyError, type ResolvedKey } from '../push/vapid.js';
-import { Store, StoreError } from '../store.js';
+import { openStore, StoreError, type Store } from '../store.js';
 
 /** Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error. */
 export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
@@ -50,11 +50,11 @@ export function loadForServer(cmd: Command): { loaded: LoadedConfig; log: Logger
 
 /** Runs `fn` with the store open, and closes it. */
 export async function withStore<T>(config: Config, fn: (store: Store) => T | Promise<T>): Promise<T> {
-  const store = Store.open(config.db);
+  const store = await openStore(config.db);
   try {
     return await fn(store);
   } finally {
-    store.close();
+    await store.close();
   }
 }
 

@@ -40,8 +40,8 @@ async function ping(config: Config, conns: Connection[]): Promise<boolean> {
 }
 
 /** The connections of an account (or of one of its devices); there must be some. */
-function selected(store: Store, uuid: string, deviceId: number | undefined): Connection[] {
-  const found = store.list({ uuid, ...(deviceId !== undefined && { deviceId }) });
+async function selected(store: Store, uuid: string, deviceId: number | undefined): Promise<Connection[]> {
+  const found = await store.list({ uuid, ...(deviceId !== undefined && { deviceId }) });
   if (found.length === 0) {
     throw new FailureError(`no connection for ${uuid}${deviceId === undefined ? '' : ` device ${deviceId}`} (see \`mollysocket connection list\`)`);
   }
@@ -65,10 +65,7 @@ export function registerConnection(program: Command): void {
       const target = await new EndpointPolicy(config.allowed_endpoints).check(endpoint);
       if (!target.ok && target.transient) throw new FailureError(`cannot check the endpoint now: ${target.reason}`);
       if (!target.ok) throw new UsageError(`endpoint is not allowed: ${target.reason}`);
-      const conn = await withStore(config, (store) => {
-        store.put({ uuid, deviceId, password, endpoint }, Math.floor(Date.now() / 1000));
-        return store.get({ uuid, deviceId }) as Connection;
-      });
+      const conn = await withStore(config, (store) => store.put({ uuid, deviceId, password, endpoint }, Math.floor(Date.now() / 1000)));
       print(`Connection for ${uuid} device ${deviceId} added: a running server connects it within a few seconds.`);
       if (!(await ping(config, [conn]))) throw new FailureError('the connection is stored, but the test push was not delivered');
     });
@@ -114,8 +111,8 @@ export function registerConnection(program: Command): void {
 
   onConnections('remove', 'remove the connections of an account, or of one of its devices').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
       const { config } = loadFor(cmd);
-      const removed = await withStore(config, (store) => {
-        selected(store, uuid, deviceId);
+      const removed = await withStore(config, async (store) => {
+        await selected(store, uuid, deviceId);
         return store.remove({ uuid, ...(deviceId !== undefined && { deviceId }) });
       });
       print(`Removed ${removed} connection${removed === 1 ? '' : 's'} of ${uuid}: a running server closes ${removed === 1 ? 'its socket' : 'their sockets'} within a few seconds.`);
@@ -129,9 +126,9 @@ export function registerConnection(program: Command): void {
 
   onConnections('enable', 'clear the forbidden state of an account (or one device): the server connects again').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
       const { config } = loadFor(cmd);
-      const enabled = await withStore(config, (store) => {
-        const conns = selected(store, uuid, deviceId);
-        for (const c of conns) store.enable(c, Math.floor(Date.now() / 1000));
+      const enabled = await withStore(config, async (store) => {
+        const conns = await selected(store, uuid, deviceId);
+        for (const c of conns) await store.enable(c, Math.floor(Date.now() / 1000));
         return conns;
       });
       for (const c of enabled) print(`Enabled ${uuid} device ${c.deviceId}: a running server connects it within a few seconds.`);

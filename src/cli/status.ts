@@ -12,10 +12,10 @@ export function registerStatus(program: Command): void {
     .action(async (opts: { anonymized?: boolean; json?: boolean }, cmd: Command) => {
       const { config } = loadFor(cmd);
       const now = Date.now();
-      const { heartbeat, conns, live } = await withStore(config, (store) => ({
-        heartbeat: store.heartbeat(),
-        conns: store.list(),
-        live: new Map(store.liveStates().map((s) => [connectionKey(s), s])),
+      const { heartbeat, conns, live } = await withStore(config, async (store) => ({
+        heartbeat: await store.heartbeat(),
+        conns: await store.list(),
+        live: new Map((await store.liveStates()).map((s) => [connectionKey(s), s])),
       }));
       const running = isFresh(heartbeat, now);
       const rows = conns.map((c) => {

@@ -3,7 +3,9 @@ import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { shortUuid } from '../log.js';
-import { connectionKey, type Connection, type ConnectionKey, type Store } from '../store.js';
+import type { OwnedConnections, Ownership } from '../cluster/ownership.js';
+import { Solo } from '../cluster/solo.js';
+import { connectionKey, SqliteStore, type Connection, type ConnectionKey, type Store } from '../store.js';
 import { SignalLink, type LinkEnd, type LinkOptions } from './link.js';
 import { ConnectRamp, type RampOptions } from './ramp.js';
 
@@ -21,6 +23,8 @@ export interface SupervisorOptions {
   deliveryCheckIntervalMs: number;
   /** How often every open link is asked whether a keepalive is due (their precision). */
   keepaliveTickMs: number;
+  /** A handed-over socket that the new owner's has not replaced by then is closed. */
+  handOverTimeoutMs: number;
 }
 
 export interface SupervisorDeps {
@@ -33,6 +37,8 @@ export interface SupervisorDeps {
   metrics?: Metrics;
   clock?: Clock;
   random?: () => number;
+  /** Which connections this instance runs; by default all of a SQLite file's. */
+  ownership?: Ownership;
 }
 
 export interface ConnectionStatus {
@@ -56,22 +62,25 @@ interface Entry {
   retryTimer: TimerHandle | undefined;
   attempt: number;
   openedAt: number | undefined;
+  /** Another instance owns it now: the socket stays until Signal replaces it (4409), and is not reopened. */
+  handedOver: boolean;
+  /** Push once when the socket opens (taken over from an instance that died). */
+  owedPush: boolean;
 }
 
 /**
  * Keeps exactly one websocket per stored account device that is not forbidden: starts them through the ramp,
  * replaces them when their settings change, reconnects with capped backoff, and follows the store.
  */
-export class Supervisor {
+export class Supervisor implements OwnedConnections {
   private readonly entries = new Map<string, Entry>();
   /** Last delivery check per connection; kept across replacements so that the hourly limit holds. */
   private readonly deliveryChecks = new Map<string, number>();
   private readonly clock: Clock;
   private readonly random: () => number;
   private readonly ramp: ConnectRamp;
-  private pollTimer: TimerHandle | undefined;
   private tickTimer: TimerHandle | undefined;
-  private seenVersion = 0;
+  readonly ownership: Ownership;
   private stopping = false;
   private stateChanges = 0;
 
@@ -82,14 +91,13 @@ export class Supervisor {
     this.clock = deps.clock ?? systemClock;
     this.random = deps.random ?? Math.random;
     this.ramp = new ConnectRamp(opts.ramp, this.clock);
+    this.ownership = deps.ownership ?? soloOwnership(deps.store, opts.storePollMs, this.clock, deps.log);
   }
 
-  /** Starts every stored connection that is not forbidden, then follows the store. */
-  start(): void {
-    this.seenVersion = this.deps.store.dataVersion();
-    this.reconcile(this.deps.store.list());
-    this.schedulePoll();
+  /** Starts every owned connection that is not forbidden, then follows the store. */
+  async start(): Promise<void> {
     this.scheduleTick();
+    await this.ownership.start(this);
   }
 
   /**
@@ -101,6 +109,7 @@ export class Supervisor {
     const entry = this.entries.get(key);
     if (entry && sameSettings(entry.conn, conn)) {
       entry.conn = conn;
+      entry.handedOver = false; // handed back before the new owner's socket replaced it
       return;
     }
     const previous = entry ? this.halt(entry) : undefined;
@@ -115,6 +124,8 @@ export class Supervisor {
       retryTimer: undefined,
       attempt: 0,
       openedAt: undefined,
+      handedOver: false,
+      owedPush: entry?.owedPush ?? false,
     };
     this.entries.set(key, fresh);
     if (conn.forbidden) {
@@ -135,11 +146,46 @@ export class Supervisor {
     this.deliveryChecks.delete(connectionKey(key));
   }
 
-  /** Marks a connection forbidden (stored with its reason) and closes its socket. */
-  forbid(key: ConnectionKey, reason: string): void {
-    this.deps.store.setForbidden(key, reason, Math.floor(this.clock.now() / 1000));
-    const conn = this.deps.store.get(key);
-    if (conn) this.sync(conn);
+  /** Another instance owns it now: keep the socket until Signal replaces it, or until the hand-over times out. */
+  handOver(key: ConnectionKey): void {
+    const entry = this.entries.get(connectionKey(key));
+    if (!entry) return;
+    if (!entry.link) {
+      this.remove(key); // no socket to keep: nothing to wait for
+      return;
+    }
+    entry.handedOver = true;
+    this.clock.clearTimeout(entry.retryTimer);
+    entry.retryTimer = this.clock.setTimeout(() => {
+      if (entry.handedOver && this.entries.get(connectionKey(key)) === entry) this.remove(key);
+    }, this.opts.handOverTimeoutMs);
+    this.setState(entry, 'connected', 'handed over');
+  }
+
+  handingOver(): number {
+    let n = 0;
+    for (const e of this.entries.values()) if (e.handedOver) n++;
+    return n;
+  }
+
+  owePush(key: ConnectionKey): void {
+    const entry = this.entries.get(connectionKey(key));
+    if (entry) entry.owedPush = true;
+  }
+
+  /**
+   * Marks a connection forbidden (stored with its reason) and closes its socket. As the owner's write it carries the
+   * epoch this instance knows: once another instance owns the row, it changes nothing.
+   */
+  async forbid(key: ConnectionKey, reason: string): Promise<void> {
+    const known = this.entries.get(connectionKey(key))?.conn;
+    try {
+      await this.deps.store.setForbidden(key, reason, Math.floor(this.clock.now() / 1000), known && { epoch: known.epoch });
+      const conn = await this.deps.store.get(key);
+      if (conn) this.sync(conn);
+    } catch (err) {
+      this.deps.log.error({ err: (err as Error).message, uuid: shortUuid(key.uuid) }, 'cannot store the forbidden state');
+    }
   }
 
   state(key: ConnectionKey): ConnectionState | undefined {
@@ -176,38 +222,25 @@ export class Supervisor {
     return counts;
   }
 
-  /** Closes every socket with 1000 and waits for them to end. */
+  /** Hands the connections over (several instances), then closes every socket left with 1000 and waits for them to end. */
   async stop(): Promise<void> {
+    await this.ownership.stop(this.opts.handOverTimeoutMs); // hands over first: the sockets stay until replaced
     this.stopping = true;
-    this.clock.clearTimeout(this.pollTimer);
     this.clock.clearTimeout(this.tickTimer);
     this.ramp.stop();
     await Promise.all([...this.entries.values()].map((e) => this.halt(e)));
   }
 
-  /** Follows the store: every stored connection synced, every removed one stopped. */
-  private reconcile(stored: Connection[]): void {
+  /** Follows the owned set: every connection in it synced, every other one stopped (handed-over sockets stay). */
+  reconcile(owned: Connection[]): void {
     const keys = new Set<string>();
-    for (const conn of stored) {
+    for (const conn of owned) {
       keys.add(connectionKey(conn));
       this.sync(conn);
     }
-    for (const entry of [...this.entries.values()]) if (!keys.has(connectionKey(entry.conn))) this.remove(entry.conn);
-  }
-
-  private schedulePoll(): void {
-    this.pollTimer = this.clock.setTimeout(() => {
-      try {
-        const version = this.deps.store.dataVersion();
-        if (version !== this.seenVersion) {
-          this.seenVersion = version;
-          this.reconcile(this.deps.store.list());
-        }
-      } catch (err) {
-        this.deps.log.error({ err: (err as Error).message }, 'cannot read the store for changes');
-      }
-      if (!this.stopping) this.schedulePoll();
-    }, this.opts.storePollMs);
+    for (const entry of [...this.entries.values()]) {
+      if (!keys.has(connectionKey(entry.conn)) && !entry.handedOver) this.remove(entry.conn);
+    }
   }
 
   private scheduleTick(): void {
@@ -247,7 +280,12 @@ export class Supervisor {
     entry.cancelQueued = this.ramp.enqueue((release) => {
       entry.cancelQueued = undefined;
       if (entry.halted) release();
-      else this.connect(entry, release);
+      else if (!this.ownership.canConnect(entry.conn)) {
+        release(); // no valid lease (PostgreSQL unreachable), or no longer ours: ask again later
+        const delayMs = backoffDelay(entry.attempt++, this.opts.backoff, this.random());
+        this.setState(entry, 'backoff', 'waiting for the lease', { retryInMs: delayMs });
+        entry.retryTimer = this.clock.setTimeout(() => this.queueConnect(entry, 'retry'), delayMs);
+      } else this.connect(entry, release);
     });
   }
 
@@ -261,6 +299,10 @@ export class Supervisor {
           release();
           entry.openedAt = this.clock.now();
           this.setState(entry, 'connected', 'open');
+          if (entry.owedPush) {
+            entry.owedPush = false;
+            this.deps.onUrgent(entry.conn);
+          }
         },
         onEnvelope: (urgent) => {
           this.deps.metrics?.messages.inc();
@@ -279,6 +321,15 @@ export class Supervisor {
 
   private ended(entry: Entry, end: LinkEnd): void {
     if (this.stopping || entry.halted || end.kind === 'stopped') return;
+    const replaced = end.kind === 'closed' && end.code === 4409 && this.ownership.expectsReplacement(entry.conn);
+    if (entry.handedOver || replaced) {
+      // The new owner's socket replaced this one, as planned: nothing to retry, no delivery check.
+      this.clock.clearTimeout(entry.retryTimer);
+      entry.halted = true;
+      this.setState(entry, 'stopped', 'handed over');
+      this.entries.delete(connectionKey(entry.conn));
+      return;
+    }
     if (end.kind === 'forbidden') {
       this.forbid(entry.conn, 'signal_403');
       return;
@@ -304,6 +355,11 @@ export class Supervisor {
     this.deliveryChecks.set(key, now);
     this.deps.onDeliveryCheck(conn);
   }
+}
+
+function soloOwnership(store: Store, pollMs: number, clock: Clock, log: Logger): Ownership {
+  if (!(store instanceof SqliteStore)) throw new Error('a PostgreSQL store needs lease ownership');
+  return new Solo(store, pollMs, clock, log);
 }
 
 const sameSettings = (a: Connection, b: Connection): boolean =>

@@ -2,7 +2,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Store } from '../../src/store.js';
+import { SqliteStore as Store } from '../../src/store.js';
 import { checkVapid, FakePushServer } from '../fakes/push-server.js';
 import { FakeSignalServer } from '../fakes/signal-server.js';
 import { testPki } from '../fakes/tls.js';
@@ -56,8 +56,8 @@ describe('connection add', () => {
     const pub = (await runBin(['vapid', 'pub'], { cwd: w.cwd, env: w.env })).stdout.trim();
     expect(sent.vapid).toMatchObject({ ok: true, publicKey: pub });
     const store = Store.open(w.db);
-    expect(store.get({ uuid: UUID, deviceId: 2 })).toMatchObject({ password: PASSWORD, endpoint: push.endpoint('cli-add'), forbidden: false });
-    store.close();
+    expect(await store.get({ uuid: UUID, deviceId: 2 })).toMatchObject({ password: PASSWORD, endpoint: push.endpoint('cli-add'), forbidden: false });
+    await store.close();
   });
 
   it('refuses a bad device id, a uuid not allowed and an endpoint not allowed, with exit 2 and one line each', async () => {
@@ -73,7 +73,7 @@ describe('connection add', () => {
       expect(r.code).toBe(2);
       expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(message)]);
     }
-    expect(existsSync(w.db) ? Store.open(w.db).list() : []).toEqual([]);
+    expect(existsSync(w.db) ? await Store.open(w.db).list() : []).toEqual([]);
   });
 
   it('exits 1 when the test push is not delivered, keeping the connection', async () => {

@@ -125,7 +125,7 @@ describe('the relay end to end', () => {
     await register({ ...molly, endpoint: push.endpoint() });
     await signal.until(() => signal.upgrades.some((u) => u.status === 403), 'a 403');
     await signal.until(() => server.supervisor.state(account) === 'forbidden', 'forbidden state');
-    expect(server.store.get(account)).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403' });
+    expect(await server.store.get(account)).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403' });
     expect((await register({ ...molly, endpoint: push.endpoint() })).json.mollysocket.status).toBe('forbidden');
     const attempts = signal.upgrades.length;
     await new Promise((r) => setTimeout(r, 300)); // several backoff periods of this test's 20-100 ms
@@ -152,7 +152,7 @@ describe('the relay end to end', () => {
     await push.until(() => push.requests.length === 2, 'the delivery check');
     expect(push.requests[1]).toMatchObject({ body: '{"code":4409}', headers: expect.objectContaining({ topic: '4409' }) });
     await signal.until(() => server.supervisor.state(account) === 'forbidden', 'forbidden');
-    expect(server.store.get(account)).toMatchObject({ forbidden: true, forbiddenReason: 'endpoint_gone' });
+    expect(await server.store.get(account)).toMatchObject({ forbidden: true, forbiddenReason: 'endpoint_gone' });
     other.close();
 
     expect((await register({ ...molly, endpoint: push.endpoint('new') })).json.mollysocket.status).toBe('ok');
@@ -184,7 +184,7 @@ describe('the relay end to end', () => {
     server = await startServer(config, memoryLogger().log, { resolver });
     const port = new URL(push.origin).port;
     expect((await register({ ...molly, endpoint: `http://sneaky.example:${port}/up` })).json.mollysocket.status).toBe('invalid_endpoint');
-    expect(server.store.list()).toEqual([]);
+    expect(await server.store.list()).toEqual([]);
     expect(push.requests).toHaveLength(0);
   });
 
@@ -199,7 +199,7 @@ describe('the relay end to end', () => {
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
     expect(metrics).toContain('\nmollysocket_connections 1\n');
     expect(metrics).toContain('\nmollysocket_pushs 1\n'); // the test push
-    rmSync(server.store.path);
+    rmSync(server.store.location);
     expect((await health()).status).toBe(503);
   });
 

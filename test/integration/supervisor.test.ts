@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import WebSocket from 'ws';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Supervisor, type SupervisorOptions } from '../../src/signal/supervisor.js';
-import { Store, type Connection } from '../../src/store.js';
+import { SqliteStore as Store, type Connection } from '../../src/store.js';
 import { ManualClock } from '../fakes/clock.js';
 import { FakeSignalServer, type Account } from '../fakes/signal-server.js';
 import { eventually, memoryLogger, settle, tempDir } from '../helpers/index.js';
@@ -27,7 +27,7 @@ const running: Harness[] = [];
 afterEach(async () => {
   for (const h of running.splice(0)) {
     await h.sup.stop();
-    h.store.close();
+    await h.store.close();
     await h.signal.close();
   }
 });
@@ -48,6 +48,7 @@ async function harness(over: Partial<SupervisorOptions> = {}, url?: string): Pro
     storePollMs: 2_000,
     deliveryCheckIntervalMs: 3600_000,
     keepaliveTickMs: 1_000,
+    handOverTimeoutMs: 30_000,
     ...over,
   };
   // random() = 1: every backoff delay is the whole step, so the schedule is exact.
@@ -64,9 +65,9 @@ async function harness(over: Partial<SupervisorOptions> = {}, url?: string): Pro
   return h;
 }
 
-function register(h: Harness, account: Account, endpoint = ENDPOINT): void {
+async function register(h: Harness, account: Account, endpoint = ENDPOINT): Promise<void> {
   h.signal.addAccount(account);
-  h.store.put({ ...account, endpoint }, 1);
+  await h.store.put({ ...account, endpoint }, 1);
 }
 
 /** Lets `ms` of clock time pass in slices, with the real I/O of each slice (keepalive answers) in between. */
@@ -89,17 +90,17 @@ const retryDelays = (h: Harness): number[] =>
 describe('one socket per account device', () => {
   it('opens one socket, ignores identical registrations, and replaces it when the endpoint changes, old one first', async () => {
     const h = await harness();
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     await connected(h, A);
     expect(h.signal.open(A.uuid, A.deviceId)).toHaveLength(1);
 
-    h.sup.sync(h.store.get(A)!); // Molly re-registers on every unlock
+    h.sup.sync((await h.store.get(A))!); // Molly re-registers on every unlock
     await settle();
     expect(h.signal.sessions).toHaveLength(1);
 
-    h.store.put({ ...A, endpoint: 'https://push.example/up/new' }, 2);
-    h.sup.sync(h.store.get(A)!);
+    await h.store.put({ ...A, endpoint: 'https://push.example/up/new' }, 2);
+    h.sup.sync((await h.store.get(A))!);
     await eventually(() => h.signal.sessions.length === 2 && h.sup.state(A) === 'connected', 'the replacement');
     const name = `${A.uuid}.${A.deviceId}`;
     expect(h.signal.events).toEqual([`open ${name}`, `close ${name} 1000`, `open ${name}`]);
@@ -108,13 +109,13 @@ describe('one socket per account device', () => {
 
   it('replaces the socket when the credentials change', async () => {
     const h = await harness();
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     await connected(h, A);
     const renewed = { ...A, password: 'new-password' };
     h.signal.addAccount(renewed);
-    h.store.put({ ...renewed, endpoint: ENDPOINT }, 2);
-    h.sup.sync(h.store.get(A)!);
+    await h.store.put({ ...renewed, endpoint: ENDPOINT }, 2);
+    h.sup.sync((await h.store.get(A))!);
     await eventually(() => h.signal.sessions.length === 2 && h.sup.state(A) === 'connected', 'the replacement');
     const basic = Buffer.from(`${A.uuid}.${A.deviceId}:new-password`).toString('base64');
     expect(h.signal.sessions[1]!.headers.authorization).toBe(`Basic ${basic}`);
@@ -125,9 +126,9 @@ describe('one socket per account device', () => {
 describe('timeouts', () => {
   it('gives up a connect that does not complete in 30 s, and tries again after the backoff', async () => {
     const h = await harness();
-    register(h, A);
+    await register(h, A);
     h.signal.refusals.push({ status: 0 }); // the upgrade is never answered
-    h.sup.start();
+    await h.sup.start();
     await eventually(() => h.signal.upgrades.length === 1, 'the hanging attempt');
     h.clock.advance(29_999);
     await settle();
@@ -141,8 +142,8 @@ describe('timeouts', () => {
 
   it('sends a keepalive every 30 s from the moment the socket opens, and replaces a socket whose keepalive goes unanswered for 20 s', async () => {
     const h = await harness();
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     await connected(h, A);
     const session = h.signal.open(A.uuid, A.deviceId)[0]!;
     h.clock.advance(29_999);
@@ -175,8 +176,8 @@ describe('timeouts', () => {
 describe('server requests', () => {
   it('answers every request, skips malformed frames and keeps the socket', async () => {
     const h = await harness();
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     await connected(h, A);
     const session = h.signal.open(A.uuid, A.deviceId)[0]!;
     h.signal.sendRaw(session, Uint8Array.from([0x0a, 0xff, 0xff, 0xff]));
@@ -193,25 +194,25 @@ describe('server requests', () => {
 describe('outcomes', () => {
   it('403 at the upgrade: forbidden with reason and time stored, no more attempts, back after new credentials', async () => {
     const h = await harness();
-    h.store.put({ ...A, endpoint: ENDPOINT }, 1); // the fake does not know these credentials
-    h.sup.start();
+    await h.store.put({ ...A, endpoint: ENDPOINT }, 1); // the fake does not know these credentials
+    await h.sup.start();
     await inState(h, A, 'forbidden');
-    expect(h.store.get(A)).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403', forbiddenAt: Math.floor(h.clock.now() / 1000) });
+    expect(await h.store.get(A)).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403', forbiddenAt: Math.floor(h.clock.now() / 1000) });
     h.clock.advance(3600_000);
     await settle();
     expect(h.signal.upgrades).toHaveLength(1);
 
     const relinked = { ...A, password: 'relinked' };
     h.signal.addAccount(relinked);
-    h.store.put({ ...relinked, endpoint: ENDPOINT }, 2);
-    h.sup.sync(h.store.get(A)!);
+    await h.store.put({ ...relinked, endpoint: ENDPOINT }, 2);
+    h.sup.sync((await h.store.get(A))!);
     await connected(h, A);
   });
 
   it('4401: reconnects, and a 403 then tells that the device is gone', async () => {
     const h = await harness();
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     await connected(h, A);
     h.signal.removeAccount(A);
     h.signal.open(A.uuid, A.deviceId)[0]!.ws.close(4401, 'Reauth');
@@ -219,13 +220,13 @@ describe('outcomes', () => {
     expect(h.logs().join('')).toMatch(/4401/);
     h.clock.advance(1_000);
     await inState(h, A, 'forbidden');
-    expect(h.store.get(A)?.forbiddenReason).toBe('signal_403');
+    expect((await h.store.get(A))?.forbiddenReason).toBe('signal_403');
   });
 
   it('4409 from a second connection of the same device: backs off and sends at most one delivery check per interval', async () => {
     const h = await harness({ deliveryCheckIntervalMs: 60_000 });
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     await connected(h, A);
     const basic = Buffer.from(`${A.uuid}.${A.deviceId}:${A.password}`).toString('base64');
     const intruder = () => new WebSocket(h.signal.url, { headers: { Authorization: `Basic ${basic}` } });
@@ -254,9 +255,9 @@ describe('outcomes', () => {
 
   it('429 with Retry-After: waits as long as the server asked', async () => {
     const h = await harness();
-    register(h, A);
+    await register(h, A);
     h.signal.refusals.push({ status: 429, headers: { 'Retry-After': '7' } });
-    h.sup.start();
+    await h.sup.start();
     await inState(h, A, 'backoff');
     expect(retryDelays(h)).toEqual([7_000]);
     h.clock.advance(6_999);
@@ -268,9 +269,9 @@ describe('outcomes', () => {
 
   it('499, 5xx and network errors: retried with backoff', async () => {
     const h = await harness();
-    register(h, A);
+    await register(h, A);
     h.signal.refusals.push({ status: 499 }, { status: 503 }, { status: 502 });
-    h.sup.start();
+    await h.sup.start();
     for (const delay of [1_000, 2_000, 4_000]) {
       await inState(h, A, 'backoff');
       h.clock.advance(delay);
@@ -284,8 +285,8 @@ describe('outcomes', () => {
 describe('backoff', () => {
   it('grows from about a second and stays at the cap while Signal is unreachable', async () => {
     const h = await harness({}, 'ws://127.0.0.1:1/v1/websocket/'); // nothing listens there
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     for (let i = 0; i < 12; i++) {
       await eventually(() => retryDelays(h).length === i + 1, `failure ${i + 1}`);
       h.clock.advance(retryDelays(h)[i]!);
@@ -296,9 +297,9 @@ describe('backoff', () => {
 
   it('starts again from the base once a socket stayed healthy for a minute', async () => {
     const h = await harness();
-    register(h, A);
+    await register(h, A);
     h.signal.refusals.push({ status: 503 }, { status: 503 });
-    h.sup.start();
+    await h.sup.start();
     await inState(h, A, 'backoff');
     h.clock.advance(1_000);
     await eventually(() => retryDelays(h).length === 2, 'second failure');
@@ -325,8 +326,8 @@ describe('start-up ramp', () => {
       deviceId: 1,
       password: `pw${i}`,
     }));
-    for (const a of accounts) register(h, a);
-    h.sup.start();
+    for (const a of accounts) await register(h, a);
+    await h.sup.start();
     await eventually(() => h.signal.sessions.length === 5, 'the first burst');
     await settle();
     expect(h.signal.upgrades).toHaveLength(5); // the burst is bounded, however fast the handshakes are
@@ -343,28 +344,28 @@ describe('start-up ramp', () => {
 describe('following the store', () => {
   it('picks up what the command line adds, removes and re-enables, within a poll', async () => {
     const h = await harness();
-    h.sup.start();
+    await h.sup.start();
     const cli = Store.open(h.dbPath);
     try {
       h.signal.addAccount(A);
-      cli.put({ ...A, endpoint: ENDPOINT }, 1);
+      await cli.put({ ...A, endpoint: ENDPOINT }, 1);
       h.clock.advance(2_000);
       await connected(h, A);
 
-      cli.remove({ uuid: A.uuid });
+      await cli.remove({ uuid: A.uuid });
       h.clock.advance(2_000);
       await eventually(() => h.signal.events.includes(`close ${A.uuid}.${A.deviceId} 1000`), 'the socket closed');
       expect(h.sup.state(A)).toBeUndefined();
 
-      cli.put({ ...B, endpoint: ENDPOINT }, 2); // unknown to Signal: 403
+      await cli.put({ ...B, endpoint: ENDPOINT }, 2); // unknown to Signal: 403
       h.clock.advance(2_000);
       await inState(h, B, 'forbidden');
       h.signal.addAccount(B); // the user fixed it; `connection enable` clears the flag
-      cli.enable(B, 3);
+      await cli.enable(B, 3);
       h.clock.advance(2_000);
       await connected(h, B);
     } finally {
-      cli.close();
+      await cli.close();
     }
   });
 });
@@ -372,10 +373,10 @@ describe('following the store', () => {
 describe('state', () => {
   it('logs one line per state change, with the uuid shortened and no secrets', async () => {
     const h = await harness();
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     await connected(h, A);
-    h.sup.sync(h.store.get(A)!);
+    h.sup.sync((await h.store.get(A))!);
     const stateLines = h.logs().filter((l) => l.includes('"msg":"connection state"'));
     expect(stateLines.map((l) => (JSON.parse(l) as { state: string }).state)).toEqual(['connecting', 'connected']);
     const all = h.logs().join('');
@@ -388,9 +389,9 @@ describe('state', () => {
 
   it('closes every socket with 1000 on stop', async () => {
     const h = await harness();
-    register(h, A);
-    register(h, B);
-    h.sup.start();
+    await register(h, A);
+    await register(h, B);
+    await h.sup.start();
     await connected(h, A);
     await connected(h, B);
     await h.sup.stop();

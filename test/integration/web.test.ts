@@ -13,7 +13,7 @@ function ops(over: Partial<Ops> = {}): Ops {
   return {
     version: '9.9.9',
     counts: () => ({ total: 5, connected: 3, connecting: 1, backoff: 0, forbidden: 1 }),
-    storeHealthy: () => true,
+    storeHealthy: async () => true,
     metrics: () => metrics.registry.metrics(),
     metricsContentType: metrics.registry.contentType,
     ...over,
@@ -158,7 +158,7 @@ describe('health and metrics', () => {
     const res = await instance.inject({ url: '/health' });
     expect(res.statusCode).toBe(200);
     expect(res.json()).toEqual({ status: 'ok', version: '9.9.9', connections: { total: 5, connected: 3, connecting: 1, backoff: 0, forbidden: 1 } });
-    const broken = await app({ ops: ops({ storeHealthy: () => false }) });
+    const broken = await app({ ops: ops({ storeHealthy: async () => false }) });
     const down = await broken.instance.inject({ url: '/health' });
     expect(down.statusCode).toBe(503);
     expect(down.json()).toMatchObject({ status: 'store_unavailable' });

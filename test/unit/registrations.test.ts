@@ -3,7 +3,7 @@ import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import type { ResolvedEndpoint } from '../../src/policy.js';
 import { decide, ENDPOINT_GONE, Registrations, type RegistrationRequest } from '../../src/registrations.js';
-import { Store, type Connection } from '../../src/store.js';
+import { SqliteStore as Store, type Connection } from '../../src/store.js';
 import { tempDir } from '../helpers/index.js';
 
 const req: RegistrationRequest = {
@@ -24,6 +24,8 @@ const stored = (over: Partial<Connection> = {}): Connection => ({
   lastRegistration: 1,
   createdAt: 1,
   updatedAt: 1,
+  owner: null,
+  epoch: 0,
   ...over,
 });
 const allowed = { uuidAllowed: true, endpointAllowed: true };
@@ -85,7 +87,7 @@ describe('applying a registration', () => {
   it('stores a new connection, starts it and sends a test push', async () => {
     const h = harness(allowed);
     expect(await h.registrations.register(req)).toBe('ok');
-    expect(h.store.get(req)).toMatchObject({ password: req.password, endpoint: req.endpoint, lastRegistration: 1234 });
+    expect(await h.store.get(req)).toMatchObject({ password: req.password, endpoint: req.endpoint, lastRegistration: 1234 });
     expect(h.changed).toHaveLength(1);
     expect(h.pinged).toHaveLength(1);
   });
@@ -93,19 +95,19 @@ describe('applying a registration', () => {
   it('answers internal_error when the endpoint cannot be resolved now, so that Molly tries again; stores nothing', async () => {
     const h = harness({ ok: false, reason: 'cannot resolve push.example: EAI_AGAIN', transient: true });
     expect(await h.registrations.register(req)).toBe('internal_error');
-    expect(h.store.list()).toEqual([]);
+    expect(await h.store.list()).toEqual([]);
     expect([...h.changed, ...h.pinged]).toEqual([]);
   });
 
   it('answers invalid_endpoint for an endpoint the policy refuses; stores nothing', async () => {
     const h = harness({ ok: false, reason: 'not in allowed_endpoints', transient: false });
     expect(await h.registrations.register(req)).toBe('invalid_endpoint');
-    expect(h.store.list()).toEqual([]);
+    expect(await h.store.list()).toEqual([]);
   });
 
   it('answers internal_error, with nothing half-written, when the store fails', async () => {
     const h = harness(allowed);
-    h.store.close(); // every query now throws
+    await h.store.close(); // every query now throws
     expect(await h.registrations.register(req)).toBe('internal_error');
     expect([...h.changed, ...h.pinged]).toEqual([]);
   });
