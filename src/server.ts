@@ -49,9 +49,15 @@ export function supervisorOptions(config: Config): SupervisorOptions {
     storePollMs: 2_000,
     deliveryCheckIntervalMs: 3600_000,
     keepaliveTickMs: 1_000,
-    handOverTimeoutMs: 30_000,
+    handOverTimeoutMs: handOverTimeoutMs(config),
   };
 }
+
+/**
+ * How long a handed-over socket waits for the new owner's to replace it, which also bounds the hand-over at shutdown:
+ * two leases, at least 10 s (the new owners connect through their ramp).
+ */
+export const handOverTimeoutMs = (config: Pick<Config, 'lease_seconds'>): number => Math.max(10_000, 2 * config.lease_seconds * 1000);
 
 /** Time that pushes under way get to finish at shutdown. */
 const PUSH_DRAIN_MS = 2_000;

@@ -1,8 +1,9 @@
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { ConfigError, loadConfig, type Config, type LoadedConfig } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
-import { resolveVapidKey, VapidKeyError, type ResolvedKey } from '../push/vapid.js';
-import { openStore, StoreError, type Store } from '../store.js';
+import { clusterVapidKey, resolveVapidKey, VapidKeyError, type ResolvedKey } from '../push/vapid.js';
+import type { PostgresStore } from '../store-pg.js';
+import { isPostgresUrl, openStore, StoreError, type Store } from '../store.js';
 
 /** Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error. */
 export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
@@ -58,8 +59,12 @@ export async function withStore<T>(config: Config, fn: (store: Store) => T | Pro
   }
 }
 
-/** The key the server uses; kept (generated first if need be) so that what Molly is shown stays valid. */
-export function vapidKey(config: Config): ResolvedKey {
+/**
+ * The key the server uses; kept (generated first if need be) so that what Molly is shown stays valid. On PostgreSQL,
+ * the instances' shared key in the database.
+ */
+export async function vapidKey(config: Config): Promise<ResolvedKey> {
+  if (isPostgresUrl(config.db)) return withStore(config, (store) => clusterVapidKey(config, store as PostgresStore));
   const key = resolveVapidKey(config, { generate: true });
   if (key.source === 'generated') warn(`generated a VAPID key and kept it in ${key.path}: back this file up with the database`);
   return key;

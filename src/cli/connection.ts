@@ -25,7 +25,7 @@ export function describeOutcome(o: PushOutcome): string {
 
 /** Sends a test push to each connection and prints how it went; false when any was not delivered. */
 async function ping(config: Config, conns: Connection[]): Promise<boolean> {
-  const { client } = pushStack(config, vapidKey(config).privateKey);
+  const { client } = pushStack(config, (await vapidKey(config)).privateKey);
   try {
     let all = true;
     for (const c of conns) {

@@ -3,7 +3,7 @@ import { linkUrl, qrTerminal, type LinkTarget } from '../link.js';
 import { loadFor, print, UsageError, vapidKey } from './common.js';
 
 async function show(cmd: Command, target: LinkTarget): Promise<void> {
-  const link = linkUrl(vapidKey(loadFor(cmd).config).publicKey, target);
+  const link = linkUrl((await vapidKey(loadFor(cmd).config)).publicKey, target);
   print(`${await qrTerminal(link)}\n${link}`);
 }
 

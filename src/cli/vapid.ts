@@ -14,15 +14,15 @@ export function registerVapid(program: Command): void {
   vapid
     .command('pub')
     .description('print the public key of the configured (or kept) VAPID key')
-    .action((_o, cmd: Command) => print(vapidKey(loadFor(cmd).config).publicKey));
+    .action(async (_o, cmd: Command) => print((await vapidKey(loadFor(cmd).config)).publicKey));
 
   vapid
     .command('test')
     .description('print the VAPID Authorization header this server sends to an endpoint')
     .argument('<endpoint>', 'UnifiedPush endpoint URL')
-    .action((endpoint: string, _o, cmd: Command) => {
+    .action(async (endpoint: string, _o, cmd: Command) => {
       const { config } = loadFor(cmd);
       if (!URL.canParse(endpoint)) throw new UsageError(`endpoint ${endpoint} is not a URL: give the full https://… URL`);
-      print(pushStack(config, vapidKey(config).privateKey).signer.header(endpoint));
+      print(pushStack(config, (await vapidKey(config)).privateKey).signer.header(endpoint));
     });
 }

@@ -126,9 +126,9 @@ export class Leases implements Ownership {
         this.log.info({ to, devices: moved.length }, 'handed devices over to another instance');
       }
     }
-    // Right after joining, give the others one renewal period to notice this instance, so that the first one up does
-    // not take everything only to hand most of it over again.
-    const settled = this.live.length === 1 || now - this.joinedAt >= this.t.renewMs;
+    // Right after joining, give the others one renewal period to notice this instance, so that of several starting
+    // together the first one up does not take everything only to hand most of it over again.
+    const settled = now - this.joinedAt >= this.t.renewMs;
     if (settled && this.lease.valid(performance.now())) {
       const claimed = await this.store.claim(this.id, bucketsOf(owners, this.id), qt);
       if (claimed.length > 0) {

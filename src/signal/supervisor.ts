@@ -150,8 +150,8 @@ export class Supervisor implements OwnedConnections {
   handOver(key: ConnectionKey): void {
     const entry = this.entries.get(connectionKey(key));
     if (!entry) return;
-    if (!entry.link) {
-      this.remove(key); // no socket to keep: nothing to wait for
+    if (entry.state !== 'connected') {
+      this.remove(key); // no open socket to keep; one still connecting would replace the new owner's
       return;
     }
     entry.handedOver = true;

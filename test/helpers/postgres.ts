@@ -9,30 +9,23 @@ export const postgresMissing = 'missing' in postgres ? postgres.missing : undefi
 if (postgresMissing) process.stderr.write(`skipping the PostgreSQL cases: ${postgresMissing}\n`);
 
 /** A new empty database on the private server; its URL. */
-export async function freshDatabase(): Promise<string> {
-  if (!('url' in postgres)) throw new Error(postgresMissing);
+export async function freshDatabase(adminUrl = 'url' in postgres ? postgres.url : undefined): Promise<string> {
+  if (!adminUrl) throw new Error(postgresMissing);
   const name = `t_${randomBytes(6).toString('hex')}`;
-  const admin = new pg.Client({ connectionString: postgres.url });
+  const admin = new pg.Client({ connectionString: adminUrl });
   await admin.connect();
   try {
     await admin.query(`CREATE DATABASE ${name}`);
   } finally {
     await admin.end();
   }
-  return postgres.url.replace(/\/postgres$/, `/${name}`);
+  return adminUrl.replace(/\/postgres$/, `/${name}`);
 }
 
-/** Every process of the private server (postmaster and its children), to freeze and thaw it. */
-export function serverPids(): number[] {
-  if (!('pids' in postgres)) return [];
-  const parent = postgres.pids;
-  const children = execFileSync('ps', ['-o', 'pid=', '--ppid', parent]).toString().trim().split(/\s+/).filter(Boolean);
-  return [Number(parent), ...children.map(Number)];
-}
-
-/** SIGSTOP (freeze) or SIGCONT (thaw) the whole server. */
-export function signalServer(signal: 'SIGSTOP' | 'SIGCONT'): void {
-  for (const pid of serverPids()) {
+/** SIGSTOP (freeze) or SIGCONT (thaw) every process of a PostgreSQL server: the postmaster and its children. */
+export function signalServer(postmaster: number, signal: 'SIGSTOP' | 'SIGCONT'): void {
+  const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(postmaster)]).toString().trim().split(/\s+/).filter(Boolean).map(Number);
+  for (const pid of [postmaster, ...children]) {
     try {
       process.kill(pid, signal);
     } catch {
