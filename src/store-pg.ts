@@ -30,7 +30,8 @@ const MIGRATIONS = [
      version TEXT NOT NULL,
      started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
      renewed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-     lease_until TIMESTAMPTZ NOT NULL
+     lease_until TIMESTAMPTZ NOT NULL,
+     leaving BOOLEAN NOT NULL DEFAULT false
    );
    CREATE TABLE connections(
      uuid TEXT NOT NULL,
@@ -102,6 +103,8 @@ export interface InstanceRow {
   startedAt: number;
   /** Whether its lease is still valid by the database's clock. */
   live: boolean;
+  /** It is stopping and handing its devices over: it takes none. */
+  leaving: boolean;
   /** How long until the lease runs out (negative: ran out that long ago). */
   leaseLeftMs: number;
   /** Milliseconds since it last renewed. */
@@ -361,12 +364,13 @@ export class PostgresStore implements Store {
       version: string;
       started_ms: number;
       live: boolean;
+      leaving: boolean;
       left_ms: number;
       renewed_ago_ms: number;
       owned: number;
     }>(
       `SELECT i.id, i.name, i.pid, i.version, (extract(epoch FROM i.started_at) * 1000)::int8 AS started_ms,
-              i.lease_until > now() AS live,
+              i.lease_until > now() AS live, i.leaving,
               (extract(epoch FROM i.lease_until - now()) * 1000)::int8 AS left_ms,
               (extract(epoch FROM now() - i.renewed_at) * 1000)::int8 AS renewed_ago_ms,
               (SELECT count(*) FROM connections c WHERE c.owner = i.id) AS owned
@@ -381,6 +385,7 @@ export class PostgresStore implements Store {
       version: r.version,
       startedAt: r.started_ms,
       live: r.live,
+      leaving: r.leaving,
       leaseLeftMs: r.left_ms,
       renewedAgoMs: r.renewed_ago_ms,
       owned: r.owned,
@@ -424,7 +429,8 @@ export class PostgresStore implements Store {
     const rows = await this.rows<{ uuid: string; device_id: number }>(
       `WITH m AS (
          UPDATE connections SET owner = $2, epoch = epoch + 1
-         WHERE owner = $1 AND bucket = ANY($3) AND EXISTS (SELECT 1 FROM instances WHERE id = $2 AND lease_until > now())
+         WHERE owner = $1 AND bucket = ANY($3)
+           AND EXISTS (SELECT 1 FROM instances WHERE id = $2 AND lease_until > now() AND NOT leaving)
          RETURNING uuid, device_id)
        SELECT m.uuid, m.device_id, pg_notify('${CHANNEL}', 'owners') FROM m`,
       [me, to, buckets],
@@ -436,6 +442,11 @@ export class PostgresStore implements Store {
   /** The devices this instance owns. */
   async owned(me: string, timeoutMs?: number): Promise<Connection[]> {
     return (await this.rows<Row>('SELECT * FROM connections WHERE owner = $1', [me], timeoutMs)).map(fromRow);
+  }
+
+  /** This instance is stopping: the others stop counting it in their shares, and hand it nothing. */
+  async leaving(me: string): Promise<void> {
+    await this.rows(`WITH r AS (UPDATE instances SET leaving = true WHERE id = $1 RETURNING id) SELECT pg_notify('${CHANNEL}', 'owners') FROM r`, [me]);
   }
 
   /** Removes this instance's lease row: whatever it still owns is free for the others at once. */

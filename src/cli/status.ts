@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { isFresh } from '../heartbeat.js';
 import { connectionKey } from '../store.js';
+import { PostgresStore, type InstanceRow } from '../store-pg.js';
 import { FailureError, formatTime, loadFor, maskUuid, print, table, withStore } from './common.js';
 
 export function registerStatus(program: Command): void {
@@ -12,11 +13,14 @@ export function registerStatus(program: Command): void {
     .action(async (opts: { anonymized?: boolean; json?: boolean }, cmd: Command) => {
       const { config } = loadFor(cmd);
       const now = Date.now();
-      const { heartbeat, conns, live } = await withStore(config, async (store) => ({
+      const { heartbeat, conns, live, instances } = await withStore(config, async (store) => ({
         heartbeat: await store.heartbeat(),
         conns: await store.list(),
         live: new Map((await store.liveStates()).map((s) => [connectionKey(s), s])),
+        // Several instances: who is there, and who owns what.
+        instances: store instanceof PostgresStore ? await store.instances() : undefined,
       }));
+      const instanceName = new Map((instances ?? []).map((i) => [i.id, i.name]));
       const running = isFresh(heartbeat, now);
       const rows = conns.map((c) => {
         const published = running ? live.get(connectionKey(c)) : undefined;
@@ -24,10 +28,11 @@ export function registerStatus(program: Command): void {
           ? { state: 'forbidden', reason: c.forbiddenReason ?? 'unknown', since: (c.forbiddenAt ?? 0) * 1000 }
           : { state: running ? 'pending' : 'stopped', reason: running ? 'not picked up yet' : 'server not running', since: 0 };
         const s = published ?? stored;
-        return { uuid: opts.anonymized ? maskUuid(c.uuid) : c.uuid, device_id: c.deviceId, state: s.state, reason: s.reason, since: s.since };
+        const owner = instances && { instance: c.owner === null ? null : (instanceName.get(c.owner) ?? c.owner) };
+        return { uuid: opts.anonymized ? maskUuid(c.uuid) : c.uuid, device_id: c.deviceId, state: s.state, reason: s.reason, since: s.since, ...owner };
       });
       if (opts.json) {
-        print(JSON.stringify({ server: { running, ...(running && heartbeat) }, connections: rows }, null, 2));
+        print(JSON.stringify({ server: { running, ...(running && heartbeat) }, ...(instances && { instances }), connections: rows }, null, 2));
         return;
       }
       print(
@@ -35,11 +40,18 @@ export function registerStatus(program: Command): void {
           ? `server: running (pid ${heartbeat.pid}, version ${heartbeat.version}, since ${formatTime(heartbeat.startedAt, 'ms')}, seen ${Math.round((now - heartbeat.seenAt) / 1000)} s ago)`
           : `server: not running${heartbeat ? ` (last seen ${formatTime(heartbeat.seenAt, 'ms')})` : ''}`,
       );
+      if (instances) print(describeInstances(instances));
       if (rows.length === 0) {
         print('No connection registered yet.');
         return;
       }
-      print(table([['UUID', 'DEVICE', 'STATE', 'REASON', 'SINCE'], ...rows.map((r) => [r.uuid, String(r.device_id), r.state, r.reason, formatTime(r.since, 'ms')])]));
+      const header = ['UUID', 'DEVICE', 'STATE', 'REASON', 'SINCE', ...(instances ? ['INSTANCE'] : [])];
+      print(
+        table([
+          header,
+          ...rows.map((r) => [r.uuid, String(r.device_id), r.state, r.reason, formatTime(r.since, 'ms'), ...(instances ? [r.instance ?? '(none)'] : [])]),
+        ]),
+      );
     });
 
   program
@@ -54,4 +66,19 @@ export function registerStatus(program: Command): void {
       }
       print(`healthy: server pid ${heartbeat!.pid} seen ${ageS} s ago`);
     });
+}
+
+/** The instances sharing a PostgreSQL database: their leases (by the database's clock) and how many devices each owns. */
+function describeInstances(instances: InstanceRow[]): string {
+  const live = instances.filter((i) => i.live);
+  const lines = [`instances: ${live.length} live${instances.length > live.length ? `, ${instances.length - live.length} expired` : ''}`];
+  if (instances.length === 0) return lines[0]!;
+  const state = (i: InstanceRow) => (!i.live ? 'expired' : i.leaving ? 'leaving' : 'live');
+  lines.push(
+    table([
+      ['NAME', 'ID', 'PID', 'VERSION', 'STATE', 'LEASE LEFT', 'DEVICES'],
+      ...instances.map((i) => [i.name, i.id.slice(0, 8), String(i.pid), i.version, state(i), `${(i.leaseLeftMs / 1000).toFixed(1)} s`, String(i.owned)]),
+    ]).trimEnd(),
+  );
+  return lines.join('\n');
 }

@@ -112,7 +112,8 @@ export class Leases implements Ownership {
       const reaped = await this.store.reap(qt);
       if (reaped.length > 0) this.log.warn({ instances: reaped }, 'took over from instances whose lease ran out');
     }
-    this.live = instances.filter((i) => i.live && i.id !== this.id).concat(instances.filter((i) => i.id === this.id));
+    // The members that share the devices: live, and not stopping (this one counts itself while it runs).
+    this.live = instances.filter((i) => i.live && !i.leaving && i.id !== this.id).concat(instances.filter((i) => i.id === this.id));
     // A peer's lease running out before the next tick: look again right then, so that failover does not wait a tick.
     const nextExpiry = Math.min(...this.live.filter((i) => i.id !== this.id).map((i) => i.leaseLeftMs));
     if (nextExpiry < this.t.renewMs) this.later(Math.max(0, nextExpiry) + 50);
@@ -121,6 +122,7 @@ export class Leases implements Ownership {
     for (const [to, buckets] of handOvers(owners, this.id, new Set(this.owned.values()))) {
       const moved = await this.store.handOver(this.id, to, buckets, qt);
       for (const key of moved) this.givenAway(key);
+      this.log.debug({ to, devices: moved.map((k) => shortKey(connectionKey(k))) }, 'handed over');
       if (moved.length > 0) {
         this.metrics?.leases.inc({ event: 'handed_over' }, moved.length);
         this.log.info({ to, devices: moved.length }, 'handed devices over to another instance');
@@ -135,6 +137,7 @@ export class Leases implements Ownership {
         this.metrics?.leases.inc({ event: 'claimed' }, claimed.length);
         this.log.info({ devices: claimed.length }, 'claimed devices');
       }
+      this.log.debug({ devices: claimed.map((c) => shortKey(connectionKey(c.conn))) }, 'claimed');
       for (const { conn, owedWake } of claimed) {
         this.take(conn);
         if (owedWake) this.target?.owePush(conn);
@@ -178,7 +181,10 @@ export class Leases implements Ownership {
     const owned = await this.store.owned(this.id, this.t.queryTimeoutMs);
     this.lastFullRead = performance.now();
     const now = new Set(owned.map(connectionKey));
-    for (const key of [...this.owned.keys()]) if (!now.has(key)) this.owned.delete(key);
+    const gone = [...this.owned.keys()].filter((key) => !now.has(key));
+    const added = [...now].filter((key) => !this.owned.has(key));
+    if (gone.length + added.length > 0) this.log.debug({ gone: gone.map(shortKey), added: added.map(shortKey) }, 'owned devices read');
+    for (const key of gone) this.owned.delete(key);
     for (const c of owned) {
       this.owned.set(connectionKey(c), bucketOf(c.uuid, c.deviceId));
       this.handedOver.delete(connectionKey(c));
@@ -246,15 +252,18 @@ export class Leases implements Ownership {
     await this.running;
     const deadline = performance.now() + timeoutMs;
     try {
-      const others = (await this.store.instances(this.t.queryTimeoutMs)).filter((i) => i.live && i.id !== this.id);
+      await this.store.leaving(this.id);
+      const others = (await this.store.instances(this.t.queryTimeoutMs)).filter((i) => i.live && !i.leaving && i.id !== this.id);
       if (others.length > 0 && this.owned.size > 0) {
         const owners = assignBuckets(others);
+        let handed = 0;
         for (const [to, buckets] of handOvers(owners, this.id, new Set(this.owned.values()))) {
           const moved = await this.store.handOver(this.id, to, buckets, this.t.queryTimeoutMs);
           for (const key of moved) this.givenAway(key);
           this.metrics?.leases.inc({ event: 'handed_over' }, moved.length);
+          handed += moved.length;
         }
-        this.log.info({ devices: this.handedOver.size, instances: others.length }, 'handing every device over before stopping');
+        this.log.info({ devices: handed, instances: others.length }, 'handing every device over before stopping');
         // Keep the lease meanwhile: a lapse here would look like a crash to the others.
         while ((this.target?.handingOver() ?? 0) > 0 && performance.now() < deadline) {
           if (performance.now() - this.renewedAt >= this.t.renewMs) await this.renew();
@@ -283,4 +292,10 @@ export class Leases implements Ownership {
 const keyOf = (key: string): ConnectionKey => {
   const dot = key.lastIndexOf('.');
   return { uuid: key.slice(0, dot), deviceId: Number(key.slice(dot + 1)) };
+};
+
+/** `6e3b5c1a….2`: enough to follow a device through the debug log. */
+const shortKey = (key: string): string => {
+  const { uuid, deviceId } = keyOf(key);
+  return `${shortUuid(uuid)}.${deviceId}`;
 };

@@ -147,7 +147,8 @@ export class FakeSignalServer {
   }
 
   private closed(name: string): void {
-    const d = this.devices.get(name)!;
+    const d = this.devices.get(name);
+    if (!d) return; // removed meanwhile
     d.open--;
     if (d.open === 0) d.noneSince = performance.now();
   }
@@ -167,8 +168,10 @@ export class FakeSignalServer {
     this.accounts.set(`${account.uuid}.${account.deviceId}`, account);
   }
 
+  /** Signal no longer knows the device: its sockets are refused, and its gaps no longer count. */
   removeAccount(account: Pick<Account, 'uuid' | 'deviceId'>): void {
     this.accounts.delete(`${account.uuid}.${account.deviceId}`);
+    this.devices.delete(`${account.uuid}.${account.deviceId}`);
   }
 
   /** Open sessions of an account device. */

@@ -43,7 +43,7 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
 
   async function start(tag: string): Promise<BinProcess> {
     const url = await signal.listen(tag);
-    const p = new BinProcess(['-v', 'server'], { cwd, env: env(tag, url) });
+    const p = new BinProcess(['-vv', 'server'], { cwd, env: env(tag, url) });
     instances.set(tag, p);
     await p.waitFor(/joined the cluster/);
     return p;
@@ -118,15 +118,20 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
     expect(add.code).toBe(0);
     await signal.until(() => signal.open(added.uuid, 1).length === 1, 'the added device connected', 5_000);
     expect(performance.now() - before).toBeLessThan(3_000); // the CLI's own test push included; the notification does the rest
-    const status = await runBin(['status'], { cwd, env: { MOLLY_DB: db } });
-    expect(status.stdout).toMatch(/instances: 3 live/);
-    expect(status.stdout).toMatch(new RegExp(`${added.uuid}\\s+1\\s+connected`));
+    // status lists the instances and who owns what; states are published with the heartbeat, every 5 s.
+    let status = '';
+    await eventually(async () => /connected/.test((status = (await runBin(['status'], { cwd, env: { MOLLY_DB: db } })).stdout).split('\n').find((l) => l.startsWith(added.uuid)) ?? ''), 'status shows it connected', 8_000, 500);
+    expect(status).toMatch(/instances: 3 live/);
+    expect(status).toMatch(/^NAME\s+ID\s+PID\s+VERSION\s+STATE\s+LEASE LEFT\s+DEVICES$/m);
+    const owner = [...signal.open(added.uuid, 1)][0]!.tag;
+    expect(status).toMatch(new RegExp(`^${added.uuid}\\s+1\\s+connected\\s+open\\s+\\S+ \\S+\\s+${owner}$`, 'm'));
 
     const removedAt = performance.now();
     expect((await runBin(['connection', 'remove', added.uuid], { cwd, env: { MOLLY_DB: db } })).code).toBe(0);
     await signal.until(() => signal.open(added.uuid, 1).length === 0, 'the removed device closed', 5_000);
     expect(performance.now() - removedAt).toBeLessThan(1_500);
     extra.pop();
+    signal.removeAccount(added);
   });
 
   it('after kill -9, the dead instance\'s devices are owned and connected by the others within two leases, with one wake-up push each', async () => {
