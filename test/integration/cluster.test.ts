@@ -154,18 +154,23 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
 
   it('a joining instance takes its share make-before-break: no device without a socket', async () => {
     signal.resetGaps();
+    const pushesBefore = push.requests.length;
     await start('d');
     await eventually(async () => (await health(instances.get('d')!)).connections.connected > 0 && signal.openPerTag().get('d') === (await health(instances.get('d')!)).owned, 'd took its share', 10_000, 100);
     await settled('one socket each');
     expect(signal.longestGap()).toBeLessThan(500);
     expect(signal.fights, fightLog()).toBe(0);
     expect(signal.openPerTag().get('d')).toBeGreaterThanOrEqual(DEVICES / 3 / 2);
+    expect(push.requests.length).toBe(pushesBefore); // the expected 4409s send no delivery checks
   });
 
   it('SIGTERM hands every device over to the others and exits 0, with no device left without a socket', async () => {
     signal.resetGaps();
+    const pushesBefore = push.requests.length;
     const leaving = instances.get('b')!;
+    const stopAt = performance.now();
     const code = await leaving.stop('SIGTERM');
+    expect(performance.now() - stopAt).toBeLessThan(LEASE_MS); // done once the others replaced its sockets
     instances.delete('b');
     expect(code).toBe(0);
     await settled('one socket each');
@@ -175,6 +180,7 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
     expect(signal.longestGap(), `${worst}\n${story.join('\n')}\n` + [...instances.values(), leaving].map((p) => p.stderr.split('\n').filter((l) => l.includes(worst.slice(0, 8))).join('\n')).join('\n----\n')).toBeLessThan(500);
     expect(signal.fights, fightLog()).toBe(0);
     expect(leaving.stderr).toMatch(/handing every device over/);
+    expect(push.requests.length).toBe(pushesBefore);
   });
 
   it('a frozen PostgreSQL (longer than a lease) keeps every socket; afterwards no device is fought over or lost', async () => {
