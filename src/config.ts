@@ -14,8 +14,11 @@ export const SIGNAL_URLS = {
   staging: 'wss://chat.staging.signal.org/v1/websocket/',
 } as const;
 
-/** Signal's servers refuse clients they consider too old; MollySocket sends an agent shaped like Signal-Android's. */
-export const DEFAULT_USER_AGENT = 'Signal-Android/7.60.0 Android/34';
+/**
+ * Signal's servers refuse clients they consider too old (499). The same agent as MollySocket 1.7.1 sends: never
+ * older than it, or this relay would be refused before MollySocket is.
+ */
+export const DEFAULT_USER_AGENT = 'Signal-Android/8.3.4 Android/36';
 
 export interface Config {
   host: string;

@@ -22,9 +22,18 @@ export function logLevel(verbosity: number, env: NodeJS.ProcessEnv = process.env
   return levelFromEnv(env) ?? 'info';
 }
 
-/** Logs go to stderr so that stdout stays for command output. */
+/**
+ * Secrets never logged: the code logs neither, and these paths are the backstop should an object carrying one be
+ * logged whole by mistake.
+ */
+export const REDACTED_PATHS = ['password', '*.password', 'vapid_privkey', '*.vapid_privkey', 'privateKey', '*.privateKey'];
+
+/** Logs go to stderr so that stdout stays for command output. Errors go under `err` (pino's serializer keeps the cause). */
 export function createLogger(verbosity = 0): Logger {
-  return pino({ level: logLevel(verbosity), base: undefined }, pino.destination({ fd: 2, sync: true }));
+  return pino(
+    { level: logLevel(verbosity), base: undefined, redact: { paths: REDACTED_PATHS, censor: '(redacted)' } },
+    pino.destination({ fd: 2, sync: true }),
+  );
 }
 
 /** First 8 characters of a UUID: enough to tell accounts apart in logs, not enough to identify one. */

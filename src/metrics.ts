@@ -2,13 +2,20 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { PushKind, PushOutcome } from './push/client.js';
 
 /** Connection counts by state, read when metrics are collected. */
-export type StateCounts = () => { connected: number; forbidden: number };
+export type StateCounts = () => { connecting: number; connected: number; backoff: number; forbidden: number };
+
+/** Records one answered HTTP request: what rocket_prometheus records for MollySocket's web server. */
+export interface HttpMetrics {
+  /** `endpoint`: the route's path (`/`, `/discover`, `/metrics`), never the request's own URL. */
+  requestDone(endpoint: string, method: string, status: number, seconds: number): void;
+}
 
 /**
- * Prometheus metrics. The first five keep MollySocket's names and meaning, which dashboards already use;
- * none has a per-account label.
+ * Prometheus metrics. The first five keep MollySocket's names and meaning, and the two `rocket_http_*` those of
+ * the Rocket fairing (rocket_prometheus 0.10) on MollySocket's page, which dashboards already use; none has a
+ * per-account label.
  */
-export class Metrics {
+export class Metrics implements HttpMetrics {
   readonly registry = new Registry();
   readonly reconnections: Counter;
   readonly messages: Counter;
@@ -17,15 +24,19 @@ export class Metrics {
   readonly pushRetries: Counter;
   readonly pushDuration: Histogram;
   readonly leases: Counter<'event'>;
+  readonly httpRequests: Counter<'endpoint' | 'method' | 'status'>;
+  readonly httpDuration: Histogram<'endpoint' | 'method' | 'status'>;
 
-  constructor(states: StateCounts = () => ({ connected: 0, forbidden: 0 })) {
+  constructor(states: StateCounts = () => ({ connecting: 0, connected: 0, backoff: 0, forbidden: 0 })) {
     const registers = [this.registry];
     new Gauge({
       name: 'mollysocket_connections',
       help: 'Connections to Signal server',
       registers,
       collect() {
-        this.set(states().connected);
+        // As MollySocket counts its connection loops: every connection not forbidden, reconnecting included.
+        const s = states();
+        this.set(s.connecting + s.connected + s.backoff);
       },
     });
     new Gauge({
@@ -58,13 +69,33 @@ export class Metrics {
       labelNames: ['event'],
       registers,
     });
+    // rocket_prometheus's names, help texts and labels; the buckets are the Prometheus defaults it uses.
+    this.httpRequests = new Counter({
+      name: 'rocket_http_requests_total',
+      help: 'Total number of HTTP requests',
+      labelNames: ['endpoint', 'method', 'status'],
+      registers,
+    });
+    this.httpDuration = new Histogram({
+      name: 'rocket_http_requests_duration_seconds',
+      help: 'HTTP request duration in seconds for all requests',
+      labelNames: ['endpoint', 'method', 'status'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
   }
 
-  /** Records one push request and its answer. */
+  /** Records one push request and its answer. `mollysocket_pushs` counts urgent wake-ups, as MollySocket does. */
   pushed(kind: PushKind, outcome: PushOutcome, seconds: number, retry: boolean): void {
-    this.pushes.inc();
+    if (kind === 'urgent' && !retry) this.pushes.inc();
     this.pushResults.inc({ kind, outcome: outcome.kind });
     this.pushDuration.observe(seconds);
     if (retry) this.pushRetries.inc();
+  }
+
+  requestDone(endpoint: string, method: string, status: number, seconds: number): void {
+    const labels = { endpoint, method, status: String(status) };
+    this.httpRequests.inc(labels);
+    this.httpDuration.observe(labels, seconds);
   }
 }

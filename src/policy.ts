@@ -1,5 +1,5 @@
-import { lookup } from 'node:dns/promises';
 import { BlockList, isIP } from 'node:net';
+import { systemResolver } from './resolver.js';
 
 /** Who may register, and which UnifiedPush endpoints may be pushed to, at which address (PROTOCOL.md section 5). */
 
@@ -84,8 +84,6 @@ export interface ResolvedAddress {
 }
 export type Resolver = (host: string) => Promise<ResolvedAddress[]>;
 
-export const systemResolver: Resolver = async (host) =>
-  (await lookup(host, { all: true, verbatim: true })).map((a) => ({ address: a.address, family: a.family === 6 ? 6 : 4 }));
 
 export type ResolvedEndpoint =
   | { ok: true; url: URL; address: ResolvedAddress }

@@ -1,23 +1,25 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { redactedConfig, signalUrl, type Config } from './config.js';
 import { HEARTBEAT_MS } from './heartbeat.js';
 import { linkUrl, qrTerminal } from './link.js';
-import type { Clock } from './clock.js';
+import { systemClock, type Clock } from './clock.js';
 import type { Logger } from './log.js';
 import { packageRoot, version } from './paths.js';
 import { Metrics } from './metrics.js';
 import { isUuidAllowed, type Resolver } from './policy.js';
 import { Notifier } from './push/notifier.js';
 import { pushStack } from './push/setup.js';
-import { clusterVapidKey, resolveVapidKey } from './push/vapid.js';
+import { clusterVapidKey, keptKeyPath, resolveVapidKey } from './push/vapid.js';
 import { ENDPOINT_GONE, Registrations } from './registrations.js';
+import { askSignal } from './signal/link.js';
 import { Supervisor, type SupervisorOptions } from './signal/supervisor.js';
 import { Leases } from './cluster/leases.js';
-import { hostname } from 'node:os';
-import { openStore, type Store } from './store.js';
+import { isPostgresUrl, openStore, SqliteStore, StoreError, type Connection, type Store } from './store.js';
 import { PostgresStore } from './store-pg.js';
+import { StoreWrites } from './store-writes.js';
 import { buildApp, buildOpsApp, type Ops } from './web/app.js';
 
 /** CA certificates for the Signal websocket: signal_ca_file, else Signal's own two roots. */
@@ -49,6 +51,11 @@ export function supervisorOptions(config: Config): SupervisorOptions {
     storePollMs: 2_000,
     deliveryCheckIntervalMs: 3600_000,
     keepaliveTickMs: 1_000,
+    // A week: the old Molly's re-registrations still get a cheap `forbidden` (no question to Signal), and
+    // `connection list` shows why it stopped, through a week away from the phone; then the row goes.
+    leftBehindKeptMs: 7 * 24 * 3600_000,
+    leftBehindSweepMs: 3600_000,
+    recoveryIntervalMs: 1_000,
     handOverTimeoutMs: handOverTimeoutMs(config),
   };
 }
@@ -59,8 +66,31 @@ export function supervisorOptions(config: Config): SupervisorOptions {
  */
 export const handOverTimeoutMs = (config: Pick<Config, 'lease_seconds'>): number => Math.max(10_000, 2 * config.lease_seconds * 1000);
 
+
+/**
+ * How long Signal gets to accept new credentials during a registration (Molly waits for the answer), before the
+ * registration answers internal_error and Molly tries again later.
+ */
+const ASK_SIGNAL_TIMEOUT_MS = 5_000;
+
 /** Time that pushes under way get to finish at shutdown. */
 const PUSH_DRAIN_MS = 2_000;
+/** How long one statement of the server may wait, blocking, for another process's lock; beyond it writes are retried. */
+const SERVER_BUSY_TIMEOUT_MS = 5;
+
+/**
+ * A server ran here before (its kept VAPID key is beside the database) but the database is gone: starting would
+ * silently create an empty one, and every registration would be lost for good.
+ */
+function refuseVanishedDatabase(config: Config): void {
+  if (isPostgresUrl(config.db)) return;
+  const key = keptKeyPath(config);
+  if (existsSync(config.db) || !existsSync(key)) return;
+  throw new StoreError(
+    `the database ${config.db} (setting "db") is missing, but the VAPID key kept beside it (${key}) shows that a server ` +
+      `ran here: restore the database from your backup, or create an empty one on purpose with \`touch ${config.db}\``,
+  );
+}
 
 
 export interface ServerOptions {
@@ -83,10 +113,24 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/** Sends the wake-ups the last run could not deliver before it stopped, to connections still wanting them. */
+async function wakeOwed(owed: { uuid: string; deviceId: number }[], store: Store, notifier: Notifier, log: Logger): Promise<void> {
+  const wanted = (await Promise.all(owed.map((k) => store.get(k)))).filter((c): c is Connection => c !== undefined && !c.forbidden);
+  if (wanted.length === 0) return;
+  log.info({ count: wanted.length }, 'sending the wake-ups owed since the last shutdown');
+  for (const conn of wanted) notifier.urgent(conn);
+}
+
 /** Assembles store, pusher, supervisor and web server, and starts them. */
 export async function startServer(config: Config, log: Logger, opts: ServerOptions = {}): Promise<RunningServer> {
   log.debug({ config: redactedConfig(config) }, 'configuration');
-  const store = await openStore(config.db);
+  refuseVanishedDatabase(config);
+  const store = await openStore(config.db, { busyTimeoutMs: SERVER_BUSY_TIMEOUT_MS });
+  const writes = new StoreWrites(log, opts.clock ? { clock: opts.clock } : {});
+  // A clean shutdown removes the heartbeat: one left behind means the last run ended without one. (Several instances
+  // on PostgreSQL: the devices of one that died are claimed as owed a wake-up instead.)
+  const unclean = store instanceof SqliteStore && (await store.heartbeat()) !== undefined;
+  const owed = await store.takeOwedWakeups();
   const key = store instanceof PostgresStore ? await clusterVapidKey(config, store) : resolveVapidKey(config, { generate: true });
   if (key.source === 'generated') {
     log.info({ file: key.path }, 'generated a VAPID key and kept it next to the database: back this file up with it');
@@ -105,6 +149,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     log,
     onUrgent: (c) => notifier.urgent(c),
     onDeliveryCheck: (c) => notifier.deliveryCheck(c),
+    writes,
     metrics,
     ...(opts.clock && { clock: opts.clock }),
   });
@@ -130,14 +175,17 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       checkEndpoint: (endpoint) => policy.check(endpoint),
       connectionChanged: (conn) => supervisor.sync(conn),
       sendTestPush: (conn) => notifier.test(conn),
+      askSignal: (creds) =>
+        askSignal(creds, { ...options.link, connectTimeoutMs: ASK_SIGNAL_TIMEOUT_MS, clock: opts.clock ?? systemClock, log }),
     },
     log,
+    { writes },
   );
 
   const ops: Ops = {
     version,
     counts: () => supervisor.counts(),
-    storeHealthy: () => store.healthy(),
+    storeHealthy: async () => (await store.healthy()) && writes.failing() === undefined,
     cluster: () => supervisor.ownership.describe(),
     metrics: () => metrics.registry.metrics(),
     metricsContentType: metrics.registry.contentType,
@@ -146,7 +194,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   let url: string | undefined;
   let opsUrl: string | undefined;
   if (config.metrics_port !== undefined) {
-    const opsApp = buildOpsApp(ops, log);
+    const opsApp = buildOpsApp(ops, log, metrics);
     listeners.push(opsApp);
     opsUrl = await opsApp.listen({ host: config.metrics_host, port: config.metrics_port });
     log.info({ url: opsUrl }, 'health and metrics listening');
@@ -161,6 +209,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       trustProxy: config.trust_proxy,
       rateLimitPerMinute: config.registration_rate_limit,
       ops: config.metrics_port === undefined ? ops : undefined,
+      httpMetrics: metrics,
     });
     listeners.push(app);
     url = await app.listen({ host: config.host, port: config.port });
@@ -175,23 +224,25 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     // Raw on stderr: inside a JSON log line the code's line breaks would be escaped and it could not be scanned.
     process.stderr.write(`\n${await qrTerminal(link)}\n${link}\n\n`);
   }
-  await supervisor.start();
+  if (unclean) {
+    log.warn('the last run did not end cleanly: each connection gets one wake-up once connected, for messages it may have acknowledged without pushing');
+  }
+  await supervisor.start({ wakeAfterConnect: unclean });
+  await wakeOwed(owed, store, notifier, log);
   const startedAt = Date.now();
   let published = -1;
-  const publish = async (): Promise<void> => {
-    try {
-      if (supervisor.revision !== published) {
-        const revision = supervisor.revision;
-        await store.publishStates(supervisor.statuses());
-        published = revision;
-      }
-      await store.beat({ pid: process.pid, version, startedAt, seenAt: Date.now() });
-    } catch (err) {
-      log.error({ err: (err as Error).message }, 'cannot write the heartbeat to the store');
+  // Through the write queue: a locked or failing database never holds up the sockets; only the latest state matters.
+  const publish = (): void => {
+    const revision = supervisor.revision;
+    if (revision !== published) {
+      const states = supervisor.statuses();
+      writes.later('states', () => store.publishStates(states), () => (published = revision));
     }
+    const beat = { pid: process.pid, version, startedAt, seenAt: Date.now() };
+    writes.later('heartbeat', () => store.beat(beat));
   };
-  await publish();
-  const heartbeat = setInterval(() => void publish(), HEARTBEAT_MS);
+  publish();
+  const heartbeat = setInterval(publish, HEARTBEAT_MS);
 
   return {
     url,
@@ -203,13 +254,19 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     async close() {
       await Promise.all(listeners.map((l) => l.close()));
       await supervisor.stop();
-      await notifier.drain(PUSH_DRAIN_MS);
+      const stillOwed = await notifier.drain(PUSH_DRAIN_MS);
       client.close();
       clearInterval(heartbeat);
+      const unwritten = await writes.close();
+      if (unwritten > 0) log.error({ count: unwritten }, 'store writes still failing at shutdown are lost');
       try {
-        await store.clearLive();
+        await store.keepOwedWakeups(stillOwed);
+        if (stillOwed.length > 0) {
+          log.warn({ count: stillOwed.length }, 'wake-ups not delivered before shutdown: kept in the store, sent at the next start');
+        }
+        await store.clearLive(); // a clean shutdown
       } catch (err) {
-        log.debug({ err: (err as Error).message }, 'cannot clear the heartbeat'); // the store is already gone
+        log.error({ err, owed: stillOwed.length }, 'cannot record the shutdown in the store: the next start treats it as unclean');
       }
       await store.close();
     },

@@ -268,6 +268,15 @@ export class PostgresStore implements Store {
     return rows.length;
   }
 
+  async removeForbidden(key: ConnectionKey): Promise<boolean> {
+    const rows = await this.rows(
+      `WITH r AS (DELETE FROM connections WHERE uuid = $1 AND device_id = $2 AND forbidden RETURNING uuid, device_id)
+       SELECT pg_notify('${CHANNEL}', 'changed:' || uuid || '.' || device_id) FROM r`,
+      [key.uuid, key.deviceId],
+    );
+    return rows.length > 0;
+  }
+
   /** Writes only the states that changed since the last call, and deletes those no longer there. */
   async publishStates(states: LiveState[]): Promise<void> {
     const instance = this.instance;
@@ -326,6 +335,23 @@ export class PostgresStore implements Store {
     } catch {
       return false;
     }
+  }
+
+  /** A database server is not a file that can vanish under the program: a failure shows as a failing query. */
+  async assertPresent(): Promise<void> {}
+
+  /** Owed wake-ups travel with the rows: whoever claims them next pushes once connected. */
+  async keepOwedWakeups(keys: ConnectionKey[]): Promise<void> {
+    if (keys.length === 0) return;
+    await this.rows(
+      'UPDATE connections SET owed_wake = true WHERE (uuid, device_id) IN (SELECT * FROM unnest($1::text[], $2::int[]))',
+      [keys.map((k) => k.uuid), keys.map((k) => k.deviceId)],
+    );
+  }
+
+  /** Nothing to take at start: rows owed a wake-up carry owed_wake, and their claim pushes (see `claim`). */
+  async takeOwedWakeups(): Promise<ConnectionKey[]> {
+    return [];
   }
 
   /** A stored setting; `init` is stored first when there is none yet, and whatever is stored wins. */

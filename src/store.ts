@@ -1,4 +1,4 @@
-import { closeSync, existsSync, linkSync, openSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, linkSync, openSync, rmSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
 
 /** One registered account device. Times are unix seconds, as in MollySocket's database. */
@@ -27,9 +27,17 @@ export const connectionKey = (c: ConnectionKey): string => `${c.uuid}.${c.device
 
 /**
  * Schema versions: 1 is MollySocket's (one row per uuid); 2 is ours (one row per account device); 3 adds what the
- * running server publishes for `status` and `health` (connection states, heartbeat).
+ * running server publishes for `status` and `health` (connection states, heartbeat); 4 keeps the wake-ups a
+ * stopping server still owed.
  */
-const SCHEMA_VERSION = 3;
+const SCHEMA_VERSION = 4;
+
+const CREATE_V4 = `
+  CREATE TABLE owed_wakeups(
+    uuid TEXT NOT NULL,
+    device_id INTEGER NOT NULL,
+    PRIMARY KEY (uuid, device_id)
+  )`;
 
 const CREATE_V3 = `
   CREATE TABLE live_state(
@@ -156,6 +164,8 @@ export interface Store {
   enable(key: ConnectionKey, now: number): Promise<void>;
   /** Removes one device's connection, or every device of the account when no device is given. */
   remove(key: { uuid: string; deviceId?: number }): Promise<number>;
+  /** Removes a connection only if it is (still) forbidden; whether it did. */
+  removeForbidden(key: ConnectionKey): Promise<boolean>;
   /** The running server's connection states (all of them; a backend writes only what changed). */
   publishStates(states: LiveState[]): Promise<void>;
   liveStates(): Promise<LiveState[]>;
@@ -164,14 +174,20 @@ export interface Store {
   heartbeat(): Promise<Heartbeat | undefined>;
   /** The server stopped: nothing it published is current any more. */
   clearLive(): Promise<void>;
-  /** Whether the database answers. */
+  /** Whether the database answers (and, for a file, is still the one opened). */
   healthy(): Promise<boolean>;
+  /** Throws when what is written now would be lost (the file was deleted or replaced under the server). */
+  assertPresent(): Promise<void>;
+  /** Keeps the connections a stopping server still owed a wake-up. */
+  keepOwedWakeups(keys: ConnectionKey[]): Promise<void>;
+  /** The wake-ups owed since the last shutdown, forgotten as they are read. */
+  takeOwedWakeups(): Promise<ConnectionKey[]>;
   close(): Promise<void>;
 }
 
 /** Opens the store `db` names (setting "db" / MOLLY_DB), creating and migrating its schema. */
-export async function openStore(db: string): Promise<Store> {
-  if (!isPostgresUrl(db)) return SqliteStore.open(db);
+export async function openStore(db: string, opts: { busyTimeoutMs?: number } = {}): Promise<Store> {
+  if (!isPostgresUrl(db)) return SqliteStore.open(db, opts);
   const { PostgresStore } = await import('./store-pg.js');
   return PostgresStore.open(db);
 }
@@ -184,19 +200,25 @@ export class SqliteStore implements Store {
   private constructor(
     private readonly db: Database.Database,
     readonly path: string,
+    /** The file opened, to notice when it is deleted or replaced under a running server. */
+    private readonly identity: { dev: number; ino: number },
   ) {}
 
   get location(): string {
     return this.path;
   }
 
-  /** Opens (creating with mode 0600 if needed) and migrates the database. */
-  static open(path: string): SqliteStore {
+  /**
+   * Opens (creating with mode 0600 if needed) and migrates the database. `busyTimeoutMs` is how long a statement
+   * waits, blocking, for another process's lock: the CLI can wait; the server keeps it short and retries instead.
+   */
+  static open(path: string, opts: { busyTimeoutMs?: number } = {}): SqliteStore {
     try {
       closeSync(openSync(path, 'a', 0o600)); // creates it private; an existing file (or another process's) is kept
+      const { dev, ino } = statSync(path);
       const db = new Database(path);
-      db.pragma('busy_timeout = 5000');
-      const store = new SqliteStore(db, path);
+      db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 5000}`);
+      const store = new SqliteStore(db, path, { dev, ino });
       retryWhileBusy(() => {
         // WAL lets the CLI write while the server reads. The mode is kept in the file: only a new file changes it.
         if (db.pragma('journal_mode', { simple: true }) !== 'wal') db.pragma('journal_mode = WAL');
@@ -209,6 +231,7 @@ export class SqliteStore implements Store {
       throw new StoreError(
         `cannot open the database ${path} (setting "db"): ${e.code ?? ''} ${e.message}`.replace(/\s+/g, ' ').trim() +
           '; check that the directory exists and is writable by this user',
+        { cause: err },
       );
     }
   }
@@ -232,7 +255,8 @@ export class SqliteStore implements Store {
         if (current === SCHEMA_VERSION) return; // another process did it meanwhile
         if (!hasConnections()) this.db.exec(CREATE_V2);
         else if (current < 2) this.fromMollySocket();
-        this.db.exec(CREATE_V3);
+        if (current < 3) this.db.exec(CREATE_V3);
+        if (current < 4) this.db.exec(CREATE_V4);
         this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
       })
       .immediate();
@@ -300,14 +324,15 @@ export class SqliteStore implements Store {
            forbidden_reason = NULL, forbidden_at = NULL, last_registration = @now, updated_at = @now
          RETURNING *`,
       )
-      .get({ uuid: c.uuid, deviceId: c.deviceId, password: c.password, endpoint: c.endpoint, now }) as Row;
+      // all(), not get(): it steps to the end, where a failing commit (a full disk) is reported
+      .all({ uuid: c.uuid, deviceId: c.deviceId, password: c.password, endpoint: c.endpoint, now })[0] as Row;
     return fromRow(row);
   }
 
   async touchRegistration(key: ConnectionKey, now: number): Promise<Connection | undefined> {
     const row = this.db
       .prepare('UPDATE connections SET last_registration = ? WHERE uuid = ? AND device_id = ? RETURNING *')
-      .get(now, key.uuid, key.deviceId) as Row | undefined;
+      .all(now, key.uuid, key.deviceId)[0] as Row | undefined;
     return row && fromRow(row);
   }
 
@@ -374,14 +399,45 @@ export class SqliteStore implements Store {
     })();
   }
 
-  /** Whether the database file is still there and readable. */
+  /** Whether the database file is still the one opened (not deleted or replaced) and readable. */
   async healthy(): Promise<boolean> {
+    return this.present();
+  }
+
+  private present(): boolean {
     try {
       this.db.prepare('SELECT 1 FROM connections LIMIT 1').get();
-      return existsSync(this.path);
+      const { dev, ino } = statSync(this.path);
+      return dev === this.identity.dev && ino === this.identity.ino;
     } catch {
       return false;
     }
+  }
+
+  async assertPresent(): Promise<void> {
+    if (!this.present()) {
+      throw new StoreError(`the database ${this.path} was deleted or replaced while the server runs: restore it and restart`);
+    }
+  }
+
+  async keepOwedWakeups(keys: ConnectionKey[]): Promise<void> {
+    this.db.transaction(() => {
+      this.db.exec('DELETE FROM owed_wakeups');
+      const insert = this.db.prepare('INSERT OR IGNORE INTO owed_wakeups (uuid, device_id) VALUES (?, ?)');
+      for (const k of keys) insert.run(k.uuid, k.deviceId);
+    })();
+  }
+
+  async takeOwedWakeups(): Promise<ConnectionKey[]> {
+    return this.db.transaction(() => {
+      const rows = this.db.prepare('SELECT uuid, device_id FROM owed_wakeups').all() as { uuid: string; device_id: number }[];
+      this.db.exec('DELETE FROM owed_wakeups');
+      return rows.map((r) => ({ uuid: r.uuid, deviceId: r.device_id }));
+    })();
+  }
+
+  async removeForbidden(key: ConnectionKey): Promise<boolean> {
+    return this.db.prepare('DELETE FROM connections WHERE uuid = ? AND device_id = ? AND forbidden = 1').run(key.uuid, key.deviceId).changes > 0;
   }
 
   /** Changes whenever another connection (the CLI) commits to the file. */

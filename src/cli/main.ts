@@ -4,6 +4,7 @@ import { version } from '../paths.js';
 import { reportError } from './common.js';
 import { registerConfig } from './config.js';
 import { registerConnection } from './connection.js';
+import { registerDb } from './db.js';
 import { registerQrcode } from './qrcode.js';
 import { registerServer } from './server.js';
 import { registerStatus } from './status.js';
@@ -56,6 +57,7 @@ export function buildProgram(): Command {
   registerQrcode(program);
   registerConfig(program);
   registerStatus(program);
+  registerDb(program);
   return program;
 }
 

@@ -26,6 +26,13 @@ export function registerServer(program: Command): void {
       };
       process.once('SIGTERM', shutdown);
       process.once('SIGINT', shutdown);
+      // A promise nobody awaited failed: a bug in one step, not a reason to drop every other user's socket.
+      process.on('unhandledRejection', (err) => log.error({ err }, 'unexpected failure (a bug: please report it); the server keeps running'));
+      // A thrown exception leaves the state unknown: log it in the log's format, then exit for the supervisor to restart.
+      process.on('uncaughtException', (err) => {
+        log.fatal({ err }, 'unexpected exception (a bug: please report it); exiting');
+        process.exit(1);
+      });
       running = await startServer(loaded.config, log);
       if (stopping) stop(running);
     });

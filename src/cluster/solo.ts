@@ -31,7 +31,7 @@ export class Solo implements Ownership {
           target.reconcile(await this.store.list());
         }
       } catch (err) {
-        this.log.error({ err: (err as Error).message }, 'cannot read the store for changes');
+        this.log.error({ err }, 'cannot read the store for changes');
       }
       if (!this.stopped) this.schedule(target);
     }, this.pollMs);

@@ -115,8 +115,11 @@ export class Notifier {
     this.lanes.delete(connectionKey(key));
   }
 
-  /** At shutdown: sends the trailing pushes now rather than never, then waits for pushes under way, at most `ms`. */
-  async drain(ms: number): Promise<void> {
+  /**
+   * At shutdown: sends the trailing pushes now rather than never, then waits for pushes under way, at most `ms`.
+   * Returns the connections whose wake-up is still not delivered.
+   */
+  async drain(ms: number): Promise<ConnectionKey[]> {
     for (const lane of this.lanes.values()) {
       if (lane.trailing === undefined) continue;
       this.clock.clearTimeout(lane.trailing);
@@ -127,7 +130,13 @@ export class Notifier {
     const deadline = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
     await Promise.race([Promise.allSettled([...this.inFlight]), deadline]);
     clearTimeout(timer);
-    for (const lane of this.lanes.values()) if (lane.current) this.cancel(lane.current);
+    const owed: ConnectionKey[] = [];
+    for (const lane of this.lanes.values()) {
+      if (!lane.current) continue;
+      owed.push({ uuid: lane.conn.uuid, deviceId: lane.conn.deviceId });
+      this.cancel(lane.current);
+    }
+    return owed;
   }
 
   private lane(conn: Connection): Lane {
@@ -164,11 +173,14 @@ export class Notifier {
     if (lane?.trailing !== undefined && d.attempt > 0) return;
     if (lane) d.conn = lane.conn;
     const started = performance.now();
-    const sending = this.deps.client.send(d.conn.endpoint, d.kind, d.abort.signal).then((outcome) => {
-      if (!d.cancelled) this.answered(d, lane, outcome, (performance.now() - started) / 1000);
-    });
+    const sending = this.deps.client
+      .send(d.conn.endpoint, d.kind, d.abort.signal)
+      .then((outcome) => {
+        if (!d.cancelled) this.answered(d, lane, outcome, (performance.now() - started) / 1000);
+      })
+      .catch((err: unknown) => this.deps.log.error({ err, kind: d.kind }, 'handling a push answer failed'))
+      .finally(() => this.inFlight.delete(sending));
     this.inFlight.add(sending);
-    void sending.finally(() => this.inFlight.delete(sending));
   }
 
   private answered(d: Delivery, lane: Lane | undefined, outcome: PushOutcome, seconds: number): void {

@@ -70,7 +70,13 @@ export class SignalLink {
     this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
     const basic = Buffer.from(`${creds.uuid}.${creds.deviceId}:${creds.password}`).toString('base64');
     this.ws = new WebSocket(opts.url, {
-      headers: { Authorization: `Basic ${basic}`, 'User-Agent': opts.userAgent, 'X-Signal-Receive-Stories': 'true' },
+      // As MollySocket 1.7.1: a Signal-Android User-Agent and Signal's X-Signal-Agent, which its spam filter expects.
+      headers: {
+        Authorization: `Basic ${basic}`,
+        'User-Agent': opts.userAgent,
+        'X-Signal-Agent': 'OWA',
+        'X-Signal-Receive-Stories': 'true',
+      },
       // Frames are small; a compression context per socket would cost memory at scale.
       perMessageDeflate: false,
       ...(opts.ca && { ca: opts.ca }),
@@ -138,7 +144,7 @@ export class SignalLink {
     try {
       frame = decodeFrame(data);
     } catch (err) {
-      this.opts.log.debug({ err: (err as Error).message }, 'malformed frame from Signal skipped');
+      this.opts.log.debug({ err }, 'malformed frame from Signal skipped');
       return;
     }
     if (frame.type === 'request') this.answer(frame.request);
@@ -170,4 +176,24 @@ export class SignalLink {
     this.opts.clock.clearTimeout(this.connectTimer);
     this.resolveEnded(this.outcome ?? fallback);
   }
+}
+
+/** Signal's answer to a set of credentials: 101 accepted, 403 refused, anything else (or nothing) unreachable. */
+export type SignalVerdict = 'accepted' | 'refused' | 'unreachable';
+
+/**
+ * Asks Signal whether it accepts credentials: one websocket upgrade, closed as soon as it opens, and answered then.
+ * Nothing is acknowledged on it, so whatever Signal queued is delivered again to the real connection.
+ */
+export function askSignal(creds: LinkCredentials, opts: LinkOptions): Promise<SignalVerdict> {
+  return new Promise((resolve) => {
+    const link: SignalLink = new SignalLink(creds, opts, {
+      onOpen: () => {
+        resolve('accepted');
+        link.close();
+      },
+      onEnvelope: () => {},
+    });
+    void link.ended.then((end) => resolve(end.kind === 'forbidden' ? 'refused' : 'unreachable')); // if not accepted
+  });
 }

@@ -5,7 +5,9 @@ import type { Metrics } from '../metrics.js';
 import { shortUuid } from '../log.js';
 import type { OwnedConnections, Ownership } from '../cluster/ownership.js';
 import { Solo } from '../cluster/solo.js';
+import { leftBehind } from '../registrations.js';
 import { connectionKey, SqliteStore, type Connection, type ConnectionKey, type Store } from '../store.js';
+import { StoreWrites } from '../store-writes.js';
 import { SignalLink, type LinkEnd, type LinkOptions } from './link.js';
 import { ConnectRamp, type RampOptions } from './ramp.js';
 
@@ -25,6 +27,12 @@ export interface SupervisorOptions {
   keepaliveTickMs: number;
   /** A handed-over socket that the new owner's has not replaced by then is closed. */
   handOverTimeoutMs: number;
+  /** A forbidden connection whose account has a newer device connected is removed after this long. */
+  leftBehindKeptMs: number;
+  /** How often forbidden connections left behind are looked for. */
+  leftBehindSweepMs: number;
+  /** After an outage, once one socket opens again, the others waiting in backoff retry at once: at most this often. */
+  recoveryIntervalMs: number;
 }
 
 export interface SupervisorDeps {
@@ -34,6 +42,8 @@ export interface SupervisorDeps {
   onUrgent(conn: Connection): void;
   /** Close code 4409 (the device connected elsewhere): a push that tells whether the endpoint still exists. */
   onDeliveryCheck(conn: Connection): void;
+  /** Where store writes go without blocking (default: a queue of its own). */
+  writes?: StoreWrites;
   metrics?: Metrics;
   clock?: Clock;
   random?: () => number;
@@ -62,10 +72,12 @@ interface Entry {
   retryTimer: TimerHandle | undefined;
   attempt: number;
   openedAt: number | undefined;
+  /** Send one wake-up when the socket opens (the last run may have acked envelopes it never pushed). */
+  wakeOnOpen: boolean;
+  /** In backoff after a failure that ends with an outage (network, timeout, 5xx): retried early on recovery. */
+  outage: boolean;
   /** Another instance owns it now: the socket stays until Signal replaces it (4409), and is not reopened. */
   handedOver: boolean;
-  /** Push once when the socket opens (taken over from an instance that died). */
-  owedPush: boolean;
 }
 
 /**
@@ -81,8 +93,13 @@ export class Supervisor implements OwnedConnections {
   private readonly ramp: ConnectRamp;
   private tickTimer: TimerHandle | undefined;
   readonly ownership: Ownership;
+  private sweepTimer: TimerHandle | undefined;
   private stopping = false;
   private stateChanges = 0;
+  private lastRecovery = -Infinity;
+  private readonly writes: StoreWrites;
+  /** Forbidden here, not yet written to the store: the store's older row must not bring them back meanwhile. */
+  private readonly forbidding = new Map<string, Connection>();
 
   constructor(
     private readonly opts: SupervisorOptions,
@@ -91,13 +108,19 @@ export class Supervisor implements OwnedConnections {
     this.clock = deps.clock ?? systemClock;
     this.random = deps.random ?? Math.random;
     this.ramp = new ConnectRamp(opts.ramp, this.clock);
+    this.writes = deps.writes ?? new StoreWrites(deps.log, { clock: this.clock });
     this.ownership = deps.ownership ?? soloOwnership(deps.store, opts.storePollMs, this.clock, deps.log);
   }
 
-  /** Starts every owned connection that is not forbidden, then follows the store. */
-  async start(): Promise<void> {
+  /**
+   * Starts every owned connection that is not forbidden, then follows the store. With `wakeAfterConnect`, each
+   * sends one wake-up once its socket opens (the last run did not end cleanly).
+   */
+  async start(opts: { wakeAfterConnect?: boolean } = {}): Promise<void> {
     this.scheduleTick();
+    this.scheduleSweep();
     await this.ownership.start(this);
+    if (opts.wakeAfterConnect) for (const entry of this.entries.values()) entry.wakeOnOpen = entry.state === 'connecting';
   }
 
   /**
@@ -124,8 +147,9 @@ export class Supervisor implements OwnedConnections {
       retryTimer: undefined,
       attempt: 0,
       openedAt: undefined,
+      wakeOnOpen: false,
+      outage: false,
       handedOver: false,
-      owedPush: entry?.owedPush ?? false,
     };
     this.entries.set(key, fresh);
     if (conn.forbidden) {
@@ -133,7 +157,7 @@ export class Supervisor implements OwnedConnections {
       return;
     }
     const reason = entry ? 'settings changed' : 'started';
-    if (previous) void previous.then(() => this.queueConnect(fresh, reason));
+    if (previous) this.after(previous, () => this.queueConnect(fresh, reason));
     else this.queueConnect(fresh, reason);
   }
 
@@ -141,7 +165,7 @@ export class Supervisor implements OwnedConnections {
   remove(key: ConnectionKey): void {
     const entry = this.entries.get(connectionKey(key));
     if (!entry) return;
-    void this.halt(entry);
+    this.after(this.halt(entry), () => {});
     this.entries.delete(connectionKey(key));
     this.deliveryChecks.delete(connectionKey(key));
   }
@@ -170,22 +194,27 @@ export class Supervisor implements OwnedConnections {
 
   owePush(key: ConnectionKey): void {
     const entry = this.entries.get(connectionKey(key));
-    if (entry) entry.owedPush = true;
+    if (entry) entry.wakeOnOpen = true;
   }
 
   /**
-   * Marks a connection forbidden (stored with its reason) and closes its socket. As the owner's write it carries the
-   * epoch this instance knows: once another instance owns the row, it changes nothing.
+   * Marks a connection forbidden and closes its socket at once; the store learns it without the caller waiting
+   * (retried while the store fails). As the owner's write it carries the epoch this instance knows: once another
+   * instance owns the row, it changes nothing.
    */
-  async forbid(key: ConnectionKey, reason: string): Promise<void> {
-    const known = this.entries.get(connectionKey(key))?.conn;
-    try {
-      await this.deps.store.setForbidden(key, reason, Math.floor(this.clock.now() / 1000), known && { epoch: known.epoch });
-      const conn = await this.deps.store.get(key);
-      if (conn) this.sync(conn);
-    } catch (err) {
-      this.deps.log.error({ err: (err as Error).message, uuid: shortUuid(key.uuid) }, 'cannot store the forbidden state');
-    }
+  forbid(key: ConnectionKey, reason: string): void {
+    const entry = this.entries.get(connectionKey(key));
+    if (!entry || entry.conn.forbidden) return;
+    const at = Math.floor(this.clock.now() / 1000);
+    const forbidden = { ...entry.conn, forbidden: true, forbiddenReason: reason, forbiddenAt: at };
+    const id = connectionKey(key);
+    this.forbidding.set(id, forbidden);
+    this.sync(forbidden);
+    this.writes.later(
+      `forbid:${id}`,
+      () => this.deps.store.setForbidden(key, reason, at, { epoch: entry.conn.epoch }),
+      () => this.forbidding.delete(id),
+    );
   }
 
   state(key: ConnectionKey): ConnectionState | undefined {
@@ -227,6 +256,7 @@ export class Supervisor implements OwnedConnections {
     await this.ownership.stop(this.opts.handOverTimeoutMs); // hands over first: the sockets stay until replaced
     this.stopping = true;
     this.clock.clearTimeout(this.tickTimer);
+    this.clock.clearTimeout(this.sweepTimer);
     this.ramp.stop();
     await Promise.all([...this.entries.values()].map((e) => this.halt(e)));
   }
@@ -235,8 +265,11 @@ export class Supervisor implements OwnedConnections {
   reconcile(owned: Connection[]): void {
     const keys = new Set<string>();
     for (const conn of owned) {
-      keys.add(connectionKey(conn));
-      this.sync(conn);
+      const key = connectionKey(conn);
+      keys.add(key);
+      const forbidden = this.forbidding.get(key);
+      // Our forbid not yet written: the stored row is older, unless someone changed the credentials or endpoint since.
+      this.sync(forbidden && forbidden.password === conn.password && forbidden.endpoint === conn.endpoint ? forbidden : conn);
     }
     for (const entry of [...this.entries.values()]) {
       if (!keys.has(connectionKey(entry.conn)) && !entry.handedOver) this.remove(entry.conn);
@@ -250,6 +283,32 @@ export class Supervisor implements OwnedConnections {
       if (!this.stopping) this.scheduleTick();
     }, this.opts.keepaliveTickMs);
   }
+
+  private scheduleSweep(): void {
+    this.sweepTimer = this.clock.setTimeout(() => {
+      void this.removeLeftBehind();
+      if (!this.stopping) this.scheduleSweep();
+    }, this.opts.leftBehindSweepMs);
+  }
+
+  /** Removes the forbidden connections a re-link left behind (see `leftBehind`), unless enabled meanwhile. */
+  private async removeLeftBehind(): Promise<void> {
+    try {
+      const now = Math.floor(this.clock.now() / 1000);
+      const keptSeconds = this.opts.leftBehindKeptMs / 1000;
+      for (const old of leftBehind(await this.deps.store.list(), (k) => this.state(k) === 'connected', now, keptSeconds)) {
+        if (!(await this.deps.store.removeForbidden(old))) continue;
+        this.remove(old);
+        this.deps.log.info(
+          { uuid: shortUuid(old.uuid), device: old.deviceId, reason: old.forbiddenReason },
+          'removed a forbidden connection: a newer device of the account is connected',
+        );
+      }
+    } catch (err) {
+      this.deps.log.warn({ err: (err as Error).message }, 'cannot remove forbidden connections left behind now: tried again at the next sweep');
+    }
+  }
+
 
   private setState(entry: Entry, state: ConnectionState, reason: string, extra: Record<string, unknown> = {}): void {
     if (entry.state === state && entry.reason === reason) return;
@@ -299,8 +358,9 @@ export class Supervisor implements OwnedConnections {
           release();
           entry.openedAt = this.clock.now();
           this.setState(entry, 'connected', 'open');
-          if (entry.owedPush) {
-            entry.owedPush = false;
+          this.recovered();
+          if (entry.wakeOnOpen) {
+            entry.wakeOnOpen = false;
             this.deps.onUrgent(entry.conn);
           }
         },
@@ -311,12 +371,33 @@ export class Supervisor implements OwnedConnections {
       },
     );
     entry.link = link;
-    void link.ended.then((end) => {
+    this.after(link.ended, (end) => {
       release();
       if (entry.link !== link) return; // replaced or halted meanwhile
       entry.link = undefined;
       this.ended(entry, end);
     });
+  }
+
+  /** Runs `then` when `promise` settles; a failure in either is logged, and every other connection keeps running. */
+  private after<T>(promise: Promise<T>, then: (value: T) => void): void {
+    promise.then(then).catch((err: unknown) => this.deps.log.error({ err }, 'connection step failed'));
+  }
+
+  /**
+   * A socket opened: Signal is reachable. Those waiting in backoff after an outage retry now rather than at the end
+   * of their (possibly long) backoff; the ramp still spreads them out.
+   */
+  private recovered(): void {
+    const now = this.clock.now();
+    if (now - this.lastRecovery < this.opts.recoveryIntervalMs) return;
+    this.lastRecovery = now;
+    for (const entry of this.entries.values()) {
+      if (entry.state !== 'backoff' || !entry.outage) continue;
+      this.clock.clearTimeout(entry.retryTimer);
+      entry.retryTimer = undefined;
+      this.queueConnect(entry, 'retry');
+    }
   }
 
   private ended(entry: Entry, end: LinkEnd): void {
@@ -342,6 +423,7 @@ export class Supervisor implements OwnedConnections {
       this.deps.log.warn('Signal refused this client version (499): upgrade mollysocket, or set user_agent to a current Signal-Android version');
     }
     const retryAfterMs = 'retryAfterMs' in end ? end.retryAfterMs : undefined;
+    entry.outage = isOutage(end) && retryAfterMs === undefined;
     const delayMs = backoffDelay(entry.attempt++, this.opts.backoff, this.random(), retryAfterMs);
     this.setState(entry, 'backoff', describeEnd(end), { retryInMs: delayMs });
     entry.retryTimer = this.clock.setTimeout(() => this.queueConnect(entry, 'retry'), delayMs);
@@ -360,6 +442,13 @@ export class Supervisor implements OwnedConnections {
 function soloOwnership(store: Store, pollMs: number, clock: Clock, log: Logger): Ownership {
   if (!(store instanceof SqliteStore)) throw new Error('a PostgreSQL store needs lease ownership');
   return new Solo(store, pollMs, clock, log);
+}
+
+/** An end that says Signal (or the way to it) was down, rather than something about this device. */
+function isOutage(end: LinkEnd): boolean {
+  if (end.kind === 'error' || end.kind === 'timeout') return true;
+  if (end.kind === 'refused') return end.status >= 500;
+  return end.kind === 'closed' && end.code !== 4409 && end.code !== 4401;
 }
 
 const sameSettings = (a: Connection, b: Connection): boolean =>

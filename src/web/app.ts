@@ -3,6 +3,7 @@ import rateLimit from '@fastify/rate-limit';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { linkUrl, qrSvg } from '../link.js';
 import type { Logger } from '../log.js';
+import type { HttpMetrics } from '../metrics.js';
 import type { Registrations } from '../registrations.js';
 import { HOME_HASHES, renderHome } from './home.js';
 
@@ -31,6 +32,8 @@ export interface WebDeps {
   rateLimitPerMinute: number;
   /** Health and metrics on this listener; undefined when a separate listener serves them. */
   ops: Ops | undefined;
+  /** Counts every answered request (`rocket_http_requests_*`), wherever /metrics is served. */
+  httpMetrics?: HttpMetrics;
 }
 
 type Headers = Record<string, string | string[] | undefined>;
@@ -84,7 +87,7 @@ const registrationSchema = {
 /** Registrations are a few hundred bytes. */
 const BODY_LIMIT = 8 * 1024;
 
-function baseApp(log: Logger, trustProxy: boolean): FastifyInstance {
+function baseApp(log: Logger, trustProxy: boolean, httpMetrics: HttpMetrics | undefined): FastifyInstance {
   const app = Fastify({
     loggerInstance: log as FastifyBaseLogger,
     // Request lines only with -v: health checks would otherwise fill the log.
@@ -95,9 +98,16 @@ function baseApp(log: Logger, trustProxy: boolean): FastifyInstance {
   });
   app.setErrorHandler((err: { statusCode?: number; message: string }, req, reply) => {
     const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
-    if (status === 500) req.log.error({ err: err.message }, 'request failed');
+    if (status === 500) req.log.error({ err }, 'request failed');
     void reply.status(status).send({ error: status === 500 ? 'internal error' : err.message });
   });
+  if (httpMetrics) {
+    app.addHook('onResponse', async (req, reply) => {
+      // As rocket_prometheus: labelled with the route's path, and a request that matched no route is not counted.
+      const route = req.routeOptions.url;
+      if (route !== undefined) httpMetrics.requestDone(route, req.method, reply.statusCode, reply.elapsedTime / 1000);
+    });
+  }
   return app;
 }
 
@@ -118,14 +128,14 @@ function addOpsRoutes(app: FastifyInstance, ops: Ops): void {
 }
 
 /** A listener with only /health and /metrics (`metrics_port`), for operators who keep them private. */
-export function buildOpsApp(ops: Ops, log: Logger): FastifyInstance {
-  const app = baseApp(log, false);
+export function buildOpsApp(ops: Ops, log: Logger, httpMetrics?: HttpMetrics): FastifyInstance {
+  const app = baseApp(log, false, httpMetrics);
   addOpsRoutes(app, ops);
   return app;
 }
 
 export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
-  const app = baseApp(deps.log, deps.trustProxy);
+  const app = baseApp(deps.log, deps.trustProxy, deps.httpMetrics);
   await app.register(helmet, {
     contentSecurityPolicy: {
       useDefaults: false,

@@ -25,7 +25,9 @@ export type VapidCheck =
 export type ScriptedAnswer =
   | { status: number; headers?: Record<string, string>; body?: string }
   /** Never answer: the request hangs until the client gives up. */
-  | { hang: true };
+  | { hang: true }
+  /** Answer, then stream a body that never ends, until the client closes the connection. */
+  | { status: number; endless: true };
 
 /** Verifies `Authorization: vapid t=<JWT>, k=<key>` for this audience at `nowSeconds`. */
 export function checkVapid(header: string | undefined, audience: string, nowSeconds: number): VapidCheck {
@@ -59,6 +61,10 @@ export class FakePushServer {
   readonly script: ScriptedAnswer[] = [];
   defaultStatus = 201;
   private readonly hanging: ServerResponse[] = [];
+  /** Connections open now, as the server sees them. */
+  openConnections = 0;
+  /** Bytes written of endless answers. */
+  endlessBytes = 0;
   private readonly waiters = new EventWaiters('fake push server');
 
   private constructor(private readonly server: Server) {}
@@ -66,6 +72,10 @@ export class FakePushServer {
   static async start(): Promise<FakePushServer> {
     const server = createServer();
     const fake = new FakePushServer(server);
+    server.on('connection', (socket) => {
+      fake.openConnections++;
+      socket.on('close', () => fake.openConnections--);
+    });
     server.on('request', (req, res) => {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
@@ -81,6 +91,17 @@ export class FakePushServer {
         fake.waiters.notify();
         const answer = fake.script.shift() ?? { status: fake.defaultStatus };
         if ('hang' in answer) {
+          fake.hanging.push(res);
+          return;
+        }
+        if ('endless' in answer) {
+          const chunk = Buffer.alloc(16 * 1024, 'x');
+          res.writeHead(answer.status);
+          const pump = (): void => {
+            while (!res.destroyed && res.write(chunk)) fake.endlessBytes += chunk.length;
+            if (!res.destroyed) res.once('drain', pump);
+          };
+          pump();
           fake.hanging.push(res);
           return;
         }

@@ -40,6 +40,8 @@ export interface Session {
   ws: WebSocket;
   /** Requests the client sent (keepalives). */
   requests: { verb: string; path: string; id: string }[];
+  /** Queued envelopes this session acknowledged (see `queue`). */
+  acked: number;
 }
 
 export interface EnvelopeOptions {
@@ -62,6 +64,9 @@ export class FakeSignalServer {
   readonly upgrades: { uuid: string | undefined; status: number }[] = [];
   /** Answers to the next upgrades, consumed one per attempt. */
   readonly refusals: UpgradeRefusal[] = [];
+  /** Envelopes waiting for an account device (`<uuid>.<device>`), as Signal keeps them: sent as soon as it
+   * connects, and kept until a session acknowledges them. */
+  readonly queued = new Map<string, number>();
   /** When true, keepalive requests get no answer. */
   silentKeepalive = false;
   /** In order: `open <uuid>.<device>` and `close <uuid>.<device> <code>` (the code the client closed with). */
@@ -174,6 +179,12 @@ export class FakeSignalServer {
     this.devices.delete(`${account.uuid}.${account.deviceId}`);
   }
 
+  /** Queues envelopes for an account device, delivered on its next connection (see `queued`). */
+  queue(account: Pick<Account, 'uuid' | 'deviceId'>, count = 1): void {
+    const name = `${account.uuid}.${account.deviceId}`;
+    this.queued.set(name, (this.queued.get(name) ?? 0) + count);
+  }
+
   /** Open sessions of an account device. */
   open(uuid: string, deviceId = 1): Session[] {
     return this.sessions.filter(
@@ -248,7 +259,7 @@ export class FakeSignalServer {
       this.opened(account, tag);
       // As Signal does: the newest socket of a device wins, the older one is closed with 4409.
       for (const older of this.open(account.uuid, account.deviceId)) older.ws.close(4409, 'Connected elsewhere');
-      const session: Session = { account, tag, headers: req.headers, ws, requests: [] };
+      const session: Session = { account, tag, headers: req.headers, ws, requests: [], acked: 0 };
       this.sessions.push(session);
       this.events.push(`open ${name}`);
       ws.on('message', (data) => this.onFrame(session, data as Buffer));
@@ -257,6 +268,14 @@ export class FakeSignalServer {
         this.events.push(`close ${name} ${code}`);
         this.notify();
       });
+      for (let i = 0; i < (this.queued.get(name) ?? 0); i++) {
+        void this.sendEnvelope(session).then((answer) => {
+          if (answer.status !== 200) return;
+          session.acked++;
+          this.queued.set(name, (this.queued.get(name) ?? 1) - 1);
+          this.notify();
+        });
+      }
       this.notify();
     });
   }

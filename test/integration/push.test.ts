@@ -103,9 +103,41 @@ describe('push client against a push server', () => {
     expect(other.requests).toHaveLength(0);
   });
 
-  it('reads at most a bounded answer', async () => {
-    push.script.push({ status: 201, body: 'x'.repeat(4 * 1024 * 1024) });
-    expect((await client.send(push.endpoint(), 'urgent')).kind).toBe('delivered');
+  it('reads at most a bounded answer, and closes the connection of an answer that never ends', async () => {
+    push.script.push({ status: 201, endless: true });
+    expect(await client.send(push.endpoint(), 'urgent')).toEqual({ kind: 'delivered', status: 201 });
+    await push.until(() => push.openConnections === 0, 'the endless answer closed by the client');
+  });
+
+  it('closes idle kept-alive sockets of many origins after the idle timeout', async () => {
+    const port = new URL(push.origin).port;
+    const names = Array.from({ length: 40 }, (_, i) => `o${i}.test`);
+    const many = new PushClient({
+      policy: new EndpointPolicy(names.map((n) => `http://${n}:${port}`), loopbackDns(names)),
+      timeoutMs: 1_000,
+      idleSocketMs: 200,
+    });
+    try {
+      for (const n of names) expect((await many.send(`http://${n}:${port}/up/x`, 'urgent')).kind).toBe('delivered');
+      expect(push.openConnections).toBe(names.length); // one kept-alive socket per origin
+      await push.until(() => push.openConnections === 0, 'every idle socket closed');
+    } finally {
+      many.close();
+    }
+  });
+
+  it('bounds the pushes under way to one origin, queueing the rest', async () => {
+    const bounded = new PushClient({ policy: new EndpointPolicy([push.origin]), timeoutMs: 5_000, maxPerOrigin: 2 });
+    push.script.push({ hang: true }, { hang: true }, { hang: true }, { hang: true }, { hang: true });
+    const sends = Array.from({ length: 5 }, () => bounded.send(push.endpoint(), 'urgent'));
+    await push.until(() => push.requests.length === 2, 'two pushes under way');
+    await settle(50);
+    expect(push.requests).toHaveLength(2);
+    expect(bounded.load()).toEqual({ inFlight: 2, queued: 3 });
+    bounded.close(); // the hanging pushes fail, the queued ones then go out
+    await push.close();
+    for (const outcome of await Promise.all(sends)) expect(outcome.kind).toBe('failed');
+    push = await FakePushServer.start();
   });
 
   it('keeps one connection alive per origin', async () => {

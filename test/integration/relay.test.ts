@@ -7,7 +7,7 @@ import { startServer, type RunningServer } from '../../src/server.js';
 import { FakePushServer } from '../fakes/push-server.js';
 import { FakeSignalServer } from '../fakes/signal-server.js';
 import { testPki } from '../fakes/tls.js';
-import { memoryLogger, tempDir } from '../helpers/index.js';
+import { eventually, memoryLogger, tempDir } from '../helpers/index.js';
 
 const account = { uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', deviceId: 2, password: 'cGFzc3dvcmQrL3Bhc3N3b3Jk' };
 
@@ -61,7 +61,9 @@ describe('the relay end to end', () => {
     const session = signal.open(account.uuid, 2)[0]!;
     const basic = Buffer.from(`${account.uuid}.2:${account.password}`).toString('base64');
     expect(session.headers.authorization).toBe(`Basic ${basic}`);
-    expect(session.headers['user-agent']).toMatch(/^Signal-Android\//);
+    // Signal's identity as MollySocket 1.7.1 sends it (the default user_agent).
+    expect(session.headers['user-agent']).toBe('Signal-Android/8.3.4 Android/36');
+    expect(session.headers['x-signal-agent']).toBe('OWA');
     expect(session.headers['x-signal-disable-messages']).toBeUndefined();
     expect(session.headers['sec-websocket-extensions']).toBeUndefined(); // permessage-deflate is off
 
@@ -120,6 +122,83 @@ describe('the relay end to end', () => {
     expect((await register({ ...molly, password: 'other', endpoint: push.endpoint() })).json.mollysocket.status).toBe('internal_error');
   });
 
+  describe('credentials that would change what an account has are stored only once Signal accepted them', () => {
+    const device3 = { uuid: account.uuid, deviceId: 3, password: 'ZGV2aWNlMy1wYXNzd29yZA==' };
+    const healthy = async () => {
+      await register({ ...molly, endpoint: push.endpoint('device2') });
+      await signal.until(() => server.supervisor.state(account) === 'connected', 'device 2 connected');
+      await push.until(() => push.requests.length === 1, 'the test push of device 2');
+    };
+
+    it('a new device of an account with a healthy connection: refused by Signal -> forbidden, nothing stored, no push', async () => {
+      await healthy();
+      const before = signal.upgrades.length;
+      const stranger = await register({ uuid: account.uuid, device_id: 3, password: 'Z3Vlc3NlZA==', endpoint: push.endpoint('stranger') });
+      expect(stranger.json.mollysocket.status).toBe('forbidden');
+      expect(signal.upgrades.slice(before)).toEqual([{ uuid: account.uuid, status: 403 }]); // one question, nothing more
+      expect((await server.store.list()).map((c) => c.deviceId)).toEqual([2]);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(push.requests.map((r) => r.path)).toEqual(['/up/device2']);
+      expect(signal.upgrades.length).toBe(before + 1); // no connection attempts with the refused password
+    });
+
+    it('a new device of an account with a healthy connection: accepted by Signal -> ok, stored, connected, test push', async () => {
+      await healthy();
+      signal.addAccount(device3);
+      signal.queue(device3, 2); // messages Signal holds for the new device
+      const relinked = await register({ uuid: account.uuid, device_id: 3, password: device3.password, endpoint: push.endpoint('device3') });
+      expect(relinked.json.mollysocket.status).toBe('ok');
+      // The question is a socket closed at once, acknowledging nothing; then the connection itself, which gets
+      // what Signal queued and wakes the phone.
+      await signal.until(() => server.supervisor.state(device3) === 'connected', 'device 3 connected');
+      const sessions = signal.sessions.filter((x) => x.account.deviceId === 3);
+      expect(sessions).toHaveLength(2);
+      expect(sessions[0]!.ws.readyState).not.toBe(sessions[0]!.ws.OPEN);
+      expect(signal.events).toContain(`close ${account.uuid}.3 1000`);
+      await signal.until(() => signal.queued.get(`${account.uuid}.3`) === 0, 'the queued envelopes acknowledged');
+      expect(sessions.map((x) => x.acked)).toEqual([0, 2]);
+      expect(await server.store.get(device3)).toMatchObject({ password: device3.password, forbidden: false });
+      await push.until(() => push.requests.some((r) => r.path === '/up/device3' && r.body === '{"urgent":true}'), 'a wake-up for device 3');
+      expect(push.requests.some((r) => r.path === '/up/device3' && r.body === '{"test":true}')).toBe(true);
+      expect(server.supervisor.state(account)).toBe('connected'); // device 2 is untouched
+      expect(logs().join('')).toMatch(/"verdict":"accepted".*"msg":"new credentials checked with Signal"/);
+    });
+
+    it('a new device while Signal cannot be asked -> internal_error (Molly tries again later), nothing stored', async () => {
+      await healthy();
+      signal.addAccount(device3);
+      signal.refusals.push({ status: 503 });
+      const res = await register({ uuid: account.uuid, device_id: 3, password: device3.password, endpoint: push.endpoint('device3') });
+      expect(res.json.mollysocket.status).toBe('internal_error');
+      expect(await server.store.get(device3)).toBeUndefined();
+      // Asked again when Signal answers: ok.
+      expect((await register({ uuid: account.uuid, device_id: 3, password: device3.password, endpoint: push.endpoint('device3') })).json.mollysocket.status).toBe('ok');
+    });
+
+    it('a new password for a forbidden connection (MollySocket row 7): replaced only when Signal accepts it', async () => {
+      signal.removeAccount(account);
+      await register({ ...molly, endpoint: push.endpoint('victim') });
+      await signal.until(() => server.supervisor.state(account) === 'forbidden', 'forbidden');
+      const stranger = await register({ ...molly, password: 'c3RyYW5nZXI=', endpoint: push.endpoint('stranger') });
+      expect(stranger.json.mollysocket.status).toBe('forbidden');
+      expect(await server.store.get(account)).toMatchObject({ password: account.password, endpoint: push.endpoint('victim'), forbidden: true });
+      expect(push.requests.some((r) => r.path === '/up/stranger')).toBe(false);
+
+      const relinked = { ...account, password: 'cmUtbGlua2VkLXBhc3N3b3Jk' };
+      signal.addAccount(relinked);
+      expect((await register({ ...molly, password: relinked.password, endpoint: push.endpoint('relinked') })).json.mollysocket.status).toBe('ok');
+      expect(await server.store.get(account)).toMatchObject({ password: relinked.password, endpoint: push.endpoint('relinked'), forbidden: false });
+      await signal.until(() => server.supervisor.state(account) === 'connected', 'connected again');
+    });
+
+    it("Molly's routine re-registration never asks Signal", async () => {
+      await healthy();
+      const before = signal.upgrades.length;
+      expect((await register({ ...molly, endpoint: push.endpoint('device2') })).json.mollysocket.status).toBe('ok');
+      expect(signal.upgrades.length).toBe(before);
+    });
+  });
+
   it('marks the connection forbidden when Signal answers 403, and stops trying', async () => {
     signal.removeAccount(account);
     await register({ ...molly, endpoint: push.endpoint() });
@@ -130,6 +209,35 @@ describe('the relay end to end', () => {
     const attempts = signal.upgrades.length;
     await new Promise((r) => setTimeout(r, 300)); // several backoff periods of this test's 20-100 ms
     expect(signal.upgrades.length).toBe(attempts);
+  });
+
+  it('keeps running when a store write throws: the connection is stopped at once, the write retried, /health tells', async () => {
+    const second = { uuid: '00000000-0000-4000-8000-0000000000b2', deviceId: 1, password: 'c2Vjb25k' };
+    signal.addAccount(second);
+    await register({ ...molly, endpoint: push.endpoint('gone') });
+    await register({ uuid: second.uuid, device_id: 1, password: second.password, endpoint: push.endpoint('other') });
+    await signal.until(() => signal.open(account.uuid, 2).length === 1 && signal.open(second.uuid, 1).length === 1, 'both connected');
+    await push.until(() => push.requests.length === 2, 'the test pushes');
+
+    const setForbidden = server.store.setForbidden.bind(server.store);
+    server.store.setForbidden = () => {
+      throw Object.assign(new Error('database is locked'), { code: 'SQLITE_BUSY' });
+    };
+    push.script.push({ status: 410 }); // the wake-up finds the endpoint gone: the connection must be forbidden
+    await signal.sendEnvelope(signal.open(account.uuid, 2)[0]!);
+    await signal.until(() => signal.open(account.uuid, 2).length === 0, 'the gone connection closed');
+    expect(server.supervisor.state(account)).toBe('forbidden');
+    expect((await fetch(`${server.url}/health`)).status).toBe(503);
+
+    // Every other connection goes on.
+    await signal.sendEnvelope(signal.open(second.uuid, 1)[0]!);
+    await push.until(() => push.requests.some((r) => r.path === '/up/other' && r.body === '{"urgent":true}'), 'the other wake-up');
+
+    server.store.setForbidden = setForbidden; // the store takes writes again: the queued write lands
+    await eventually(async () => (await server.store.get(account))?.forbidden === true, 'the forbid written', 10_000);
+    expect(await server.store.get(account)).toMatchObject({ forbiddenReason: 'endpoint_gone' });
+    expect((await fetch(`${server.url}/health`)).status).toBe(200);
+    expect(logs().join('')).toMatch(/"code":"SQLITE_BUSY".*a store write failed: kept and retried/);
   });
 
   it('reconnects when the server closes the socket', async () => {
@@ -198,7 +306,8 @@ describe('the relay end to end', () => {
     expect(await health()).toEqual({ status: 200, body: { status: 'ok', version: expect.any(String), connections: { total: 1, connected: 1, connecting: 0, backoff: 0, forbidden: 0 } } });
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
     expect(metrics).toContain('\nmollysocket_connections 1\n');
-    expect(metrics).toContain('\nmollysocket_pushs 1\n'); // the test push
+    expect(metrics).toContain('\nmollysocket_pushs 0\n'); // the registration's test push is no wake-up
+    expect(metrics).toMatch(/\nrocket_http_requests_total\{endpoint="\/",method="POST",status="200"\} 1\n/);
     rmSync(server.store.location);
     expect((await health()).status).toBe(503);
   });

@@ -32,7 +32,7 @@ afterEach(async () => {
   }
 });
 
-async function harness(over: Partial<SupervisorOptions> = {}, url?: string): Promise<Harness> {
+async function harness(over: Partial<SupervisorOptions> = {}, url?: string, random: () => number = () => 1): Promise<Harness> {
   const signal = await FakeSignalServer.start({ tls: false });
   const dbPath = join(tempDir(), 'mollysocket.db');
   const store = Store.open(dbPath);
@@ -48,15 +48,18 @@ async function harness(over: Partial<SupervisorOptions> = {}, url?: string): Pro
     storePollMs: 2_000,
     deliveryCheckIntervalMs: 3600_000,
     keepaliveTickMs: 1_000,
+    leftBehindKeptMs: 7 * 86_400_000,
+    leftBehindSweepMs: 3_600_000,
+    recoveryIntervalMs: 1_000,
     handOverTimeoutMs: 30_000,
     ...over,
   };
-  // random() = 1: every backoff delay is the whole step, so the schedule is exact.
+  // random() = 1 by default: every backoff delay is the whole step, so the schedule is exact.
   const sup = new Supervisor(options, {
     store,
     log,
     clock,
-    random: () => 1,
+    random,
     onUrgent: (c) => urgent.push(c),
     onDeliveryCheck: (c) => checks.push(c),
   });
@@ -318,6 +321,44 @@ describe('backoff', () => {
   });
 });
 
+describe('recovery after an outage', () => {
+  it('reconnects every account within seconds once Signal is back, however long their backoff had grown', async () => {
+    let seed = 7;
+    const seeded = (): number => ((seed = (seed * 48271) % 2147483647) / 2147483647); // jitter spreads the retries
+    const h = await harness({}, undefined, seeded);
+    const accounts = Array.from({ length: 20 }, (_, i) => ({
+      uuid: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`,
+      deviceId: 1,
+      password: `pw${i}`,
+    }));
+    for (const a of accounts) register(h, a);
+    h.sup.start();
+    await eventually(() => accounts.every((a) => h.sup.state(a) === 'connected'), 'all connected');
+
+    // Blackout: keepalives go unanswered, so every socket is given up; reconnects are refused for a while.
+    h.signal.silentKeepalive = true;
+    h.signal.refusals.push(...Array.from({ length: accounts.length * 6 }, () => ({ status: 503 })));
+    await passTime(h, 50_000);
+    h.signal.silentKeepalive = false;
+    let elapsed = 0;
+    while (h.signal.refusals.length > 0 && elapsed < 3600_000) {
+      await passTime(h, 1_000, 1_000);
+      elapsed += 1_000;
+    }
+    expect(h.signal.refusals).toHaveLength(0); // Signal answers again from here on
+    const waiting = accounts.filter((a) => h.sup.state(a) === 'backoff');
+    expect(waiting.length).toBeGreaterThan(0);
+    expect(Math.max(...retryDelays(h).slice(-accounts.length))).toBeGreaterThan(10_000); // long backoffs by now
+
+    // The first account whose retry comes up connects; the rest follow through the ramp within seconds.
+    const before = h.signal.sessions.length;
+    for (let t = 0; t < 600 && h.signal.sessions.length === before; t++) await passTime(h, 1_000, 1_000);
+    await passTime(h, 3_000, 1_000);
+    expect(accounts.filter((a) => h.sup.state(a) !== 'connected')).toEqual([]);
+    for (const a of accounts) expect(h.signal.open(a.uuid, a.deviceId)).toHaveLength(1);
+  });
+});
+
 describe('start-up ramp', () => {
   it('connects many stored connections with bounded rate and concurrency', async () => {
     const h = await harness({ ramp: { ratePerSecond: 10, concurrency: 5 } });
@@ -367,6 +408,34 @@ describe('following the store', () => {
     } finally {
       await cli.close();
     }
+  });
+});
+
+describe('forbidden connections left behind by a re-link', () => {
+  it('are removed once forbidden for the kept time, while a newer device of the account is connected', async () => {
+    const h = await harness({ leftBehindKeptMs: 60_000, leftBehindSweepMs: 10_000 });
+    const now = () => Math.floor(h.clock.now() / 1000);
+    const unlinked = { ...A, deviceId: 2 };
+    const relinked: Account = { ...A, deviceId: 3, password: 'pw-relinked' };
+    await h.store.put({ ...unlinked, endpoint: ENDPOINT }, now() - 3600);
+    await h.store.setForbidden(unlinked, 'signal_403', now());
+    const other = { ...B, deviceId: 5 }; // another account's forbidden row, with no newer device: it stays
+    await h.store.put({ ...other, endpoint: ENDPOINT }, now() - 3600);
+    await h.store.setForbidden(other, 'signal_403', now());
+    h.signal.addAccount(relinked);
+    await h.store.put({ ...relinked, endpoint: ENDPOINT }, now()); // registered here after the unlinked device
+    h.sup.start();
+    await connected(h, relinked);
+
+    await passTime(h, 50_000);
+    expect(await h.store.get(unlinked)).toBeDefined(); // forbidden for 50 s: kept
+    await passTime(h, 20_000);
+    expect(await h.store.get(unlinked)).toBeUndefined();
+    expect(h.sup.state(unlinked)).toBeUndefined();
+    expect(await h.store.get(relinked)).toMatchObject({ forbidden: false });
+    expect(h.sup.state(relinked)).toBe('connected');
+    expect(await h.store.get(other)).toMatchObject({ forbidden: true });
+    expect(h.logs().join('')).toContain('removed a forbidden connection: a newer device of the account is connected');
   });
 });
 

@@ -8,11 +8,12 @@ import { buildApp, buildOpsApp, serverUrl, type Ops, type WebDeps } from '../../
 const PUB = 'BOniQ9xHBPNY9gnQW4o-16vHqOb40pEIMifyUdFsxAgyzVkFMguxw0QrdbZcq8hRjN2zpeInRvKVPlkzABvuTnI';
 const valid = { uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', device_id: 1, password: 'p', endpoint: 'https://e.example/x' };
 
-function ops(over: Partial<Ops> = {}): Ops {
-  const metrics = new Metrics(() => ({ connected: 3, forbidden: 1 }));
+const counts = { connecting: 1, connected: 3, backoff: 2, forbidden: 1 };
+
+function ops(over: Partial<Ops> = {}, metrics = new Metrics(() => counts)): Ops {
   return {
     version: '9.9.9',
-    counts: () => ({ total: 5, connected: 3, connecting: 1, backoff: 0, forbidden: 1 }),
+    counts: () => ({ total: 7, ...counts }),
     storeHealthy: async () => true,
     metrics: () => metrics.registry.metrics(),
     metricsContentType: metrics.registry.contentType,
@@ -157,7 +158,7 @@ describe('health and metrics', () => {
     const { instance } = await app();
     const res = await instance.inject({ url: '/health' });
     expect(res.statusCode).toBe(200);
-    expect(res.json()).toEqual({ status: 'ok', version: '9.9.9', connections: { total: 5, connected: 3, connecting: 1, backoff: 0, forbidden: 1 } });
+    expect(res.json()).toEqual({ status: 'ok', version: '9.9.9', connections: { total: 7, connected: 3, connecting: 1, backoff: 2, forbidden: 1 } });
     const broken = await app({ ops: ops({ storeHealthy: async () => false }) });
     const down = await broken.instance.inject({ url: '/health' });
     expect(down.statusCode).toBe(503);
@@ -166,15 +167,44 @@ describe('health and metrics', () => {
 
   it('serves the MollySocket metric names with no per-account label', async () => {
     const { instance } = await app();
+    await instance.inject({ method: 'POST', url: '/', payload: valid });
     const res = await instance.inject({ url: '/metrics' });
     expect(res.headers['content-type']).toMatch(/^text\/plain/);
-    for (const name of ['mollysocket_connections 3', 'mollysocket_forbiddens 1', 'mollysocket_reconnections 0', 'mollysocket_messages 0', 'mollysocket_pushs 0']) {
+    // mollysocket_connections counts every connection whose loop runs: connecting, connected and in backoff.
+    for (const name of ['mollysocket_connections 6', 'mollysocket_forbiddens 1', 'mollysocket_reconnections 0', 'mollysocket_messages 0', 'mollysocket_pushs 0']) {
       expect(res.body).toContain(`\n${name}\n`);
     }
     expect(res.body).toContain('# TYPE mollysocket_pushs counter');
     expect(res.body).toContain('# TYPE mollysocket_connections gauge');
     expect(res.body).toContain('# TYPE mollysocket_push_duration_seconds histogram');
-    expect(res.body).not.toMatch(/uuid|endpoint=/);
+    expect(res.body).not.toContain(valid.uuid);
+    expect(res.body).not.toContain('e.example');
+  });
+
+  it("counts requests as MollySocket's Rocket fairing does: rocket_http_requests_* by route, method and status", async () => {
+    const metrics = new Metrics(() => counts);
+    const { instance } = await app({ ops: ops({}, metrics), httpMetrics: metrics });
+    await instance.inject({ url: '/', headers: { 'user-agent': 'Signal-Android/8.3.4 Molly' } });
+    await instance.inject({ url: '/?airgapped', headers: { 'user-agent': 'Mozilla/5.0', host: 'push.example' } });
+    await instance.inject({ url: '/discover' });
+    await instance.inject({ method: 'POST', url: '/', payload: valid });
+    await instance.inject({ method: 'POST', url: '/', payload: { uuid: 1 } });
+    await instance.inject({ url: '/nope' }); // matches no route: not counted, as in Rocket
+    await instance.inject({ url: '/metrics' });
+    const body = (await instance.inject({ url: '/metrics' })).body;
+    expect(body).toContain('# TYPE rocket_http_requests_total counter');
+    expect(body).toContain('# HELP rocket_http_requests_total Total number of HTTP requests');
+    expect(body).toContain('\nrocket_http_requests_total{endpoint="/",method="GET",status="200"} 2\n');
+    expect(body).toContain('\nrocket_http_requests_total{endpoint="/discover",method="GET",status="200"} 1\n');
+    expect(body).toContain('\nrocket_http_requests_total{endpoint="/",method="POST",status="200"} 1\n');
+    expect(body).toContain('\nrocket_http_requests_total{endpoint="/",method="POST",status="400"} 1\n');
+    expect(body).toContain('\nrocket_http_requests_total{endpoint="/metrics",method="GET",status="200"} 1\n');
+    expect(body).not.toContain('/nope');
+    expect(body).toContain('# TYPE rocket_http_requests_duration_seconds histogram');
+    // The Prometheus default buckets, as rocket_prometheus uses them.
+    const buckets = [...body.matchAll(/rocket_http_requests_duration_seconds_bucket\{le="([^"]+)",endpoint="\/discover",method="GET",status="200"\} 1/g)].map((m) => m[1]);
+    expect(buckets).toEqual(['0.005', '0.01', '0.025', '0.05', '0.1', '0.25', '0.5', '1', '2.5', '5', '10', '+Inf']);
+    expect(body).toMatch(/\nrocket_http_requests_duration_seconds_count\{endpoint="\/discover",method="GET",status="200"\} 1\n/);
   });
 
   it('moves health and metrics to their own listener when metrics_port is set', async () => {
