@@ -268,6 +268,35 @@ export class PostgresStore implements Store {
     return rows.length;
   }
 
+  async importConnections(conns: Connection[]): Promise<void> {
+    await this.transaction(async (c) => {
+      for (let i = 0; i < conns.length; i += 1_000) {
+        const part = conns.slice(i, i + 1_000);
+        const column = <T>(f: (c: Connection) => T): T[] => part.map(f);
+        await c.query(
+          `INSERT INTO connections (uuid, device_id, password, endpoint, forbidden, forbidden_reason, forbidden_at,
+             last_registration, created_at, updated_at, bucket)
+           SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::int8[], $8::int8[],
+             $9::int8[], $10::int8[], $11::int2[])`,
+          [
+            column((x) => x.uuid),
+            column((x) => x.deviceId),
+            column((x) => x.password),
+            column((x) => x.endpoint),
+            column((x) => x.forbidden),
+            column((x) => x.forbiddenReason),
+            column((x) => x.forbiddenAt),
+            column((x) => x.lastRegistration),
+            column((x) => x.createdAt),
+            column((x) => x.updatedAt),
+            column((x) => bucketOf(x.uuid, x.deviceId)),
+          ],
+        );
+      }
+      await c.query(`SELECT pg_notify('${CHANNEL}', 'owners')`); // running instances claim them at once
+    });
+  }
+
   async removeForbidden(key: ConnectionKey): Promise<boolean> {
     const rows = await this.rows(
       `WITH r AS (DELETE FROM connections WHERE uuid = $1 AND device_id = $2 AND forbidden RETURNING uuid, device_id)

@@ -164,6 +164,8 @@ export interface Store {
   enable(key: ConnectionKey, now: number): Promise<void>;
   /** Removes one device's connection, or every device of the account when no device is given. */
   remove(key: { uuid: string; deviceId?: number }): Promise<number>;
+  /** Adds these connections as they are (times, forbidden state), owned by nobody: `db copy`. */
+  importConnections(conns: Connection[]): Promise<void>;
   /** Removes a connection only if it is (still) forbidden; whether it did. */
   removeForbidden(key: ConnectionKey): Promise<boolean>;
   /** The running server's connection states (all of them; a backend writes only what changed). */
@@ -433,6 +435,16 @@ export class SqliteStore implements Store {
       const rows = this.db.prepare('SELECT uuid, device_id FROM owed_wakeups').all() as { uuid: string; device_id: number }[];
       this.db.exec('DELETE FROM owed_wakeups');
       return rows.map((r) => ({ uuid: r.uuid, deviceId: r.device_id }));
+    })();
+  }
+
+  async importConnections(conns: Connection[]): Promise<void> {
+    const insert = this.db.prepare(
+      `INSERT INTO connections (uuid, device_id, password, endpoint, forbidden, forbidden_reason, forbidden_at, last_registration, created_at, updated_at)
+       VALUES (@uuid, @deviceId, @password, @endpoint, @forbidden, @forbiddenReason, @forbiddenAt, @lastRegistration, @createdAt, @updatedAt)`,
+    );
+    this.db.transaction(() => {
+      for (const c of conns) insert.run({ ...c, forbidden: c.forbidden ? 1 : 0, owner: undefined, epoch: undefined });
     })();
   }
 
