@@ -12,7 +12,7 @@ import { Metrics } from './metrics.js';
 import { isUuidAllowed, type Resolver } from './policy.js';
 import { Notifier } from './push/notifier.js';
 import { pushStack } from './push/setup.js';
-import { clusterVapidKey, keptKeyPath, resolveVapidKey } from './push/vapid.js';
+import { clusterVapidKey, keptKeyPath, resolveVapidKey, type ResolvedKey } from './push/vapid.js';
 import { ENDPOINT_GONE, Registrations } from './registrations.js';
 import { askSignal } from './signal/link.js';
 import { Supervisor, type SupervisorOptions } from './signal/supervisor.js';
@@ -131,7 +131,13 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   // on PostgreSQL: the devices of one that died are claimed as owed a wake-up instead.)
   const unclean = store instanceof SqliteStore && (await store.heartbeat()) !== undefined;
   const owed = await store.takeOwedWakeups();
-  const key = store instanceof PostgresStore ? await clusterVapidKey(config, store) : resolveVapidKey(config, { generate: true });
+  let key: ResolvedKey;
+  try {
+    key = store instanceof PostgresStore ? await clusterVapidKey(config, store) : resolveVapidKey(config, { generate: true });
+  } catch (err) {
+    await store.close(); // an open PostgreSQL pool would keep the process from exiting
+    throw err;
+  }
   if (key.source === 'generated') {
     log.info({ file: key.path }, 'generated a VAPID key and kept it next to the database: back this file up with it');
   }

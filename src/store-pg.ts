@@ -120,8 +120,11 @@ export interface Claimed {
 }
 
 
-/** How long an ordinary query may take before it fails (a frozen or unreachable server must not hang a caller). */
-const QUERY_TIMEOUT_MS = 10_000;
+/**
+ * How long an ordinary query may take before it fails: a frozen or unreachable server must not hang a caller, and Molly
+ * gets internal_error (and tries again later) rather than no answer.
+ */
+const QUERY_TIMEOUT_MS = 5_000;
 
 /**
  * The PostgreSQL store: the same queries as the SQLite file, plus the lease rows and ownership columns several
