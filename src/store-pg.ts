@@ -109,8 +109,8 @@ export interface InstanceRow {
   leaseLeftMs: number;
   /** Milliseconds since it last renewed. */
   renewedAgoMs: number;
-  /** How many devices it owns. */
-  owned: number;
+  /** How many devices it owns (when asked for). */
+  owned: number | undefined;
 }
 
 /** A claimed row, and whether its former owner died owing it a wake-up push. */
@@ -413,8 +413,11 @@ export class PostgresStore implements Store {
     return rows.length > 0;
   }
 
-  /** Every instance row, live or expired, with how many devices each owns. */
-  async instances(timeoutMs?: number): Promise<InstanceRow[]> {
+  /**
+   * Every instance row, live or expired; with `counts`, how many devices each owns (for `status`: it reads every row,
+   * so the lease tick, whose cost must not grow with the devices, leaves it out).
+   */
+  async instances(opts: { timeoutMs?: number; counts?: boolean } = {}): Promise<InstanceRow[]> {
     const rows = await this.rows<{
       id: string;
       name: string;
@@ -425,16 +428,16 @@ export class PostgresStore implements Store {
       leaving: boolean;
       left_ms: number;
       renewed_ago_ms: number;
-      owned: number;
+      owned: number | null;
     }>(
       `SELECT i.id, i.name, i.pid, i.version, (extract(epoch FROM i.started_at) * 1000)::int8 AS started_ms,
               i.lease_until > now() AS live, i.leaving,
               (extract(epoch FROM i.lease_until - now()) * 1000)::int8 AS left_ms,
               (extract(epoch FROM now() - i.renewed_at) * 1000)::int8 AS renewed_ago_ms,
-              (SELECT count(*) FROM connections c WHERE c.owner = i.id) AS owned
+              CASE WHEN $1 THEN (SELECT count(*) FROM connections c WHERE c.owner = i.id) END AS owned
        FROM instances i ORDER BY i.name, i.id`,
-      [],
-      timeoutMs,
+      [opts.counts ?? false],
+      opts.timeoutMs,
     );
     return rows.map((r) => ({
       id: r.id,
@@ -446,7 +449,7 @@ export class PostgresStore implements Store {
       leaving: r.leaving,
       leaseLeftMs: r.left_ms,
       renewedAgoMs: r.renewed_ago_ms,
-      owned: r.owned,
+      owned: r.owned ?? undefined,
     }));
   }
 

@@ -18,7 +18,7 @@ export function registerStatus(program: Command): void {
         conns: await store.list(),
         live: new Map((await store.liveStates()).map((s) => [connectionKey(s), s])),
         // Several instances: who is there, and who owns what.
-        instances: store instanceof PostgresStore ? await store.instances() : undefined,
+        instances: store instanceof PostgresStore ? await store.instances({ counts: true }) : undefined,
       }));
       const instanceName = new Map((instances ?? []).map((i) => [i.id, i.name]));
       const running = isFresh(heartbeat, now);
@@ -77,7 +77,7 @@ function describeInstances(instances: InstanceRow[]): string {
   lines.push(
     table([
       ['NAME', 'ID', 'PID', 'VERSION', 'STATE', 'LEASE LEFT', 'DEVICES'],
-      ...instances.map((i) => [i.name, i.id.slice(0, 8), String(i.pid), i.version, state(i), `${(i.leaseLeftMs / 1000).toFixed(1)} s`, String(i.owned)]),
+      ...instances.map((i) => [i.name, i.id.slice(0, 8), String(i.pid), i.version, state(i), `${(i.leaseLeftMs / 1000).toFixed(1)} s`, String(i.owned ?? 0)]),
     ]).trimEnd(),
   );
   return lines.join('\n');

@@ -106,7 +106,7 @@ export class Leases implements Ownership {
     if (this.stopping) return;
     const qt = this.t.queryTimeoutMs;
     this.listener?.ping(qt).catch(() => {}); // a dead listener reconnects, then reads everything again
-    const instances = await this.store.instances(qt);
+    const instances = await this.store.instances({ timeoutMs: qt });
     const now = performance.now();
     if (instances.some((i) => !i.live) && this.lease.mayReap(now)) {
       const reaped = await this.store.reap(qt);
@@ -253,7 +253,7 @@ export class Leases implements Ownership {
     const deadline = performance.now() + timeoutMs;
     try {
       await this.store.leaving(this.id);
-      const others = (await this.store.instances(this.t.queryTimeoutMs)).filter((i) => i.live && !i.leaving && i.id !== this.id);
+      const others = (await this.store.instances({ timeoutMs: this.t.queryTimeoutMs })).filter((i) => i.live && !i.leaving && i.id !== this.id);
       if (others.length > 0 && this.owned.size > 0) {
         const owners = assignBuckets(others);
         let handed = 0;
