@@ -40,6 +40,12 @@ function sendEnvelope(ws) {
 
 serve({
   stats: () => ({ open: sessions.size, acked }),
+  /** Closes `count` open sockets as a restarting Signal server would (1011); the client reconnects. */
+  kick: ({ count }) => {
+    const open = [...sessions.values()];
+    for (let i = 0; i < Math.min(count, open.length); i++) open[Math.floor(Math.random() * open.length)].close(1011, 'restart');
+    return true;
+  },
   /** One envelope to each open account in turn, `rate` per second; returns when each account was sent to. */
   steady: async ({ rate, count }) => {
     const targets = [...sessions.entries()].slice(0, count);

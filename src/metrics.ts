@@ -85,6 +85,16 @@ export class Metrics implements HttpMetrics {
     });
   }
 
+  /** Gauges of work waiting: pushes sent and waiting for a slot, and handshakes waiting for the connect ramp. */
+  watchLoad(load: () => { pushesInFlight: number; pushesQueued: number; connectQueue: number }): void {
+    const registers = [this.registry];
+    const gauge = (name: string, help: string, read: (l: ReturnType<typeof load>) => number): void =>
+      void new Gauge({ name, help, registers, collect() { this.set(read(load())); } });
+    gauge('mollysocket_pushes_in_flight', 'Push requests under way', (l) => l.pushesInFlight);
+    gauge('mollysocket_pushes_queued', 'Push requests waiting for a free slot (per origin or in all)', (l) => l.pushesQueued);
+    gauge('mollysocket_connect_queue', 'Connections to Signal waiting for the connect ramp', (l) => l.connectQueue);
+  }
+
   /** Records one push request and its answer. `mollysocket_pushs` counts urgent wake-ups, as MollySocket does. */
   pushed(kind: PushKind, outcome: PushOutcome, seconds: number, retry: boolean): void {
     if (kind === 'urgent' && !retry) this.pushes.inc();

@@ -159,6 +159,10 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     metrics,
     ...(opts.clock && { clock: opts.clock }),
   });
+  metrics.watchLoad(() => {
+    const pushes = client.load();
+    return { pushesInFlight: pushes.inFlight, pushesQueued: pushes.queued, connectQueue: supervisor.connectQueue };
+  });
   const notifier = new Notifier(
     {
       minIntervalMs: config.push_min_interval_ms,

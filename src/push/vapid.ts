@@ -1,6 +1,7 @@
 import { createECDH, createPrivateKey, generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { LRUCache } from 'lru-cache';
 import type { Config } from '../config.js';
 
 /** VAPID (RFC 8292): keys, the kept generated key, and the signed Authorization header. */
@@ -71,6 +72,7 @@ function configuredVapidKey(config: Omit<KeyConfig, 'db'>): ResolvedKey | undefi
     } catch (err) {
       throw new VapidKeyError(
         `cannot read vapid_key_file ${config.vapid_key_file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+        { cause: err },
       );
     }
     return make(parsePrivateKey(text, `vapid_key_file ${config.vapid_key_file}`), 'vapid_key_file', config.vapid_key_file);
@@ -98,6 +100,7 @@ export function resolveVapidKey(config: KeyConfig, opts: { generate: boolean }):
     throw new VapidKeyError(
       `cannot keep a generated VAPID key at ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; ` +
         'make that directory writable, or set vapid_privkey or vapid_key_file',
+      { cause: err },
     );
   }
   return make(parsePrivateKey(key, path), 'generated', path);
@@ -110,11 +113,14 @@ const TOKEN_LIFETIME_S = 12 * 3600;
 /** A cached token is replaced this long before it expires. */
 const TOKEN_REFRESH_MARGIN_S = 3600;
 
+/** Signed headers kept for this many origins, the most recently used: strangers' endpoints cannot grow it. */
+const CACHED_ORIGINS = 256;
+
 /** Signs VAPID headers, one per origin, reused until shortly before they expire. */
 export class VapidSigner {
   readonly publicKey: string;
   private readonly key: KeyObject;
-  private readonly cache = new Map<string, { header: string; exp: number }>();
+  private readonly cache = new LRUCache<string, { header: string; exp: number }>({ max: CACHED_ORIGINS });
 
   constructor(
     privateKey: Buffer,

@@ -237,6 +237,11 @@ export class Supervisor implements OwnedConnections {
     }));
   }
 
+  /** Connections waiting for the connect ramp. */
+  get connectQueue(): number {
+    return this.ramp.waiting;
+  }
+
   /** Grows with every state change: whoever publishes the states can tell whether anything changed. */
   get revision(): number {
     return this.stateChanges;

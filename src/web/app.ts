@@ -1,6 +1,7 @@
 import helmet from '@fastify/helmet';
 import rateLimit from '@fastify/rate-limit';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import { LRUCache } from 'lru-cache';
 import { linkUrl, qrSvg } from '../link.js';
 import type { Logger } from '../log.js';
 import type { HttpMetrics } from '../metrics.js';
@@ -34,7 +35,31 @@ export interface WebDeps {
   ops: Ops | undefined;
   /** Counts every answered request (`rocket_http_requests_*`), wherever /metrics is served. */
   httpMetrics?: HttpMetrics;
+  /** Bounds on clients (tests shorten them). */
+  limits?: ClientLimits;
 }
+
+/** What one client may hold: slow or many clients cannot pile up. */
+export interface ClientLimits {
+  /** A request's headers and body must arrive within this. */
+  requestTimeoutMs: number;
+  /** A connection with nothing going on is closed after this. */
+  idleTimeoutMs: number;
+  /** Connections open at once; more are refused. */
+  maxConnections: number;
+  /** How often Node looks for requests over their time. */
+  checkIntervalMs: number;
+}
+
+export const CLIENT_LIMITS: ClientLimits = { requestTimeoutMs: 10_000, idleTimeoutMs: 30_000, maxConnections: 1024, checkIntervalMs: 1_000 };
+
+/** A host name or IP literal with an optional port, as a Host header must be; anything else is refused (400). */
+const HOST_HEADER = /^(?:[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*\.?|\[[0-9a-f:.]+\])(?::\d{1,5})?$/i;
+const MAX_HOST_LENGTH = 261; // 253 for the name, a port
+/** Far more than a real link needs, and a QR code that stays cheap to draw and easy to scan. */
+const MAX_LINK_LENGTH = 1_000;
+export const isValidHost = (host: string | undefined): boolean =>
+  host === undefined || (host.length <= MAX_HOST_LENGTH && HOST_HEADER.test(host));
 
 type Headers = Record<string, string | string[] | undefined>;
 
@@ -87,8 +112,11 @@ const registrationSchema = {
 /** Registrations are a few hundred bytes. */
 const BODY_LIMIT = 8 * 1024;
 
-function baseApp(log: Logger, trustProxy: boolean, httpMetrics: HttpMetrics | undefined): FastifyInstance {
+function baseApp(log: Logger, trustProxy: boolean, httpMetrics: HttpMetrics | undefined, limits = CLIENT_LIMITS): FastifyInstance {
   const app = Fastify({
+    requestTimeout: limits.requestTimeoutMs,
+    connectionTimeout: limits.idleTimeoutMs,
+    http: { headersTimeout: limits.requestTimeoutMs, requestTimeout: limits.requestTimeoutMs, connectionsCheckingInterval: limits.checkIntervalMs },
     loggerInstance: log as FastifyBaseLogger,
     // Request lines only with -v: health checks would otherwise fill the log.
     logController: new LogController({ disableRequestLogging: () => !log.isLevelEnabled('debug') }),
@@ -96,6 +124,7 @@ function baseApp(log: Logger, trustProxy: boolean, httpMetrics: HttpMetrics | un
     trustProxy,
     ajv: { customOptions: { coerceTypes: false } },
   });
+  app.server.maxConnections = limits.maxConnections;
   app.setErrorHandler((err: { statusCode?: number; message: string }, req, reply) => {
     const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
     if (status === 500) req.log.error({ err }, 'request failed');
@@ -128,14 +157,14 @@ function addOpsRoutes(app: FastifyInstance, ops: Ops): void {
 }
 
 /** A listener with only /health and /metrics (`metrics_port`), for operators who keep them private. */
-export function buildOpsApp(ops: Ops, log: Logger, httpMetrics?: HttpMetrics): FastifyInstance {
-  const app = baseApp(log, false, httpMetrics);
+export function buildOpsApp(ops: Ops, log: Logger, httpMetrics?: HttpMetrics, limits?: ClientLimits): FastifyInstance {
+  const app = baseApp(log, false, httpMetrics, limits);
   addOpsRoutes(app, ops);
   return app;
 }
 
 export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
-  const app = baseApp(deps.log, deps.trustProxy, deps.httpMetrics);
+  const app = baseApp(deps.log, deps.trustProxy, deps.httpMetrics, deps.limits);
   await app.register(helmet, {
     contentSecurityPolicy: {
       useDefaults: false,
@@ -160,12 +189,26 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
   app.get('/discover', async () => discovery);
   app.get('/favicon.ico', async (_req, reply) => reply.code(204).send()); // browsers ask for it on every visit
 
+  // A page (and its QR code, the costly part) is made once per link: the links a server shows are few.
+  const pages = new LRUCache<string, string>({ max: 64 });
   app.get<{ Querystring: Record<string, string> }>('/', async (req, reply) => {
     if (req.headers['user-agent']?.includes('Signal-Android')) return discovery;
+    const hosts = [req.headers.host, ...(deps.trustProxy ? [req.headers['x-forwarded-host']] : [])].map(first);
+    if (!hosts.every(isValidHost)) return reply.status(400).send({ error: 'the Host header is not a host name' });
     const airgapped = 'airgapped' in req.query;
-    const url = airgapped ? undefined : serverUrl(req, deps);
+    let url: string | undefined;
+    try {
+      url = airgapped ? undefined : serverUrl(req, deps);
+    } catch {
+      return reply.status(400).send({ error: 'a proxy header does not make a URL' });
+    }
     const link = linkUrl(deps.vapidPublicKey, url === undefined ? { type: 'airgapped' } : { type: 'webserver', url });
-    const page = renderHome({ mode: airgapped ? 'airgapped' : 'webserver', link, linkUrl: url, qrSvg: await qrSvg(link), version: deps.version });
+    if (link.length > MAX_LINK_LENGTH) return reply.status(400).send({ error: 'the request path is too long for a link' });
+    let page = pages.get(link);
+    if (page === undefined) {
+      page = renderHome({ mode: airgapped ? 'airgapped' : 'webserver', link, linkUrl: url, qrSvg: await qrSvg(link), version: deps.version });
+      pages.set(link, page);
+    }
     return reply.type('text/html; charset=utf-8').header('Cache-Control', 'no-store').send(page);
   });
 

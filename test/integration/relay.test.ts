@@ -240,6 +240,19 @@ describe('the relay end to end', () => {
     expect(logs().join('')).toMatch(/"code":"SQLITE_BUSY".*a store write failed: kept and retried/);
   });
 
+  it('shows pushes under way and the connect queue as gauges', async () => {
+    await register({ ...molly, endpoint: push.endpoint('slow') });
+    await signal.until(() => signal.open(account.uuid, 2).length === 1, 'connected');
+    await push.until(() => push.requests.length === 1, 'the test push');
+    push.script.push({ hang: true });
+    await signal.sendEnvelope(signal.open(account.uuid, 2)[0]!);
+    await push.until(() => push.requests.length === 2, 'the hanging wake-up');
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    expect(metrics).toContain('\nmollysocket_pushes_in_flight 1\n');
+    expect(metrics).toContain('\nmollysocket_pushes_queued 0\n');
+    expect(metrics).toContain('\nmollysocket_connect_queue 0\n');
+  });
+
   it('reconnects when the server closes the socket', async () => {
     await register({ ...molly, endpoint: push.endpoint() });
     await signal.until(() => signal.open(account.uuid, 2).length === 1, 'a session');

@@ -122,3 +122,14 @@ describe('VapidSigner', () => {
     expect(checkVapid(later, 'https://a.example', now).ok).toBe(true);
   });
 });
+
+describe('the signed header cache', () => {
+  it('keeps the headers of a bounded number of origins, the most recently used', () => {
+    const signer = new VapidSigner(parsePrivateKey('DSqYuWchrB6yIMYJtidvqANeRQic4uWy34afzZRsZnI', 'test'));
+    const first = signer.header('https://o0.example/up');
+    for (let i = 1; i <= 300; i++) signer.header(`https://o${i}.example/up`);
+    expect((signer as unknown as { cache: { size: number } }).cache.size).toBe(256);
+    expect(signer.header('https://o300.example/up')).toBe(signer.header('https://o300.example/up'));
+    expect(signer.header('https://o0.example/up')).not.toBe(first); // evicted, signed again
+  });
+});

@@ -1,0 +1,86 @@
+import { connect, type Socket } from 'node:net';
+import { pino } from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Registrations } from '../../src/registrations.js';
+import { buildApp, type ClientLimits } from '../../src/web/app.js';
+import { eventually, httpGet } from '../helpers/index.js';
+
+/** What strangers can send to the listening web server: slow bodies, many connections, hostile headers. */
+
+const PUB = 'BOniQ9xHBPNY9gnQW4o-16vHqOb40pEIMifyUdFsxAgyzVkFMguxw0QrdbZcq8hRjN2zpeInRvKVPlkzABvuTnI';
+const registrations = { register: async () => 'ok' as const } as unknown as Registrations;
+const fast: ClientLimits = { requestTimeoutMs: 500, idleTimeoutMs: 2_000, maxConnections: 20, checkIntervalMs: 100 };
+
+let closeApp: (() => Promise<void>) | undefined;
+const sockets: Socket[] = [];
+afterEach(async () => {
+  for (const s of sockets.splice(0)) s.destroy();
+  await closeApp?.();
+  closeApp = undefined;
+});
+
+async function listening(limits?: ClientLimits, trustProxy = false): Promise<{ url: string; port: number }> {
+  const app = await buildApp({
+    registrations,
+    vapidPublicKey: PUB,
+    version: '9.9.9',
+    log: pino({ level: 'silent' }),
+    publicUrl: undefined,
+    trustProxy,
+    rateLimitPerMinute: 0,
+    ops: undefined,
+    ...(limits && { limits }),
+  });
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  closeApp = () => app.close();
+  return { url, port: Number(new URL(url).port) };
+}
+
+/** A client that connects and tracks whether the server closed its connection. */
+function client(port: number): { socket: Socket; ended: boolean } {
+  const socket = connect(port, '127.0.0.1');
+  const c = { socket, ended: false };
+  socket.on('error', () => {});
+  socket.on('close', () => (c.ended = true));
+  sockets.push(socket);
+  return c;
+}
+
+describe('slow and many clients', () => {
+  it('closes requests whose body trickles in, once their time is over', async () => {
+    const { port } = await listening(fast);
+    const trickling = Array.from({ length: 50 }, () => client(port));
+    for (const c of trickling) c.socket.write('POST / HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{');
+    const timer = setInterval(() => trickling.forEach((c) => !c.ended && c.socket.write(' ')), 100); // one byte at a time
+    try {
+      await eventually(() => trickling.every((c) => c.ended), 'every trickling request closed', 5_000);
+    } finally {
+      clearInterval(timer);
+    }
+  });
+
+  it('keeps at most maxConnections open at once', async () => {
+    const { port } = await listening(fast);
+    const many = Array.from({ length: 30 }, () => client(port));
+    await eventually(() => many.filter((c) => c.ended).length === 10, 'the connections over the bound refused', 5_000);
+    expect(many.filter((c) => !c.ended)).toHaveLength(20);
+  });
+});
+
+describe('hostile headers on the homepage', () => {
+  it('answers 400, never 500, for an oversized or malformed Host, and an X-Original-URL that makes no link', async () => {
+    const { url } = await listening();
+    expect((await httpGet(`${url}/`, { Host: 'a'.repeat(3_000) })).status).toBe(400);
+    expect((await httpGet(`${url}/`, { Host: 'molly.example.org/<script>' })).status).toBe(400);
+    expect((await httpGet(`${url}/`, { Host: 'molly.example.org', 'X-Original-URL': `/${'p'.repeat(3_000)}` })).status).toBe(400);
+    expect((await httpGet(`${url}/`, { Host: 'molly.example.org', 'X-Original-URL': '//[' })).status).toBeLessThan(500);
+    const fine = await httpGet(`${url}/`, { Host: 'molly.example.org:8443' });
+    expect(fine.status).toBe(200);
+    expect(fine.body).toContain('url=https%3A%2F%2Fmolly.example.org%3A8443%2F');
+  });
+
+  it('checks X-Forwarded-Host like Host when proxies are trusted', async () => {
+    const { url } = await listening(undefined, true);
+    expect((await httpGet(`${url}/`, { Host: 'a', 'X-Forwarded-Host': 'b'.repeat(3_000) })).status).toBe(400);
+  });
+});
