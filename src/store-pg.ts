@@ -351,9 +351,11 @@ export class PostgresStore implements Store {
   /** Nothing to write: an instance's lease renewal is its heartbeat (see `renew`). */
   async beat(_h: Heartbeat): Promise<void> {}
 
-  /** The most recently renewed live instance; ages come from the database's clock. */
-  async heartbeat(): Promise<Heartbeat | undefined> {
-    const live = (await this.instances()).filter((i) => i.live).sort((a, b) => a.renewedAgoMs - b.renewedAgoMs)[0];
+  /** The most recently renewed instance (of this name, if given); ages come from the database's clock. */
+  async heartbeat(name?: string): Promise<Heartbeat | undefined> {
+    const live = (await this.instances())
+      .filter((i) => name === undefined || i.name === name)
+      .sort((a, b) => a.renewedAgoMs - b.renewedAgoMs)[0];
     return live && { pid: live.pid, version: live.version, startedAt: live.startedAt, seenAt: Date.now() - live.renewedAgoMs };
   }
 

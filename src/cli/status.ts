@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { isFresh } from '../heartbeat.js';
 import { connectionKey } from '../store.js';
@@ -56,10 +57,13 @@ export function registerStatus(program: Command): void {
 
   program
     .command('health')
-    .description('exit 0 when a server is running on this database (its heartbeat is recent), else 1: for HEALTHCHECK')
+    .description('exit 0 when a server is running on this database (its heartbeat is recent), else 1: for HEALTHCHECK; on PostgreSQL, the instance named instance_name')
     .action(async (_o, cmd: Command) => {
       const { config } = loadFor(cmd);
-      const heartbeat = await withStore(config, (store) => store.heartbeat());
+      // Several instances: this container's or host's own, by its stable name.
+      const heartbeat = await withStore(config, (store) =>
+        store instanceof PostgresStore ? store.heartbeat(config.instance_name || hostname()) : store.heartbeat(),
+      );
       const ageS = heartbeat && Math.round((Date.now() - heartbeat.seenAt) / 1000);
       if (!isFresh(heartbeat, Date.now())) {
         throw new FailureError(heartbeat ? `unhealthy: no heartbeat from the server for ${ageS} s` : 'unhealthy: no server is running on this database');

@@ -149,6 +149,8 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
     expect(victims.length).toBeGreaterThan(0);
     signal.resetGaps();
     const pushesBefore = push.requests.length;
+    const healthOf = (name: string) => runBin(['health'], { cwd, env: { MOLLY_DB: db, MOLLY_INSTANCE_NAME: name } });
+    expect((await healthOf('a')).code).toBe(0);
     await victim.stop('SIGKILL'); // the sockets die with the process
     instances.delete('a');
     await settled('every device connected again', 4 * LEASE_MS);
@@ -159,6 +161,10 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
     await push.until(() => push.requests.length - pushesBefore >= victims.length, 'the wake-up pushes');
     const woken = push.requests.slice(pushesBefore).map((r) => decodeURIComponent(r.path.replace('/up/', '')));
     expect(woken.sort()).toEqual(victims.sort()); // one each, and only those
+    // A container's HEALTHCHECK (`mollysocket health`) looks at its own instance, by name.
+    const dead = await healthOf('a');
+    expect([dead.code, dead.stderr.trim()]).toEqual([1, 'mollysocket: unhealthy: no server is running on this database']); // reaped
+    expect((await healthOf('b')).code).toBe(0);
   });
 
   it('a joining instance takes its share make-before-break: no device without a socket', async () => {
