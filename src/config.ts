@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
+import { isProxyAddressEntry } from './addresses.js';
 import { redactUrl } from './store.js';
 
 /**
@@ -25,7 +26,8 @@ export interface Config {
   port: number;
   webserver: boolean;
   url: string | undefined;
-  trust_proxy: boolean;
+  /** false; true (one hop: the nearest proxy); a number of hops; or the proxies' addresses and ranges. */
+  trust_proxy: boolean | number | readonly string[];
   registration_rate_limit: number;
   metrics_host: string;
   metrics_port: number | undefined;
@@ -53,7 +55,9 @@ type Kind =
   | { type: 'int'; min: number; max: number }
   | { type: 'bool' }
   | { type: 'enum'; values: readonly string[] }
-  | { type: 'list'; check?: (v: string) => string | undefined };
+  | { type: 'list'; check?: (v: string) => string | undefined }
+  /** trust_proxy: a boolean, a number of hops, or a list of addresses. */
+  | { type: 'proxies' };
 
 interface KeySpec {
   kind: Kind;
@@ -91,14 +95,18 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
     doc: 'New: the public https URL of this server, for the QR code (reverse proxies on a sub-path). Unset: taken from the request.',
   },
   trust_proxy: {
-    kind: { type: 'bool' },
+    kind: { type: 'proxies' },
     default: false,
-    doc: 'New: believe X-Forwarded-Proto/Host/Prefix/For from a reverse proxy (only when one is in front).',
+    doc:
+      'New: believe X-Forwarded-For/Proto/Host/Prefix from reverse proxies: true trusts one hop (the nearest proxy), ' +
+      'a number that many hops, a list the proxies\' addresses or ranges (["127.0.0.1", "10.0.0.0/8"]); only when one is in front.',
   },
   registration_rate_limit: {
     kind: { type: 'int', min: 0, max: 1_000_000 },
     default: 120,
-    doc: 'New: registrations per minute per client address (0: no limit). Molly registers on every app unlock.',
+    doc:
+      'New: registrations per minute per client address (0: no limit). Molly registers on every app unlock. Without ' +
+      'trust_proxy, clients at loopback or private addresses (a reverse proxy) are not limited.',
   },
   metrics_host: {
     kind: { type: 'string' },
@@ -109,7 +117,9 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
     kind: { type: 'int', min: 0, max: 65535 },
     default: undefined,
     example: 9090,
-    doc: 'New: serve /health and /metrics on this port only (and not on the public one). Unset: on the web server.',
+    doc:
+      'New: serve /health and /metrics on this port only, to keep them private. Unset: they are public on the web ' +
+      'port, as in MollySocket (counts only, never an account).',
   },
   vapid_privkey: {
     kind: { type: 'string', check: checkVapidKey },
@@ -245,6 +255,11 @@ export function findConfigFile(explicit: string | undefined, env: NodeJS.Process
 /** Turns an environment string into the key's type (lists: a JSON array, or comma-separated values). */
 function fromEnvString(kind: Kind, raw: string): unknown {
   switch (kind.type) {
+    case 'proxies': {
+      const asBool = fromEnvString({ type: 'bool' }, raw);
+      if (typeof asBool === 'boolean') return asBool;
+      return /^\s*\d+\s*$/.test(raw) ? Number(raw) : fromEnvString({ type: 'list' }, raw);
+    }
     case 'int':
       return /^\s*-?\d+\s*$/.test(raw) ? Number(raw) : raw;
     case 'bool': {
@@ -269,9 +284,12 @@ function fromEnvString(kind: Kind, raw: string): unknown {
   }
 }
 
-function validate(key: ConfigKey, kind: Kind, value: unknown, source: Source): unknown {
+function validate(key: ConfigKey, spec: KeySpec, value: unknown, source: Source): unknown {
+  const kind = spec.kind;
+  // A secret's value is never repeated: the error goes to the journal or `docker logs`.
+  const got = !spec.secret ? JSON.stringify(value) : typeof value === 'string' ? `${value.length} characters` : `a ${typeof value}`;
   const fail = (what: string): never => {
-    throw new ConfigError(`config key "${key}" ${what} (got ${JSON.stringify(value)} from ${describeSource(source)})`);
+    throw new ConfigError(`config key "${key}" ${what} (got ${got} from ${describeSource(source)})`);
   };
   switch (kind.type) {
     case 'string': {
@@ -290,6 +308,17 @@ function validate(key: ConfigKey, kind: Kind, value: unknown, source: Source): u
       return typeof value === 'string' && kind.values.includes(value)
         ? value
         : fail(`must be one of ${kind.values.join(', ')}`);
+    case 'proxies': {
+      if (typeof value === 'boolean') return value;
+      if (typeof value === 'number') {
+        return Number.isInteger(value) && value >= 0 && value <= 100 ? value : fail('must be a number of hops from 0 to 100');
+      }
+      const list = typeof value === 'string' ? [value] : value;
+      if (!Array.isArray(list) || !list.every((v) => typeof v === 'string' && isProxyAddressEntry(v))) {
+        return fail('must be true, false, a number of hops, or a list of IP addresses or CIDR ranges, like ["127.0.0.1"]');
+      }
+      return Object.freeze([...(list as string[])]);
+    }
     case 'list': {
       // MollySocket users write `allowed_uuids = "*"` as often as `["*"]`.
       const list = typeof value === 'string' ? [value] : value;
@@ -344,7 +373,7 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
   for (const [key, spec] of Object.entries(CONFIG_KEYS) as [ConfigKey, KeySpec][]) {
     const given = raw[key];
     sources[key] = given?.source ?? 'default';
-    config[key] = given === undefined ? spec.default : validate(key, spec.kind, given.value, given.source);
+    config[key] = given === undefined ? spec.default : validate(key, spec, given.value, given.source);
   }
 
   return {

@@ -1,9 +1,13 @@
-import { BlockList, isIP } from 'node:net';
+import { isIP } from 'node:net';
+import { isGlobalAddress } from './addresses.js';
 import { systemResolver } from './resolver.js';
 
 /** Who may register, and which UnifiedPush endpoints may be pushed to, at which address (PROTOCOL.md section 5). */
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** The one spelling a uuid is stored and matched in (Signal writes them lower-case; a phone may not). */
+export const canonicalUuid = (uuid: string): string => uuid.toLowerCase();
 
 export function isUuidAllowed(uuid: string, allowed: readonly string[]): boolean {
   if (!UUID_RE.test(uuid)) return false;
@@ -14,40 +18,6 @@ export function isUuidAllowed(uuid: string, allowed: readonly string[]): boolean
 export function uuidRefusal(uuid: string, allowed: readonly string[]): string | undefined {
   if (isUuidAllowed(uuid, allowed)) return undefined;
   return `uuid ${uuid} is not allowed: it must be an account UUID allowed by allowed_uuids (${JSON.stringify(allowed)})`;
-}
-
-/** Address ranges that are not globally routable (IANA special-purpose registries). */
-const SPECIAL = new BlockList();
-for (const [net, prefix] of [
-  ['0.0.0.0', 8], ['10.0.0.0', 8], ['100.64.0.0', 10], ['127.0.0.0', 8], ['169.254.0.0', 16], ['172.16.0.0', 12],
-  ['192.0.0.0', 24], ['192.0.2.0', 24], ['192.88.99.0', 24], ['192.168.0.0', 16], ['198.18.0.0', 15],
-  ['198.51.100.0', 24], ['203.0.113.0', 24], ['224.0.0.0', 4], ['240.0.0.0', 4],
-] as const) SPECIAL.addSubnet(net, prefix, 'ipv4');
-for (const [net, prefix] of [
-  ['::', 96], // unspecified, loopback and the deprecated IPv4-compatible addresses
-  ['64:ff9b:1::', 48], ['100::', 64], ['2001::', 23], ['2001:db8::', 32], ['fc00::', 7], ['fe80::', 10], ['fec0::', 10],
-  ['ff00::', 8],
-] as const) SPECIAL.addSubnet(net, prefix, 'ipv6');
-// IPv4-mapped (::ffff:a.b.c.d) addresses are matched against the IPv4 ranges by BlockList itself.
-
-/** The IPv4 address inside a NAT64 address (64:ff9b::/96), which decides where traffic really goes. */
-function nat64Embedded(ip: string): string | undefined {
-  const m = /^64:ff9b::(?:(\d+\.\d+\.\d+\.\d+)|([0-9a-f]{1,4}):([0-9a-f]{1,4}))$/i.exec(ip);
-  if (!m) return undefined;
-  if (m[1]) return m[1];
-  const n = (parseInt(m[2] as string, 16) << 16) | parseInt(m[3] as string, 16);
-  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
-}
-
-/** Whether an IP address is globally routable: not loopback, private, link-local, CGNAT, multicast, ... */
-export function isGlobalAddress(ip: string): boolean {
-  const family = isIP(ip);
-  if (family === 0) return false;
-  if (family === 6) {
-    const embedded = nat64Embedded(ip);
-    if (embedded) return isGlobalAddress(embedded);
-  }
-  return !SPECIAL.check(ip, family === 4 ? 'ipv4' : 'ipv6');
 }
 
 /** Same scheme, host, port and userinfo; the path of an entry is ignored, as MollySocket does. */

@@ -1,7 +1,7 @@
 import type { Connection, ConnectionKey, Store } from './store.js';
 import type { Logger } from './log.js';
 import { endpointOrigin, shortUuid } from './log.js';
-import type { ResolvedEndpoint } from './policy.js';
+import { canonicalUuid, type ResolvedEndpoint } from './policy.js';
 import type { SignalVerdict } from './signal/link.js';
 import { StoreWrites } from './store-writes.js';
 
@@ -152,7 +152,8 @@ export class Registrations {
     this.writes = opts.writes ?? new StoreWrites(log);
   }
 
-  async register(req: RegistrationRequest): Promise<RegistrationStatus> {
+  async register(sent: RegistrationRequest): Promise<RegistrationStatus> {
+    const req = { ...sent, uuid: canonicalUuid(sent.uuid) };
     try {
       const uuidAllowed = this.effects.isUuidAllowed(req.uuid);
       const endpoint = uuidAllowed ? await this.effects.checkEndpoint(req.endpoint) : undefined;

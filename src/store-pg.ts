@@ -5,6 +5,7 @@ import {
   connectionKey,
   type Connection,
   type ConnectionKey,
+  type ForbiddenFor,
   type Heartbeat,
   type LiveState,
   type NewConnection,
@@ -241,13 +242,23 @@ export class PostgresStore implements Store {
     return row && fromRow(row);
   }
 
-  async setForbidden(key: ConnectionKey, reason: string, now: number, fence?: Pick<Connection, 'epoch'>): Promise<boolean> {
+  async setForbidden(key: ConnectionKey, reason: string, decidedFor: ForbiddenFor, now: number, fence?: Pick<Connection, 'epoch'>): Promise<boolean> {
     const rows = await this.rows(
       `WITH r AS (
          UPDATE connections SET forbidden = true, forbidden_reason = $1, forbidden_at = $2, updated_at = $2
-         WHERE uuid = $3 AND device_id = $4 AND ($5::bigint IS NULL OR epoch = $5) RETURNING uuid, device_id)
+         WHERE uuid = $3 AND device_id = $4 AND NOT forbidden AND ($5::bigint IS NULL OR epoch = $5)
+           AND ($6::text IS NULL OR endpoint = $6) AND ($7::text IS NULL OR password = $7)
+         RETURNING uuid, device_id)
        SELECT pg_notify('${CHANNEL}', 'changed:' || uuid || '.' || device_id) FROM r`,
-      [reason, now, key.uuid, key.deviceId, fence?.epoch ?? null],
+      [
+        reason,
+        now,
+        key.uuid,
+        key.deviceId,
+        fence?.epoch ?? null,
+        'endpoint' in decidedFor ? decidedFor.endpoint : null,
+        'password' in decidedFor ? decidedFor.password : null,
+      ],
     );
     return rows.length > 0;
   }

@@ -23,14 +23,16 @@ export interface Connection {
 export type NewConnection = Pick<Connection, 'uuid' | 'deviceId' | 'password' | 'endpoint'>;
 
 export type ConnectionKey = Pick<Connection, 'uuid' | 'deviceId'>;
+/** What a decision to forbid a connection was made for: the endpoint a push server gave up, or refused credentials. */
+export type ForbiddenFor = { endpoint: string } | { password: string };
 export const connectionKey = (c: ConnectionKey): string => `${c.uuid}.${c.deviceId}`;
 
 /**
  * Schema versions: 1 is MollySocket's (one row per uuid); 2 is ours (one row per account device); 3 adds what the
  * running server publishes for `status` and `health` (connection states, heartbeat); 4 keeps the wake-ups a
- * stopping server still owed.
+ * stopping server still owed; 5 stores every uuid lower-case.
  */
-const SCHEMA_VERSION = 4;
+const SCHEMA_VERSION = 5;
 
 const CREATE_V4 = `
   CREATE TABLE owed_wakeups(
@@ -156,10 +158,11 @@ export interface Store {
   /** An identical registration: only remembers when it was seen. */
   touchRegistration(key: ConnectionKey, now: number): Promise<Connection | undefined>;
   /**
-   * Marks a connection forbidden. `fence` (the owner's view of the row) makes it a write of the owner: on PostgreSQL
-   * it fails when the epoch moved on (another instance owns the row now). Returns whether the row changed.
+   * Marks an enabled connection forbidden, compare-and-set on what the decision was made for (the endpoint or the
+   * password). `fence` (the owner's view of the row) makes it a write of the owner: on PostgreSQL it changes nothing
+   * once the epoch moved on (another instance owns the row now). Returns whether the row changed.
    */
-  setForbidden(key: ConnectionKey, reason: string, now: number, fence?: Pick<Connection, 'epoch'>): Promise<boolean>;
+  setForbidden(key: ConnectionKey, reason: string, decidedFor: ForbiddenFor, now: number, fence?: Pick<Connection, 'epoch'>): Promise<boolean>;
   /** Clears the forbidden flag: the server connects again. */
   enable(key: ConnectionKey, now: number): Promise<void>;
   /** Removes one device's connection, or every device of the account when no device is given. */
@@ -259,6 +262,7 @@ export class SqliteStore implements Store {
         else if (current < 2) this.fromMollySocket();
         if (current < 3) this.db.exec(CREATE_V3);
         if (current < 4) this.db.exec(CREATE_V4);
+        if (current < 5) this.canonicalUuids();
         this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
       })
       .immediate();
@@ -272,6 +276,7 @@ export class SqliteStore implements Store {
     if (existsSync(copy)) return;
     const mine = `${copy}.${process.pid}.tmp`;
     try {
+      closeSync(openSync(mine, 'wx', 0o600)); // it holds every password: as private as the database (SQLite fills an empty file)
       this.db.prepare('VACUUM INTO ?').run(mine);
       linkSync(mine, copy);
     } catch (err) {
@@ -298,6 +303,27 @@ export class SqliteStore implements Store {
       )
       .run({ now });
     this.db.exec('DROP TABLE connections_v1');
+  }
+
+  /**
+   * One spelling per uuid (lower case), so that one account device is one row and one socket. Rows that differ only in
+   * the case of their uuid are merged: the newest registration stays (then the newest change, then the one already
+   * lower-case), the others are dropped. What the server published is dropped too: it publishes again.
+   */
+  private canonicalUuids(): void {
+    this.db.exec(`
+      DELETE FROM connections WHERE rowid IN (
+        SELECT rowid FROM (
+          SELECT rowid, ROW_NUMBER() OVER (
+            PARTITION BY lower(uuid), device_id
+            ORDER BY last_registration DESC, updated_at DESC, uuid = lower(uuid) DESC, uuid
+          ) AS rank
+          FROM connections)
+        WHERE rank > 1);
+      UPDATE connections SET uuid = lower(uuid) WHERE uuid <> lower(uuid);
+      INSERT OR IGNORE INTO owed_wakeups SELECT lower(uuid), device_id FROM owed_wakeups WHERE uuid <> lower(uuid);
+      DELETE FROM owed_wakeups WHERE uuid <> lower(uuid);
+      DELETE FROM live_state;`);
   }
 
   async get(key: ConnectionKey): Promise<Connection | undefined> {
@@ -338,14 +364,27 @@ export class SqliteStore implements Store {
     return row && fromRow(row);
   }
 
-  /** One process owns every row of a SQLite file: there is no fence to check. */
-  async setForbidden(key: ConnectionKey, reason: string, now: number): Promise<boolean> {
-    const { changes } = this.db
+  /**
+   * Marks an enabled connection forbidden, compare-and-set on what the decision was made for: the endpoint that
+   * answered 404/410, or the password Signal refused. An answer about an endpoint or a password replaced meanwhile
+   * (Molly registered again) changes nothing, and neither does one for a connection already forbidden (its reason
+   * stays). Returns whether the connection changed. (One process owns every row of a SQLite file: no epoch to check.)
+   */
+  async setForbidden(key: ConnectionKey, reason: string, decidedFor: ForbiddenFor, now: number): Promise<boolean> {
+    const changes = this.db
       .prepare(
-        `UPDATE connections SET forbidden = 1, forbidden_reason = ?, forbidden_at = ?, updated_at = ?
-         WHERE uuid = ? AND device_id = ?`,
+        `UPDATE connections SET forbidden = 1, forbidden_reason = @reason, forbidden_at = @now, updated_at = @now
+         WHERE uuid = @uuid AND device_id = @deviceId AND forbidden = 0
+           AND (@endpoint IS NULL OR endpoint = @endpoint) AND (@password IS NULL OR password = @password)`,
       )
-      .run(reason, now, now, key.uuid, key.deviceId);
+      .run({
+        reason,
+        now,
+        uuid: key.uuid,
+        deviceId: key.deviceId,
+        endpoint: 'endpoint' in decidedFor ? decidedFor.endpoint : null,
+        password: 'password' in decidedFor ? decidedFor.password : null,
+      }).changes;
     return changes > 0;
   }
 

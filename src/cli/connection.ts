@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { endpointOrigin } from '../log.js';
-import { EndpointPolicy, uuidRefusal } from '../policy.js';
+import { canonicalUuid, EndpointPolicy, uuidRefusal } from '../policy.js';
 import { pushStack } from '../push/setup.js';
 import type { PushOutcome } from '../push/client.js';
 import type { Config } from '../config.js';
@@ -54,7 +54,7 @@ export function registerConnection(program: Command): void {
   connection
     .command('add')
     .description('register a connection, as Molly shows it in air-gapped mode, and send a test push')
-    .argument('<uuid>', 'account UUID')
+    .argument('<uuid>', 'account UUID', canonicalUuid)
     .argument('<device_id>', 'linked device id', parseDeviceId)
     .argument('<password>', 'linked device password')
     .argument('<endpoint>', 'UnifiedPush endpoint URL')
@@ -107,7 +107,7 @@ export function registerConnection(program: Command): void {
 
   /** A subcommand acting on an account's connections, or on one device's. */
   const onConnections = (name: string, description: string): Command =>
-    connection.command(name).description(description).argument('<uuid>', 'account UUID').argument('[device_id]', 'only this device', parseDeviceId);
+    connection.command(name).description(description).argument('<uuid>', 'account UUID', canonicalUuid).argument('[device_id]', 'only this device', parseDeviceId);
 
   onConnections('remove', 'remove the connections of an account, or of one of its devices').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
       const { config } = loadFor(cmd);

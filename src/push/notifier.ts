@@ -18,13 +18,17 @@ export interface NotifierDeps {
   client: Pick<PushClient, 'send'>;
   log: Logger;
   /** The endpoint answered 404 or 410: the distributor unregistered it. */
-  onGone(conn: Connection): void;
+  onGone(target: PushTarget): void;
   /** Whether a connection still wants pushes (not removed, not forbidden); asked before every retry. */
   isActive(conn: ConnectionKey): boolean;
   metrics?: Metrics;
   clock?: Clock;
   random?: () => number;
 }
+
+/** Where a connection's pushes go: all the notifier keeps of it (never its password). */
+export type PushTarget = Pick<Connection, 'uuid' | 'deviceId' | 'endpoint'>;
+const targetOf = (c: PushTarget): PushTarget => ({ uuid: c.uuid, deviceId: c.deviceId, endpoint: c.endpoint });
 
 /** When the next urgent push of a connection may start. Pure. */
 export function nextUrgentPushAt(lastStartAt: number | undefined, blockedUntil: number, minIntervalMs: number): number {
@@ -44,7 +48,7 @@ export function retryAfter(outcome: PushOutcome, attempt: number, retry: Backoff
 /** One message to deliver, possibly over several attempts. */
 interface Delivery {
   kind: PushKind;
-  conn: Connection;
+  conn: PushTarget;
   firstAt: number;
   attempt: number;
   timer: TimerHandle | undefined;
@@ -55,7 +59,7 @@ interface Delivery {
 
 /** The urgent pushes of one connection. */
 interface Lane {
-  conn: Connection;
+  conn: PushTarget;
   lastStartAt: number | undefined;
   /** A push server's 429 holds every push of the connection until then. */
   blockedUntil: number;
@@ -71,6 +75,8 @@ interface Lane {
  */
 export class Notifier {
   private readonly lanes = new Map<string, Lane>();
+  /** Every delivery not yet delivered, given up or cancelled: what a change of the connection must reach. */
+  private readonly pending = new Set<Delivery>();
   private readonly inFlight = new Set<Promise<unknown>>();
   private readonly clock: Clock;
   private readonly random: () => number;
@@ -83,7 +89,7 @@ export class Notifier {
     this.random = deps.random ?? Math.random;
   }
 
-  urgent(conn: Connection): void {
+  urgent(conn: PushTarget): void {
     const lane = this.lane(conn);
     if (lane.trailing !== undefined) return; // the scheduled push starts after this envelope
     const now = this.clock.now();
@@ -98,20 +104,39 @@ export class Notifier {
     }, at - now);
   }
 
-  test(conn: Connection): void {
+  test(conn: PushTarget): void {
     this.attempt(this.delivery('test', conn), undefined);
   }
 
-  deliveryCheck(conn: Connection): void {
+  deliveryCheck(conn: PushTarget): void {
     this.attempt(this.delivery('delivery_check', conn), undefined);
   }
 
-  /** Stops everything pending for a connection that was removed or forbidden. */
+  /**
+   * The stored connection changed (Molly registered again). A new endpoint takes over at once: an urgent push not
+   * yet delivered starts again there, a test push or delivery check for the old endpoint is dropped.
+   */
+  update(conn: PushTarget): void {
+    const key = connectionKey(conn);
+    for (const d of this.pending) {
+      if (d.kind !== 'urgent' && connectionKey(d.conn) === key && d.conn.endpoint !== conn.endpoint) this.cancel(d);
+    }
+    const lane = this.lanes.get(key);
+    if (!lane || lane.conn.endpoint === conn.endpoint) return;
+    lane.conn = targetOf(conn);
+    lane.blockedUntil = 0; // a 429 of the old push server says nothing about the new one
+    if (!lane.current) return;
+    this.cancel(lane.current);
+    lane.current = undefined;
+    if (lane.trailing === undefined) this.startUrgent(lane); // else the trailing push carries the news
+  }
+
+  /** Stops everything pending for a connection that was removed or forbidden, and forgets it. */
   forget(key: ConnectionKey): void {
+    for (const d of this.pending) if (connectionKey(d.conn) === connectionKey(key)) this.cancel(d);
     const lane = this.lanes.get(connectionKey(key));
     if (!lane) return;
     this.clock.clearTimeout(lane.trailing);
-    if (lane.current) this.cancel(lane.current);
     this.lanes.delete(connectionKey(key));
   }
 
@@ -132,27 +157,28 @@ export class Notifier {
     clearTimeout(timer);
     const owed: ConnectionKey[] = [];
     for (const lane of this.lanes.values()) {
-      if (!lane.current) continue;
-      owed.push({ uuid: lane.conn.uuid, deviceId: lane.conn.deviceId });
-      this.cancel(lane.current);
+      if (lane.current) owed.push({ uuid: lane.conn.uuid, deviceId: lane.conn.deviceId });
     }
+    for (const d of this.pending) this.cancel(d);
     return owed;
   }
 
-  private lane(conn: Connection): Lane {
+  private lane(conn: PushTarget): Lane {
     const key = connectionKey(conn);
     let lane = this.lanes.get(key);
     if (!lane) {
-      lane = { conn, lastStartAt: undefined, blockedUntil: 0, trailing: undefined, current: undefined };
+      lane = { conn: targetOf(conn), lastStartAt: undefined, blockedUntil: 0, trailing: undefined, current: undefined };
       this.lanes.set(key, lane);
     }
-    lane.conn = conn; // the newest endpoint
+    if (lane.conn.endpoint !== conn.endpoint) lane.conn = targetOf(conn); // the newest endpoint
     return lane;
   }
 
-  private delivery(kind: PushKind, conn: Connection): Delivery {
+  private delivery(kind: PushKind, conn: PushTarget): Delivery {
     const now = this.clock.now();
-    return { kind, conn, firstAt: now, attempt: 0, timer: undefined, abort: new AbortController(), cancelled: false };
+    const d: Delivery = { kind, conn: targetOf(conn), firstAt: now, attempt: 0, timer: undefined, abort: new AbortController(), cancelled: false };
+    this.pending.add(d);
+    return d;
   }
 
   private startUrgent(lane: Lane): void {
@@ -163,6 +189,7 @@ export class Notifier {
   }
 
   private cancel(d: Delivery): void {
+    this.pending.delete(d);
     d.cancelled = true;
     this.clock.clearTimeout(d.timer);
     d.abort.abort();
@@ -195,9 +222,14 @@ export class Notifier {
     };
     const delayMs = retryAfter(outcome, d.attempt, this.opts.retry, this.random());
     if (delayMs === undefined) {
+      this.pending.delete(d);
       if (lane?.current === d) lane.current = undefined;
       if (outcome.kind === 'delivered') this.deps.log.debug(fields, 'push delivered');
       else if (outcome.kind === 'gone') {
+        if ((this.lanes.get(connectionKey(d.conn))?.conn.endpoint ?? d.conn.endpoint) !== d.conn.endpoint) {
+          this.deps.log.info(fields, 'a replaced push endpoint is gone: nothing to do');
+          return;
+        }
         this.deps.log.warn(fields, 'push endpoint gone: the connection is disabled until Molly registers a new one');
         this.forget(d.conn);
         this.deps.onGone(d.conn);
@@ -208,10 +240,14 @@ export class Notifier {
     if (lane && outcome.kind === 'rate_limited') lane.blockedUntil = now + delayMs;
     if (now + delayMs - d.firstAt > this.opts.giveUpAfterMs) {
       this.deps.log.warn(fields, 'push not delivered in time: given up');
+      this.pending.delete(d);
       if (lane?.current === d) lane.current = undefined;
       return;
     }
-    if (!this.deps.isActive(d.conn)) return;
+    if (!this.deps.isActive(d.conn)) {
+      this.pending.delete(d);
+      return;
+    }
     this.deps.log.info({ ...fields, retryInMs: delayMs }, 'push failed: will retry');
     d.attempt++;
     d.timer = this.clock.setTimeout(() => this.attempt(d, lane), delayMs);

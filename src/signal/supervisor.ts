@@ -6,7 +6,7 @@ import { shortUuid } from '../log.js';
 import type { OwnedConnections, Ownership } from '../cluster/ownership.js';
 import { Solo } from '../cluster/solo.js';
 import { leftBehind } from '../registrations.js';
-import { connectionKey, SqliteStore, type Connection, type ConnectionKey, type Store } from '../store.js';
+import { connectionKey, SqliteStore, type Connection, type ConnectionKey, type ForbiddenFor, type Store } from '../store.js';
 import { StoreWrites } from '../store-writes.js';
 import { SignalLink, type LinkEnd, type LinkOptions } from './link.js';
 import { ConnectRamp, type RampOptions } from './ramp.js';
@@ -42,6 +42,10 @@ export interface SupervisorDeps {
   onUrgent(conn: Connection): void;
   /** Close code 4409 (the device connected elsewhere): a push that tells whether the endpoint still exists. */
   onDeliveryCheck(conn: Connection): void;
+  /** A stored connection's endpoint, credentials or forbidden flag changed: whatever pushes for it must follow. */
+  onChanged?(conn: Connection): void;
+  /** A connection was removed: nothing may be pushed for it any more. */
+  onRemoved?(key: ConnectionKey): void;
   /** Where store writes go without blocking (default: a queue of its own). */
   writes?: StoreWrites;
   metrics?: Metrics;
@@ -136,6 +140,7 @@ export class Supervisor implements OwnedConnections {
       return;
     }
     const previous = entry ? this.halt(entry) : undefined;
+    if (entry) this.deps.onChanged?.(conn);
     const fresh: Entry = {
       conn,
       state: 'stopped',
@@ -168,6 +173,7 @@ export class Supervisor implements OwnedConnections {
     this.after(this.halt(entry), () => {});
     this.entries.delete(connectionKey(key));
     this.deliveryChecks.delete(connectionKey(key));
+    this.deps.onRemoved?.(key);
   }
 
   /** Another instance owns it now: keep the socket until Signal replaces it, or until the hand-over times out. */
@@ -198,13 +204,19 @@ export class Supervisor implements OwnedConnections {
   }
 
   /**
-   * Marks a connection forbidden and closes its socket at once; the store learns it without the caller waiting
-   * (retried while the store fails). As the owner's write it carries the epoch this instance knows: once another
-   * instance owns the row, it changes nothing.
+   * Marks a connection forbidden and closes its socket at once, if it still has the endpoint or credentials the
+   * decision was made for: a late answer about replaced ones changes nothing. The store learns it without the caller
+   * waiting (retried while the store fails), compare-and-set too: another process may have replaced them meanwhile.
+   * As the owner's write it also carries the epoch this instance knows: once another instance owns the row, it
+   * changes nothing.
    */
-  forbid(key: ConnectionKey, reason: string): void {
+  forbid(key: ConnectionKey, reason: string, decidedFor: ForbiddenFor): void {
     const entry = this.entries.get(connectionKey(key));
     if (!entry || entry.conn.forbidden) return;
+    if ('endpoint' in decidedFor ? entry.conn.endpoint !== decidedFor.endpoint : entry.conn.password !== decidedFor.password) {
+      this.deps.log.info({ uuid: shortUuid(key.uuid), device: key.deviceId, reason }, 'not forbidden: the answer was about replaced settings');
+      return;
+    }
     const at = Math.floor(this.clock.now() / 1000);
     const forbidden = { ...entry.conn, forbidden: true, forbiddenReason: reason, forbiddenAt: at };
     const id = connectionKey(key);
@@ -212,7 +224,7 @@ export class Supervisor implements OwnedConnections {
     this.sync(forbidden);
     this.writes.later(
       `forbid:${id}`,
-      () => this.deps.store.setForbidden(key, reason, at, { epoch: entry.conn.epoch }),
+      () => this.deps.store.setForbidden(key, reason, decidedFor, at, { epoch: entry.conn.epoch }), // unchanged if replaced: the next poll syncs that
       () => this.forbidding.delete(id),
     );
   }
@@ -414,10 +426,11 @@ export class Supervisor implements OwnedConnections {
       entry.halted = true;
       this.setState(entry, 'stopped', 'handed over');
       this.entries.delete(connectionKey(entry.conn));
+      this.deps.onRemoved?.(entry.conn); // its pushes are the new owner's now
       return;
     }
     if (end.kind === 'forbidden') {
-      this.forbid(entry.conn, 'signal_403');
+      this.forbid(entry.conn, 'signal_403', { password: entry.conn.password });
       return;
     }
     const now = this.clock.now();

@@ -1,6 +1,9 @@
+import proxyAddr from '@fastify/proxy-addr';
 import helmet from '@fastify/helmet';
 import rateLimit from '@fastify/rate-limit';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import { isLocalNetworkAddress } from '../addresses.js';
+import type { Config } from '../config.js';
 import { LRUCache } from 'lru-cache';
 import { linkUrl, qrSvg } from '../link.js';
 import type { Logger } from '../log.js';
@@ -27,8 +30,8 @@ export interface WebDeps {
   log: Logger;
   /** `url`: the public URL, for proxies that pass no usable headers. */
   publicUrl: string | undefined;
-  /** `trust_proxy`: believe X-Forwarded-* headers (and the client address in X-Forwarded-For). */
-  trustProxy: boolean;
+  /** `trust_proxy`: which hops' X-Forwarded-* headers to believe (the client address in X-Forwarded-For included). */
+  trustProxy: Config['trust_proxy'];
   /** Registrations per minute per client address; 0: no limit. */
   rateLimitPerMinute: number;
   /** Health and metrics on this listener; undefined when a separate listener serves them. */
@@ -62,31 +65,60 @@ export const isValidHost = (host: string | undefined): boolean =>
   host === undefined || (host.length <= MAX_HOST_LENGTH && HOST_HEADER.test(host));
 
 type Headers = Record<string, string | string[] | undefined>;
-
-const first = (value: string | string[] | undefined): string | undefined => {
-  const v = Array.isArray(value) ? value[0] : value;
-  return v?.split(',')[0]?.trim() || undefined;
-};
+/** proxy-addr's trust function: whether the address `hop` steps from this server is a proxy to believe. */
+type Trust = (address: string, hop: number) => boolean;
 
 /**
- * The server URL Molly must store (PROTOCOL.md section 1): the `url` setting; else, with trust_proxy,
- * X-Forwarded-Proto/Host/Prefix; else https, the Host header, and the path of X-Original-URL as MollySocket does.
- * Pure.
+ * `trust_proxy` as fastify's trustProxy function: true is one hop (the nearest proxy's view of the client), a
+ * number that many, a list the proxies' addresses (proxy-addr). Undefined: believe no forwarded header.
+ */
+export function proxyTrust(setting: Config['trust_proxy']): Trust | undefined {
+  if (setting === false || setting === 0) return undefined;
+  if (typeof setting === 'object') return proxyAddr.compile([...setting]); // the proxies' addresses
+  const hops = setting === true ? 1 : setting;
+  return (_address, hop) => hop < hops;
+}
+
+const single = (value: string | string[] | undefined): string | undefined => (Array.isArray(value) ? value[0] : value)?.trim() || undefined;
+/** The entry the nearest proxy wrote: the last of a comma-separated list (earlier ones may come from the client). */
+const nearest = (value: string | string[] | undefined): string | undefined => single(value)?.split(',').pop()?.trim() || undefined;
+
+const PATH_RE = /^\/[\w\-.~!$&'()*+,;=:@%/]*$/;
+
+export interface ServerUrl {
+  url: string;
+  /** Headers that were sent but could not be used for the link, for the page to say so. */
+  unusable: string[];
+}
+
+/**
+ * The server URL Molly must store (PROTOCOL.md section 1): the `url` setting; else https, the Host header, and the
+ * path of X-Original-URL as MollySocket does; through a trusted proxy, X-Forwarded-Host/Prefix win. The hosts are
+ * checked by the caller (`isValidHost`: a malformed one is answered 400); the link stays https, and a proto, prefix
+ * or X-Original-URL that is not usable is ignored and reported. Pure.
  */
 export function serverUrl(
   req: { headers: Headers; url: string },
-  opts: { publicUrl: string | undefined; trustProxy: boolean },
-): string {
-  if (opts.publicUrl !== undefined) return opts.publicUrl;
+  opts: { publicUrl: string | undefined; viaTrustedProxy: boolean },
+): ServerUrl {
+  if (opts.publicUrl !== undefined) return { url: opts.publicUrl, unusable: [] };
+  const unusable: string[] = [];
+  const usable = (name: string, value: string | undefined, ok: (v: string) => boolean): string | undefined => {
+    if (value === undefined || ok(value)) return value;
+    unusable.push(name);
+    return undefined;
+  };
   const pathOf = (u: string): string => new URL(u, 'http://placeholder').pathname;
-  const host = first(req.headers.host) ?? 'localhost';
-  if (opts.trustProxy) {
-    const proto = first(req.headers['x-forwarded-proto']) ?? 'https';
-    const prefix = (first(req.headers['x-forwarded-prefix']) ?? '').replace(/\/+$/, '');
-    return `${proto}://${first(req.headers['x-forwarded-host']) ?? host}${prefix}${pathOf(req.url)}`;
+  let host = single(req.headers.host) ?? 'localhost';
+  let prefix = '';
+  if (opts.viaTrustedProxy) {
+    usable('X-Forwarded-Proto', nearest(req.headers['x-forwarded-proto']), (v) => v.toLowerCase() === 'https'); // Molly takes only https
+    host = nearest(req.headers['x-forwarded-host']) ?? host;
+    prefix = usable('X-Forwarded-Prefix', nearest(req.headers['x-forwarded-prefix']), (v) => PATH_RE.test(v))?.replace(/\/+$/, '') ?? '';
   }
-  const original = first(req.headers['x-original-url']);
-  return `https://${host}${pathOf(original ?? req.url)}`;
+  // Only a path: `x:@evil.example/` would otherwise put another host in the link.
+  const original = prefix === '' ? usable('X-Original-URL', single(req.headers['x-original-url']), (v) => v.startsWith('/')) : undefined;
+  return { url: `https://${host}${prefix}${pathOf(original ?? req.url)}`, unusable };
 }
 
 interface RegistrationBody {
@@ -112,7 +144,7 @@ const registrationSchema = {
 /** Registrations are a few hundred bytes. */
 const BODY_LIMIT = 8 * 1024;
 
-function baseApp(log: Logger, trustProxy: boolean, httpMetrics: HttpMetrics | undefined, limits = CLIENT_LIMITS): FastifyInstance {
+function baseApp(log: Logger, trust: Trust | undefined, httpMetrics: HttpMetrics | undefined, limits = CLIENT_LIMITS): FastifyInstance {
   const app = Fastify({
     requestTimeout: limits.requestTimeoutMs,
     connectionTimeout: limits.idleTimeoutMs,
@@ -121,7 +153,7 @@ function baseApp(log: Logger, trustProxy: boolean, httpMetrics: HttpMetrics | un
     // Request lines only with -v: health checks would otherwise fill the log.
     logController: new LogController({ disableRequestLogging: () => !log.isLevelEnabled('debug') }),
     bodyLimit: BODY_LIMIT,
-    trustProxy,
+    trustProxy: trust ?? false,
     ajv: { customOptions: { coerceTypes: false } },
   });
   app.server.maxConnections = limits.maxConnections;
@@ -158,13 +190,14 @@ function addOpsRoutes(app: FastifyInstance, ops: Ops): void {
 
 /** A listener with only /health and /metrics (`metrics_port`), for operators who keep them private. */
 export function buildOpsApp(ops: Ops, log: Logger, httpMetrics?: HttpMetrics, limits?: ClientLimits): FastifyInstance {
-  const app = baseApp(log, false, httpMetrics, limits);
+  const app = baseApp(log, undefined, httpMetrics, limits);
   addOpsRoutes(app, ops);
   return app;
 }
 
 export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
-  const app = baseApp(deps.log, deps.trustProxy, deps.httpMetrics, deps.limits);
+  const trust = proxyTrust(deps.trustProxy);
+  const app = baseApp(deps.log, trust, deps.httpMetrics, deps.limits);
   await app.register(helmet, {
     contentSecurityPolicy: {
       useDefaults: false,
@@ -182,7 +215,12 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
     // HSTS belongs to whoever terminates TLS for the whole host: the reverse proxy.
     strictTransportSecurity: false,
   });
-  await app.register(rateLimit, { global: false });
+  // Without trust_proxy, every phone behind a reverse proxy has the proxy's address: one bucket would refuse them all.
+  const localPeersUnlimited = trust === undefined && deps.rateLimitPerMinute > 0;
+  if (localPeersUnlimited) {
+    deps.log.info('registration_rate_limit applies only to clients at public addresses: set trust_proxy to limit per phone behind a reverse proxy');
+  }
+  await app.register(rateLimit, { global: false, ...(localPeersUnlimited && { allowList: (req) => isLocalNetworkAddress(req.ip) }) });
   app.removeContentTypeParser('text/plain'); // registrations are JSON; anything else is 415
 
   const discovery = { mollysocket: { version: deps.version } };
@@ -193,21 +231,32 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
   const pages = new LRUCache<string, string>({ max: 64 });
   app.get<{ Querystring: Record<string, string> }>('/', async (req, reply) => {
     if (req.headers['user-agent']?.includes('Signal-Android')) return discovery;
-    const hosts = [req.headers.host, ...(deps.trustProxy ? [req.headers['x-forwarded-host']] : [])].map(first);
+    const viaTrustedProxy = trust?.(req.socket.remoteAddress ?? '', 0) ?? false;
+    const hosts = [single(req.headers.host), ...(viaTrustedProxy ? [nearest(req.headers['x-forwarded-host'])] : [])];
     if (!hosts.every(isValidHost)) return reply.status(400).send({ error: 'the Host header is not a host name' });
     const airgapped = 'airgapped' in req.query;
-    let url: string | undefined;
+    let server: ServerUrl | undefined;
     try {
-      url = airgapped ? undefined : serverUrl(req, deps);
+      server = airgapped ? undefined : serverUrl(req, { publicUrl: deps.publicUrl, viaTrustedProxy });
     } catch {
       return reply.status(400).send({ error: 'a proxy header does not make a URL' });
     }
+    const url = server?.url;
+    const unusable = server?.unusable ?? [];
     const link = linkUrl(deps.vapidPublicKey, url === undefined ? { type: 'airgapped' } : { type: 'webserver', url });
     if (link.length > MAX_LINK_LENGTH) return reply.status(400).send({ error: 'the request path is too long for a link' });
-    let page = pages.get(link);
+    const pageKey = `${link} ${unusable.join(',')}`;
+    let page = pages.get(pageKey);
     if (page === undefined) {
-      page = renderHome({ mode: airgapped ? 'airgapped' : 'webserver', link, linkUrl: url, qrSvg: await qrSvg(link), version: deps.version });
-      pages.set(link, page);
+      page = renderHome({
+        mode: airgapped ? 'airgapped' : 'webserver',
+        link,
+        linkUrl: url,
+        unusableHeaders: unusable,
+        qrSvg: await qrSvg(link),
+        version: deps.version,
+      });
+      pages.set(pageKey, page);
     }
     return reply.type('text/html; charset=utf-8').header('Cache-Control', 'no-store').send(page);
   });

@@ -24,6 +24,8 @@ export interface HomeView {
   link: string;
   /** The server URL inside the link (webserver mode), checked against the browser's address by the page. */
   linkUrl: string | undefined;
+  /** Headers from the reverse proxy that could not be used for the link. */
+  unusableHeaders: string[];
   /** SVG markup that we generated. */
   qrSvg: string;
   version: string;
@@ -47,6 +49,11 @@ const TEXT = {
   },
 };
 
+const headerWarning = (names: string[]): string =>
+  `<p id="header-warning" class="warning">The reverse proxy sent ${escapeHtml(names.join(', '))}, which could not be ` +
+  'used for the link and was ignored: a host must be a plain name (with a port), a path must start with ' +
+  '<code>/</code>, and the link is always https. Fix the proxy, or set <code>url</code> in the configuration.</p>';
+
 /** Fills the homepage template; everything but the SVG we generated is escaped. */
 export function renderHome(view: HomeView): string {
   const text = TEXT[view.mode];
@@ -57,6 +64,7 @@ export function renderHome(view: HomeView): string {
     intro: escapeHtml(text.intro),
     switch_href: text.switchHref,
     switch_text: escapeHtml(text.switchText),
+    header_warning: view.unusableHeaders.length === 0 ? '' : headerWarning(view.unusableHeaders),
     version: escapeHtml(view.version),
   };
   return template.replace(/\{\{(\w+)\}\}/g, (_, name: string) => values[name] ?? '');

@@ -23,7 +23,8 @@ export type VapidCheck =
   | { ok: false; error: string };
 
 export type ScriptedAnswer =
-  | { status: number; headers?: Record<string, string>; body?: string }
+  /** `after`: answer only once it settles (a push server that answers late). */
+  | { status: number; headers?: Record<string, string>; body?: string; after?: Promise<unknown> }
   /** Never answer: the request hangs until the client gives up. */
   | { hang: true }
   /** Answer, then stream a body that never ends, until the client closes the connection. */
@@ -105,7 +106,9 @@ export class FakePushServer {
           fake.hanging.push(res);
           return;
         }
-        res.writeHead(answer.status, answer.headers).end(answer.body);
+        const send = (): void => void res.writeHead(answer.status, answer.headers).end(answer.body);
+        if (answer.after) void answer.after.then(send);
+        else send();
       });
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));

@@ -60,6 +60,16 @@ describe('connection add', () => {
     await store.close();
   });
 
+  it('stores the uuid lower-case and finds it in either spelling', async () => {
+    const w = workdir();
+    expect((await w.run('connection', 'add', UUID.toUpperCase(), '2', PASSWORD, push.endpoint())).code).toBe(0);
+    expect((await w.run('connection', 'add', UUID, '2', PASSWORD, push.endpoint())).code).toBe(0);
+    const store = Store.open(w.db);
+    expect((await store.list()).map((c) => c.uuid)).toEqual([UUID]);
+    await store.close();
+    expect((await w.run('connection', 'remove', UUID.toUpperCase())).stdout).toMatch(/Removed 1 connection of 6e3b5c1a/);
+  });
+
   it('refuses a bad device id, a uuid not allowed and an endpoint not allowed, with exit 2 and one line each', async () => {
     const w = workdir({ MOLLY_ALLOWED_UUIDS: `${UUID2}, ${UUID.replace('6e3b', '7e3b')}` }); // comma-separated list
     const bad = [

@@ -34,6 +34,19 @@ describe('the mollysocket bin', () => {
     expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^mollysocket: config key "port" must be an integer.*MOLLY_PORT/)]);
   });
 
+  it('names a mistyped secret key and its source, never its value', async () => {
+    const key = 'DSqYuWchrB6yIMYJtidvqANeRQic4uWy34afzZRsZnI';
+    const cwd = tempDir();
+    writeFileSync(join(cwd, 'conf.toml'), `vapid_privkey = "${key} "\n`); // a trailing space is enough
+    const fromFile = await runBin(['-c', 'conf.toml', 'server'], { cwd });
+    const fromEnv = await runBin(['server'], { cwd, env: { MOLLY_VAPID_PRIVKEY: `${key.slice(0, 42)}!` } });
+    for (const [r, source] of [[fromFile, 'conf.toml'], [fromEnv, 'MOLLY_VAPID_PRIVKEY']] as const) {
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(new RegExp(`config key "vapid_privkey" .*${source}`));
+      expect(r.stderr).not.toContain(key.slice(0, 20));
+    }
+  });
+
   it('exits 2 on an unknown command', async () => {
     expect((await runBin(['serve-me'], { cwd: tempDir() })).code).toBe(2);
   });

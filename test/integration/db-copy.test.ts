@@ -19,7 +19,7 @@ describe.skipIf(postgresMissing !== undefined)('db copy', () => {
     await store.put({ uuid: A, deviceId: 1, password: 'pa', endpoint: 'https://push.example/up/a' }, 1_700_000_000);
     await store.put({ uuid: A, deviceId: 2, password: 'pb', endpoint: 'https://push.example/up/b' }, 1_700_000_100);
     await store.put({ uuid: B, deviceId: 1, password: 'pc', endpoint: 'https://push.example/up/c' }, 1_700_000_200);
-    await store.setForbidden({ uuid: B, deviceId: 1 }, 'signal_403', 1_700_000_300);
+    await store.setForbidden({ uuid: B, deviceId: 1 }, 'signal_403', { password: 'pc' }, 1_700_000_300);
     const original = await store.list();
     await store.close();
     const pub = (db: string) => runBin(['vapid', 'pub'], { cwd, env: { MOLLY_DB: db } });

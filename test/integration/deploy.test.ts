@@ -1,5 +1,6 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -26,6 +27,14 @@ describe('config.example.toml', () => {
     writeFileSync(file, withDefaults.join('\n'));
     expect(parseToml(readFileSync(file, 'utf8'))).toBeTruthy();
     expect(loadConfig({ file, env: {} }).config).toEqual(loadConfig({ env: { XDG_CONFIG_HOME: '/nonexistent', HOME: '/nonexistent' } }).config);
+  });
+});
+
+describe('the ops endpoints in the docs', () => {
+  it('say that /health and /metrics are public by default and that metrics_port keeps them private', () => {
+    const install = readFileSync(repo('INSTALL.md'), 'utf8').replace(/\s+/g, ' ');
+    expect(install).toMatch(/`\/health` and `\/metrics`\*\* are public on the web port by default.*To keep them private, set `metrics_port`/);
+    expect(configExample()).toMatch(/# New: serve \/health and \/metrics on this port only, to keep them private\. Unset: they are public on the web port/);
   });
 });
 
@@ -77,10 +86,33 @@ const freePort = (): Promise<number> =>
     });
   });
 
+/** nginx running the sample from deploy/nginx in front of `upstream` (host:port); its URL. */
+async function nginxInFront(upstream: string): Promise<{ url: string; stop: () => void }> {
+  const dir = tempDir('ms-nginx-');
+  const sample = readFileSync(repo('deploy/nginx/mollysocket.conf'), 'utf8').replaceAll('127.0.0.1:8020', upstream);
+  writeFileSync(join(dir, 'mollysocket.conf'), sample);
+  const port = await freePort();
+  writeFileSync(
+    join(dir, 'nginx.conf'),
+    `worker_processes 1; daemon off; pid ${dir}/nginx.pid; error_log ${dir}/error.log;
+     events { worker_connections 64; }
+     http {
+       access_log off;
+       client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy; fastcgi_temp_path ${dir}/fastcgi;
+       uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
+       server { listen 127.0.0.1:${port}; include ${dir}/mollysocket.conf; }
+     }`,
+  );
+  const proxy = spawn(nginx!, ['-c', join(dir, 'nginx.conf'), '-p', dir], { stdio: 'ignore' });
+  const url = `http://127.0.0.1:${port}`;
+  await eventually(async () => (await httpGet(`${url}/molly/`).catch(() => ({ status: 0 }))).status !== 0, 'nginx', 10_000, 50);
+  return { url, stop: () => void proxy.kill('SIGQUIT') };
+}
+
 describe.skipIf(!nginx)('behind nginx on a sub-path, with the sample from deploy/nginx', () => {
   let server: RunningServer;
   let push: FakePushServer;
-  let proxy: ChildProcess;
+  let proxy: { url: string; stop: () => void };
   let proxyUrl: string;
 
   beforeAll(async () => {
@@ -89,28 +121,12 @@ describe.skipIf(!nginx)('behind nginx on a sub-path, with the sample from deploy
       env: { XDG_CONFIG_HOME: '/nonexistent', MOLLY_PORT: '0', MOLLY_DB: join(tempDir(), 'm.db'), MOLLY_ALLOWED_ENDPOINTS: `["${push.origin}"]`, MOLLY_SIGNAL_URL: 'ws://127.0.0.1:1/' },
     });
     server = await startServer(config, memoryLogger().log);
-    const dir = tempDir('ms-nginx-');
-    const sample = readFileSync(repo('deploy/nginx/mollysocket.conf'), 'utf8').replaceAll('127.0.0.1:8020', new URL(server.url!).host);
-    writeFileSync(join(dir, 'mollysocket.conf'), sample);
-    const port = await freePort();
-    writeFileSync(
-      join(dir, 'nginx.conf'),
-      `worker_processes 1; daemon off; pid ${dir}/nginx.pid; error_log ${dir}/error.log;
-       events { worker_connections 64; }
-       http {
-         access_log off;
-         client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy; fastcgi_temp_path ${dir}/fastcgi;
-         uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
-         server { listen 127.0.0.1:${port}; include ${dir}/mollysocket.conf; }
-       }`,
-    );
-    proxy = spawn(nginx!, ['-c', join(dir, 'nginx.conf'), '-p', dir], { stdio: 'ignore' });
-    proxyUrl = `http://127.0.0.1:${port}`;
-    await eventually(async () => (await httpGet(`${proxyUrl}/molly/discover`).catch(() => ({ status: 0 }))).status === 200, 'nginx', 10_000, 50);
+    proxy = await nginxInFront(new URL(server.url!).host);
+    proxyUrl = proxy.url;
   });
 
   afterAll(async () => {
-    proxy?.kill('SIGQUIT');
+    proxy?.stop();
     await server?.close();
     await push?.close();
   });
@@ -132,5 +148,56 @@ describe.skipIf(!nginx)('behind nginx on a sub-path, with the sample from deploy
     expect(res.status).toBe(200);
     expect(await res.json()).toEqual({ mollysocket: { version: expect.any(String), status: 'ok' } });
     expect(await server.store.list()).toHaveLength(1);
+  });
+});
+
+describe.skipIf(!nginx)('the client address behind the nginx sample', () => {
+  const registration = (url: string, push: FakePushServer, spoofed: string) =>
+    fetch(`${url}/molly/`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json; charset=utf-8', 'X-Forwarded-For': spoofed },
+      body: JSON.stringify({ uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', device_id: 2, password: 'pw', endpoint: push.endpoint() }),
+    }).then((r) => r.status);
+
+  it('is set to the address nginx saw, whatever the client wrote', async () => {
+    const seen: (string | string[] | undefined)[] = [];
+    const upstream = createHttpServer((req, res) => {
+      seen.push(req.headers['x-forwarded-for']);
+      res.end('ok');
+    });
+    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+    const proxy = await nginxInFront(`127.0.0.1:${(upstream.address() as { port: number }).port}`);
+    try {
+      seen.length = 0;
+      await httpGet(`${proxy.url}/molly/`, { 'X-Forwarded-For': '203.0.113.66' });
+      expect(seen).toEqual(['127.0.0.1']);
+    } finally {
+      proxy.stop();
+      upstream.close();
+    }
+  });
+
+  it.each([
+    ['trust_proxy = true: one bucket per phone, a spoofed header picks none', 'true', [200, 200, 200, 429]],
+    ['without trust_proxy: clients behind the proxy are never limited', 'false', [200, 200, 200, 200]],
+  ])('%s', async (_name, trust, expected) => {
+    const push = await FakePushServer.start();
+    const { config } = loadConfig({
+      env: {
+        XDG_CONFIG_HOME: '/nonexistent', MOLLY_PORT: '0', MOLLY_DB: join(tempDir(), 'm.db'), MOLLY_ALLOWED_ENDPOINTS: `["${push.origin}"]`,
+        MOLLY_SIGNAL_URL: 'ws://127.0.0.1:1/', MOLLY_TRUST_PROXY: trust, MOLLY_REGISTRATION_RATE_LIMIT: '3',
+      },
+    });
+    const server = await startServer(config, memoryLogger().log);
+    const proxy = await nginxInFront(new URL(server.url!).host);
+    try {
+      const statuses = [];
+      for (let i = 0; i < 4; i++) statuses.push(await registration(proxy.url, push, `198.51.100.${i}`));
+      expect(statuses).toEqual(expected);
+    } finally {
+      proxy.stop();
+      await server.close();
+      await push.close();
+    }
   });
 });

@@ -118,10 +118,10 @@ describe('db downgrade', () => {
     const db = join(cwd, 'mollysocket.db');
     const store = Store.open(db);
     await store.put({ uuid: A, deviceId: 2, password: 'b2xkLWRldmljZQ==', endpoint: 'https://push.example/up/old' }, 1_750_000_000);
-    await store.setForbidden({ uuid: A, deviceId: 2 }, 'signal_403', 1_755_000_000);
+    await store.setForbidden({ uuid: A, deviceId: 2 }, 'signal_403', { password: 'b2xkLWRldmljZQ==' }, 1_755_000_000);
     await store.put({ uuid: A, deviceId: 3, password: 'cmUtbGlua2Vk', endpoint: 'https://push.example/up/new' }, 1_760_000_000);
     await store.put({ uuid: B, deviceId: 1, password: 'Yi1wYXNzd29yZA==', endpoint: 'https://push.example/up/b' }, 1_760_000_000);
-    await store.setForbidden({ uuid: B, deviceId: 1 }, 'endpoint_gone', 1_761_000_000);
+    await store.setForbidden({ uuid: B, deviceId: 1 }, 'endpoint_gone', { endpoint: 'https://push.example/up/b' }, 1_761_000_000);
     await store.close();
 
     const r = await runBin(['db', 'downgrade', 'back.db'], { cwd, env: { MOLLY_DB: db } });

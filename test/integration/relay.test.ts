@@ -4,6 +4,7 @@ import WebSocket from 'ws';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import { startServer, type RunningServer } from '../../src/server.js';
+import { SqliteStore } from '../../src/store.js';
 import { FakePushServer } from '../fakes/push-server.js';
 import { FakeSignalServer } from '../fakes/signal-server.js';
 import { testPki } from '../fakes/tls.js';
@@ -33,7 +34,8 @@ describe('the relay end to end', () => {
     });
     const memory = memoryLogger();
     logs = memory.lines;
-    server = await startServer(config, memory.log, { tune: (o) => ({ ...o, backoff: { baseMs: 20, capMs: 100 } }) });
+    // The store is polled often, so that a removal (by the CLI) is followed before a push's first retry (0.5 to 1 s).
+    server = await startServer(config, memory.log, { tune: (o) => ({ ...o, backoff: { baseMs: 20, capMs: 100 }, storePollMs: 50 }) });
   });
 
   afterEach(async () => {
@@ -282,6 +284,54 @@ describe('the relay end to end', () => {
     expect(push.requests[2]).toMatchObject({ path: '/up/new', body: '{"test":true}' });
   });
 
+  it('a late 410 from the old endpoint after Molly registered a new one disables nothing; the push goes to the new one', async () => {
+    await register({ ...molly, endpoint: push.endpoint('old') });
+    await signal.until(() => server.supervisor.state(account) === 'connected', 'connected');
+    await push.until(() => push.requests.length === 1, 'the test push');
+
+    let answerLate!: () => void;
+    push.script.push({ status: 410, after: new Promise<void>((r) => (answerLate = r)) });
+    await signal.sendEnvelope(signal.open(account.uuid, 2)[0]!);
+    await push.until(() => push.requests.length === 2, 'the urgent push to the old endpoint');
+    expect((await register({ ...molly, endpoint: push.endpoint('new') })).json.mollysocket.status).toBe('ok');
+    answerLate(); // the old endpoint was unregistered meanwhile
+    await push.until(() => push.requests.some((r) => r.path === '/up/new' && r.body === '{"urgent":true}'), 'the push to the new endpoint');
+    await new Promise((r) => setTimeout(r, 100));
+
+    expect(await server.store.get(account)).toMatchObject({ forbidden: false, endpoint: push.endpoint('new') });
+    expect(server.supervisor.state(account)).toBe('connected');
+    expect((await register({ ...molly, endpoint: push.endpoint('new') })).json.mollysocket.status).toBe('ok');
+  });
+
+  it('sends nothing for a connection removed while its push waits to be retried', async () => {
+    await register({ ...molly, endpoint: push.endpoint() });
+    await signal.until(() => server.supervisor.state(account) === 'connected', 'connected');
+    await push.until(() => push.requests.length === 1, 'the test push');
+    push.script.push({ status: 503 });
+    await signal.sendEnvelope(signal.open(account.uuid, 2)[0]!);
+    await push.until(() => push.requests.length === 2, 'the urgent push');
+    const cli = SqliteStore.open(server.store.location); // as `mollysocket connection remove` does
+    await cli.remove({ uuid: account.uuid });
+    await cli.close();
+    await eventually(() => server.supervisor.state(account) === undefined, 'the server to follow the removal', 400);
+    await new Promise((r) => setTimeout(r, 1_100)); // past the retry's backoff (at most 1 s)
+    expect(push.requests).toHaveLength(2);
+  });
+
+  it('sends nothing for a connection forbidden (Signal 403) while its push waits to be retried', async () => {
+    await register({ ...molly, endpoint: push.endpoint() });
+    await signal.until(() => server.supervisor.state(account) === 'connected', 'connected');
+    await push.until(() => push.requests.length === 1, 'the test push');
+    push.script.push({ status: 503 });
+    await signal.sendEnvelope(signal.open(account.uuid, 2)[0]!);
+    await push.until(() => push.requests.length === 2, 'the urgent push');
+    signal.removeAccount(account); // the device was unlinked: the reconnection is answered 403
+    signal.open(account.uuid, 2)[0]!.ws.close(4401);
+    await eventually(() => server.supervisor.state(account) === 'forbidden', 'forbidden', 400);
+    await new Promise((r) => setTimeout(r, 1_100)); // past the retry's backoff (at most 1 s)
+    expect(push.requests).toHaveLength(2);
+  });
+
   it('keeps acking envelopes at once while the push server hangs', async () => {
     await register({ ...molly, endpoint: push.endpoint() });
     await signal.until(() => server.supervisor.state(account) === 'connected', 'connected');
@@ -321,6 +371,11 @@ describe('the relay end to end', () => {
     expect(metrics).toContain('\nmollysocket_connections 1\n');
     expect(metrics).toContain('\nmollysocket_pushs 0\n'); // the registration's test push is no wake-up
     expect(metrics).toMatch(/\nrocket_http_requests_total\{endpoint="\/",method="POST",status="200"\} 1\n/);
+    const healthText = JSON.stringify((await health()).body);
+    for (const secret of [account.uuid, account.uuid.slice(0, 8), account.password, 'up-token']) {
+      expect(metrics).not.toContain(secret); // nothing on the public ops endpoints names an account
+      expect(healthText).not.toContain(secret);
+    }
     rmSync(server.store.location);
     expect((await health()).status).toBe(503);
   });

@@ -212,6 +212,28 @@ describe('outcomes', () => {
     await connected(h, A);
   });
 
+  it('a 403 for credentials another process replaced meanwhile forbids nothing: the new ones connect', async () => {
+    const h = await harness();
+    register(h, A);
+    h.sup.start();
+    await connected(h, A);
+    // The CLI stores new credentials; before the next poll, the old socket ends and Signal refuses the old password.
+    const relinked = { ...A, password: 'relinked' };
+    const cli = Store.open(h.dbPath);
+    cli.put({ ...relinked, endpoint: ENDPOINT }, 2);
+    cli.close();
+    h.signal.addAccount(relinked);
+    h.signal.open(A.uuid, A.deviceId)[0]!.ws.close(4401);
+    await eventually(() => h.sup.state(A) === 'backoff', 'backoff');
+    h.clock.advance(1_000); // the retry, before the store is polled again
+    await h.signal.until(() => h.signal.upgrades.some((u) => u.status === 403), 'the 403 for the old password');
+    await settle();
+    expect(await h.store.get(A)).toMatchObject({ forbidden: false, password: 'relinked' });
+    await passTime(h, 2_000); // the poll brings the new credentials
+    await connected(h, A);
+    expect(h.signal.open(A.uuid, A.deviceId)).toHaveLength(1);
+  });
+
   it('4401: reconnects, and a 403 then tells that the device is gone', async () => {
     const h = await harness();
     await register(h, A);
@@ -418,10 +440,10 @@ describe('forbidden connections left behind by a re-link', () => {
     const unlinked = { ...A, deviceId: 2 };
     const relinked: Account = { ...A, deviceId: 3, password: 'pw-relinked' };
     await h.store.put({ ...unlinked, endpoint: ENDPOINT }, now() - 3600);
-    await h.store.setForbidden(unlinked, 'signal_403', now());
+    await h.store.setForbidden(unlinked, 'signal_403', { password: unlinked.password }, now());
     const other = { ...B, deviceId: 5 }; // another account's forbidden row, with no newer device: it stays
     await h.store.put({ ...other, endpoint: ENDPOINT }, now() - 3600);
-    await h.store.setForbidden(other, 'signal_403', now());
+    await h.store.setForbidden(other, 'signal_403', { password: other.password }, now());
     h.signal.addAccount(relinked);
     await h.store.put({ ...relinked, endpoint: ENDPOINT }, now()); // registered here after the unlinked device
     h.sup.start();

@@ -42,26 +42,97 @@ const linkIn = (html: string) => new URL(/<code id="link">([^<]+)<\/code>/.exec(
 
 describe('the URL in the link', () => {
   const req = (headers: Record<string, string>, url = '/') => ({ headers, url });
-  const plain = { publicUrl: undefined, trustProxy: false };
+  const plain = { publicUrl: undefined, viaTrustedProxy: false };
+  const proxied = { publicUrl: undefined, viaTrustedProxy: true };
 
   it('is https, the Host header and the request path, as MollySocket derives it', () => {
-    expect(serverUrl(req({ host: 'push.example' }, '/?airgapped'), plain)).toBe('https://push.example/');
-    expect(serverUrl(req({ host: 'push.example:8443' }), plain)).toBe('https://push.example:8443/');
+    expect(serverUrl(req({ host: 'push.example' }, '/?airgapped'), plain)).toEqual({ url: 'https://push.example/', unusable: [] });
+    expect(serverUrl(req({ host: 'push.example:8443' }), plain).url).toBe('https://push.example:8443/');
   });
 
   it('takes the path of X-Original-URL from a reverse proxy', () => {
-    expect(serverUrl(req({ host: 'example.org', 'x-original-url': '/molly/?x=1' }), plain)).toBe('https://example.org/molly/');
+    expect(serverUrl(req({ host: 'example.org', 'x-original-url': '/molly/?x=1' }), plain).url).toBe('https://example.org/molly/');
+    expect(serverUrl(req({ host: 'example.org', 'x-original-url': '/a,b/' }), plain).url).toBe('https://example.org/a,b/');
+  });
+
+  it("keeps the page's own host: X-Original-URL counts only when it is a path", () => {
+    for (const [original, proxy] of [['x:@evil.example/', plain], ['x:.evil.example/', plain], ['https://evil.example/', plain], ['x:@evil.example/', proxied]] as const) {
+      const got = serverUrl(req({ host: 'molly.example.org', 'x-original-url': original }), proxy);
+      expect(got, original).toEqual({ url: 'https://molly.example.org/', unusable: ['X-Original-URL'] });
+      expect(new URL(got.url).host).toBe('molly.example.org');
+    }
+    expect(serverUrl(req({ host: 'molly.example.org', 'x-original-url': '//evil.example/x' }), plain).url).toBe('https://molly.example.org/x');
   });
 
   it('prefers the url setting', () => {
-    expect(serverUrl(req({ host: 'internal:8020' }), { publicUrl: 'https://example.org/molly/', trustProxy: false })).toBe('https://example.org/molly/');
+    expect(serverUrl(req({ host: 'internal:8020' }), { publicUrl: 'https://example.org/molly/', viaTrustedProxy: false }).url).toBe('https://example.org/molly/');
   });
 
-  it('believes X-Forwarded-Proto/Host/Prefix only with trust_proxy', () => {
+  it('believes X-Forwarded-Host/Prefix only through a trusted proxy, the entry of the nearest one', () => {
     const headers = { host: 'internal:8020', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'example.org', 'x-forwarded-prefix': '/molly/' };
-    expect(serverUrl(req(headers), { publicUrl: undefined, trustProxy: true })).toBe('https://example.org/molly/');
-    expect(serverUrl(req(headers), plain)).toBe('https://internal:8020/');
-    expect(serverUrl(req({ host: 'a.example', 'x-forwarded-host': 'b.example, c.example' }), { publicUrl: undefined, trustProxy: true })).toBe('https://b.example/');
+    expect(serverUrl(req(headers), proxied)).toEqual({ url: 'https://example.org/molly/', unusable: [] });
+    expect(serverUrl(req(headers), plain).url).toBe('https://internal:8020/');
+    expect(serverUrl(req({ host: 'a.example', 'x-forwarded-host': 'spoofed.example, b.example' }), proxied).url).toBe('https://b.example/');
+  });
+
+  it('validates forwarded values the same way: https only, plain hosts, paths', () => {
+    const got = serverUrl(req({ host: 'molly.example.org', 'x-forwarded-proto': 'javascript', 'x-forwarded-prefix': '@evil.example' }), proxied);
+    expect(got).toEqual({ url: 'https://molly.example.org/', unusable: ['X-Forwarded-Proto', 'X-Forwarded-Prefix'] });
+    expect(serverUrl(req({ host: 'molly.example.org', 'x-forwarded-proto': 'http' }), proxied).url).toBe('https://molly.example.org/');
+  });
+});
+
+describe('proxies and the rate limit', () => {
+  const post = (instance: Awaited<ReturnType<typeof app>>['instance'], remoteAddress: string, xff?: string) =>
+    instance.inject({ method: 'POST', url: '/', remoteAddress, payload: valid, ...(xff !== undefined && { headers: { 'x-forwarded-for': xff } }) });
+  const statuses = async (n: number, send: (i: number) => Promise<{ statusCode: number }>) => {
+    const codes: number[] = [];
+    for (let i = 0; i < n; i++) codes.push((await send(i)).statusCode);
+    return { ok: codes.filter((c) => c === 200).length, limited: codes.filter((c) => c === 429).length };
+  };
+
+  it('trust_proxy = true trusts one hop: a spoofed leftmost X-Forwarded-For does not pick the bucket', async () => {
+    const { instance } = await app({ trustProxy: true });
+    // The proxy at 127.0.0.1 appended the address it saw (198.51.100.7) to what the client wrote.
+    expect(await statuses(200, (i) => post(instance, '127.0.0.1', `10.9.${i >> 8}.${i & 255}, 198.51.100.7`))).toEqual({ ok: 120, limited: 80 });
+    expect((await post(instance, '127.0.0.1', '198.51.100.8')).statusCode).toBe(200); // another phone
+  });
+
+  it('a number trusts that many hops, a list the named proxies only', async () => {
+    const two = (await app({ trustProxy: 2, rateLimitPerMinute: 2 })).instance;
+    expect(await statuses(3, (i) => post(two, '127.0.0.1', `10.0.0.${i}, 198.51.100.7, 10.1.1.1`))).toEqual({ ok: 2, limited: 1 });
+    const listed = (await app({ trustProxy: ['10.1.1.1'], rateLimitPerMinute: 2 })).instance;
+    expect(await statuses(3, (i) => post(listed, '10.1.1.1', `10.0.0.${i}, 198.51.100.7`))).toEqual({ ok: 2, limited: 1 });
+    // A client that is not the listed proxy is its own address, whatever it writes.
+    expect(await statuses(3, (i) => post(listed, '198.51.100.9', `198.51.100.${i}`))).toEqual({ ok: 2, limited: 1 });
+  });
+
+  it('without trust_proxy, never puts every phone behind a proxy in one bucket: local peers are not limited', async () => {
+    const lines: string[] = [];
+    const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
+    const { instance } = await app({ rateLimitPerMinute: 2, log });
+    expect(lines.filter((l) => /set trust_proxy to limit per phone/.test(l))).toHaveLength(1);
+    for (const peer of ['127.0.0.1', '::1', '10.0.0.2', '172.17.0.1', '::ffff:192.168.1.1']) {
+      expect(await statuses(5, () => post(instance, peer, '198.51.100.7')), peer).toEqual({ ok: 5, limited: 0 });
+    }
+    expect(await statuses(3, () => post(instance, '198.51.100.7'))).toEqual({ ok: 2, limited: 1 });
+  });
+
+  it('answers 400 for a Host, or a trusted proxy\'s X-Forwarded-Host, that is not a plain host', async () => {
+    const { instance } = await app({ trustProxy: true });
+    const page = (headers: Record<string, string>) => instance.inject({ url: '/', remoteAddress: '127.0.0.1', headers });
+    expect((await page({ host: 'x@evil.example' })).statusCode).toBe(400);
+    expect((await page({ host: 'molly.example.org', 'x-forwarded-host': 'molly.example.org, evil.example/x?' })).statusCode).toBe(400);
+    expect((await page({ host: 'molly.example.org', 'x-forwarded-host': 'evil.example/x?, molly.example.org' })).statusCode).toBe(200); // the nearest proxy's
+  });
+
+  it('says on the page when a proxy header was not usable', async () => {
+    const { instance } = await app();
+    const page = await instance.inject({ url: '/', headers: { host: 'molly.example.org', 'x-original-url': 'x:@evil.example/' } });
+    expect(linkIn(page.body).searchParams.get('url')).toBe('https://molly.example.org/');
+    expect(page.body).toMatch(/id="header-warning"[^>]*>The reverse proxy sent X-Original-URL, which could not be used/);
+    const clean = await instance.inject({ url: '/', headers: { host: 'molly.example.org' } });
+    expect(clean.body).not.toContain('header-warning');
   });
 });
 

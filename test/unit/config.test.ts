@@ -31,6 +31,19 @@ describe('config', () => {
     expect(Object.isFrozen(config)).toBe(true);
   });
 
+  it('reads trust_proxy as a boolean, a number of hops or a list of proxy addresses, from the file and the environment', () => {
+    const trust = (toml: string, env: Record<string, string> = {}) => loadConfig({ file: withFile(toml), env: { ...noFile, ...env } }).config.trust_proxy;
+    expect(trust('trust_proxy = true')).toBe(true);
+    expect(trust('trust_proxy = 2')).toBe(2);
+    expect(trust('trust_proxy = ["127.0.0.1", "10.0.0.0/8", "::1", "loopback"]')).toEqual(['127.0.0.1', '10.0.0.0/8', '::1', 'loopback']);
+    expect(trust('', { MOLLY_TRUST_PROXY: 'true' })).toBe(true);
+    expect(trust('', { MOLLY_TRUST_PROXY: '1' })).toBe(true); // the boolean spelling wins: one hop either way
+    expect(trust('', { MOLLY_TRUST_PROXY: '3' })).toBe(3);
+    expect(trust('', { MOLLY_TRUST_PROXY: '172.16.0.0/12,127.0.0.1' })).toEqual(['172.16.0.0/12', '127.0.0.1']);
+    expect(() => trust('trust_proxy = ["proxy.example"]')).toThrow(/config key "trust_proxy" must be true, false, a number of hops, or a list of IP addresses/);
+    expect(() => trust('trust_proxy = -1')).toThrow(/trust_proxy/);
+  });
+
   it('applies defaults < TOML file < MOLLY_* environment', () => {
     const file = withFile('port = 9000\nhost = "0.0.0.0"\nallowed_uuids = ["a"]\nsignal_env = "staging"\n');
     const { config, sources } = loadConfig({ file, env: { ...noFile, MOLLY_PORT: '9100', MOLLY_ALLOWED_UUIDS: '["b","c"]' } });

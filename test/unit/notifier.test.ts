@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { Metrics } from '../../src/metrics.js';
 import type { PushKind, PushOutcome } from '../../src/push/client.js';
 import { Notifier, type NotifierOptions } from '../../src/push/notifier.js';
+import type { PushTarget } from '../../src/push/notifier.js';
 import type { Connection } from '../../src/store.js';
 import { ManualClock } from '../fakes/clock.js';
 import { memoryLogger, settle } from '../helpers/index.js';
@@ -33,7 +34,7 @@ interface Sent {
 function harness(opts: Partial<NotifierOptions> = {}, autoAnswer?: (n: number) => PushOutcome) {
   const clock = new ManualClock(0);
   const sent: Sent[] = [];
-  const gone: Connection[] = [];
+  const gone: PushTarget[] = [];
   let active = true;
   const { log, lines } = memoryLogger();
   const metrics = new Metrics();
@@ -200,7 +201,7 @@ describe('retries', () => {
     h.clock.advance(60_000);
     await settle(1);
     expect(h.sent).toHaveLength(1);
-    expect(h.gone).toEqual([conn]);
+    expect(h.gone).toEqual([{ uuid: conn.uuid, deviceId: conn.deviceId, endpoint: conn.endpoint }]); // never the password
   });
 
   it('403 and other 4xx: logged, not retried, and the connection stays enabled', async () => {
@@ -246,5 +247,58 @@ describe('retries', () => {
     h.notifier.urgent(conn);
     await h.notifier.drain(100);
     expect(h.sent.map((s) => s.at)).toEqual([0, 100]);
+  });
+});
+
+describe('following the store', () => {
+  const moved = { ...conn, endpoint: 'https://push.example/up/new' };
+
+  it('sends a pending retry to the new endpoint at once, and drops a test push to the old one', async () => {
+    const h = harness();
+    h.notifier.urgent(conn);
+    h.notifier.test(conn);
+    await settle(1);
+    h.sent[0]!.answer(failed503);
+    h.sent[1]!.answer(failed503);
+    await settle(1);
+    h.notifier.update(moved); // Molly registered a new endpoint
+    await settle(1);
+    expect(h.sent.map((s) => [s.kind, s.endpoint])).toEqual([
+      ['urgent', conn.endpoint],
+      ['test', conn.endpoint],
+      ['urgent', moved.endpoint],
+    ]);
+    h.clock.advance(600_000);
+    await settle(1);
+    expect(h.sent).toHaveLength(3);
+  });
+
+  it('aborts a push under way to the old endpoint, and a late 410 from it forbids nothing', async () => {
+    const h = harness();
+    h.notifier.urgent(conn);
+    await settle(1);
+    h.notifier.update(moved);
+    await settle(1);
+    expect(h.sent[0]!.aborted()).toBe(true);
+    h.sent[0]!.answer({ kind: 'gone', status: 410 });
+    h.sent[1]!.answer(delivered);
+    await settle(1);
+    expect(h.gone).toEqual([]);
+    expect(h.sent.map((s) => s.endpoint)).toEqual([conn.endpoint, moved.endpoint]);
+  });
+
+  it('sends nothing more for a forgotten (removed or forbidden) connection: no retry, no trailing push', async () => {
+    const h = harness();
+    h.notifier.urgent(conn);
+    h.notifier.test(conn);
+    h.notifier.urgent(conn); // within the interval: a trailing push is scheduled
+    await settle(1);
+    h.sent[0]!.answer(failed503);
+    h.sent[1]!.answer(failed503);
+    await settle(1);
+    h.notifier.forget(conn);
+    h.clock.advance(600_000);
+    await settle(1);
+    expect(h.sent).toHaveLength(2);
   });
 });

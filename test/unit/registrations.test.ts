@@ -150,6 +150,15 @@ describe('applying a registration', () => {
     expect(h.pinged).toHaveLength(1);
   });
 
+  it('stores one spelling of a uuid: upper and lower case are one account device, one row', async () => {
+    const h = harness(allowed);
+    expect(await h.registrations.register({ ...req, uuid: req.uuid.toUpperCase() })).toBe('ok');
+    expect(await h.registrations.register(req)).toBe('ok'); // the same registration: a refresh, not a second row
+    expect(await h.registrations.register({ ...req, uuid: req.uuid.toUpperCase(), password: 'a takeover' })).toBe('internal_error');
+    expect((await h.store.list()).map((c) => c.uuid)).toEqual([req.uuid]);
+    expect(h.changed.map((c) => c.uuid)).toEqual([req.uuid]);
+  });
+
   it('answers internal_error when the endpoint cannot be resolved now, so that Molly tries again; stores nothing', async () => {
     const h = harness({ ok: false, reason: 'cannot resolve push.example: EAI_AGAIN', transient: true });
     expect(await h.registrations.register(req)).toBe('internal_error');

@@ -39,16 +39,42 @@ describe('Store: the SQLite file', () => {
   it("migrates MollySocket's database in place, keeping every row and its forbidden flag, with a backup", async () => {
     const path = join(tempDir(), 'mollysocket.db');
     mollySocketDb(path);
+    const umask = process.umask(0o022); // the copy holds every password: 0600 whatever the umask lets through
     const store = Store.open(path);
+    process.umask(umask);
     expect(await store.list()).toEqual([
       expect.objectContaining({ uuid: UUID2, deviceId: 1, password: 'pw2', endpoint: 'https://push.example/up/2', forbidden: true, lastRegistration: 0 }),
       expect.objectContaining({ uuid: UUID, deviceId: 3, password: 'pw1', endpoint: 'https://push.example/up/1', forbidden: false, lastRegistration: 1700000000 }),
     ]);
     await store.close();
     expect(existsSync(`${path}.mollysocket-v1.bak`)).toBe(true);
+    expect(statSync(`${path}.mollysocket-v1.bak`).mode & 0o777).toBe(0o600);
     const reopened = Store.open(path); // a second open finds it migrated
     expect(await reopened.list()).toHaveLength(2);
     await reopened.close();
+  });
+
+  it('migrates a file with both spellings of a uuid to one lower-case row per account device, the newest registration', async () => {
+    const path = join(tempDir(), 'v4.db');
+    Store.open(path).close();
+    const raw = new Database(path);
+    const insert = raw.prepare(
+      `INSERT INTO connections (uuid, device_id, password, endpoint, last_registration, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, 1)`,
+    );
+    insert.run(UUID.toUpperCase(), 1, 'newer', 'https://e/upper', 20);
+    insert.run(UUID, 1, 'older', 'https://e/lower', 10);
+    insert.run(UUID.toUpperCase(), 2, 'only', 'https://e/2', 5);
+    insert.run(UUID2, 1, 'tie-lower', 'https://e/3', 7);
+    insert.run(UUID2.toUpperCase(), 1, 'tie-upper', 'https://e/4', 7);
+    raw.pragma('user_version = 4'); // as schema 4 wrote it, before uuids were made canonical
+    raw.close();
+    const store = Store.open(path);
+    expect((await store.list()).map((c) => [c.uuid, c.deviceId, c.password])).toEqual([
+      [UUID2, 1, 'tie-lower'], // equal times: the spelling already canonical stays
+      [UUID, 1, 'newer'],
+      [UUID, 2, 'only'],
+    ]);
+    await store.close();
   });
 
   it('says which setting to fix when the file cannot be opened', () => {
@@ -104,6 +130,7 @@ describe('Store: the SQLite file', () => {
       expect((await store.list()).map((c) => [c.uuid, c.forbidden])).toEqual([[UUID2, true], [UUID, false]]);
       await store.close();
       expect(existsSync(`${path}.mollysocket-v1.bak`)).toBe(true);
+      expect(statSync(`${path}.mollysocket-v1.bak`).mode & 0o777).toBe(0o600);
     }
   });
 });
@@ -129,11 +156,11 @@ describe.each(backends)('Store contract on %s', (name, open) => {
     await store.put({ uuid: UUID2, deviceId: 1, password: 'z', endpoint: 'https://e/3' }, 11);
     expect((await store.list()).map((c) => [c.uuid, c.deviceId, c.password])).toEqual([[UUID2, 1, 'z'], [UUID, 1, 'a'], [UUID, 2, 'b']]);
     expect((await store.list({ uuid: UUID, deviceId: 2 })).map((c) => c.password)).toEqual(['b']);
-    expect(await store.setForbidden({ uuid: UUID, deviceId: 2 }, 'signal_403', 12)).toBe(true);
+    expect(await store.setForbidden({ uuid: UUID, deviceId: 2 }, 'signal_403', { password: 'b' }, 12)).toBe(true);
     expect(await store.get({ uuid: UUID, deviceId: 2 })).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403', forbiddenAt: 12 });
     await store.put({ uuid: UUID, deviceId: 2, password: 'c', endpoint: 'https://e/2' }, 13);
     expect(await store.get({ uuid: UUID, deviceId: 2 })).toMatchObject({ forbidden: false, forbiddenReason: null, password: 'c', lastRegistration: 13, createdAt: 11 });
-    await store.setForbidden({ uuid: UUID, deviceId: 1 }, 'endpoint_gone', 14);
+    await store.setForbidden({ uuid: UUID, deviceId: 1 }, 'endpoint_gone', { endpoint: 'https://e/1' }, 14);
     await store.enable({ uuid: UUID, deviceId: 1 }, 15);
     expect(await store.get({ uuid: UUID, deviceId: 1 })).toMatchObject({ forbidden: false, forbiddenReason: null, forbiddenAt: null, updatedAt: 15 });
     expect(await store.touchRegistration({ uuid: UUID, deviceId: 1 }, 16)).toMatchObject({ lastRegistration: 16, updatedAt: 15 });
@@ -143,6 +170,19 @@ describe.each(backends)('Store contract on %s', (name, open) => {
     expect((await store.list()).map((c) => c.uuid)).toEqual([UUID2]);
     expect(await store.get({ uuid: UUID, deviceId: 1 })).toBeUndefined();
     expect(await store.healthy()).toBe(true);
+    await store.close();
+  });
+
+  it('forbids compare-and-set: only an enabled connection that still has the endpoint or password decided on', async () => {
+    const store = await open();
+    const key = { uuid: UUID, deviceId: 1 };
+    await store.put({ ...key, password: 'new', endpoint: 'https://e/new' }, 10);
+    expect(await store.setForbidden(key, 'endpoint_gone', { endpoint: 'https://e/old' }, 11)).toBe(false);
+    expect(await store.setForbidden(key, 'signal_403', { password: 'old' }, 11)).toBe(false);
+    expect((await store.get(key))?.forbidden).toBe(false);
+    expect(await store.setForbidden(key, 'signal_403', { password: 'new' }, 12)).toBe(true);
+    expect(await store.setForbidden(key, 'endpoint_gone', { endpoint: 'https://e/new' }, 13)).toBe(false); // the first reason stays
+    expect(await store.get(key)).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403', forbiddenAt: 12 });
     await store.close();
   });
 
@@ -191,9 +231,9 @@ describe.skipIf(postgresMissing !== undefined)('Store on PostgreSQL: ownership',
     expect(await store.reap(1_000)).toEqual([]); // a's lease still holds
     // a hands it to b: the epoch moves on, and a's stale write changes nothing
     expect(await store.handOver('a', 'b', all, 1_000)).toEqual([key]);
-    expect(await store.setForbidden(key, 'signal_403', 2, { epoch: 1 })).toBe(false);
+    expect(await store.setForbidden(key, 'signal_403', { password: 'a' }, 2, { epoch: 1 })).toBe(false);
     expect(await store.get(key)).toMatchObject({ owner: 'b', epoch: 2, forbidden: false });
-    expect(await store.setForbidden(key, 'signal_403', 2, { epoch: 2 })).toBe(true);
+    expect(await store.setForbidden(key, 'signal_403', { password: 'a' }, 2, { epoch: 2 })).toBe(true);
     // b stops renewing; a renews. Once b's lease is over by the database's clock, its devices are free and owed a push.
     await store.enable(key, 3);
     await store.join({ id: 'c', name: 'c', pid: 3, version: 'v' }, 60_000);
