@@ -6,7 +6,7 @@ import { FakeSignalServer, type Account } from '../fakes/signal-server.js';
 import { testPki } from '../fakes/tls.js';
 import { BinProcess, runBin } from '../helpers/bin.js';
 import { eventually, tempDir } from '../helpers/index.js';
-import { startPostgres, type PrivatePostgres } from '../helpers/postgres-setup.js';
+import { startPostgres, type PrivatePostgres } from '../helpers/private-postgres.mjs';
 import { freshDatabase, postgresMissing, signalServer } from '../helpers/postgres.js';
 
 /**
