@@ -409,6 +409,7 @@ export class PostgresStore implements Store {
 
   /** Adds this instance's lease row, valid for `leaseMs` from the database's now. */
   async join(inst: { id: string; name: string; pid: number; version: string }, leaseMs: number): Promise<void> {
+    this.published.clear(); // a new row: the states published under an old one went with it
     await this.rows(
       `INSERT INTO instances (id, name, pid, version, lease_until) VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')`,
       [inst.id, inst.name, inst.pid, inst.version, leaseMs],

@@ -44,7 +44,7 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
 
   async function start(tag: string): Promise<BinProcess> {
     const url = await signal.listen(tag);
-    const p = new BinProcess(['-vv', 'server'], { cwd, env: env(tag, url) });
+    const p = new BinProcess(['-v', 'server'], { cwd, env: env(tag, url) });
     instances.set(tag, p);
     await p.waitFor(/joined the cluster/);
     return p;
