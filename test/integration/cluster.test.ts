@@ -50,6 +50,12 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
     return p;
   }
 
+  /** `mollysocket_lease_devices_total{event}` of an instance. */
+  async function leaseMetric(p: BinProcess, event: string): Promise<number> {
+    const text = await (await fetch(`${await p.url()}/metrics`)).text();
+    return Number(new RegExp(`^mollysocket_lease_devices_total\\{event="${event}"\\} (\\d+)$`, 'm').exec(text)?.[1] ?? 0);
+  }
+
   async function health(p: BinProcess): Promise<{ instance: string; owned: number; live_instances: number; connections: { connected: number } }> {
     return (await fetch(`${await p.url()}/health`)).json() as never;
   }
@@ -161,6 +167,8 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
     await push.until(() => push.requests.length - pushesBefore >= victims.length, 'the wake-up pushes');
     const woken = push.requests.slice(pushesBefore).map((r) => decodeURIComponent(r.path.replace('/up/', '')));
     expect(woken.sort()).toEqual(victims.sort()); // one each, and only those
+    const claimed = await Promise.all(['b', 'c'].map(async (tag) => leaseMetric(instances.get(tag)!, 'claimed')));
+    expect(claimed.reduce((a, b) => a + b)).toBeGreaterThanOrEqual(victims.length); // the victim's devices, at least
     // A container's HEALTHCHECK (`mollysocket health`) looks at its own instance, by name.
     const dead = await healthOf('a');
     expect([dead.code, dead.stderr.trim()]).toEqual([1, 'mollysocket: unhealthy: no server is running on this database']); // reaped
@@ -177,6 +185,8 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
     expect(signal.fights, fightLog()).toBe(0);
     expect(signal.openPerTag().get('d')).toBeGreaterThanOrEqual(DEVICES / 3 / 2);
     expect(push.requests.length).toBe(pushesBefore); // the expected 4409s send no delivery checks
+    const handed = await Promise.all(['b', 'c'].map(async (tag) => leaseMetric(instances.get(tag)!, 'handed_over')));
+    expect(handed.reduce((a, b) => a + b)).toBeGreaterThanOrEqual(signal.openPerTag().get('d')!);
   });
 
   it('SIGTERM hands every device over to the others and exits 0, with no device left without a socket', async () => {
