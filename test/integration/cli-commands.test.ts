@@ -238,6 +238,14 @@ describe('config', () => {
     expect(r.stdout).not.toContain(PRIV);
   });
 
+  it('never prints the password of a PostgreSQL URL in db', async () => {
+    const w = workdir({ MOLLY_DB: 'postgres://relay:s3cret-pw@db.example.org:5432/molly' });
+    const r = await w.run('config');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^db = "postgres:\/\/relay:\*\*\*@db\.example\.org:5432\/molly" {2}# MOLLY_DB$/m);
+    expect(r.stdout).not.toContain('s3cret-pw');
+  });
+
   it('warns about an unknown key by name, and stops on a wrong value with exit 2', async () => {
     const w = workdir();
     writeFileSync(join(w.cwd, 'mollysocket.toml'), 'prot = 1\n');
