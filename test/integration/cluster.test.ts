@@ -233,4 +233,30 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
     for (const p of instances.values()) expect(p.child.exitCode).toBeNull();
     expect((await health(instances.get('c')!)).live_instances).toBe(2);
   });
+
+  it('a frozen instance (longer than a lease) loses its devices without a gap, and takes its share back when it resumes', async () => {
+    signal.resetGaps();
+    const frozen = instances.get('c')!;
+    const share = signal.openPerTag().get('c')!;
+    expect(share).toBeGreaterThan(0);
+    const kicksBefore = signal.kicks.length;
+    frozen.child.kill('SIGSTOP');
+    try {
+      // The others reap it once its lease ran out, and connect its devices: Signal retires its sockets, one by one.
+      await signal.until(() => (signal.openPerTag().get('c') ?? 0) === 0, 'the frozen instance replaced', 4 * LEASE_MS);
+    } finally {
+      frozen.child.kill('SIGCONT');
+    }
+    await frozen.waitFor(/the lease ran out and the others took these devices over; joining again/);
+    await eventually(async () => (await health(frozen)).owned > 0, 'the share handed back', 10_000, 100);
+    await settled('one socket each');
+    expect(signal.longestGap()).toBeLessThan(500); // replaced before closed, both ways
+    const kicks = signal.kicks.slice(kicksBefore);
+    const away = kicks.filter((k) => k.from === 'c');
+    const back = kicks.filter((k) => k.to === 'c');
+    expect(away).toHaveLength(share); // each of its devices once
+    expect(new Set(back.map((k) => k.device)).size).toBe(back.length); // and back at most once each
+    expect(back.length).toBe(signal.openPerTag().get('c'));
+    expect(await leaseMetric(frozen, 'lost')).toBe(share);
+  });
 });
