@@ -122,10 +122,10 @@ export class Leases implements Ownership {
     for (const [to, buckets] of handOvers(owners, this.id, new Set(this.owned.values()))) {
       const moved = await this.store.handOver(this.id, to, buckets, qt);
       for (const key of moved) this.givenAway(key);
-      this.log.debug({ to, devices: moved.map((k) => shortKey(connectionKey(k))) }, 'handed over');
       if (moved.length > 0) {
         this.metrics?.leases.inc({ event: 'handed_over' }, moved.length);
         this.log.info({ to, devices: moved.length }, 'handed devices over to another instance');
+        this.log.debug({ to, devices: moved.map((k) => shortKey(connectionKey(k))) }, 'handed over');
       }
     }
     // Right after joining, give the others one renewal period to notice this instance, so that of several starting
@@ -136,8 +136,8 @@ export class Leases implements Ownership {
       if (claimed.length > 0) {
         this.metrics?.leases.inc({ event: 'claimed' }, claimed.length);
         this.log.info({ devices: claimed.length }, 'claimed devices');
+        this.log.debug({ devices: claimed.map((c) => shortKey(connectionKey(c.conn))) }, 'claimed');
       }
-      this.log.debug({ devices: claimed.map((c) => shortKey(connectionKey(c.conn))) }, 'claimed');
       for (const { conn, owedWake } of claimed) {
         this.take(conn);
         if (owedWake) this.target?.owePush(conn);
