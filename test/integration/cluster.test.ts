@@ -149,6 +149,29 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
     signal.removeAccount(added);
   });
 
+  it('a registration on any instance reaches the owner at once: its next push goes to the new endpoint', async () => {
+    // A device of b or c: a is killed next, and that test knows each victim by its endpoint.
+    const device = accounts.find((a) => ['b', 'c'].includes(signal.open(a.uuid, a.deviceId)[0]!.tag))!;
+    const owner = signal.open(device.uuid, device.deviceId)[0]!.tag;
+    const other = [...instances.keys()].find((tag) => tag !== owner)!;
+    const endpoint = push.endpoint('moved-endpoint');
+    const sessionsOf = () => signal.sessions.filter((x) => x.account.uuid === device.uuid && x.account.deviceId === device.deviceId);
+    const earlier = sessionsOf().length;
+    const res = await fetch(`${await instances.get(other)!.url()}/`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ uuid: device.uuid, device_id: device.deviceId, password: device.password, endpoint }),
+    });
+    expect(((await res.json()) as { mollysocket: { status: string } }).mollysocket.status).toBe('ok');
+    // The owner replaces its socket (new settings), whichever instance answered.
+    await signal.until(() => sessionsOf().length > earlier && signal.open(device.uuid, device.deviceId).length === 1, 'the owner applied it', 2_000);
+    const session = signal.open(device.uuid, device.deviceId)[0]!;
+    expect(session.tag).toBe(owner); // still the owner's
+    const before = push.requests.length;
+    await signal.sendEnvelope(session);
+    await push.until(() => push.requests.slice(before).some((r) => r.path === '/up/moved-endpoint' && r.body === '{"urgent":true}'), 'the push to the new endpoint', 3_000);
+  });
+
   it('after kill -9, the dead instance\'s devices are owned and connected by the others within two leases, with one wake-up push each', async () => {
     const victim = instances.get('a')!;
     const victims = signal.sessions.filter((s) => s.tag === 'a' && s.ws.readyState === s.ws.OPEN).map((s) => name(s.account));
