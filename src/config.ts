@@ -1,7 +1,9 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { parse as parseToml } from 'smol-toml';
+import { closest, distance } from 'fastest-levenshtein';
+import { parse as parseToml, TomlError } from 'smol-toml';
+import { parseEnvValue, type EnvValue } from './envValue.js';
 import { isProxyAddressEntry } from './addresses.js';
 import { redactUrl } from './store.js';
 
@@ -48,14 +50,17 @@ export interface Config {
   db: string;
   lease_seconds: number;
   instance_name: string;
+  log_format: 'text' | 'json';
 }
 
 type Kind =
   | { type: 'string'; check?: (v: string) => string | undefined }
   | { type: 'int'; min: number; max: number }
   | { type: 'bool' }
+  /** Matched without regard to case (MollySocket spells `Production`), kept in lower case. */
   | { type: 'enum'; values: readonly string[] }
-  | { type: 'list'; check?: (v: string) => string | undefined }
+  /** `ignore`: why an entry can never match; such an entry is a warning, not an error (MollySocket ignores it). */
+  | { type: 'list'; ignore?: (v: string) => string | undefined }
   /** trust_proxy: a boolean, a number of hops, or a list of addresses. */
   | { type: 'proxies' };
 
@@ -80,7 +85,16 @@ const checkUrl =
     return schemes.includes(url.protocol.slice(0, -1)) ? undefined : `must be a ${schemes.join(' or ')} URL`;
   };
 
-const checkEndpointEntry = (v: string): string | undefined => (v === '*' ? undefined : checkUrl(['http', 'https'])(v));
+const unusableEndpointEntry = (v: string): string | undefined =>
+  v === '*' || checkUrl(['http', 'https'])(v) === undefined ? undefined : 'is not "*" or an http(s) URL';
+const checkReadableFile = (v: string): string | undefined => {
+  try {
+    accessSync(v, constants.R_OK);
+    return undefined;
+  } catch (err) {
+    return `names a file that cannot be read (${(err as NodeJS.ErrnoException).code ?? 'error'}): fix the path or the file's permissions`;
+  }
+};
 const checkVapidKey = (v: string): string | undefined =>
   /^[A-Za-z0-9_-]{43}$/.test(v) ? undefined : 'must be 43 characters of unpadded base64url (run `mollysocket vapid gen`)';
 
@@ -129,7 +143,7 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
     doc: 'VAPID private key (43 characters of base64url). Unset: a key is generated and kept next to the database.',
   },
   vapid_key_file: {
-    kind: { type: 'string' },
+    kind: { type: 'string', check: checkReadableFile },
     default: undefined,
     example: '/etc/mollysocket/vapid.key',
     doc: 'File holding the VAPID private key; wins over vapid_privkey.',
@@ -137,7 +151,7 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
   signal_env: {
     kind: { type: 'enum', values: Object.keys(SIGNAL_URLS) },
     default: 'production',
-    doc: 'Which Signal chat server to use: production or staging.',
+    doc: 'Which Signal chat server to use: production or staging (MollySocket spells them Production, Staging).',
   },
   signal_url: {
     kind: { type: 'string', check: checkUrl(['wss', 'ws']) },
@@ -146,7 +160,7 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
     doc: 'New: the chat websocket URL, overriding signal_env (self-hosted Signal servers, proxies, tests).',
   },
   signal_ca_file: {
-    kind: { type: 'string' },
+    kind: { type: 'string', check: checkReadableFile },
     default: undefined,
     example: '/etc/mollysocket/signal-ca.pem',
     doc: "New: a PEM file of CA certificates trusted instead of Signal's pinned roots.",
@@ -187,9 +201,9 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
     doc: 'New: a push still failing after this many hours is given up, with a warning.',
   },
   allowed_endpoints: {
-    kind: { type: 'list', check: checkEndpointEntry },
+    kind: { type: 'list', ignore: unusableEndpointEntry },
     default: ['*'],
-    doc: 'UnifiedPush endpoints allowed: URLs (scheme, host, port and userinfo must match) or "*".',
+    doc: 'UnifiedPush endpoints allowed: URLs (scheme, host, port and userinfo must match) or "*". An entry that is not an http(s) URL never matches.',
   },
   allowed_uuids: { kind: { type: 'list' }, default: ['*'], doc: 'Account UUIDs allowed to register, or "*".' },
   db: {
@@ -207,6 +221,11 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
     default: '',
     doc: 'New, PostgreSQL only: this instance\'s stable name (empty: the host name); a restarted instance with the same name gets the same devices back.',
   },
+  log_format: {
+    kind: { type: 'enum', values: ['text', 'json'] },
+    default: 'text',
+    doc: 'New: log lines as text (time, level, message, fields) or as JSON objects, one per line.',
+  },
 };
 
 export type ConfigKey = keyof Config;
@@ -218,7 +237,7 @@ export interface LoadedConfig {
   sources: Readonly<Record<ConfigKey, Source>>;
   /** The file read, if any. */
   file: string | undefined;
-  /** Non-fatal problems (unknown keys), each naming the key. */
+  /** Non-fatal problems (unknown keys, entries that never match), each naming the key. */
   warnings: string[];
 }
 
@@ -227,8 +246,16 @@ export class ConfigError extends Error {
 }
 
 export const envName = (key: string): string => `MOLLY_${key.toUpperCase()}`;
+/** The part of a variable's name after `MOLLY_`, matched without regard to case as figment does; else undefined. */
+const afterPrefix = (name: string): string | undefined => (/^molly_/i.test(name) ? name.slice('MOLLY_'.length).trim().toLowerCase() : undefined);
 /** MOLLY_* variables that are not configuration keys. */
-const NON_KEY_ENV = new Set(['MOLLY_CONF', 'MOLLY_LOG']);
+const NON_KEY_ENV = new Set(['conf', 'log']);
+
+/** ` (did you mean "port"?)` when a known name is close to a mistyped one. */
+function suggestion(name: string, known: string[], spell: (k: string) => string = (k) => k): string {
+  const best = closest(name, known);
+  return distance(name, best) <= Math.max(2, Math.floor(name.length / 3)) ? ` (did you mean ${spell(best)}?)` : '';
+}
 
 /** `default`, the file's path, or the variable's name. */
 export function describeSource(source: Source): string {
@@ -252,39 +279,31 @@ export function findConfigFile(explicit: string | undefined, env: NodeJS.Process
   );
 }
 
-/** Turns an environment string into the key's type (lists: a JSON array, or comma-separated values). */
-function fromEnvString(kind: Kind, raw: string): unknown {
+/**
+ * Turns an environment value into the key's type. Beyond what figment reads, and only where no figment value could
+ * mean something else: a single string for a list is a comma-separated list, 0 and 1 are booleans, and a number
+ * given for a text key is its text.
+ */
+function fromEnv(kind: Kind, text: string, value: EnvValue): unknown {
   switch (kind.type) {
-    case 'proxies': {
-      const asBool = fromEnvString({ type: 'bool' }, raw);
-      if (typeof asBool === 'boolean') return asBool;
-      return /^\s*\d+\s*$/.test(raw) ? Number(raw) : fromEnvString({ type: 'list' }, raw);
-    }
-    case 'int':
-      return /^\s*-?\d+\s*$/.test(raw) ? Number(raw) : raw;
-    case 'bool': {
-      const v = raw.trim().toLowerCase();
-      if (['true', '1', 'yes', 'on'].includes(v)) return true;
-      if (['false', '0', 'no', 'off'].includes(v)) return false;
-      return raw;
-    }
+    case 'bool':
+      return value === 1 ? true : value === 0 ? false : value;
+    case 'string':
+    case 'enum':
+      return typeof value === 'number' ? text.trim() : value;
+    case 'proxies':
+      if (value === 0 || value === 1) return value === 1; // as for booleans; one hop either way
+      return typeof value === 'string' ? value.split(',').map((s) => s.trim()) : value;
     case 'list': {
-      const v = raw.trim();
-      if (v.startsWith('[')) {
-        try {
-          return JSON.parse(v) as unknown;
-        } catch {
-          return raw;
-        }
-      }
-      return v === '' ? [] : v.split(',').map((s) => s.trim());
+      if (typeof value === 'string') return value === '' ? [] : value.split(',').map((s) => s.trim());
+      return Array.isArray(value) ? value.map((v) => (typeof v === 'number' ? String(v) : v)) : value;
     }
     default:
-      return raw;
+      return value;
   }
 }
 
-function validate(key: ConfigKey, spec: KeySpec, value: unknown, source: Source): unknown {
+function validate(key: ConfigKey, spec: KeySpec, value: unknown, source: Source, warnings: string[]): unknown {
   const kind = spec.kind;
   // A secret's value is never repeated: the error goes to the journal or `docker logs`.
   const got = !spec.secret ? JSON.stringify(value) : typeof value === 'string' ? `${value.length} characters` : `a ${typeof value}`;
@@ -304,10 +323,10 @@ function validate(key: ConfigKey, spec: KeySpec, value: unknown, source: Source)
       return value;
     case 'bool':
       return typeof value === 'boolean' ? value : fail('must be true or false');
-    case 'enum':
-      return typeof value === 'string' && kind.values.includes(value)
-        ? value
-        : fail(`must be one of ${kind.values.join(', ')}`);
+    case 'enum': {
+      const known = typeof value === 'string' ? kind.values.find((v) => v === value.toLowerCase()) : undefined;
+      return known ?? fail(`must be one of ${kind.values.join(', ')}`);
+    }
     case 'proxies': {
       if (typeof value === 'boolean') return value;
       if (typeof value === 'number') {
@@ -326,8 +345,8 @@ function validate(key: ConfigKey, spec: KeySpec, value: unknown, source: Source)
         return fail('must be a list of strings, like ["*"]');
       }
       for (const item of list as string[]) {
-        const problem = kind.check?.(item);
-        if (problem) fail(`has an entry that ${problem}`);
+        const problem = kind.ignore?.(item);
+        if (problem) warnings.push(`config key "${key}" has an entry ${JSON.stringify(item)} (from ${describeSource(source)}) that ${problem}: it never matches`);
       }
       return Object.freeze([...(list as string[])]);
     }
@@ -346,26 +365,31 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
     try {
       table = parseToml(readFileSync(file, 'utf8'));
     } catch (err) {
-      throw new ConfigError(`config file ${file} is not valid TOML: ${(err as Error).message.split('\n')[0]}`);
+      if (!(err instanceof TomlError)) throw new ConfigError(`cannot read config file ${file}: ${(err as Error).message}`);
+      const reason = err.message.split('\n')[0]!.replace(/^Invalid TOML document: /, '');
+      throw new ConfigError(`config file ${file} is not valid TOML at line ${err.line}, column ${err.column}: ${reason}`);
     }
+    const known = Object.keys(CONFIG_KEYS);
     for (const [key, value] of Object.entries(table)) {
       if (!(key in CONFIG_KEYS)) {
-        warnings.push(`unknown config key "${key}" in ${file} is ignored (known keys: ${Object.keys(CONFIG_KEYS).join(', ')})`);
+        warnings.push(`unknown config key "${key}" in ${file} is ignored${suggestion(key, known, (k) => `"${k}"`)}`);
         continue;
       }
       raw[key] = { value, source: { file } };
     }
   }
 
-  for (const [name, value] of Object.entries(env)) {
-    if (!name.startsWith('MOLLY_') || NON_KEY_ENV.has(name) || value === undefined) continue;
-    const key = name.slice('MOLLY_'.length).toLowerCase();
+  for (const [name, text] of Object.entries(env)) {
+    const key = afterPrefix(name);
+    if (key === undefined || NON_KEY_ENV.has(key) || text === undefined) continue;
     const spec = (CONFIG_KEYS as Record<string, KeySpec>)[key];
     if (!spec) {
-      warnings.push(`unknown environment variable ${name} is ignored`);
+      warnings.push(`unknown environment variable ${name} is ignored${suggestion(key, Object.keys(CONFIG_KEYS), envName)}`);
       continue;
     }
-    raw[key] = { value: fromEnvString(spec.kind, value), source: { env: name } };
+    const value = parseEnvValue(text);
+    if (value === null) continue; // empty: unset, as figment reads it
+    raw[key] = { value: fromEnv(spec.kind, text, value), source: { env: name } };
   }
 
   const config: Record<string, unknown> = {};
@@ -373,7 +397,7 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
   for (const [key, spec] of Object.entries(CONFIG_KEYS) as [ConfigKey, KeySpec][]) {
     const given = raw[key];
     sources[key] = given?.source ?? 'default';
-    config[key] = given === undefined ? spec.default : validate(key, spec, given.value, given.source);
+    config[key] = given === undefined ? spec.default : validate(key, spec, given.value, given.source, warnings);
   }
 
   return {

@@ -1,6 +1,6 @@
 import QRCode from 'qrcode';
 
-/** The `mollysocket://link` URL that Molly scans (PROTOCOL.md section 1), and its QR code. */
+/** The `mollysocket://link` URL that Molly scans (docs/protocol.md section 1), and its QR code. */
 
 export type LinkTarget = { type: 'webserver'; url: string } | { type: 'airgapped' };
 

@@ -1,4 +1,6 @@
+import { writeSync } from 'node:fs';
 import { pino, type Logger } from 'pino';
+import { prettyFactory } from 'pino-pretty';
 
 export type { Logger };
 
@@ -15,11 +17,14 @@ function levelFromEnv(env: NodeJS.ProcessEnv): string | undefined {
   return level && LEVELS.includes(level) ? level : undefined;
 }
 
-/** -v debug, -vv and more trace; else MOLLY_LOG or RUST_LOG; else info. */
+/**
+ * As MollySocket: -v info, -vv debug, -vvv trace; MOLLY_LOG or RUST_LOG, whichever is more verbose; else errors only.
+ */
 export function logLevel(verbosity: number, env: NodeJS.ProcessEnv = process.env): string {
-  if (verbosity >= 2) return 'trace';
-  if (verbosity === 1) return 'debug';
-  return levelFromEnv(env) ?? 'info';
+  const fromFlag = verbosity > 0 ? LEVELS[Math.min(verbosity + 2, LEVELS.length - 1)] : undefined;
+  const fromEnv = levelFromEnv(env);
+  const candidates = [fromFlag, fromEnv].filter((l): l is string => l !== undefined);
+  return candidates.length === 0 ? 'error' : candidates.reduce((a, b) => (LEVELS.indexOf(a) >= LEVELS.indexOf(b) ? a : b));
 }
 
 /**
@@ -28,12 +33,23 @@ export function logLevel(verbosity: number, env: NodeJS.ProcessEnv = process.env
  */
 export const REDACTED_PATHS = ['password', '*.password', 'vapid_privkey', '*.vapid_privkey', 'privateKey', '*.privateKey'];
 
-/** Logs go to stderr so that stdout stays for command output. Errors go under `err` (pino's serializer keeps the cause). */
-export function createLogger(verbosity = 0): Logger {
-  return pino(
-    { level: logLevel(verbosity), base: undefined, redact: { paths: REDACTED_PATHS, censor: '(redacted)' } },
-    pino.destination({ fd: 2, sync: true }),
-  );
+export type LogFormat = 'text' | 'json';
+
+/**
+ * Logs go to stderr, one line per event, so that stdout stays for command output; errors go under `err` (pino's
+ * serializer keeps the cause). Text (the default, as MollySocket's logs read in journalctl or `docker compose
+ * logs`): time, level, message and fields on one line, coloured only on a terminal. JSON: one object per line.
+ * Written synchronously, so nothing is lost when the process exits.
+ */
+export function createLogger(opts: { verbosity: number; format: LogFormat }): Logger {
+  const options = { level: logLevel(opts.verbosity), base: undefined, redact: { paths: REDACTED_PATHS, censor: '(redacted)' } };
+  if (opts.format === 'json') return pino(options, pino.destination({ fd: 2, sync: true }));
+  const pretty = prettyFactory({
+    colorize: process.stderr.isTTY === true,
+    singleLine: true,
+    translateTime: "UTC:yyyy-mm-dd'T'HH:MM:ss.l'Z'",
+  });
+  return pino(options, { write: (line: string) => void writeSync(2, pretty(line)) });
 }
 
 /** First 8 characters of a UUID: enough to tell accounts apart in logs, not enough to identify one. */

@@ -2,21 +2,23 @@ import { isIP } from 'node:net';
 import { isGlobalAddress } from './addresses.js';
 import { systemResolver } from './resolver.js';
 
-/** Who may register, and which UnifiedPush endpoints may be pushed to, at which address (PROTOCOL.md section 5). */
+/** Who may register, and which UnifiedPush endpoints may be pushed to, at which address (docs/protocol.md section 5). */
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
+export const isUuid = (uuid: string): boolean => UUID_RE.test(uuid);
 /** The one spelling a uuid is stored and matched in (Signal writes them lower-case; a phone may not). */
 export const canonicalUuid = (uuid: string): string => uuid.toLowerCase();
 
 export function isUuidAllowed(uuid: string, allowed: readonly string[]): boolean {
-  if (!UUID_RE.test(uuid)) return false;
+  if (!isUuid(uuid)) return false;
   return allowed.some((a) => a === '*' || a.toLowerCase() === uuid.toLowerCase());
 }
 
 /** Why a uuid may not register, for the command line; undefined when it may. */
 export function uuidRefusal(uuid: string, allowed: readonly string[]): string | undefined {
   if (isUuidAllowed(uuid, allowed)) return undefined;
+  if (!isUuid(uuid)) return `uuid ${uuid} is not a UUID: give the account UUID Molly shows, like 6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e`;
   return `uuid ${uuid} is not allowed: it must be an account UUID allowed by allowed_uuids (${JSON.stringify(allowed)})`;
 }
 
@@ -42,7 +44,8 @@ export function checkEndpoint(endpoint: string, allowed: readonly string[]): End
   }
   if (url.protocol !== 'https:' && url.protocol !== 'http:') return { allowed: false, reason: 'not http or https' };
   for (const entry of allowed) {
-    if (entry !== '*' && sameOrigin(new URL(entry), url)) return { allowed: true, explicit: true, url };
+    // An entry that is not a URL never matches (the configuration warned about it), as in MollySocket.
+    if (entry !== '*' && URL.canParse(entry) && sameOrigin(new URL(entry), url)) return { allowed: true, explicit: true, url };
   }
   if (allowed.includes('*')) return { allowed: true, explicit: false, url };
   return { allowed: false, reason: 'not in allowed_endpoints' };

@@ -34,7 +34,7 @@ function signalCa(config: Config): Buffer[] {
   return ['signal.pem', 'signal-ed25519.pem'].map((f) => readFileSync(join(packageRoot, 'certs', f)));
 }
 
-/** Protocol timings (PROTOCOL.md section 2) and the parts of the supervisor's behaviour set by the config. */
+/** Protocol timings (docs/protocol.md section 2) and the parts of the supervisor's behaviour set by the config. */
 export function supervisorOptions(config: Config): SupervisorOptions {
   return {
     link: {
@@ -126,6 +126,9 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   log.debug({ config: redactedConfig(config) }, 'configuration');
   refuseVanishedDatabase(config);
   const store = await openStore(config.db, { busyTimeoutMs: SERVER_BUSY_TIMEOUT_MS });
+  if (store instanceof SqliteStore && store.migratedFrom) {
+    log.warn({ db: config.db, backup: store.migratedFrom.backup }, "migrated MollySocket's database to this version's schema, after keeping a copy of it as it was");
+  }
   const writes = new StoreWrites(log, opts.clock ? { clock: opts.clock } : {});
   // A clean shutdown removes the heartbeat: one left behind means the last run ended without one. (Several instances
   // on PostgreSQL: the devices of one that died are claimed as owed a wake-up instead.)
@@ -141,6 +144,12 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   if (key.source === 'generated') {
     log.info({ file: key.path }, 'generated a VAPID key and kept it next to the database: back this file up with it');
   }
+  const previousKey = await store.recordedVapidKey();
+  if (previousKey !== undefined && previousKey !== key.publicKey) {
+    log.warn({ was: previousKey, now: key.publicKey, source: key.source }, 'the VAPID key differs from the one this server used before: every Molly must scan the new QR code');
+  }
+  // The CLI compares its own key with this one, so that it never shows a QR code the server does not sign for.
+  await store.recordVapidKey(key.publicKey);
   const { policy, client } = pushStack(config, key.privateKey, opts.resolver);
   const metrics = new Metrics(() => supervisor.counts());
 

@@ -382,6 +382,13 @@ export class PostgresStore implements Store {
     }
   }
 
+  /** clusterVapidKey keeps the cluster's public key in settings, where commands read it. */
+  async recordVapidKey(): Promise<void> {}
+
+  async recordedVapidKey(): Promise<string | undefined> {
+    return this.setting('vapid_public_key');
+  }
+
   /** A database server is not a file that can vanish under the program: a failure shows as a failing query. */
   async assertPresent(): Promise<void> {}
 

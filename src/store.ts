@@ -28,11 +28,12 @@ export type ForbiddenFor = { endpoint: string } | { password: string };
 export const connectionKey = (c: ConnectionKey): string => `${c.uuid}.${c.deviceId}`;
 
 /**
- * Schema versions: 1 is MollySocket's (one row per uuid); 2 is ours (one row per account device); 3 adds what the
- * running server publishes for `status` and `health` (connection states, heartbeat); 4 keeps the wake-ups a
- * stopping server still owed; 5 stores every uuid lower-case.
+ * Schema versions: 0 is MollySocket's (one row per uuid; it never sets user_version); 2 is ours (one row per account
+ * device); 3 adds what the running server publishes for `status` and `health` (connection states, heartbeat); 4 keeps
+ * the wake-ups a stopping server still owed; 5 stores every uuid lower-case; 6 the VAPID public key the server signs
+ * with, so that the CLI can tell when its own key differs.
  */
-const SCHEMA_VERSION = 5;
+const SCHEMA_VERSION = 6;
 
 const CREATE_V4 = `
   CREATE TABLE owed_wakeups(
@@ -40,6 +41,26 @@ const CREATE_V4 = `
     device_id INTEGER NOT NULL,
     PRIMARY KEY (uuid, device_id)
   )`;
+
+const CREATE_V6 = `CREATE TABLE IF NOT EXISTS server_info(name TEXT PRIMARY KEY, value TEXT NOT NULL)`;
+
+/**
+ * MollySocket's rows in our columns (a table with its schema named `table`): for the migration and for reading its
+ * file as it is. Its forbidden flag carries no reason.
+ */
+const mollySocketRows = (table: string): string => `
+  SELECT uuid, COALESCE(device_id, 1) AS device_id, COALESCE(password, '') AS password, COALESCE(endpoint, '') AS endpoint,
+         CASE WHEN forbidden THEN 1 ELSE 0 END AS forbidden,
+         CASE WHEN forbidden THEN 'forbidden_in_mollysocket' END AS forbidden_reason, NULL AS forbidden_at,
+         COALESCE(last_registration, 0) AS last_registration
+  FROM ${table} WHERE uuid IS NOT NULL`;
+
+/**
+ * How a command opens the database: `create` it if missing and bring it to the current schema (the server,
+ * `connection add`); `write` an existing one, migrating it (commands that change connections); `read` an existing one
+ * as it is, MollySocket's file included, never changing it.
+ */
+export type OpenMode = 'create' | 'write' | 'read';
 
 const CREATE_V3 = `
   CREATE TABLE live_state(
@@ -177,6 +198,10 @@ export interface Store {
   beat(h: Heartbeat): Promise<void>;
   /** The running server's heartbeat (PostgreSQL: the freshest instance's). */
   heartbeat(): Promise<Heartbeat | undefined>;
+  /** The server records the VAPID public key it signs with (commands check theirs against it). */
+  recordVapidKey(publicKey: string): Promise<void>;
+  /** The VAPID public key the server last started with; undefined when none ran on this database yet. */
+  recordedVapidKey(): Promise<string | undefined>;
   /** The server stopped: nothing it published is current any more. */
   clearLive(): Promise<void>;
   /** Whether the database answers (and, for a file, is still the one opened). */
@@ -190,8 +215,11 @@ export interface Store {
   close(): Promise<void>;
 }
 
-/** Opens the store `db` names (setting "db" / MOLLY_DB), creating and migrating its schema. */
-export async function openStore(db: string, opts: { busyTimeoutMs?: number } = {}): Promise<Store> {
+/**
+ * Opens the store `db` names (setting "db" / MOLLY_DB). A SQLite file as `mode` says; PostgreSQL always has its
+ * schema created and migrated (a server, not a file that a wrong directory would create).
+ */
+export async function openStore(db: string, opts: { mode?: OpenMode; busyTimeoutMs?: number } = {}): Promise<Store> {
   if (!isPostgresUrl(db)) return SqliteStore.open(db, opts);
   const { PostgresStore } = await import('./store-pg.js');
   return PostgresStore.open(db);
@@ -202,6 +230,11 @@ export async function openStore(db: string, opts: { busyTimeoutMs?: number } = {
  * The server and the CLI both use it, concurrently (WAL mode, busy timeout).
  */
 export class SqliteStore implements Store {
+  /** Set when this open migrated MollySocket's file: the copy kept of it as it was. */
+  migratedFrom: { backup: string } | undefined;
+  /** Where connections are read from: our table, or MollySocket's rows seen in our columns (read mode). */
+  private connections = 'connections';
+
   private constructor(
     private readonly db: Database.Database,
     readonly path: string,
@@ -213,21 +246,32 @@ export class SqliteStore implements Store {
     return this.path;
   }
 
+  /** The path of the copy kept of MollySocket's file when it is migrated. */
+  static backupPath(path: string): string {
+    return `${path}.mollysocket.bak`;
+  }
+
   /**
-   * Opens (creating with mode 0600 if needed) and migrates the database. `busyTimeoutMs` is how long a statement
-   * waits, blocking, for another process's lock: the CLI can wait; the server keeps it short and retries instead.
+   * Opens the database as `mode` says (see OpenMode; `create` by default); a new file is created with mode 0600.
+   * `busyTimeoutMs` is how long a statement waits, blocking, for another process's lock: the CLI can wait; the server
+   * keeps it short and retries instead.
    */
-  static open(path: string, opts: { busyTimeoutMs?: number } = {}): SqliteStore {
+  static open(path: string, opts: { mode?: OpenMode; busyTimeoutMs?: number } = {}): SqliteStore {
+    const mode = opts.mode ?? 'create';
     try {
-      closeSync(openSync(path, 'a', 0o600)); // creates it private; an existing file (or another process's) is kept
+      if (mode === 'create') closeSync(openSync(path, 'a', 0o600)); // created private; an existing file is kept
       const { dev, ino } = statSync(path);
-      const db = new Database(path);
+      const db = new Database(path, { readonly: mode === 'read', fileMustExist: true });
       db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 5000}`);
       const store = new SqliteStore(db, path, { dev, ino });
+      if (mode === 'read') {
+        store.readAsItIs();
+        return store;
+      }
       retryWhileBusy(() => {
+        store.migrate();
         // WAL lets the CLI write while the server reads. The mode is kept in the file: only a new file changes it.
         if (db.pragma('journal_mode', { simple: true }) !== 'wal') db.pragma('journal_mode = WAL');
-        store.migrate();
       });
       return store;
     } catch (err) {
@@ -241,28 +285,59 @@ export class SqliteStore implements Store {
     }
   }
 
+  private version(): number {
+    return this.db.pragma('user_version', { simple: true }) as number;
+  }
+
+  private hasTable(name: string): boolean {
+    return this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(name) !== undefined;
+  }
+
+  /** Read mode: any schema this program knows, MollySocket's included, without changing the file. */
+  private readAsItIs(): void {
+    const version = this.version();
+    if (version > SCHEMA_VERSION) {
+      throw new StoreError(`the database ${this.path} has schema version ${version}, newer than this program knows (${SCHEMA_VERSION}): upgrade mollysocket`);
+    }
+    if (!this.hasTable('connections')) {
+      const empty = this.db.prepare(`SELECT 1 FROM sqlite_master LIMIT 1`).get() === undefined;
+      if (!empty) throw new StoreError(`${this.path} holds no connections table: it is not a MollySocket database (setting "db")`);
+      // An empty file (`touch`ed, or never opened by a server): no connections yet.
+      this.connections = `(SELECT ${['uuid', 'device_id', 'password', 'endpoint', 'forbidden', 'forbidden_reason', 'forbidden_at', 'last_registration', 'created_at', 'updated_at'].map((c) => `NULL AS ${c}`).join(', ')} WHERE 0)`;
+      return;
+    }
+    if (version < 2) {
+      // Lower-case uuids, as the migration stores them (schema 5).
+      this.connections = `(SELECT lower(uuid) AS uuid, device_id, password, endpoint, forbidden, forbidden_reason, forbidden_at,
+        last_registration, 0 AS created_at, 0 AS updated_at FROM (${mollySocketRows('connections')}))`;
+    }
+  }
+
   /**
    * Brings the schema to SCHEMA_VERSION. Safe when several processes (the server, the CLI) open a new or old file at
    * once: the work runs under SQLite's write lock and re-reads the version once it holds it.
    */
   private migrate(): void {
-    const version = (): number => this.db.pragma('user_version', { simple: true }) as number;
+    const version = (): number => this.version();
     if (version() === SCHEMA_VERSION) return;
     if (version() > SCHEMA_VERSION) {
       throw new StoreError(`the database ${this.path} has schema version ${version()}, newer than this program knows (${SCHEMA_VERSION}): upgrade mollysocket`);
     }
-    const hasConnections = (): boolean =>
-      this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'connections'`).get() !== undefined;
-    if (version() < 2 && hasConnections()) this.keepCopy(`${this.path}.mollysocket-v${version()}.bak`);
+    const backup = SqliteStore.backupPath(this.path);
+    if (version() < 2 && this.hasTable('connections')) this.keepCopy(backup);
     this.db
       .transaction(() => {
         const current = version();
         if (current === SCHEMA_VERSION) return; // another process did it meanwhile
-        if (!hasConnections()) this.db.exec(CREATE_V2);
-        else if (current < 2) this.fromMollySocket();
+        if (!this.hasTable('connections')) this.db.exec(CREATE_V2);
+        else if (current < 2) {
+          this.fromMollySocket();
+          this.migratedFrom = { backup };
+        }
         if (current < 3) this.db.exec(CREATE_V3);
         if (current < 4) this.db.exec(CREATE_V4);
         if (current < 5) this.canonicalUuids();
+        if (current < 6) this.db.exec(CREATE_V6);
         this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
       })
       .immediate();
@@ -295,11 +370,7 @@ export class SqliteStore implements Store {
       .prepare(
         `INSERT OR REPLACE INTO connections
            (uuid, device_id, password, endpoint, forbidden, forbidden_reason, forbidden_at, last_registration, created_at, updated_at)
-         SELECT uuid, COALESCE(device_id, 1), COALESCE(password, ''), COALESCE(endpoint, ''),
-                CASE WHEN forbidden THEN 1 ELSE 0 END,
-                CASE WHEN forbidden THEN 'forbidden_in_mollysocket' END, NULL,
-                COALESCE(last_registration, 0), @now, @now
-         FROM connections_v1 WHERE uuid IS NOT NULL`,
+         SELECT *, @now, @now FROM (${mollySocketRows('connections_v1')})`,
       )
       .run({ now });
     this.db.exec('DROP TABLE connections_v1');
@@ -328,7 +399,7 @@ export class SqliteStore implements Store {
 
   async get(key: ConnectionKey): Promise<Connection | undefined> {
     const row = this.db
-      .prepare('SELECT * FROM connections WHERE uuid = ? AND device_id = ?')
+      .prepare(`SELECT * FROM ${this.connections} WHERE uuid = ? AND device_id = ?`)
       .get(key.uuid, key.deviceId) as Row | undefined;
     return row && fromRow(row);
   }
@@ -336,7 +407,7 @@ export class SqliteStore implements Store {
   async list(filter: { uuid?: string; deviceId?: number } = {}): Promise<Connection[]> {
     const rows = this.db
       .prepare(
-        `SELECT * FROM connections WHERE (@uuid IS NULL OR uuid = @uuid) AND (@deviceId IS NULL OR device_id = @deviceId)
+        `SELECT * FROM ${this.connections} WHERE (@uuid IS NULL OR uuid = @uuid) AND (@deviceId IS NULL OR device_id = @deviceId)
          ORDER BY uuid, device_id`,
       )
       .all({ uuid: filter.uuid ?? null, deviceId: filter.deviceId ?? null }) as Row[];
@@ -412,6 +483,7 @@ export class SqliteStore implements Store {
   }
 
   async liveStates(): Promise<LiveState[]> {
+    if (!this.hasTable('live_state')) return []; // a file read as it is, from before schema 3
     return (
       this.db.prepare('SELECT * FROM live_state').all() as { uuid: string; device_id: number; state: string; reason: string; since: number }[]
     ).map((r) => ({ uuid: r.uuid, deviceId: r.device_id, state: r.state, reason: r.reason, since: r.since }));
@@ -427,12 +499,26 @@ export class SqliteStore implements Store {
   }
 
   async heartbeat(): Promise<Heartbeat | undefined> {
+    if (!this.hasTable('heartbeat')) return undefined;
     const r = this.db.prepare('SELECT * FROM heartbeat WHERE id = 1').get() as
       | { pid: number; version: string; started_at: number; seen_at: number }
       | undefined;
     return r && { pid: r.pid, version: r.version, startedAt: r.started_at, seenAt: r.seen_at };
   }
 
+  /** The server records the VAPID public key it signs with. */
+  async recordVapidKey(publicKey: string): Promise<void> {
+    this.db.prepare(`INSERT INTO server_info (name, value) VALUES ('vapid_public_key', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value`).run(publicKey);
+  }
+
+  /** The VAPID public key the server last started with; undefined when no server of this version ran on the file. */
+  async recordedVapidKey(): Promise<string | undefined> {
+    if (!this.hasTable('server_info')) return undefined;
+    const r = this.db.prepare(`SELECT value FROM server_info WHERE name = 'vapid_public_key'`).get() as { value: string } | undefined;
+    return r?.value;
+  }
+
+  /** The server stopped: nothing it published is current any more. */
   async clearLive(): Promise<void> {
     this.db.transaction(() => {
       this.db.exec('DELETE FROM live_state');
@@ -447,7 +533,7 @@ export class SqliteStore implements Store {
 
   private present(): boolean {
     try {
-      this.db.prepare('SELECT 1 FROM connections LIMIT 1').get();
+      this.db.prepare(`SELECT 1 FROM ${this.connections} LIMIT 1`).get();
       const { dev, ino } = statSync(this.path);
       return dev === this.identity.dev && ino === this.identity.ino;
     } catch {

@@ -1,9 +1,12 @@
+import { statSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
-import { ConfigError, loadConfig, type Config, type LoadedConfig } from '../config.js';
+import { ConfigError, describeSource, loadConfig, type LoadedConfig } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
-import { clusterVapidKey, resolveVapidKey, VapidKeyError, type ResolvedKey } from '../push/vapid.js';
-import type { PostgresStore } from '../store-pg.js';
-import { isPostgresUrl, openStore, StoreError, type Store } from '../store.js';
+import { canonicalUuid, isUuid } from '../policy.js';
+import { clusterVapidKey, keptKeyPath, resolveVapidKey, VapidKeyError, type ResolvedKey } from '../push/vapid.js';
+import { isPostgresUrl, openStore as openDatabase, SqliteStore, StoreError, type OpenMode, type Store } from '../store.js';
+import { PostgresStore } from '../store-pg.js';
 
 /** Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error. */
 export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
@@ -40,18 +43,47 @@ export function loadFor(cmd: Command): LoadedConfig {
   return loaded;
 }
 
-/** For the server: the configuration, and a logger at the -v level that also carries the warnings. */
+/** For the server: the configuration, and a logger at the -v level, in the configured format, that carries the warnings. */
 export function loadForServer(cmd: Command): { loaded: LoadedConfig; log: Logger } {
   const opts = globals(cmd);
-  const log = createLogger(opts.verbose);
   const loaded = loadConfig({ ...(opts.config !== undefined && { file: opts.config }) });
+  const log = createLogger({ verbosity: opts.verbose, format: loaded.config.log_format });
   for (const warning of loaded.warnings) log.warn(warning);
   return { loaded, log };
 }
 
-/** Runs `fn` with the store open, and closes it. */
-export async function withStore<T>(config: Config, fn: (store: Store) => T | Promise<T>): Promise<T> {
-  const store = await openStore(config.db);
+/** Whether nothing is at `path` (a file this user may not see is not missing: opening it says why it fails). */
+function isMissing(path: string): boolean {
+  try {
+    statSync(path);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ENOENT';
+  }
+}
+
+/** `"./mollysocket.db" (default)`: the db setting and where it came from, for messages about the database. */
+const dbSetting = (loaded: LoadedConfig): string => `db = ${JSON.stringify(loaded.config.db)} from ${describeSource(loaded.sources.db)}`;
+
+/**
+ * Opens the database as `mode` says. Only `create` makes a new file: any other command run where there is no
+ * database (the wrong directory, another -c) stops with the path it looked at, instead of creating an empty one.
+ */
+export async function openStore(loaded: LoadedConfig, mode: OpenMode): Promise<Store> {
+  const { db } = loaded.config;
+  if (mode !== 'create' && !isPostgresUrl(db) && isMissing(db)) {
+    throw new UsageError(
+      `no database at ${resolve(db)} (${dbSetting(loaded)}): run this command where the server keeps its database, or point db, MOLLY_DB or -c at it`,
+    );
+  }
+  const store = await openDatabase(db, { mode });
+  if (store instanceof SqliteStore && store.migratedFrom) warn(`migrated the MollySocket database ${db} to this version's schema; the file as it was is kept as ${store.migratedFrom.backup}`);
+  return store;
+}
+
+/** Runs `fn` with the store open as `mode` says, and closes it. */
+export async function withStore<T>(loaded: LoadedConfig, mode: OpenMode, fn: (store: Store) => T | Promise<T>): Promise<T> {
+  const store = await openStore(loaded, mode);
   try {
     return await fn(store);
   } finally {
@@ -59,15 +91,53 @@ export async function withStore<T>(config: Config, fn: (store: Store) => T | Pro
   }
 }
 
+/** Where a key came from, in the settings' words. */
+export function describeKey(key: ResolvedKey | undefined, loaded: LoadedConfig): string {
+  if (key === undefined) return 'none (neither vapid_privkey nor vapid_key_file is set, and there is no kept vapid.key)';
+  switch (key.source) {
+    case 'vapid_key_file':
+      return `vapid_key_file ${key.path} (from ${describeSource(loaded.sources.vapid_key_file)})`;
+    case 'vapid_privkey':
+      return `vapid_privkey (from ${describeSource(loaded.sources.vapid_privkey)})`;
+    default:
+      return `the kept key ${key.path}`;
+  }
+}
+
+const shortKey = (publicKey: string): string => `${publicKey.slice(0, 12)}…`;
+
 /**
- * The key the server uses; kept (generated first if need be) so that what Molly is shown stays valid. On PostgreSQL,
- * the instances' shared key in the database.
+ * The key this command shows or signs with, which must be the one the server on this database signs with (it records
+ * it at start): a QR code or a test push with another key would not work. Without a key of its own and with no server
+ * recorded yet, the key is generated and kept where the server will find it, as the server itself would.
  */
-export async function vapidKey(config: Config): Promise<ResolvedKey> {
-  if (isPostgresUrl(config.db)) return withStore(config, (store) => clusterVapidKey(config, store as PostgresStore));
-  const key = resolveVapidKey(config, { generate: true });
-  if (key.source === 'generated') warn(`generated a VAPID key and kept it in ${key.path}: back this file up with the database`);
-  return key;
+export async function vapidKey(loaded: LoadedConfig, store: Store): Promise<ResolvedKey> {
+  // Several instances on PostgreSQL share the key kept in the database (or the one configured on all of them).
+  if (store instanceof PostgresStore) return clusterVapidKey(loaded.config, store);
+  const recorded = await store.recordedVapidKey();
+  const key = resolveVapidKey(loaded.config, { generate: recorded === undefined });
+  if (recorded !== undefined && key?.publicKey !== recorded) {
+    const own = key === undefined ? `this command has ${describeKey(key, loaded)}` : `this command's key is ${shortKey(key.publicKey)}, from ${describeKey(key, loaded)}`;
+    throw new UsageError(
+      `the server on ${store.location} signs with VAPID key ${shortKey(recorded)}, but ${own}: ` +
+        'give this command the settings the server has (the same -c file, or vapid_privkey / vapid_key_file)',
+    );
+  }
+  if (key!.source === 'generated') warn(`generated a VAPID key and kept it in ${key!.path}: back this file up with the database`);
+  return key!;
+}
+
+/** The key in effect for `config`, without generating one: its public half and where it came from. */
+export function describeKeyInEffect(loaded: LoadedConfig): string {
+  const key = resolveVapidKey(loaded.config, { generate: false });
+  if (key === undefined) return `none yet: the first server start generates one and keeps it in ${keptKeyPath(loaded.config)}`;
+  return `${key.publicKey} (${describeKey(key, loaded)})`;
+}
+
+/** Parses an account uuid argument, in the one spelling the store uses. */
+export function parseUuid(value: string): string {
+  if (!isUuid(value)) throw new InvalidArgumentError('it is not a UUID: give the account UUID Molly shows, like 6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e');
+  return canonicalUuid(value);
 }
 
 /** Parses a device id argument: a whole number from 1. */
@@ -87,6 +157,12 @@ export function formatTime(value: number | null, unit: 's' | 'ms' = 's'): string
   return new Date(unit === 's' ? value * 1000 : value).toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z');
 }
 
+/** A time in JSON output: unix seconds (every --json output uses them), null for never. */
+export function jsonTime(value: number | null, unit: 's' | 'ms' = 's'): number | null {
+  if (!value) return null;
+  return unit === 's' ? value : Math.floor(value / 1000);
+}
+
 /** Rows as aligned columns, the first row being the header. */
 export function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
@@ -99,8 +175,10 @@ export const print = (text: string): void => void process.stdout.write(text.ends
 export function reportError(err: unknown, commandPath: string): number {
   if (err instanceof CommanderError) {
     if (err.exitCode === 0) return EXIT.ok;
-    const message = err.message.replace(/^error: /, '');
-    process.stderr.write(`mollysocket: ${message} (see \`mollysocket ${commandPath} --help\`)\n`);
+    if (err.code === 'commander.help') return EXIT.usage; // a group without its subcommand: its help is already shown
+    const message = err.message.replace(/^error: /, '').replace(/\n\(Did you mean (.*)\?\)/, ' (did you mean $1?)');
+    const help = commandPath === '' ? 'mollysocket --help' : `mollysocket ${commandPath} --help`;
+    process.stderr.write(`mollysocket: ${message} (see \`${help}\`)\n`);
     return EXIT.usage;
   }
   const message = err instanceof Error ? err.message : String(err);

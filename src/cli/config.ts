@@ -1,6 +1,8 @@
 import type { Command } from 'commander';
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { configExample, describeSource, redactedConfig } from '../config.js';
-import { loadFor, print } from './common.js';
+import { describeKeyInEffect, loadFor, print } from './common.js';
 
 export function registerConfig(program: Command): void {
   program
@@ -14,6 +16,8 @@ export function registerConfig(program: Command): void {
       }
       const loaded = loadFor(cmd);
       print(`# config file: ${loaded.file ?? 'none found'}`);
+      print(`# database: ${resolve(loaded.config.db)}${existsSync(loaded.config.db) ? '' : ' (does not exist)'}`);
+      print(`# VAPID public key in effect: ${describeKeyInEffect(loaded)}`);
       for (const [key, value] of Object.entries(redactedConfig(loaded.config))) {
         const shown = value === undefined ? '(unset)' : JSON.stringify(value);
         print(`${key} = ${shown}  # ${describeSource(loaded.sources[key as keyof typeof loaded.sources])}`);

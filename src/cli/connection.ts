@@ -1,11 +1,12 @@
 import type { Command } from 'commander';
 import { endpointOrigin } from '../log.js';
-import { canonicalUuid, EndpointPolicy, uuidRefusal } from '../policy.js';
+import { EndpointPolicy, uuidRefusal } from '../policy.js';
 import { pushStack } from '../push/setup.js';
 import type { PushOutcome } from '../push/client.js';
 import type { Config } from '../config.js';
+import type { ResolvedKey } from '../push/vapid.js';
 import type { Connection, Store } from '../store.js';
-import { FailureError, formatTime, loadFor, maskUuid, parseDeviceId, print, table, UsageError, vapidKey, withStore } from './common.js';
+import { FailureError, formatTime, jsonTime, loadFor, maskUuid, parseDeviceId, parseUuid, print, table, UsageError, vapidKey, withStore } from './common.js';
 
 /** How a push went, in words. */
 export function describeOutcome(o: PushOutcome): string {
@@ -24,8 +25,8 @@ export function describeOutcome(o: PushOutcome): string {
 }
 
 /** Sends a test push to each connection and prints how it went; false when any was not delivered. */
-async function ping(config: Config, conns: Connection[]): Promise<boolean> {
-  const { client } = pushStack(config, (await vapidKey(config)).privateKey);
+async function ping(config: Config, key: ResolvedKey, conns: Connection[]): Promise<boolean> {
+  const { client } = pushStack(config, key.privateKey);
   try {
     let all = true;
     for (const c of conns) {
@@ -54,20 +55,24 @@ export function registerConnection(program: Command): void {
   connection
     .command('add')
     .description('register a connection, as Molly shows it in air-gapped mode, and send a test push')
-    .argument('<uuid>', 'account UUID', canonicalUuid)
+    .argument('<uuid>', 'account UUID', parseUuid)
     .argument('<device_id>', 'linked device id', parseDeviceId)
     .argument('<password>', 'linked device password')
     .argument('<endpoint>', 'UnifiedPush endpoint URL')
     .action(async (uuid: string, deviceId: number, password: string, endpoint: string, _o, cmd: Command) => {
-      const { config } = loadFor(cmd);
+      const loaded = loadFor(cmd);
+      const { config } = loaded;
       const refusal = uuidRefusal(uuid, config.allowed_uuids);
       if (refusal) throw new UsageError(refusal);
       const target = await new EndpointPolicy(config.allowed_endpoints).check(endpoint);
       if (!target.ok && target.transient) throw new FailureError(`cannot check the endpoint now: ${target.reason}`);
       if (!target.ok) throw new UsageError(`endpoint is not allowed: ${target.reason}`);
-      const conn = await withStore(config, (store) => store.put({ uuid, deviceId, password, endpoint }, Math.floor(Date.now() / 1000)));
+      const { conn, key } = await withStore(loaded, 'create', async (store) => {
+        const key = await vapidKey(loaded, store); // before storing: a connection is not added with a key the server does not use
+        return { conn: await store.put({ uuid, deviceId, password, endpoint }, Math.floor(Date.now() / 1000)), key };
+      });
       print(`Connection for ${uuid} device ${deviceId} added: a running server connects it within a few seconds.`);
-      if (!(await ping(config, [conn]))) throw new FailureError('the connection is stored, but the test push was not delivered');
+      if (!(await ping(config, key, [conn]))) throw new FailureError('the connection is stored, but the test push was not delivered');
     });
 
   connection
@@ -76,8 +81,7 @@ export function registerConnection(program: Command): void {
     .option('-a, --anonymized', 'mask the uuids too')
     .option('--json', 'print JSON, for scripts')
     .action(async (opts: { anonymized?: boolean; json?: boolean }, cmd: Command) => {
-      const { config } = loadFor(cmd);
-      const conns = await withStore(config, (store) => store.list());
+      const conns = await withStore(loadFor(cmd), 'read', (store) => store.list());
       const uuid = (u: string) => (opts.anonymized ? maskUuid(u) : u);
       if (opts.json) {
         const rows = conns.map((c) => ({
@@ -85,9 +89,9 @@ export function registerConnection(program: Command): void {
           device_id: c.deviceId,
           state: c.forbidden ? 'forbidden' : 'ok',
           forbidden_reason: c.forbiddenReason,
-          forbidden_at: c.forbiddenAt,
+          forbidden_at: jsonTime(c.forbiddenAt),
           endpoint_origin: endpointOrigin(c.endpoint),
-          last_registration: c.lastRegistration,
+          last_registration: jsonTime(c.lastRegistration),
         }));
         print(JSON.stringify(rows, null, 2));
         return;
@@ -107,11 +111,10 @@ export function registerConnection(program: Command): void {
 
   /** A subcommand acting on an account's connections, or on one device's. */
   const onConnections = (name: string, description: string): Command =>
-    connection.command(name).description(description).argument('<uuid>', 'account UUID', canonicalUuid).argument('[device_id]', 'only this device', parseDeviceId);
+    connection.command(name).description(description).argument('<uuid>', 'account UUID', parseUuid).argument('[device_id]', 'only this device', parseDeviceId);
 
   onConnections('remove', 'remove the connections of an account, or of one of its devices').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
-      const { config } = loadFor(cmd);
-      const removed = await withStore(config, async (store) => {
+      const removed = await withStore(loadFor(cmd), 'write', async (store) => {
         await selected(store, uuid, deviceId);
         return store.remove({ uuid, ...(deviceId !== undefined && { deviceId }) });
       });
@@ -119,14 +122,13 @@ export function registerConnection(program: Command): void {
     });
 
   onConnections('ping', 'send a test push to the endpoints of an account').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
-      const { config } = loadFor(cmd);
-      const conns = await withStore(config, (store) => selected(store, uuid, deviceId));
-      if (!(await ping(config, conns))) throw new FailureError('a test push was not delivered');
+      const loaded = loadFor(cmd);
+      const { conns, key } = await withStore(loaded, 'read', async (store) => ({ key: await vapidKey(loaded, store), conns: await selected(store, uuid, deviceId) }));
+      if (!(await ping(loaded.config, key, conns))) throw new FailureError('a test push was not delivered');
     });
 
   onConnections('enable', 'clear the forbidden state of an account (or one device): the server connects again').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
-      const { config } = loadFor(cmd);
-      const enabled = await withStore(config, async (store) => {
+      const enabled = await withStore(loadFor(cmd), 'write', async (store) => {
         const conns = await selected(store, uuid, deviceId);
         for (const c of conns) await store.enable(c, Math.floor(Date.now() / 1000));
         return conns;

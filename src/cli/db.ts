@@ -15,14 +15,15 @@ export function registerDb(program: Command): void {
     .description("write the configured database's connections to a new file that MollySocket 1.7 opens")
     .argument('<output-file>', 'the new file to write (never overwritten)')
     .action(async (output: string, _o, cmd: Command) => {
-      const { config } = loadFor(cmd);
+      const loaded = loadFor(cmd);
+      const { config } = loaded;
       if (existsSync(output)) {
         throw new UsageError(`output-file ${output} already exists: downgrade never overwrites a file, name a new one`);
       }
       if (!existsSync(config.db)) {
         throw new UsageError(`the database ${config.db} (setting "db") does not exist: nothing to downgrade; check -c or MOLLY_DB`);
       }
-      const plan = await withStore(config, async (store) => planDowngrade(await store.list()));
+      const plan = await withStore(loaded, 'read', async (store) => planDowngrade(await store.list()));
       writeMollySocketDb(output, plan.kept);
       print(`Wrote ${plan.kept.length} connection(s) to ${output} in MollySocket 1.7's format (one per account).`);
       for (const { conn, keptInstead, because } of plan.leftOut) {

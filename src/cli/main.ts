@@ -15,8 +15,31 @@ const takesValue = (o: Option): boolean => o.required || o.optional;
 const names = (c: Command): string[] => [c.name(), ...c.aliases()];
 
 /**
- * Accepts unambiguous prefixes of subcommands (`vapid gen`, `conn list`), as MollySocket does. Returns the
- * arguments with prefixes spelled out, and the command path they name (for error hints).
+ * MollySocket's commands, by the path of their group. A prefix that selects one of these in MollySocket selects the
+ * same here, even where a command of ours shares it (`c` is `connection`, not `config`; `s` is `server`).
+ */
+const MOLLYSOCKET_COMMANDS: Record<string, readonly string[]> = {
+  '': ['server', 'vapid', 'qr-code', 'connection', 'test'],
+  vapid: ['test', 'generate'],
+  'qr-code': ['url', 'airgapped'],
+  connection: ['add', 'list', 'remove', 'ping'],
+  test: ['endpoint', 'uuid'],
+};
+
+/** The subcommand `arg` names: exactly, else as a prefix of only one of MollySocket's, else of only one of ours. */
+function subcommandFor(group: Command, path: string[], arg: string): Command | undefined {
+  const exact = group.commands.find((c) => names(c).includes(arg));
+  if (exact) return exact;
+  // As clap's infer_subcommands: a command matches when its name or one of its aliases starts with the prefix.
+  const byPrefix = group.commands.filter((c) => names(c).some((n) => n.startsWith(arg)));
+  const theirs = byPrefix.filter((c) => MOLLYSOCKET_COMMANDS[path.join(' ')]?.includes(c.name()));
+  if (theirs.length === 1) return theirs[0];
+  return byPrefix.length === 1 ? byPrefix[0] : undefined;
+}
+
+/**
+ * Accepts prefixes of subcommands (`vapid gen`, `conn li`, `qr air`) as MollySocket does. Returns the arguments
+ * with prefixes spelled out, and the command path they name (for error hints).
  */
 export function expandPrefixes(root: Command, args: string[]): { args: string[]; path: string[] } {
   const out = [...args];
@@ -30,9 +53,7 @@ export function expandPrefixes(root: Command, args: string[]): { args: string[];
       if (option && takesValue(option)) i++;
       continue;
     }
-    const exact = current.commands.find((c) => names(c).includes(arg));
-    const byPrefix = current.commands.filter((c) => names(c).some((n) => n.startsWith(arg)));
-    const match = exact ?? (byPrefix.length === 1 ? byPrefix[0] : undefined);
+    const match = subcommandFor(current, path, arg);
     if (!match) break;
     out[i] = match.name();
     path.push(match.name());
@@ -46,7 +67,7 @@ export function buildProgram(): Command {
     .description('Push relay for Molly: holds Signal connections and wakes the phone through UnifiedPush')
     .version(version)
     .option('-c, --config <file>', 'configuration file (else MOLLY_CONF, or the standard places)')
-    .option('-v, --verbose', 'more logs: -v debug, -vv trace (else MOLLY_LOG or RUST_LOG)', (_v: string, previous: number) => previous + 1, 0)
+    .option('-v, --verbose', 'server logs: -v info, -vv debug, -vvv trace (else MOLLY_LOG or RUST_LOG; else errors only)', (_v: string, previous: number) => previous + 1, 0)
     // Errors are printed by reportError, on one line; subcommands inherit both settings.
     .configureOutput({ outputError: () => {} })
     .exitOverride();

@@ -1,14 +1,17 @@
 import type { Command } from 'commander';
 import { linkUrl, qrTerminal, type LinkTarget } from '../link.js';
-import { loadFor, print, UsageError, vapidKey } from './common.js';
+import { loadFor, print, UsageError, vapidKey, withStore } from './common.js';
 
 async function show(cmd: Command, target: LinkTarget): Promise<void> {
-  const link = linkUrl((await vapidKey(loadFor(cmd).config)).publicKey, target);
+  const loaded = loadFor(cmd);
+  const key = await withStore(loaded, 'read', (store) => vapidKey(loaded, store));
+  const link = linkUrl(key.publicKey, target);
   print(`${await qrTerminal(link)}\n${link}`);
 }
 
 export function registerQrcode(program: Command): void {
-  const qrcode = program.command('qrcode').description('the link and QR code to scan with Molly');
+  // MollySocket's name (clap kebab-cases its QRCode command); `qrcode` as this project first spelled it.
+  const qrcode = program.command('qr-code').alias('qrcode').description('the link and QR code to scan with Molly');
   qrcode
     .command('url')
     .description('for a server reached at this https URL')

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { isFresh } from '../heartbeat.js';
 import { connectionKey } from '../store.js';
 import { PostgresStore, type InstanceRow } from '../store-pg.js';
-import { FailureError, formatTime, loadFor, maskUuid, print, table, withStore } from './common.js';
+import { FailureError, formatTime, jsonTime, loadFor, maskUuid, print, table, withStore } from './common.js';
 
 export function registerStatus(program: Command): void {
   program
@@ -12,9 +12,8 @@ export function registerStatus(program: Command): void {
     .option('-a, --anonymized', 'mask the uuids')
     .option('--json', 'print JSON, for scripts')
     .action(async (opts: { anonymized?: boolean; json?: boolean }, cmd: Command) => {
-      const { config } = loadFor(cmd);
       const now = Date.now();
-      const { heartbeat, conns, live, instances } = await withStore(config, async (store) => ({
+      const { heartbeat, conns, live, instances } = await withStore(loadFor(cmd), 'read', async (store) => ({
         heartbeat: await store.heartbeat(),
         conns: await store.list(),
         live: new Map((await store.liveStates()).map((s) => [connectionKey(s), s])),
@@ -33,7 +32,11 @@ export function registerStatus(program: Command): void {
         return { uuid: opts.anonymized ? maskUuid(c.uuid) : c.uuid, device_id: c.deviceId, state: s.state, reason: s.reason, since: s.since, ...owner };
       });
       if (opts.json) {
-        print(JSON.stringify({ server: { running, ...(running && heartbeat) }, ...(instances && { instances }), connections: rows }, null, 2));
+        const server = running && heartbeat
+          ? { running, pid: heartbeat.pid, version: heartbeat.version, started_at: jsonTime(heartbeat.startedAt, 'ms'), seen_at: jsonTime(heartbeat.seenAt, 'ms') }
+          : { running };
+        const connections = rows.map((r) => ({ ...r, since: jsonTime(r.since, 'ms') }));
+        print(JSON.stringify({ server, ...(instances && { instances }), connections }, null, 2));
         return;
       }
       print(
@@ -59,10 +62,10 @@ export function registerStatus(program: Command): void {
     .command('health')
     .description('exit 0 when a server is running on this database (its heartbeat is recent), else 1: for HEALTHCHECK; on PostgreSQL, the instance named instance_name')
     .action(async (_o, cmd: Command) => {
-      const { config } = loadFor(cmd);
+      const loaded = loadFor(cmd);
       // Several instances: this container's or host's own, by its stable name.
-      const heartbeat = await withStore(config, (store) =>
-        store instanceof PostgresStore ? store.heartbeat(config.instance_name || hostname()) : store.heartbeat(),
+      const heartbeat = await withStore(loaded, 'read', (store) =>
+        store instanceof PostgresStore ? store.heartbeat(loaded.config.instance_name || hostname()) : store.heartbeat(),
       );
       const ageS = heartbeat && Math.round((Date.now() - heartbeat.seenAt) / 1000);
       if (!isFresh(heartbeat, Date.now())) {

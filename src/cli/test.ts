@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { EndpointPolicy, uuidRefusal } from '../policy.js';
-import { FailureError, loadFor, print, withStore } from './common.js';
+import { FailureError, loadFor, parseUuid, print, withStore } from './common.js';
 
 export function registerTest(program: Command): void {
   const test = program.command('test').description('check an endpoint or an account against the configuration');
@@ -19,13 +19,13 @@ export function registerTest(program: Command): void {
   test
     .command('uuid')
     .description('whether an account may register, and the state of its connections')
-    .argument('<uuid>', 'account UUID')
+    .argument('<uuid>', 'account UUID', parseUuid)
     .action(async (uuid: string, _o, cmd: Command) => {
-      const { config } = loadFor(cmd);
-      const refusal = uuidRefusal(uuid, config.allowed_uuids);
+      const loaded = loadFor(cmd);
+      const refusal = uuidRefusal(uuid, loaded.config.allowed_uuids);
       if (refusal) throw new FailureError(`UUID ${uuid} is not valid: ${refusal}`);
       print(`UUID ${uuid} is valid`);
-      const conns = await withStore(config, (store) => store.list({ uuid }));
+      const conns = await withStore(loaded, 'read', (store) => store.list({ uuid }));
       if (conns.length === 0) print('  No connection is registered with this UUID.');
       for (const c of conns) {
         print(`  Device ${c.deviceId}: ${c.forbidden ? `forbidden (${c.forbiddenReason ?? 'unknown reason'})` : 'registered and enabled'}.`);

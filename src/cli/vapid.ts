@@ -1,7 +1,12 @@
 import type { Command } from 'commander';
 import { generatePrivateKey } from '../push/vapid.js';
 import { pushStack } from '../push/setup.js';
-import { loadFor, print, UsageError, vapidKey } from './common.js';
+import type { LoadedConfig } from '../config.js';
+import type { ResolvedKey } from '../push/vapid.js';
+import { loadFor, print, UsageError, vapidKey, withStore } from './common.js';
+
+/** The key the server on this database signs with (see vapidKey). */
+const serverKey = (loaded: LoadedConfig): Promise<ResolvedKey> => withStore(loaded, 'read', (store) => vapidKey(loaded, store));
 
 export function registerVapid(program: Command): void {
   const vapid = program.command('vapid').description('VAPID keys');
@@ -14,15 +19,15 @@ export function registerVapid(program: Command): void {
   vapid
     .command('pub')
     .description('print the public key of the configured (or kept) VAPID key')
-    .action(async (_o, cmd: Command) => print((await vapidKey(loadFor(cmd).config)).publicKey));
+    .action(async (_o, cmd: Command) => print((await serverKey(loadFor(cmd))).publicKey));
 
   vapid
     .command('test')
     .description('print the VAPID Authorization header this server sends to an endpoint')
     .argument('<endpoint>', 'UnifiedPush endpoint URL')
     .action(async (endpoint: string, _o, cmd: Command) => {
-      const { config } = loadFor(cmd);
+      const loaded = loadFor(cmd);
       if (!URL.canParse(endpoint)) throw new UsageError(`endpoint ${endpoint} is not a URL: give the full https://… URL`);
-      print(pushStack(config, (await vapidKey(config)).privateKey).signer.header(endpoint));
+      print(pushStack(loaded.config, (await serverKey(loaded)).privateKey).signer.header(endpoint));
     });
 }

@@ -6,7 +6,7 @@ import pLimit, { type LimitFunction } from 'p-limit';
 import type { EndpointPolicy, ResolvedAddress } from '../policy.js';
 
 /**
- * One POST to a UnifiedPush endpoint (PROTOCOL.md section 3), its answer classified. It never retries, never
+ * One POST to a UnifiedPush endpoint (docs/protocol.md section 3), its answer classified. It never retries, never
  * follows a redirect, and connects only to the address the endpoint policy checked.
  */
 

@@ -5,7 +5,7 @@ import { parseRetryAfter } from '../push/client.js';
 import { decodeFrame, encodeRequest, encodeResponse, isUrgentEnvelope, type Request } from './protocol.js';
 
 /**
- * One websocket session with the Signal chat server as a linked device (PROTOCOL.md section 2): connect with
+ * One websocket session with the Signal chat server as a linked device (docs/protocol.md section 2): connect with
  * credentials and a timeout, answer every request, keep alive, and say how it ended. It never retries.
  */
 

@@ -1,6 +1,6 @@
 import protobuf from 'protobufjs';
 
-/** The frames of Signal's chat websocket (PROTOCOL.md section 2). Only what a push relay needs is declared. */
+/** The frames of Signal's chat websocket (docs/protocol.md section 2). Only what a push relay needs is declared. */
 const root = protobuf.parse(`
 syntax = "proto2";
 message WebSocketRequestMessage {

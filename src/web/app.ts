@@ -92,7 +92,7 @@ export interface ServerUrl {
 }
 
 /**
- * The server URL Molly must store (PROTOCOL.md section 1): the `url` setting; else https, the Host header, and the
+ * The server URL Molly must store (docs/protocol.md section 1): the `url` setting; else https, the Host header, and the
  * path of X-Original-URL as MollySocket does; through a trusted proxy, X-Forwarded-Host/Prefix win. The hosts are
  * checked by the caller (`isValidHost`: a malformed one is answered 400); the link stays https, and a proto, prefix
  * or X-Original-URL that is not usable is ignored and reported. Pure.
@@ -144,12 +144,27 @@ const registrationSchema = {
 /** Registrations are a few hundred bytes. */
 const BODY_LIMIT = 8 * 1024;
 
+/**
+ * Our logger without Fastify's own "Server listening at" lines (one per network interface on 0.0.0.0): the server
+ * says once where it listens.
+ */
+function fastifyLogger(log: Logger): FastifyBaseLogger {
+  const logger = log.child({});
+  const info = logger.info as (this: Logger, ...args: unknown[]) => void;
+  // Not bound: Fastify's per-request children inherit this method and must log with their own bindings and serializers.
+  logger.info = function (this: Logger, ...args: unknown[]) {
+    if (typeof args[0] === 'string' && args[0].startsWith('Server listening at ')) return;
+    info.apply(this, args);
+  } as Logger['info'];
+  return logger as FastifyBaseLogger;
+}
+
 function baseApp(log: Logger, trust: Trust | undefined, httpMetrics: HttpMetrics | undefined, limits = CLIENT_LIMITS): FastifyInstance {
   const app = Fastify({
     requestTimeout: limits.requestTimeoutMs,
     connectionTimeout: limits.idleTimeoutMs,
     http: { headersTimeout: limits.requestTimeoutMs, requestTimeout: limits.requestTimeoutMs, connectionsCheckingInterval: limits.checkIntervalMs },
-    loggerInstance: log as FastifyBaseLogger,
+    loggerInstance: fastifyLogger(log),
     // Request lines only with -v: health checks would otherwise fill the log.
     logController: new LogController({ disableRequestLogging: () => !log.isLevelEnabled('debug') }),
     bodyLimit: BODY_LIMIT,

@@ -1,7 +1,9 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { packageRoot } from '../paths.js';
+import { isGlobalAddress } from '../addresses.js';
 
 const template = readFileSync(join(packageRoot, 'views', 'home.html'), 'utf8');
 
@@ -17,6 +19,17 @@ export const HOME_HASHES = { script: sha256(inline('script')), style: sha256(inl
 
 const escapeHtml = (s: string): string =>
   s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c] as string);
+
+/**
+ * The host of a server URL when a phone cannot reach it: `localhost` names, and IP addresses that are not globally
+ * routable (loopback, private ranges). Such a link works only on this machine or its LAN. Pure.
+ */
+export function unreachableHost(url: string): string | undefined {
+  const { hostname, host } = new URL(url);
+  const ip = hostname.replace(/^\[(.*)\]$/, '$1');
+  if (hostname === 'localhost' || hostname.endsWith('.localhost')) return host;
+  return isIP(ip) !== 0 && !isGlobalAddress(ip) ? host : undefined;
+}
 
 export interface HomeView {
   mode: 'webserver' | 'airgapped';
@@ -57,7 +70,14 @@ const headerWarning = (names: string[]): string =>
 /** Fills the homepage template; everything but the SVG we generated is escaped. */
 export function renderHome(view: HomeView): string {
   const text = TEXT[view.mode];
+  const unreachable = view.linkUrl === undefined ? undefined : unreachableHost(view.linkUrl);
   const values: Record<string, string> = {
+    reach_warning:
+      unreachable === undefined
+        ? ''
+        : `<p id="reach-warning" class="warning">The link above sends Molly to <b>${escapeHtml(unreachable)}</b>, an address ` +
+          'a phone cannot reach. Open this page through the public https name of this server (the address of your ' +
+          'reverse proxy), or set <code>url</code> in the configuration to that address.</p>',
     qr_svg: view.qrSvg,
     link: escapeHtml(view.link),
     link_url: escapeHtml(view.linkUrl ?? ''),

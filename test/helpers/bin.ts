@@ -24,7 +24,10 @@ export function runBin(args: string[], opts: { cwd: string; env?: Record<string,
   });
 }
 
-/** A long-running bin (the server), with its stderr log collected. */
+/**
+ * A long-running bin (the server), with its stderr log collected. Logs at info unless the test sets MOLLY_LOG
+ * (the server's own default is errors only), so that `url()` can read where it listens.
+ */
 export class BinProcess {
   readonly child: ChildProcessWithoutNullStreams;
   stderr = '';
@@ -32,7 +35,7 @@ export class BinProcess {
   readonly exited: Promise<number | null>;
 
   constructor(args: string[], opts: { cwd: string; env?: Record<string, string> }) {
-    this.child = spawn(process.execPath, [BIN, ...args], { cwd: opts.cwd, env: cleanEnv(opts.env) });
+    this.child = spawn(process.execPath, [BIN, ...args], { cwd: opts.cwd, env: cleanEnv({ MOLLY_LOG: 'info', ...opts.env }) });
     this.child.stderr.on('data', (d: Buffer) => (this.stderr += d.toString()));
     this.child.stdout.on('data', (d: Buffer) => (this.stdout += d.toString()));
     this.exited = new Promise((resolve) => this.child.on('exit', (code) => resolve(code)));

@@ -14,7 +14,7 @@ const haveChromium = existsSync(CHROMIUM);
 if (!haveChromium && process.env.CI) throw new Error(`the browser test needs Chromium at ${CHROMIUM}: apt-get install chromium`);
 if (!haveChromium) console.warn(`browser test skipped: no Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`);
 
-/** Molly's acceptance rules for a scanned link (PROTOCOL.md section 1). */
+/** Molly's acceptance rules for a scanned link (docs/protocol.md section 1). */
 function mollyAccepts(text: string): { ok: boolean; url?: URL } {
   const link = new URL(text);
   if (link.protocol !== 'mollysocket:' || link.host !== 'link') return { ok: false };
@@ -61,6 +61,7 @@ describe.skipIf(!haveChromium)('the homepage in a browser', () => {
     const warnings = {
       proxy: await page.locator('#proxy-warning').isVisible(),
       https: await page.locator('#https-warning').isVisible(),
+      reach: await page.locator('#reach-warning').isVisible(),
     };
     await page.close();
     return { text: code?.data, warnings, errors, background };
@@ -76,8 +77,17 @@ describe.skipIf(!haveChromium)('the homepage in a browser', () => {
     expect(verdict.url?.host).toBe(opened.host);
     expect(verdict.url?.pathname).toBe(opened.pathname);
     expect(new URL(text!).searchParams.get('vapid')).toBe(server.vapidPublicKey);
-    expect(warnings).toEqual({ proxy: false, https: true }); // opened over plain http: the page says Molly needs https
+    // Opened over plain http on 127.0.0.1: the page says Molly needs https, and that a phone cannot reach this address.
+    expect(warnings).toEqual({ proxy: false, https: true, reach: true });
     expect(errors).toEqual([]); // no CSP violation, no missing resource
+  });
+
+  it('says that a phone cannot reach a loopback address even without JavaScript', async () => {
+    const context = await browser.newContext({ javaScriptEnabled: false });
+    const page = await context.newPage();
+    await page.goto(`${server.url}/`);
+    expect(await page.locator('#reach-warning').innerText()).toMatch(/^The link above sends Molly to 127\.0\.0\.1:\d+, an address a phone cannot reach\./);
+    await context.close();
   });
 
   it('shows the air-gapped link on ?airgapped', async () => {
@@ -92,6 +102,7 @@ describe.skipIf(!haveChromium)('the homepage in a browser', () => {
       const { text, warnings } = await scan(`${proxied.url}/`);
       expect(mollyAccepts(text!).url?.toString()).toBe('https://push.example.org/molly/');
       expect(warnings.proxy).toBe(true);
+      expect(warnings.reach).toBe(false); // the url setting names a public address
     } finally {
       await proxied.close();
     }

@@ -28,7 +28,10 @@ function workdir(extra: Record<string, string> = {}) {
   const cwd = tempDir();
   const env = { MOLLY_ALLOWED_ENDPOINTS: `["${push.origin}"]`, ...extra };
   const run = (...args: string[]) => runBin(args, { cwd, env });
-  return { cwd, env, run, db: join(cwd, 'mollysocket.db') };
+  const db = join(cwd, 'mollysocket.db');
+  /** An empty database, as a server leaves it before anyone registers (without a recorded key). */
+  const createDb = () => Store.open(db).close();
+  return { cwd, env, run, db, createDb };
 }
 
 /** A database file exactly as MollySocket (Rust) writes it: one enabled and one forbidden connection. */
@@ -36,7 +39,7 @@ function mollySocketDb(path: string, endpoint: string): void {
   const db = new Database(path);
   db.exec(`CREATE TABLE connections(uuid TEXT UNIQUE ON CONFLICT REPLACE, device_id INTEGER, password TEXT,
     endpoint TEXT, forbidden BOOLEAN NOT NULL CHECK (forbidden IN (0, 1)), last_registration INTEGER)`);
-  db.pragma('user_version = 1');
+  db.pragma('user_version = 0'); // MollySocket never sets it
   db.prepare('INSERT INTO connections VALUES (?, ?, ?, ?, ?, ?)').run(UUID, 3, PASSWORD, endpoint, 0, 1700000000);
   db.prepare('INSERT INTO connections VALUES (?, ?, ?, ?, ?, ?)').run(UUID2, 1, 'pw2', endpoint, 1, 0);
   db.close();
@@ -140,7 +143,7 @@ describe('connection list, remove, ping, enable on a MollySocket database', () =
     expect(masked).toContain('6e3b****-****-****-****-************');
     const json = JSON.parse((await w.run('conn', 'li', '--json')).stdout) as Record<string, unknown>[];
     expect(json).toEqual([
-      { uuid: UUID2, device_id: 1, state: 'forbidden', forbidden_reason: 'forbidden_in_mollysocket', forbidden_at: null, endpoint_origin: push.origin, last_registration: 0 },
+      { uuid: UUID2, device_id: 1, state: 'forbidden', forbidden_reason: 'forbidden_in_mollysocket', forbidden_at: null, endpoint_origin: push.origin, last_registration: null },
       { uuid: UUID, device_id: 3, state: 'ok', forbidden_reason: null, forbidden_at: null, endpoint_origin: push.origin, last_registration: 1700000000 },
     ]);
 
@@ -168,6 +171,7 @@ describe('connection list, remove, ping, enable on a MollySocket database', () =
 describe('test endpoint and test uuid', () => {
   it('gives a verdict, with a non-zero exit when not valid', async () => {
     const w = workdir({ MOLLY_ALLOWED_UUIDS: `["${UUID}"]` });
+    w.createDb();
     const ok = await w.run('test', 'endpoint', push.endpoint());
     expect(ok.code).toBe(0);
     expect(ok.stdout).toMatch(/is valid \(pushed to 127\.0\.0\.1\)/);
@@ -186,6 +190,7 @@ describe('test endpoint and test uuid', () => {
 describe('vapid', () => {
   it('pub prints the public key of the configured key; test prints a header valid for the endpoint origin', async () => {
     const w = workdir({ MOLLY_VAPID_PRIVKEY: PRIV });
+    w.createDb();
     expect((await w.run('vapid', 'pub')).stdout).toBe(`${PUB}\n`);
     const header = (await w.run('vapid', 'test', 'https://push.example:8443/up/abc')).stdout.trim();
     expect(checkVapid(header, 'https://push.example:8443', Math.floor(Date.now() / 1000))).toMatchObject({ ok: true, publicKey: PUB });
@@ -194,10 +199,15 @@ describe('vapid', () => {
 
   it('pub keeps a generated key that the server then uses', async () => {
     const w = workdir();
+    w.createDb();
     const pub = (await w.run('vapid', 'pub')).stdout.trim();
     expect(pub).toMatch(/^[A-Za-z0-9_-]{87}$/);
     expect(existsSync(join(w.cwd, 'vapid.key'))).toBe(true);
     expect((await w.run('vapid', 'pub')).stdout.trim()).toBe(pub);
+    const server = new BinProcess(['server'], { cwd: w.cwd, env: { ...w.env, MOLLY_PORT: '0' } });
+    await server.url();
+    expect(await server.stop()).toBe(0);
+    expect(Store.open(w.db, { mode: 'read' }).recordedVapidKey()).toBe(pub);
   });
 
   it('names the setting when the key is wrong', async () => {
@@ -208,10 +218,11 @@ describe('vapid', () => {
   });
 });
 
-describe('qrcode', () => {
+describe('qr-code', () => {
   it('draws the link for a URL and for air-gapped mode with block characters', async () => {
     const w = workdir({ MOLLY_VAPID_PRIVKEY: PRIV });
-    const url = await w.run('qrcode', 'url', 'https://molly.example.org/push/');
+    w.createDb();
+    const url = await w.run('qr-code', 'url', 'https://molly.example.org/push/');
     expect(url.code).toBe(0);
     expect(url.stdout).toMatch(/[█▀▄]/);
     expect(url.stdout).toContain(`mollysocket://link?vapid=${PUB}&url=https%3A%2F%2Fmolly.example.org%2Fpush%2F&type=webserver`);
@@ -260,7 +271,7 @@ describe('config', () => {
 
 describe('global options', () => {
   it('has --help on every command', async () => {
-    for (const args of [['connection', '--help'], ['connection', 'add', '--help'], ['test', 'endpoint', '--help'], ['qrcode', '--help'], ['status', '--help']]) {
+    for (const args of [['connection', '--help'], ['connection', 'add', '--help'], ['test', 'endpoint', '--help'], ['qr-code', '--help'], ['qrcode', '--help'], ['status', '--help']]) {
       const r = await runBin(args, { cwd: tempDir() });
       expect(r.code, args.join(' ')).toBe(0);
       expect(r.stdout).toMatch(/^Usage: mollysocket /);
@@ -268,9 +279,9 @@ describe('global options', () => {
   });
 
   it('takes the log level from MOLLY_LOG, or RUST_LOG as MollySocket guides say', async () => {
-    for (const env of [{ MOLLY_LOG: 'debug' }, { RUST_LOG: 'mollysocket=debug,warn' }] as Record<string, string>[]) {
+    for (const env of [{ MOLLY_LOG: 'debug' }, { MOLLY_LOG: '', RUST_LOG: 'mollysocket=debug,warn' }] as Record<string, string>[]) {
       const server = new BinProcess(['server'], { cwd: tempDir(), env: { ...env, MOLLY_PORT: '0' } });
-      await server.waitFor(/"level":20,.*"msg":"configuration"/);
+      await server.waitFor(/ DEBUG: configuration /);
       expect(await server.stop()).toBe(0);
     }
     const cwd = tempDir();
@@ -282,6 +293,7 @@ describe('global options', () => {
 
   it('reads the configuration from MOLLY_CONF', async () => {
     const cwd = tempDir();
+    Store.open(join(cwd, 'mollysocket.db')).close();
     const conf = join(cwd, 'elsewhere.toml');
     writeFileSync(conf, `vapid_privkey = "${PRIV}"\n`);
     expect((await runBin(['vapid', 'pub'], { cwd, env: { MOLLY_CONF: conf } })).stdout).toBe(`${PUB}\n`);

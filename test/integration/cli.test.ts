@@ -5,7 +5,8 @@ import { FakePushServer } from '../fakes/push-server.js';
 import { FakeSignalServer } from '../fakes/signal-server.js';
 import { testPki } from '../fakes/tls.js';
 import { BinProcess, runBin } from '../helpers/bin.js';
-import { httpGet, tempDir } from '../helpers/index.js';
+import { logLevel } from '../../src/log.js';
+import { eventually, httpGet, tempDir } from '../helpers/index.js';
 
 describe('the mollysocket bin', () => {
   it('lists its commands', async () => {
@@ -86,9 +87,9 @@ describe('the mollysocket bin', () => {
     const cwd = tempDir();
     const conf = join(cwd, 'conf.toml');
     writeFileSync(conf, `port = 0\ndb = "${join(cwd, 'custom.db')}"\nvapid_privkey = "DSqYuWchrB6yIMYJtidvqANeRQic4uWy34afzZRsZnI"\n`);
-    const proc = new BinProcess(['-c', conf, '-vv', 'server'], { cwd });
+    const proc = new BinProcess(['-c', conf, '-vv', 'server'], { cwd, env: { MOLLY_LOG: '' } });
     await proc.url();
-    const configLine = await proc.waitFor(/"level":20,.*"msg":"configuration"/); // debug lines are on
+    const configLine = await proc.waitFor(/^\S+ DEBUG: configuration .*$/m); // debug lines are on
     expect(configLine[0]).toContain('custom.db');
     expect(configLine[0]).toContain('"vapid_privkey":"(redacted)"');
     expect(proc.stderr).not.toContain('DSqYuWchrB6yIMYJtidvqANeRQic4uWy34afzZRsZnI');
@@ -143,5 +144,40 @@ describe('the mollysocket bin', () => {
     expect(qrLines.length).toBeGreaterThan(20); // drawn raw, line by line, so it can be scanned from a terminal
     expect(proc.stderr).not.toMatch(/web server listening/);
     expect(await proc.stop()).toBe(0);
+  });
+
+  it('logs text lines by default, one per event, and JSON with log_format = "json"', async () => {
+    const text = new BinProcess(['server'], { cwd: tempDir(), env: { MOLLY_PORT: '0' } });
+    await text.url();
+    expect(await text.stop()).toBe(0);
+    const lines = text.stderr.trim().split('\n');
+    for (const line of lines) expect(line).toMatch(/^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] (INFO|WARN): [^{]+( \{.*\})?$/);
+    expect(lines.filter((l) => /listening/i.test(l))).toEqual([expect.stringMatching(/INFO: web server listening \{"url":"http:\/\/127\.0\.0\.1:\d+","version":"[^"]+"\}$/)]);
+    expect(text.stderr).not.toMatch(/\x1b\[/); // no colours when not a terminal
+
+    const cwd = tempDir();
+    writeFileSync(join(cwd, 'mollysocket.toml'), 'log_format = "json"\nport = 0\n');
+    const json = new BinProcess(['server'], { cwd });
+    await json.url();
+    expect(await json.stop()).toBe(0);
+    const objects = json.stderr.trim().split('\n').map((l) => JSON.parse(l) as { level: number; msg: string; time: number });
+    expect(objects.map((o) => o.msg)).toContain('web server listening');
+    expect((await runBin(['config'], { cwd, env: { MOLLY_LOG_FORMAT: 'text' } })).stdout).toMatch(/^log_format = "text" {2}# MOLLY_LOG_FORMAT$/m);
+  });
+
+  it('logs errors only by default, as MollySocket; -v info, -vv debug, -vvv trace', async () => {
+    const levels = async (args: string[]): Promise<string[]> => {
+      const cwd = tempDir();
+      const proc = new BinProcess([...args, 'server'], { cwd, env: { MOLLY_LOG: '', MOLLY_PORT: '0' } });
+      await eventually(async () => /^server: running/.test((await runBin(['status'], { cwd })).stdout), 'the server to run', 10_000, 100);
+      expect(await proc.stop()).toBe(0);
+      return [...new Set([...proc.stderr.matchAll(/^\S+ ([A-Z]+):/gm)].map((m) => m[1] as string))].sort();
+    };
+    expect(await levels([])).toEqual([]);
+    expect(await levels(['-v'])).toEqual(['INFO']);
+    expect(await levels(['-vv'])).toEqual(['DEBUG', 'INFO']);
+    expect(logLevel(3, {})).toBe('trace'); // nothing logs at trace by default, so -vvv is checked here
+    expect(logLevel(1, { RUST_LOG: 'debug' })).toBe('debug'); // -v does not hide what RUST_LOG asks for, as MollySocket
+    expect(logLevel(0, { RUST_LOG: 'mollysocket=warn,info' })).toBe('warn');
   });
 });

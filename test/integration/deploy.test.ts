@@ -54,7 +54,7 @@ describe.skipIf(!systemdAnalyze)('systemd units', () => {
     const r = spawnSync(systemdAnalyze!, ['verify', `--root=${root}`, ...Object.keys(units).map((u) => `/etc/systemd/system/${u}`)], { encoding: 'utf8' });
     return { code: r.status, output: `${r.stdout}${r.stderr}`.trim() };
   }
-  const unit = (name: string) => readFileSync(repo('deploy/systemd', name), 'utf8');
+  const unit = (name: string) => readFileSync(repo(name), 'utf8');
 
   it('mollysocket.service and mollysocket-vapid.service pass `systemd-analyze verify` without a warning', () => {
     expect(verify({ 'mollysocket.service': unit('mollysocket.service'), 'mollysocket-vapid.service': unit('mollysocket-vapid.service') })).toEqual({ code: 0, output: '' });

@@ -29,7 +29,7 @@ function owners(dir: string): Record<string, string> {
 }
 
 function entrypointEnv(dir: string): Record<string, string> {
-  return { MOLLYSOCKET_USER: USER, MOLLYSOCKET_DATA_DIR: dir, MOLLY_DB: join(dir, 'mollysocket.db'), MOLLY_HOST: '127.0.0.1', MOLLY_PORT: '0' };
+  return { MOLLYSOCKET_USER: USER, MOLLYSOCKET_DATA_DIR: dir, MOLLY_DB: join(dir, 'mollysocket.db'), MOLLY_HOST: '127.0.0.1', MOLLY_PORT: '0', MOLLY_LOG: 'info' };
 }
 
 function runScript(args: string[], dir: string, user?: { uid: number; gid: number }) {
@@ -82,6 +82,8 @@ describe.skipIf(reason !== '')('docker-entrypoint.sh', () => {
   it('started as the user on a volume that is already right: runs the CLI directly, as that user', () => {
     const dir = tempDir('ms-entry-');
     chownSync(dir, uid, gid);
+    writeFileSync(join(dir, 'mollysocket.db'), ''); // commands other than server and connection add need a database
+    chownSync(join(dir, 'mollysocket.db'), uid, gid);
     const r = runScript(['vapid', 'pub'], dir, { uid, gid });
     expect(r.stderr).not.toMatch(/not writable|could not hand/);
     expect(r.code).toBe(0);

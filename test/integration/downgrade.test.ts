@@ -96,7 +96,7 @@ describe('db downgrade', () => {
     const back = join(cwd, 'back.db');
     expect(byUuid(readAsMollySocket(back))).toEqual(byUuid(original));
     // The copy kept at the migration, under the name INSTALL.md gives, is MollySocket's file as it was.
-    expect(byUuid(readAsMollySocket(`${db}.mollysocket-v0.bak`))).toEqual(byUuid(original));
+    expect(byUuid(readAsMollySocket(`${db}.mollysocket.bak`))).toEqual(byUuid(original));
     expect(statSync(back).mode & 0o777).toBe(0o600); // it holds passwords
 
     const file = new Database(back);

@@ -220,8 +220,8 @@ describe('outcomes', () => {
     // The CLI stores new credentials; before the next poll, the old socket ends and Signal refuses the old password.
     const relinked = { ...A, password: 'relinked' };
     const cli = Store.open(h.dbPath);
-    cli.put({ ...relinked, endpoint: ENDPOINT }, 2);
-    cli.close();
+    await cli.put({ ...relinked, endpoint: ENDPOINT }, 2);
+    await cli.close();
     h.signal.addAccount(relinked);
     h.signal.open(A.uuid, A.deviceId)[0]!.ws.close(4401);
     await eventually(() => h.sup.state(A) === 'backoff', 'backoff');

@@ -153,6 +153,19 @@ describe('web routes', () => {
     expect(page.body).toContain('data-link-url="https://push.example/"');
   });
 
+  it('says, without JavaScript, when the link points to an address a phone cannot reach', async () => {
+    const { instance } = await app();
+    const page = async (host: string) => (await instance.inject({ url: '/', headers: { 'user-agent': 'Mozilla/5.0', host } })).body;
+    for (const host of ['127.0.0.1:8020', 'localhost:8020', '192.168.1.20:8020', '10.0.0.5', '[::1]:8020', '[fd00::1]']) {
+      const body = await page(host);
+      const warning = /<p id="reach-warning" class="warning">([\s\S]*?)<\/p>/.exec(body);
+      expect(warning?.[1], host).toContain(`<b>${host}</b>, an address a phone cannot reach`);
+      expect(warning?.[1]).toMatch(/public https name .* or set <code>url<\/code>/);
+    }
+    for (const host of ['push.example', 'molly.example.org:8443', '203.0.114.7']) expect(await page(host), host).not.toContain('reach-warning');
+    expect((await instance.inject({ url: '/?airgapped', headers: { host: '127.0.0.1:8020' } })).body).not.toContain('reach-warning');
+  });
+
   it('shows the air-gapped link on ?airgapped', async () => {
     const { instance } = await app();
     const page = await instance.inject({ url: '/?airgapped', headers: { host: 'push.example' } });

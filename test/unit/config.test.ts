@@ -89,23 +89,31 @@ describe('config', () => {
     const file = withFile('webserver = "yes please"\n');
     expect(() => loadConfig({ file, env: noFile })).toThrow(new RegExp(`"webserver" must be true or false.*${file}`));
     expect(() => loadConfig({ env: { ...noFile, MOLLY_SIGNAL_ENV: 'prod' } })).toThrow(/"signal_env" must be one of production, staging/);
-    expect(() => loadConfig({ env: { ...noFile, MOLLY_ALLOWED_ENDPOINTS: '["ftp://x"]' } })).toThrow(/"allowed_endpoints"/);
     expect(() => loadConfig({ env: { ...noFile, MOLLY_VAPID_PRIVKEY: 'short' } })).toThrow(/"vapid_privkey" must be 43 characters/);
     expect(() => loadConfig({ env: { ...noFile, MOLLY_SIGNAL_URL: 'https://x' } })).toThrow(/"signal_url" must be a wss or ws URL/);
   });
 
-  it('warns about unknown keys by name and goes on', () => {
-    const file = withFile('prot = 8020\n');
+  it('warns about unknown keys by name, suggesting the nearest known key, and goes on', () => {
+    const file = withFile('prot = 8020\nzzzzzz = 1\n');
     const { warnings, config } = loadConfig({ file, env: { ...noFile, MOLLY_HSOT: 'x' } });
     expect(config.port).toBe(8020);
-    expect(warnings.join('\n')).toMatch(/unknown config key "prot"/);
-    expect(warnings.join('\n')).toMatch(/MOLLY_HSOT/);
+    expect(warnings).toEqual([
+      `unknown config key "prot" in ${file} is ignored (did you mean "port"?)`,
+      `unknown config key "zzzzzz" in ${file} is ignored`,
+      'unknown environment variable MOLLY_HSOT is ignored (did you mean MOLLY_HOST?)',
+    ]);
   });
 
-  it('explains a missing config file or broken TOML', () => {
+  it('explains a missing config file, or broken TOML with its line and column', () => {
     expect(() => loadConfig({ file: '/nonexistent.toml', env: noFile })).toThrow(/\/nonexistent.toml \(from -c\) does not exist/);
     expect(() => loadConfig({ env: { ...noFile, MOLLY_CONF: '/nope.toml' } })).toThrow(/from MOLLY_CONF/);
-    expect(() => loadConfig({ file: withFile('port = = 1'), env: noFile })).toThrow(/is not valid TOML/);
+    const file = withFile('host = "0.0.0.0"\nport = = 1\n');
+    expect(() => loadConfig({ file, env: noFile })).toThrow(new RegExp(`^config file ${file} is not valid TOML at line 2, column 8: `));
+  });
+
+  it('stops on a signal_ca_file or vapid_key_file that cannot be read, naming the key', () => {
+    expect(() => loadConfig({ env: { ...noFile, MOLLY_SIGNAL_CA_FILE: '/nonexistent/ca.pem' } })).toThrow(/config key "signal_ca_file" names a file that cannot be read \(ENOENT\).*MOLLY_SIGNAL_CA_FILE/);
+    expect(() => loadConfig({ env: { ...noFile, MOLLY_VAPID_KEY_FILE: '/nonexistent/k' } })).toThrow(ConfigError);
   });
 
   it('takes the supervisor keys, within their ranges', () => {
@@ -113,6 +121,39 @@ describe('config', () => {
     expect(config).toMatchObject({ backoff_max_seconds: 60, connect_rate: 20, connect_concurrency: 4 });
     expect(loadConfig({ env: noFile }).config).toMatchObject({ backoff_max_seconds: 300, connect_rate: 100, connect_concurrency: 50 });
     expect(() => loadConfig({ env: { ...noFile, MOLLY_CONNECT_RATE: '0' } })).toThrow(/"connect_rate" must be an integer from 1/);
+  });
+
+  it('reads MOLLY_* values as MollySocket (figment) does: quoted strings, bare-word arrays, any case of the prefix', () => {
+    const load = (env: Record<string, string>) => loadConfig({ env: { ...noFile, ...env } });
+    // MollySocket's compose file writes MOLLY_DB="/data/mollysocket.db", the quotes inside the value.
+    expect(load({ MOLLY_DB: '"/data/mollysocket.db"' }).config.db).toBe('/data/mollysocket.db');
+    expect(load({ MOLLY_DB: ' /data/molly socket.db ' }).config.db).toBe('/data/molly socket.db');
+    expect(load({ MOLLY_ALLOWED_UUIDS: '[*]' }).config.allowed_uuids).toEqual(['*']);
+    expect(load({ MOLLY_ALLOWED_UUIDS: '"*"' }).config.allowed_uuids).toEqual(['*']);
+    expect(load({ MOLLY_ALLOWED_ENDPOINTS: '[https://a.example,https://b.example:8443]' }).config.allowed_endpoints).toEqual(['https://a.example', 'https://b.example:8443']);
+    expect(load({ MOLLY_ALLOWED_ENDPOINTS: '["https://a.example", https://b.example]' }).config.allowed_endpoints).toEqual(['https://a.example', 'https://b.example']);
+    expect(load({ MOLLY_WEBSERVER: 'false', MOLLY_PORT: ' 8021 ', MOLLY_HOST: '"::"' }).config).toMatchObject({ webserver: false, port: 8021, host: '::' });
+    expect(load({ MOLLY_WEBSERVER: '0' }).config.webserver).toBe(false);
+    expect(() => load({ MOLLY_WEBSERVER: '"false"' })).toThrow(/"webserver" must be true or false/); // a string, as in figment
+    const lower = load({ molly_port: '9001', Molly_Signal_Env: 'Staging' });
+    expect(lower.config).toMatchObject({ port: 9001, signal_env: 'staging' });
+    expect(lower.sources.port).toEqual({ env: 'molly_port' });
+    expect(load({ MOLLY_VAPID_PRIVKEY: '' }).config.vapid_privkey).toBeUndefined(); // empty: unset
+    expect(() => load({ MOLLY_PORT: '[8020]' })).toThrow(/"port" must be an integer/);
+  });
+
+  it("accepts MollySocket's Production and Staging as well as lower case", () => {
+    expect(loadConfig({ file: withFile('signal_env = "Production"\n'), env: noFile }).config.signal_env).toBe('production');
+    expect(signalUrl(loadConfig({ env: { ...noFile, MOLLY_SIGNAL_ENV: 'Staging' } }).config)).toBe('wss://chat.staging.signal.org/v1/websocket/');
+  });
+
+  it('warns about an allowed_endpoints entry that is not a URL, which then allows nothing', () => {
+    const { config, warnings } = loadConfig({ env: { ...noFile, MOLLY_ALLOWED_ENDPOINTS: '[push.example.org, ftp://x]' } });
+    expect(config.allowed_endpoints).toEqual(['push.example.org', 'ftp://x']);
+    expect(warnings).toEqual([
+      'config key "allowed_endpoints" has an entry "push.example.org" (from MOLLY_ALLOWED_ENDPOINTS) that is not "*" or an http(s) URL: it never matches',
+      'config key "allowed_endpoints" has an entry "ftp://x" (from MOLLY_ALLOWED_ENDPOINTS) that is not "*" or an http(s) URL: it never matches',
+    ]);
   });
 
   it('lets signal_url override signal_env', () => {

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
@@ -17,7 +17,7 @@ function mollySocketDb(path: string): void {
   const db = new Database(path);
   db.exec(`CREATE TABLE connections(uuid TEXT UNIQUE ON CONFLICT REPLACE, device_id INTEGER, password TEXT,
     endpoint TEXT, forbidden BOOLEAN NOT NULL CHECK (forbidden IN (0, 1)), last_registration INTEGER)`);
-  db.pragma('user_version = 1');
+  db.pragma('user_version = 0'); // MollySocket never sets it
   const insert = db.prepare('INSERT INTO connections VALUES (?, ?, ?, ?, ?, ?)');
   insert.run(UUID, 3, 'pw1', 'https://push.example/up/1', 0, 1700000000);
   insert.run(UUID2, 1, 'pw2', 'https://push.example/up/2', 1, 0);
@@ -47,11 +47,60 @@ describe('Store: the SQLite file', () => {
       expect.objectContaining({ uuid: UUID, deviceId: 3, password: 'pw1', endpoint: 'https://push.example/up/1', forbidden: false, lastRegistration: 1700000000 }),
     ]);
     await store.close();
-    expect(existsSync(`${path}.mollysocket-v1.bak`)).toBe(true);
-    expect(statSync(`${path}.mollysocket-v1.bak`).mode & 0o777).toBe(0o600);
+    expect(existsSync(`${path}.mollysocket.bak`)).toBe(true);
+    expect(statSync(`${path}.mollysocket.bak`).mode & 0o777).toBe(0o600);
     const reopened = Store.open(path); // a second open finds it migrated
     expect(await reopened.list()).toHaveLength(2);
     await reopened.close();
+  });
+
+  it("reads MollySocket's file as it is in read mode, byte for byte unchanged, and migrates it only when asked", async () => {
+    const path = join(tempDir(), 'mollysocket.db');
+    mollySocketDb(path);
+    const before = readFileSync(path);
+    const reader = Store.open(path, { mode: 'read' });
+    const asItIs = await reader.list();
+    expect(asItIs.map((c) => [c.uuid, c.deviceId, c.password, c.forbidden, c.forbiddenReason, c.lastRegistration])).toEqual([
+      [UUID2, 1, 'pw2', true, 'forbidden_in_mollysocket', 0],
+      [UUID, 3, 'pw1', false, null, 1700000000],
+    ]);
+    expect([await reader.heartbeat(), await reader.liveStates(), await reader.recordedVapidKey(), reader.migratedFrom]).toEqual([undefined, [], undefined, undefined]);
+    await reader.close();
+    expect(readFileSync(path).equals(before)).toBe(true);
+    expect(readdirSync(join(path, '..'))).toEqual(['mollysocket.db']);
+
+    const writer = Store.open(path, { mode: 'write' });
+    expect(writer.migratedFrom).toEqual({ backup: `${path}.mollysocket.bak` });
+    expect((await writer.list()).map((c) => [c.uuid, c.deviceId, c.password, c.forbidden, c.forbiddenReason, c.lastRegistration])).toEqual(
+      asItIs.map((c) => [c.uuid, c.deviceId, c.password, c.forbidden, c.forbiddenReason, c.lastRegistration]),
+    );
+    await writer.close();
+    const copy = new Database(`${path}.mollysocket.bak`, { readonly: true });
+    expect(copy.prepare('SELECT * FROM connections ORDER BY uuid').all()).toHaveLength(2);
+    expect(copy.pragma('user_version', { simple: true })).toBe(0);
+    copy.close();
+    const again = Store.open(path, { mode: 'write' });
+    expect(again.migratedFrom).toBeUndefined();
+    await again.close();
+  });
+
+  it('creates a database only in create mode', () => {
+    const dir = tempDir();
+    expect(() => Store.open(join(dir, 'a.db'), { mode: 'read' })).toThrow(/cannot open the database/);
+    expect(() => Store.open(join(dir, 'a.db'), { mode: 'write' })).toThrow(/cannot open the database/);
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('records the VAPID public key the server signs with', async () => {
+    const path = join(tempDir(), 'k.db');
+    const store = Store.open(path);
+    expect(await store.recordedVapidKey()).toBeUndefined();
+    await store.recordVapidKey('A');
+    await store.recordVapidKey('B');
+    await store.close();
+    const reader = Store.open(path, { mode: 'read' });
+    expect(await reader.recordedVapidKey()).toBe('B');
+    await reader.close();
   });
 
   it('migrates a file with both spellings of a uuid to one lower-case row per account device, the newest registration', async () => {
@@ -129,8 +178,8 @@ describe('Store: the SQLite file', () => {
       const store = Store.open(path);
       expect((await store.list()).map((c) => [c.uuid, c.forbidden])).toEqual([[UUID2, true], [UUID, false]]);
       await store.close();
-      expect(existsSync(`${path}.mollysocket-v1.bak`)).toBe(true);
-      expect(statSync(`${path}.mollysocket-v1.bak`).mode & 0o777).toBe(0o600);
+      expect(existsSync(`${path}.mollysocket.bak`)).toBe(true);
+      expect(statSync(`${path}.mollysocket.bak`).mode & 0o777).toBe(0o600);
     }
   });
 });

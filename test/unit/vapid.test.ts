@@ -9,7 +9,7 @@ const PRIV = 'DSqYuWchrB6yIMYJtidvqANeRQic4uWy34afzZRsZnI';
 const PUB = 'BOniQ9xHBPNY9gnQW4o-16vHqOb40pEIMifyUdFsxAgyzVkFMguxw0QrdbZcq8hRjN2zpeInRvKVPlkzABvuTnI';
 
 describe('VAPID keys', () => {
-  it('derives the public key of the PROTOCOL.md test vector', () => {
+  it('derives the public key of the test vector of docs/protocol.md section 4', () => {
     expect(publicKeyOf(parsePrivateKey(PRIV, 'test'))).toBe(PUB);
   });
 
