@@ -127,10 +127,10 @@ export async function vapidKey(loaded: LoadedConfig, store: Store): Promise<Reso
   return key!;
 }
 
-/** The key in effect for `config`, without generating one: its public half and where it came from. */
-export function describeKeyInEffect(loaded: LoadedConfig): string {
+/** The key in effect for `config`, without generating one: its public half and where it came from (else `kept`). */
+export function describeKeyInEffect(loaded: LoadedConfig, kept = `none yet: the first server start generates one and keeps it in ${keptKeyPath(loaded.config)}`): string {
   const key = resolveVapidKey(loaded.config, { generate: false });
-  if (key === undefined) return `none yet: the first server start generates one and keeps it in ${keptKeyPath(loaded.config)}`;
+  if (key === undefined) return kept;
   return `${key.publicKey} (${describeKey(key, loaded)})`;
 }
 

@@ -207,7 +207,7 @@ describe('vapid', () => {
     const server = new BinProcess(['server'], { cwd: w.cwd, env: { ...w.env, MOLLY_PORT: '0' } });
     await server.url();
     expect(await server.stop()).toBe(0);
-    expect(Store.open(w.db, { mode: 'read' }).recordedVapidKey()).toBe(pub);
+    expect(await Store.open(w.db, { mode: 'read' }).recordedVapidKey()).toBe(pub);
   });
 
   it('names the setting when the key is wrong', async () => {
@@ -254,6 +254,7 @@ describe('config', () => {
     const r = await w.run('config');
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^db = "postgres:\/\/relay:\*\*\*@db\.example\.org:5432\/molly" {2}# MOLLY_DB$/m);
+    expect(r.stdout).toMatch(/^# database: postgres:\/\/relay:\*\*\*@db\.example\.org:5432\/molly \(PostgreSQL, shared by several instances\)$/m);
     expect(r.stdout).not.toContain('s3cret-pw');
   });
 
