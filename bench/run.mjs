@@ -7,7 +7,8 @@ import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { Store } from '../dist/store.js';
+import Database from 'better-sqlite3';
+import { SqliteStore } from '../dist/store.js';
 import { cpuSeconds, now, percentile, pki, rpc, rss, sleep, until } from './lib.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -64,11 +65,15 @@ const pushOrigin = `http://127.0.0.1:${push.port}`;
 
 /** A database that already holds every account, as after months of registrations. */
 function populatedDb(path) {
-  const store = Store.open(path);
-  store.transaction(() => {
-    for (const a of accounts) store.put({ ...a, endpoint: `${pushOrigin}/up/${a.uuid}` }, 1);
-  });
-  store.close();
+  SqliteStore.open(path).close(); // the schema
+  const db = new Database(path);
+  const insert = db.prepare(
+    'INSERT INTO connections (uuid, device_id, password, endpoint, created_at, updated_at, last_registration) VALUES (?, ?, ?, ?, 1, 1, 1)',
+  );
+  db.transaction(() => {
+    for (const a of accounts) insert.run(a.uuid, a.deviceId, a.password, `${pushOrigin}/up/${a.uuid}`);
+  })();
+  db.close();
 }
 
 const subjects = {

@@ -5,6 +5,7 @@ import { closest, distance } from 'fastest-levenshtein';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { parseEnvValue, type EnvValue } from './envValue.js';
 import { isProxyAddressEntry } from './addresses.js';
+import { redactUrl } from './store.js';
 
 /**
  * Configuration: built-in defaults < TOML file < MOLLY_* environment variables.
@@ -47,6 +48,8 @@ export interface Config {
   allowed_endpoints: readonly string[];
   allowed_uuids: readonly string[];
   db: string;
+  lease_seconds: number;
+  instance_name: string;
   log_format: 'text' | 'json';
 }
 
@@ -203,7 +206,21 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
     doc: 'UnifiedPush endpoints allowed: URLs (scheme, host, port and userinfo must match) or "*". An entry that is not an http(s) URL never matches.',
   },
   allowed_uuids: { kind: { type: 'list' }, default: ['*'], doc: 'Account UUIDs allowed to register, or "*".' },
-  db: { kind: { type: 'string' }, default: './mollysocket.db', doc: 'Path of the SQLite database.' },
+  db: {
+    kind: { type: 'string' },
+    default: './mollysocket.db',
+    doc: 'Path of the SQLite database; new: a postgres:// or postgresql:// URL selects PostgreSQL, shared by several instances.',
+  },
+  lease_seconds: {
+    kind: { type: 'int', min: 2, max: 600 },
+    default: 15,
+    doc: 'New, PostgreSQL only: how long an instance owns its devices without renewing; a dead instance\'s devices move after this.',
+  },
+  instance_name: {
+    kind: { type: 'string' },
+    default: '',
+    doc: 'New, PostgreSQL only: this instance\'s stable name (empty: the host name); a restarted instance with the same name gets the same devices back.',
+  },
   log_format: {
     kind: { type: 'enum', values: ['text', 'json'] },
     default: 'text',
@@ -398,7 +415,7 @@ export function redactedConfig(config: Config): Record<string, unknown> {
   return Object.fromEntries(
     Object.entries(config).map(([key, value]) => [
       key,
-      CONFIG_KEYS[key as ConfigKey].secret && value !== undefined ? '(redacted)' : value,
+      CONFIG_KEYS[key as ConfigKey].secret && value !== undefined ? '(redacted)' : key === 'db' ? redactUrl(value as string) : value,
     ]),
   );
 }

@@ -23,6 +23,7 @@ export class Metrics implements HttpMetrics {
   readonly pushResults: Counter<'kind' | 'outcome'>;
   readonly pushRetries: Counter;
   readonly pushDuration: Histogram;
+  readonly leases: Counter<'event'>;
   readonly httpRequests: Counter<'endpoint' | 'method' | 'status'>;
   readonly httpDuration: Histogram<'endpoint' | 'method' | 'status'>;
 
@@ -60,6 +61,12 @@ export class Metrics implements HttpMetrics {
       name: 'mollysocket_push_duration_seconds',
       help: 'Time from sending a push request to its answer',
       buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    this.leases = new Counter({
+      name: 'mollysocket_lease_devices_total',
+      help: 'Account devices whose ownership changed (several instances on PostgreSQL), by event: claimed, handed_over, lost, released',
+      labelNames: ['event'],
       registers,
     });
     // rocket_prometheus's names, help texts and labels; the buckets are the Prometheus defaults it uses.

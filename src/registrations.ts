@@ -165,24 +165,22 @@ export class Registrations {
       const endpointAllowed = endpoint?.ok === true;
       const key = { uuid: req.uuid, deviceId: req.deviceId };
       const checks = { uuidAllowed, endpointAllowed };
-      let decision = decide(req, checks, this.stored(key));
+      let decision = decide(req, checks, await this.stored(key));
       if (decision.action === 'ask_signal') {
         const verdict = await this.askSignal(req);
         this.log.info({ uuid: shortUuid(req.uuid), device: req.deviceId, verdict }, 'new credentials checked with Signal');
-        decision = decide(req, checks, this.stored(key), verdict); // what is stored may have changed meanwhile
+        decision = decide(req, checks, await this.stored(key), verdict); // what is stored may have changed meanwhile
       }
       const at = this.now();
       const writes = decision.action !== 'none' && decision.action !== 'ask_signal'; // Signal was asked by now
       // Answered `ok` only once stored, in a file that is still the database (not deleted under the server).
       const conn = !writes
         ? undefined
-        : await this.writes.now(() => {
-            this.store.assertPresent();
-            return this.store.transaction(() => {
-              if (decision.action === 'refresh') this.store.touchRegistration(key, at);
-              else this.store.put(req, at); // create, update_endpoint, replace_credentials: the whole row, enabled
-              return this.store.get(key);
-            });
+        : await this.writes.now(async () => {
+            await this.store.assertPresent();
+            return decision.action === 'refresh'
+              ? this.store.touchRegistration(key, at)
+              : this.store.put(req, at); // create, update_endpoint, replace_credentials: the whole row, enabled
           });
       if (writes) {
         this.log.info({ uuid: shortUuid(req.uuid), device: req.deviceId, action: decision.action }, 'registration');
@@ -209,10 +207,10 @@ export class Registrations {
     }
   }
 
-  private stored(key: ConnectionKey): StoredAccount {
+  private async stored(key: ConnectionKey): Promise<StoredAccount> {
     return {
-      device: this.store.get(key),
-      otherDeviceHealthy: this.store.list({ uuid: key.uuid }).some((c) => c.deviceId !== key.deviceId && !c.forbidden),
+      device: await this.store.get(key),
+      otherDeviceHealthy: (await this.store.list({ uuid: key.uuid })).some((c) => c.deviceId !== key.deviceId && !c.forbidden),
     };
   }
 }

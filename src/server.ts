@@ -1,4 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { redactedConfig, signalUrl, type Config } from './config.js';
@@ -11,11 +12,13 @@ import { Metrics } from './metrics.js';
 import { isUuidAllowed, type Resolver } from './policy.js';
 import { Notifier } from './push/notifier.js';
 import { pushStack } from './push/setup.js';
-import { keptKeyPath, resolveVapidKey } from './push/vapid.js';
+import { clusterVapidKey, keptKeyPath, resolveVapidKey, type ResolvedKey } from './push/vapid.js';
 import { ENDPOINT_GONE, Registrations } from './registrations.js';
 import { askSignal } from './signal/link.js';
 import { Supervisor, type SupervisorOptions } from './signal/supervisor.js';
-import { Store, StoreError, type Connection } from './store.js';
+import { Leases } from './cluster/leases.js';
+import { isPostgresUrl, openStore, SqliteStore, StoreError, type Connection, type Store } from './store.js';
+import { PostgresStore } from './store-pg.js';
 import { StoreWrites } from './store-writes.js';
 import { buildApp, buildOpsApp, type Ops } from './web/app.js';
 
@@ -53,8 +56,16 @@ export function supervisorOptions(config: Config): SupervisorOptions {
     leftBehindKeptMs: 7 * 24 * 3600_000,
     leftBehindSweepMs: 3600_000,
     recoveryIntervalMs: 1_000,
+    handOverTimeoutMs: handOverTimeoutMs(config),
   };
 }
+
+/**
+ * How long a handed-over socket waits for the new owner's to replace it, which also bounds the hand-over at shutdown:
+ * two leases, at least 10 s (the new owners connect through their ramp).
+ */
+export const handOverTimeoutMs = (config: Pick<Config, 'lease_seconds'>): number => Math.max(10_000, 2 * config.lease_seconds * 1000);
+
 
 /**
  * How long Signal gets to accept new credentials during a registration (Molly waits for the answer), before the
@@ -72,6 +83,7 @@ const SERVER_BUSY_TIMEOUT_MS = 5;
  * silently create an empty one, and every registration would be lost for good.
  */
 function refuseVanishedDatabase(config: Config): void {
+  if (isPostgresUrl(config.db)) return;
   const key = keptKeyPath(config);
   if (existsSync(config.db) || !existsSync(key)) return;
   throw new StoreError(
@@ -102,8 +114,8 @@ export interface RunningServer {
 }
 
 /** Sends the wake-ups the last run could not deliver before it stopped, to connections still wanting them. */
-function wakeOwed(owed: { uuid: string; deviceId: number }[], store: Store, notifier: Notifier, log: Logger): void {
-  const wanted = owed.map((k) => store.get(k)).filter((c): c is Connection => c !== undefined && !c.forbidden);
+async function wakeOwed(owed: { uuid: string; deviceId: number }[], store: Store, notifier: Notifier, log: Logger): Promise<void> {
+  const wanted = (await Promise.all(owed.map((k) => store.get(k)))).filter((c): c is Connection => c !== undefined && !c.forbidden);
   if (wanted.length === 0) return;
   log.info({ count: wanted.length }, 'sending the wake-ups owed since the last shutdown');
   for (const conn of wanted) notifier.urgent(conn);
@@ -113,29 +125,41 @@ function wakeOwed(owed: { uuid: string; deviceId: number }[], store: Store, noti
 export async function startServer(config: Config, log: Logger, opts: ServerOptions = {}): Promise<RunningServer> {
   log.debug({ config: redactedConfig(config) }, 'configuration');
   refuseVanishedDatabase(config);
-  const store = Store.open(config.db, { busyTimeoutMs: SERVER_BUSY_TIMEOUT_MS });
-  if (store.migratedFrom) {
+  const store = await openStore(config.db, { busyTimeoutMs: SERVER_BUSY_TIMEOUT_MS });
+  if (store instanceof SqliteStore && store.migratedFrom) {
     log.warn({ db: config.db, backup: store.migratedFrom.backup }, "migrated MollySocket's database to this version's schema, after keeping a copy of it as it was");
   }
   const writes = new StoreWrites(log, opts.clock ? { clock: opts.clock } : {});
-  // A clean shutdown removes the heartbeat: one left behind means the last run ended without one.
-  const unclean = store.heartbeat() !== undefined;
-  const owed = store.takeOwedWakeups();
-  const key = resolveVapidKey(config, { generate: true });
+  // A clean shutdown removes the heartbeat: one left behind means the last run ended without one. (Several instances
+  // on PostgreSQL: the devices of one that died are claimed as owed a wake-up instead.)
+  const unclean = store instanceof SqliteStore && (await store.heartbeat()) !== undefined;
+  const owed = await store.takeOwedWakeups();
+  let key: ResolvedKey;
+  try {
+    key = store instanceof PostgresStore ? await clusterVapidKey(config, store) : resolveVapidKey(config, { generate: true });
+  } catch (err) {
+    await store.close(); // an open PostgreSQL pool would keep the process from exiting
+    throw err;
+  }
   if (key.source === 'generated') {
     log.info({ file: key.path }, 'generated a VAPID key and kept it next to the database: back this file up with it');
   }
-  const previousKey = store.recordedVapidKey();
+  const previousKey = await store.recordedVapidKey();
   if (previousKey !== undefined && previousKey !== key.publicKey) {
     log.warn({ was: previousKey, now: key.publicKey, source: key.source }, 'the VAPID key differs from the one this server used before: every Molly must scan the new QR code');
   }
   // The CLI compares its own key with this one, so that it never shows a QR code the server does not sign for.
-  store.recordVapidKey(key.publicKey);
+  await store.recordVapidKey(key.publicKey);
   const { policy, client } = pushStack(config, key.privateKey, opts.resolver);
   const metrics = new Metrics(() => supervisor.counts());
 
   const options = (opts.tune ?? ((o) => o))(supervisorOptions(config));
+  const ownership =
+    store instanceof PostgresStore
+      ? new Leases(store, { leaseSeconds: config.lease_seconds, name: config.instance_name || hostname(), version, reconcileMs: 30_000 }, log, metrics)
+      : undefined;
   const supervisor: Supervisor = new Supervisor(options, {
+    ...(ownership && { ownership }),
     store,
     log,
     onUrgent: (c) => notifier.urgent(c),
@@ -182,7 +206,8 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   const ops: Ops = {
     version,
     counts: () => supervisor.counts(),
-    storeHealthy: () => store.healthy() && writes.failing() === undefined,
+    storeHealthy: async () => (await store.healthy()) && writes.failing() === undefined,
+    cluster: () => supervisor.ownership.describe(),
     metrics: () => metrics.registry.metrics(),
     metricsContentType: metrics.registry.contentType,
   };
@@ -223,8 +248,8 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   if (unclean) {
     log.warn('the last run did not end cleanly: each connection gets one wake-up once connected, for messages it may have acknowledged without pushing');
   }
-  supervisor.start({ wakeAfterConnect: unclean });
-  wakeOwed(owed, store, notifier, log);
+  await supervisor.start({ wakeAfterConnect: unclean });
+  await wakeOwed(owed, store, notifier, log);
   const startedAt = Date.now();
   let published = -1;
   // Through the write queue: a locked or failing database never holds up the sockets; only the latest state matters.
@@ -253,18 +278,18 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       const stillOwed = await notifier.drain(PUSH_DRAIN_MS);
       client.close();
       clearInterval(heartbeat);
-      const unwritten = writes.close();
+      const unwritten = await writes.close();
       if (unwritten > 0) log.error({ count: unwritten }, 'store writes still failing at shutdown are lost');
       try {
-        store.keepOwedWakeups(stillOwed);
+        await store.keepOwedWakeups(stillOwed);
         if (stillOwed.length > 0) {
           log.warn({ count: stillOwed.length }, 'wake-ups not delivered before shutdown: kept in the store, sent at the next start');
         }
-        store.clearLive(); // a clean shutdown
+        await store.clearLive(); // a clean shutdown
       } catch (err) {
         log.error({ err, owed: stillOwed.length }, 'cannot record the shutdown in the store: the next start treats it as unclean');
       }
-      store.close();
+      await store.close();
     },
   };
 }

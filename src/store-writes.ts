@@ -10,7 +10,7 @@ import type { Logger } from './log.js';
 
 interface Pending {
   key: string;
-  write: () => void;
+  write: () => unknown;
   then: (() => void) | undefined;
 }
 
@@ -22,6 +22,8 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 export class StoreWrites {
   private readonly queue: Pending[] = [];
   private timer: TimerHandle | undefined;
+  /** The drain under way (writes to PostgreSQL take a round trip): one at a time, in order. */
+  private draining: Promise<boolean> | undefined;
   private attempt = 0;
   private failure: { error: string; since: number } | undefined;
   private readonly clock: Clock;
@@ -38,11 +40,11 @@ export class StoreWrites {
    * with backoff until it succeeds. Never throws and never waits. A newer write with the same `key` replaces a
    * queued one (only the latest heartbeat matters). `then` runs once the write succeeded.
    */
-  later(key: string, write: () => void, then?: () => void): void {
+  later(key: string, write: () => unknown, then?: () => void): void {
     const queued = this.queue.findIndex((p) => p.key === key);
     if (queued >= 0) this.queue.splice(queued, 1);
     this.queue.push({ key, write, then });
-    if (this.queue.length === 1 && this.timer === undefined) this.flush();
+    if (this.queue.length === 1 && this.timer === undefined && !this.draining) void this.flush();
   }
 
   /** Whether a write with this key waits to be retried. */
@@ -54,11 +56,11 @@ export class StoreWrites {
    * A write whose caller waits for the outcome (a registration is answered `ok` only once stored): retried while the
    * database is locked, up to `waitMs`, without blocking the event loop; any other failure is thrown at once.
    */
-  async now<T>(write: () => T, waitMs = 5_000): Promise<T> {
+  async now<T>(write: () => T | Promise<T>, waitMs = 5_000): Promise<T> {
     const deadline = Date.now() + waitMs;
     for (let attempt = 0; ; attempt++) {
       try {
-        const result = write();
+        const result = await write();
         this.succeeded();
         return result;
       } catch (err) {
@@ -75,34 +77,39 @@ export class StoreWrites {
   }
 
   /** At shutdown: one last try of what is queued; returns how many writes are still not done. */
-  close(): number {
+  async close(): Promise<number> {
     this.clock.clearTimeout(this.timer);
     this.timer = undefined;
-    this.drain();
+    await this.draining;
+    await this.drain();
     return this.queue.length;
   }
 
-  private flush(): void {
+  private async flush(): Promise<void> {
     this.timer = undefined;
-    if (this.drain()) {
+    this.draining = this.drain();
+    const done = await this.draining;
+    this.draining = undefined;
+    if (done) {
       this.attempt = 0;
+      if (this.queue.length > 0) void this.flush(); // queued while the last write was under way
       return;
     }
     const delayMs = backoffDelay(this.attempt++, { baseMs: 100, capMs: 5_000 }, Math.random());
-    this.timer = this.clock.setTimeout(() => this.flush(), delayMs);
+    this.timer = this.clock.setTimeout(() => void this.flush(), delayMs);
   }
 
   /** Writes what is queued, in order, until one fails; true when all are done. */
-  private drain(): boolean {
+  private async drain(): Promise<boolean> {
     while (this.queue.length > 0) {
       const head = this.queue[0] as Pending;
       try {
-        head.write();
+        await head.write();
       } catch (err) {
         this.failed(err);
         return false;
       }
-      this.queue.shift();
+      if (this.queue[0] === head) this.queue.shift(); // else a newer write with its key replaced it meanwhile
       this.succeeded();
       try {
         head.then?.();

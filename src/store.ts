@@ -14,7 +14,13 @@ export interface Connection {
   lastRegistration: number;
   createdAt: number;
   updatedAt: number;
+  /** PostgreSQL: the instance that owns it (runs its socket), and the epoch raised on every change of owner. */
+  owner: string | null;
+  epoch: number;
 }
+
+/** The fields a registration or the CLI stores. */
+export type NewConnection = Pick<Connection, 'uuid' | 'deviceId' | 'password' | 'endpoint'>;
 
 export type ConnectionKey = Pick<Connection, 'uuid' | 'deviceId'>;
 /** What a decision to forbid a connection was made for: the endpoint a push server gave up, or refused credentials. */
@@ -128,6 +134,8 @@ const fromRow = (r: Row): Connection => ({
   lastRegistration: r.last_registration,
   createdAt: r.created_at,
   updatedAt: r.updated_at,
+  owner: null,
+  epoch: 0,
 });
 
 /**
@@ -150,11 +158,78 @@ export class StoreError extends Error {
   override name = 'StoreError';
 }
 
+/** `db` names PostgreSQL when it is a postgres:// or postgresql:// URL; anything else is a SQLite file path. */
+export const isPostgresUrl = (db: string): boolean => /^postgres(ql)?:\/\//i.test(db);
+
+/** A database URL with its password masked, for messages and logs. */
+export const redactUrl = (url: string): string => url.replace(/^(postgres(?:ql)?:\/\/[^:/@]*):[^@]*@/i, '$1:***@');
+
+/**
+ * Where the backends meet: every query the server and the CLI make. SQLite (one machine, the default) and
+ * PostgreSQL (several instances, src/store-pg.ts) both implement it; PostgreSQL is asynchronous, so all of it is.
+ */
+export interface Store {
+  /** The file path, or the URL without its password. */
+  readonly location: string;
+  get(key: ConnectionKey): Promise<Connection | undefined>;
+  /** Every connection, or those of one account, or of one of its devices. */
+  list(filter?: { uuid?: string; deviceId?: number }): Promise<Connection[]>;
+  /** Inserts or fully replaces a connection, enabled, as a fresh registration at `now` (unix seconds). */
+  put(c: NewConnection, now: number): Promise<Connection>;
+  /** An identical registration: only remembers when it was seen. */
+  touchRegistration(key: ConnectionKey, now: number): Promise<Connection | undefined>;
+  /**
+   * Marks an enabled connection forbidden, compare-and-set on what the decision was made for (the endpoint or the
+   * password). `fence` (the owner's view of the row) makes it a write of the owner: on PostgreSQL it changes nothing
+   * once the epoch moved on (another instance owns the row now). Returns whether the row changed.
+   */
+  setForbidden(key: ConnectionKey, reason: string, decidedFor: ForbiddenFor, now: number, fence?: Pick<Connection, 'epoch'>): Promise<boolean>;
+  /** Clears the forbidden flag: the server connects again. */
+  enable(key: ConnectionKey, now: number): Promise<void>;
+  /** Removes one device's connection, or every device of the account when no device is given. */
+  remove(key: { uuid: string; deviceId?: number }): Promise<number>;
+  /** Adds these connections as they are (times, forbidden state), owned by nobody: `db copy`. */
+  importConnections(conns: Connection[]): Promise<void>;
+  /** Removes a connection only if it is (still) forbidden; whether it did. */
+  removeForbidden(key: ConnectionKey): Promise<boolean>;
+  /** The running server's connection states (all of them; a backend writes only what changed). */
+  publishStates(states: LiveState[]): Promise<void>;
+  liveStates(): Promise<LiveState[]>;
+  beat(h: Heartbeat): Promise<void>;
+  /** The running server's heartbeat (PostgreSQL: the freshest instance's). */
+  heartbeat(): Promise<Heartbeat | undefined>;
+  /** The server records the VAPID public key it signs with (commands check theirs against it). */
+  recordVapidKey(publicKey: string): Promise<void>;
+  /** The VAPID public key the server last started with; undefined when none ran on this database yet. */
+  recordedVapidKey(): Promise<string | undefined>;
+  /** The server stopped: nothing it published is current any more. */
+  clearLive(): Promise<void>;
+  /** Whether the database answers (and, for a file, is still the one opened). */
+  healthy(): Promise<boolean>;
+  /** Throws when what is written now would be lost (the file was deleted or replaced under the server). */
+  assertPresent(): Promise<void>;
+  /** Keeps the connections a stopping server still owed a wake-up. */
+  keepOwedWakeups(keys: ConnectionKey[]): Promise<void>;
+  /** The wake-ups owed since the last shutdown, forgotten as they are read. */
+  takeOwedWakeups(): Promise<ConnectionKey[]>;
+  close(): Promise<void>;
+}
+
+/**
+ * Opens the store `db` names (setting "db" / MOLLY_DB). A SQLite file as `mode` says; PostgreSQL always has its
+ * schema created and migrated (a server, not a file that a wrong directory would create).
+ */
+export async function openStore(db: string, opts: { mode?: OpenMode; busyTimeoutMs?: number } = {}): Promise<Store> {
+  if (!isPostgresUrl(db)) return SqliteStore.open(db, opts);
+  const { PostgresStore } = await import('./store-pg.js');
+  return PostgresStore.open(db);
+}
+
 /**
  * The SQLite file: schema, migration from MollySocket's file, and every query.
  * The server and the CLI both use it, concurrently (WAL mode, busy timeout).
  */
-export class Store {
+export class SqliteStore implements Store {
   /** Set when this open migrated MollySocket's file: the copy kept of it as it was. */
   migratedFrom: { backup: string } | undefined;
   /** Where connections are read from: our table, or MollySocket's rows seen in our columns (read mode). */
@@ -167,6 +242,10 @@ export class Store {
     private readonly identity: { dev: number; ino: number },
   ) {}
 
+  get location(): string {
+    return this.path;
+  }
+
   /** The path of the copy kept of MollySocket's file when it is migrated. */
   static backupPath(path: string): string {
     return `${path}.mollysocket.bak`;
@@ -177,14 +256,14 @@ export class Store {
    * `busyTimeoutMs` is how long a statement waits, blocking, for another process's lock: the CLI can wait; the server
    * keeps it short and retries instead.
    */
-  static open(path: string, opts: { mode?: OpenMode; busyTimeoutMs?: number } = {}): Store {
+  static open(path: string, opts: { mode?: OpenMode; busyTimeoutMs?: number } = {}): SqliteStore {
     const mode = opts.mode ?? 'create';
     try {
       if (mode === 'create') closeSync(openSync(path, 'a', 0o600)); // created private; an existing file is kept
       const { dev, ino } = statSync(path);
       const db = new Database(path, { readonly: mode === 'read', fileMustExist: true });
       db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 5000}`);
-      const store = new Store(db, path, { dev, ino });
+      const store = new SqliteStore(db, path, { dev, ino });
       if (mode === 'read') {
         store.readAsItIs();
         return store;
@@ -244,7 +323,7 @@ export class Store {
     if (version() > SCHEMA_VERSION) {
       throw new StoreError(`the database ${this.path} has schema version ${version()}, newer than this program knows (${SCHEMA_VERSION}): upgrade mollysocket`);
     }
-    const backup = Store.backupPath(this.path);
+    const backup = SqliteStore.backupPath(this.path);
     if (version() < 2 && this.hasTable('connections')) this.keepCopy(backup);
     this.db
       .transaction(() => {
@@ -318,15 +397,14 @@ export class Store {
       DELETE FROM live_state;`);
   }
 
-  get(key: ConnectionKey): Connection | undefined {
+  async get(key: ConnectionKey): Promise<Connection | undefined> {
     const row = this.db
       .prepare(`SELECT * FROM ${this.connections} WHERE uuid = ? AND device_id = ?`)
       .get(key.uuid, key.deviceId) as Row | undefined;
     return row && fromRow(row);
   }
 
-  /** Every connection, or those of one account, or of one of its devices. */
-  list(filter: { uuid?: string; deviceId?: number } = {}): Connection[] {
+  async list(filter: { uuid?: string; deviceId?: number } = {}): Promise<Connection[]> {
     const rows = this.db
       .prepare(
         `SELECT * FROM ${this.connections} WHERE (@uuid IS NULL OR uuid = @uuid) AND (@deviceId IS NULL OR device_id = @deviceId)
@@ -336,31 +414,34 @@ export class Store {
     return rows.map(fromRow);
   }
 
-  /** Inserts or fully replaces a connection, enabled, as a fresh registration at `now`. */
-  put(c: Pick<Connection, 'uuid' | 'deviceId' | 'password' | 'endpoint'>, now: number): void {
-    this.db
+  async put(c: NewConnection, now: number): Promise<Connection> {
+    const row = this.db
       .prepare(
         `INSERT INTO connections (uuid, device_id, password, endpoint, forbidden, last_registration, created_at, updated_at)
          VALUES (@uuid, @deviceId, @password, @endpoint, 0, @now, @now, @now)
          ON CONFLICT (uuid, device_id) DO UPDATE SET password = @password, endpoint = @endpoint, forbidden = 0,
-           forbidden_reason = NULL, forbidden_at = NULL, last_registration = @now, updated_at = @now`,
+           forbidden_reason = NULL, forbidden_at = NULL, last_registration = @now, updated_at = @now
+         RETURNING *`,
       )
-      .run({ ...c, now });
+      // all(), not get(): it steps to the end, where a failing commit (a full disk) is reported
+      .all({ uuid: c.uuid, deviceId: c.deviceId, password: c.password, endpoint: c.endpoint, now })[0] as Row;
+    return fromRow(row);
   }
 
-  touchRegistration(key: ConnectionKey, now: number): void {
-    this.db
-      .prepare('UPDATE connections SET last_registration = ? WHERE uuid = ? AND device_id = ?')
-      .run(now, key.uuid, key.deviceId);
+  async touchRegistration(key: ConnectionKey, now: number): Promise<Connection | undefined> {
+    const row = this.db
+      .prepare('UPDATE connections SET last_registration = ? WHERE uuid = ? AND device_id = ? RETURNING *')
+      .all(now, key.uuid, key.deviceId)[0] as Row | undefined;
+    return row && fromRow(row);
   }
 
   /**
    * Marks an enabled connection forbidden, compare-and-set on what the decision was made for: the endpoint that
    * answered 404/410, or the password Signal refused. An answer about an endpoint or a password replaced meanwhile
    * (Molly registered again) changes nothing, and neither does one for a connection already forbidden (its reason
-   * stays). Returns whether the connection changed.
+   * stays). Returns whether the connection changed. (One process owns every row of a SQLite file: no epoch to check.)
    */
-  setForbidden(key: ConnectionKey, reason: string, decidedFor: ForbiddenFor, now: number): boolean {
+  async setForbidden(key: ConnectionKey, reason: string, decidedFor: ForbiddenFor, now: number): Promise<boolean> {
     const changes = this.db
       .prepare(
         `UPDATE connections SET forbidden = 1, forbidden_reason = @reason, forbidden_at = @now, updated_at = @now
@@ -378,8 +459,7 @@ export class Store {
     return changes > 0;
   }
 
-  /** Clears the forbidden flag: the server connects again. */
-  enable(key: ConnectionKey, now: number): void {
+  async enable(key: ConnectionKey, now: number): Promise<void> {
     this.db
       .prepare(
         `UPDATE connections SET forbidden = 0, forbidden_reason = NULL, forbidden_at = NULL, updated_at = ?
@@ -388,15 +468,13 @@ export class Store {
       .run(now, key.uuid, key.deviceId);
   }
 
-  /** Removes one device's connection, or every device of the account when no device is given. */
-  remove(key: { uuid: string; deviceId?: number }): number {
+  async remove(key: { uuid: string; deviceId?: number }): Promise<number> {
     return key.deviceId === undefined
       ? this.db.prepare('DELETE FROM connections WHERE uuid = ?').run(key.uuid).changes
       : this.db.prepare('DELETE FROM connections WHERE uuid = ? AND device_id = ?').run(key.uuid, key.deviceId).changes;
   }
 
-  /** Replaces the published connection states (the running server calls this when they change). */
-  publishStates(states: LiveState[]): void {
+  async publishStates(states: LiveState[]): Promise<void> {
     this.db.transaction(() => {
       this.db.exec('DELETE FROM live_state');
       const insert = this.db.prepare('INSERT INTO live_state (uuid, device_id, state, reason, since) VALUES (?, ?, ?, ?, ?)');
@@ -404,14 +482,14 @@ export class Store {
     })();
   }
 
-  liveStates(): LiveState[] {
+  async liveStates(): Promise<LiveState[]> {
     if (!this.hasTable('live_state')) return []; // a file read as it is, from before schema 3
     return (
       this.db.prepare('SELECT * FROM live_state').all() as { uuid: string; device_id: number; state: string; reason: string; since: number }[]
     ).map((r) => ({ uuid: r.uuid, deviceId: r.device_id, state: r.state, reason: r.reason, since: r.since }));
   }
 
-  beat(h: Heartbeat): void {
+  async beat(h: Heartbeat): Promise<void> {
     this.db
       .prepare(
         `INSERT INTO heartbeat (id, pid, version, started_at, seen_at) VALUES (1, @pid, @version, @startedAt, @seenAt)
@@ -420,7 +498,7 @@ export class Store {
       .run(h);
   }
 
-  heartbeat(): Heartbeat | undefined {
+  async heartbeat(): Promise<Heartbeat | undefined> {
     if (!this.hasTable('heartbeat')) return undefined;
     const r = this.db.prepare('SELECT * FROM heartbeat WHERE id = 1').get() as
       | { pid: number; version: string; started_at: number; seen_at: number }
@@ -429,32 +507,31 @@ export class Store {
   }
 
   /** The server records the VAPID public key it signs with. */
-  recordVapidKey(publicKey: string): void {
+  async recordVapidKey(publicKey: string): Promise<void> {
     this.db.prepare(`INSERT INTO server_info (name, value) VALUES ('vapid_public_key', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value`).run(publicKey);
   }
 
   /** The VAPID public key the server last started with; undefined when no server of this version ran on the file. */
-  recordedVapidKey(): string | undefined {
+  async recordedVapidKey(): Promise<string | undefined> {
     if (!this.hasTable('server_info')) return undefined;
     const r = this.db.prepare(`SELECT value FROM server_info WHERE name = 'vapid_public_key'`).get() as { value: string } | undefined;
     return r?.value;
   }
 
   /** The server stopped: nothing it published is current any more. */
-  clearLive(): void {
+  async clearLive(): Promise<void> {
     this.db.transaction(() => {
       this.db.exec('DELETE FROM live_state');
       this.db.exec('DELETE FROM heartbeat');
     })();
   }
 
-  /** Runs `fn` in one transaction: all of it is written, or none. */
-  transaction<T>(fn: () => T): T {
-    return this.db.transaction(fn)();
+  /** Whether the database file is still the one opened (not deleted or replaced) and readable. */
+  async healthy(): Promise<boolean> {
+    return this.present();
   }
 
-  /** Whether the database file is still the one opened (not deleted or replaced) and readable. */
-  healthy(): boolean {
+  private present(): boolean {
     try {
       this.db.prepare(`SELECT 1 FROM ${this.connections} LIMIT 1`).get();
       const { dev, ino } = statSync(this.path);
@@ -464,15 +541,13 @@ export class Store {
     }
   }
 
-  /** Throws when the file is no longer the one opened: what is written now would be lost with it. */
-  assertPresent(): void {
-    if (!this.healthy()) {
+  async assertPresent(): Promise<void> {
+    if (!this.present()) {
       throw new StoreError(`the database ${this.path} was deleted or replaced while the server runs: restore it and restart`);
     }
   }
 
-  /** Keeps the connections a stopping server still owed a wake-up (replacing what was kept before). */
-  keepOwedWakeups(keys: ConnectionKey[]): void {
+  async keepOwedWakeups(keys: ConnectionKey[]): Promise<void> {
     this.db.transaction(() => {
       this.db.exec('DELETE FROM owed_wakeups');
       const insert = this.db.prepare('INSERT OR IGNORE INTO owed_wakeups (uuid, device_id) VALUES (?, ?)');
@@ -480,8 +555,7 @@ export class Store {
     })();
   }
 
-  /** The wake-ups owed since the last shutdown, forgotten as they are read. */
-  takeOwedWakeups(): ConnectionKey[] {
+  async takeOwedWakeups(): Promise<ConnectionKey[]> {
     return this.db.transaction(() => {
       const rows = this.db.prepare('SELECT uuid, device_id FROM owed_wakeups').all() as { uuid: string; device_id: number }[];
       this.db.exec('DELETE FROM owed_wakeups');
@@ -489,12 +563,26 @@ export class Store {
     })();
   }
 
+  async importConnections(conns: Connection[]): Promise<void> {
+    const insert = this.db.prepare(
+      `INSERT INTO connections (uuid, device_id, password, endpoint, forbidden, forbidden_reason, forbidden_at, last_registration, created_at, updated_at)
+       VALUES (@uuid, @deviceId, @password, @endpoint, @forbidden, @forbiddenReason, @forbiddenAt, @lastRegistration, @createdAt, @updatedAt)`,
+    );
+    this.db.transaction(() => {
+      for (const c of conns) insert.run({ ...c, forbidden: c.forbidden ? 1 : 0, owner: undefined, epoch: undefined });
+    })();
+  }
+
+  async removeForbidden(key: ConnectionKey): Promise<boolean> {
+    return this.db.prepare('DELETE FROM connections WHERE uuid = ? AND device_id = ? AND forbidden = 1').run(key.uuid, key.deviceId).changes > 0;
+  }
+
   /** Changes whenever another connection (the CLI) commits to the file. */
   dataVersion(): number {
     return this.db.pragma('data_version', { simple: true }) as number;
   }
 
-  close(): void {
+  async close(): Promise<void> {
     this.db.close();
   }
 }

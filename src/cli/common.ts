@@ -4,8 +4,9 @@ import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { ConfigError, describeSource, loadConfig, type LoadedConfig } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
 import { canonicalUuid, isUuid } from '../policy.js';
-import { keptKeyPath, resolveVapidKey, VapidKeyError, type ResolvedKey } from '../push/vapid.js';
-import { Store, StoreError, type OpenMode } from '../store.js';
+import { clusterVapidKey, keptKeyPath, resolveVapidKey, VapidKeyError, type ResolvedKey } from '../push/vapid.js';
+import { isPostgresUrl, openStore as openDatabase, SqliteStore, StoreError, type OpenMode, type Store } from '../store.js';
+import { PostgresStore } from '../store-pg.js';
 
 /** Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error. */
 export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
@@ -68,25 +69,25 @@ const dbSetting = (loaded: LoadedConfig): string => `db = ${JSON.stringify(loade
  * Opens the database as `mode` says. Only `create` makes a new file: any other command run where there is no
  * database (the wrong directory, another -c) stops with the path it looked at, instead of creating an empty one.
  */
-export function openStore(loaded: LoadedConfig, mode: OpenMode): Store {
+export async function openStore(loaded: LoadedConfig, mode: OpenMode): Promise<Store> {
   const { db } = loaded.config;
-  if (mode !== 'create' && isMissing(db)) {
+  if (mode !== 'create' && !isPostgresUrl(db) && isMissing(db)) {
     throw new UsageError(
       `no database at ${resolve(db)} (${dbSetting(loaded)}): run this command where the server keeps its database, or point db, MOLLY_DB or -c at it`,
     );
   }
-  const store = Store.open(db, { mode });
-  if (store.migratedFrom) warn(`migrated the MollySocket database ${db} to this version's schema; the file as it was is kept as ${store.migratedFrom.backup}`);
+  const store = await openDatabase(db, { mode });
+  if (store instanceof SqliteStore && store.migratedFrom) warn(`migrated the MollySocket database ${db} to this version's schema; the file as it was is kept as ${store.migratedFrom.backup}`);
   return store;
 }
 
 /** Runs `fn` with the store open as `mode` says, and closes it. */
 export async function withStore<T>(loaded: LoadedConfig, mode: OpenMode, fn: (store: Store) => T | Promise<T>): Promise<T> {
-  const store = openStore(loaded, mode);
+  const store = await openStore(loaded, mode);
   try {
     return await fn(store);
   } finally {
-    store.close();
+    await store.close();
   }
 }
 
@@ -110,13 +111,15 @@ const shortKey = (publicKey: string): string => `${publicKey.slice(0, 12)}…`;
  * it at start): a QR code or a test push with another key would not work. Without a key of its own and with no server
  * recorded yet, the key is generated and kept where the server will find it, as the server itself would.
  */
-export function vapidKey(loaded: LoadedConfig, store: Store): ResolvedKey {
-  const recorded = store.recordedVapidKey();
+export async function vapidKey(loaded: LoadedConfig, store: Store): Promise<ResolvedKey> {
+  // Several instances on PostgreSQL share the key kept in the database (or the one configured on all of them).
+  if (store instanceof PostgresStore) return clusterVapidKey(loaded.config, store);
+  const recorded = await store.recordedVapidKey();
   const key = resolveVapidKey(loaded.config, { generate: recorded === undefined });
   if (recorded !== undefined && key?.publicKey !== recorded) {
     const own = key === undefined ? `this command has ${describeKey(key, loaded)}` : `this command's key is ${shortKey(key.publicKey)}, from ${describeKey(key, loaded)}`;
     throw new UsageError(
-      `the server on ${store.path} signs with VAPID key ${shortKey(recorded)}, but ${own}: ` +
+      `the server on ${store.location} signs with VAPID key ${shortKey(recorded)}, but ${own}: ` +
         'give this command the settings the server has (the same -c file, or vapid_privkey / vapid_key_file)',
     );
   }
@@ -124,10 +127,10 @@ export function vapidKey(loaded: LoadedConfig, store: Store): ResolvedKey {
   return key!;
 }
 
-/** The key in effect for `config`, without generating one: its public half and where it came from. */
-export function describeKeyInEffect(loaded: LoadedConfig): string {
+/** The key in effect for `config`, without generating one: its public half and where it came from (else `kept`). */
+export function describeKeyInEffect(loaded: LoadedConfig, kept = `none yet: the first server start generates one and keeps it in ${keptKeyPath(loaded.config)}`): string {
   const key = resolveVapidKey(loaded.config, { generate: false });
-  if (key === undefined) return `none yet: the first server start generates one and keeps it in ${keptKeyPath(loaded.config)}`;
+  if (key === undefined) return kept;
   return `${key.publicKey} (${describeKey(key, loaded)})`;
 }
 

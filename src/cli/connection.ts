@@ -41,8 +41,8 @@ async function ping(config: Config, key: ResolvedKey, conns: Connection[]): Prom
 }
 
 /** The connections of an account (or of one of its devices); there must be some. */
-function selected(store: Store, uuid: string, deviceId: number | undefined): Connection[] {
-  const found = store.list({ uuid, ...(deviceId !== undefined && { deviceId }) });
+async function selected(store: Store, uuid: string, deviceId: number | undefined): Promise<Connection[]> {
+  const found = await store.list({ uuid, ...(deviceId !== undefined && { deviceId }) });
   if (found.length === 0) {
     throw new FailureError(`no connection for ${uuid}${deviceId === undefined ? '' : ` device ${deviceId}`} (see \`mollysocket connection list\`)`);
   }
@@ -67,10 +67,9 @@ export function registerConnection(program: Command): void {
       const target = await new EndpointPolicy(config.allowed_endpoints).check(endpoint);
       if (!target.ok && target.transient) throw new FailureError(`cannot check the endpoint now: ${target.reason}`);
       if (!target.ok) throw new UsageError(`endpoint is not allowed: ${target.reason}`);
-      const { conn, key } = await withStore(loaded, 'create', (store) => {
-        const key = vapidKey(loaded, store); // before storing: a connection is not added with a key the server does not use
-        store.put({ uuid, deviceId, password, endpoint }, Math.floor(Date.now() / 1000));
-        return { conn: store.get({ uuid, deviceId }) as Connection, key };
+      const { conn, key } = await withStore(loaded, 'create', async (store) => {
+        const key = await vapidKey(loaded, store); // before storing: a connection is not added with a key the server does not use
+        return { conn: await store.put({ uuid, deviceId, password, endpoint }, Math.floor(Date.now() / 1000)), key };
       });
       print(`Connection for ${uuid} device ${deviceId} added: a running server connects it within a few seconds.`);
       if (!(await ping(config, key, [conn]))) throw new FailureError('the connection is stored, but the test push was not delivered');
@@ -115,8 +114,8 @@ export function registerConnection(program: Command): void {
     connection.command(name).description(description).argument('<uuid>', 'account UUID', parseUuid).argument('[device_id]', 'only this device', parseDeviceId);
 
   onConnections('remove', 'remove the connections of an account, or of one of its devices').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
-      const removed = await withStore(loadFor(cmd), 'write', (store) => {
-        selected(store, uuid, deviceId);
+      const removed = await withStore(loadFor(cmd), 'write', async (store) => {
+        await selected(store, uuid, deviceId);
         return store.remove({ uuid, ...(deviceId !== undefined && { deviceId }) });
       });
       print(`Removed ${removed} connection${removed === 1 ? '' : 's'} of ${uuid}: a running server closes ${removed === 1 ? 'its socket' : 'their sockets'} within a few seconds.`);
@@ -124,14 +123,14 @@ export function registerConnection(program: Command): void {
 
   onConnections('ping', 'send a test push to the endpoints of an account').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
       const loaded = loadFor(cmd);
-      const { conns, key } = await withStore(loaded, 'read', (store) => ({ key: vapidKey(loaded, store), conns: selected(store, uuid, deviceId) }));
+      const { conns, key } = await withStore(loaded, 'read', async (store) => ({ key: await vapidKey(loaded, store), conns: await selected(store, uuid, deviceId) }));
       if (!(await ping(loaded.config, key, conns))) throw new FailureError('a test push was not delivered');
     });
 
   onConnections('enable', 'clear the forbidden state of an account (or one device): the server connects again').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
-      const enabled = await withStore(loadFor(cmd), 'write', (store) => {
-        const conns = selected(store, uuid, deviceId);
-        for (const c of conns) store.enable(c, Math.floor(Date.now() / 1000));
+      const enabled = await withStore(loadFor(cmd), 'write', async (store) => {
+        const conns = await selected(store, uuid, deviceId);
+        for (const c of conns) await store.enable(c, Math.floor(Date.now() / 1000));
         return conns;
       });
       for (const c of enabled) print(`Enabled ${uuid} device ${c.deviceId}: a running server connects it within a few seconds.`);

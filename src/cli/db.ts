@@ -1,13 +1,15 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { planDowngrade, writeMollySocketDb } from '../downgrade.js';
-import { resolveVapidKey } from '../push/vapid.js';
+import { keptKeyPath, parsePrivateKey, publicKeyOf, resolveVapidKey } from '../push/vapid.js';
+import { isPostgresUrl, openStore, redactUrl, type Store } from '../store.js';
+import { PostgresStore } from '../store-pg.js';
 import { ENDPOINT_GONE } from '../registrations.js';
 import { formatTime, loadFor, print, UsageError, withStore } from './common.js';
 
 export function registerDb(program: Command): void {
-  const db = program.command('db').description('the database file');
+  const db = program.command('db').description('the database (file or PostgreSQL)');
 
   db.command('downgrade')
     .description("write the configured database's connections to a new file that MollySocket 1.7 opens")
@@ -21,7 +23,7 @@ export function registerDb(program: Command): void {
       if (!existsSync(config.db)) {
         throw new UsageError(`the database ${config.db} (setting "db") does not exist: nothing to downgrade; check -c or MOLLY_DB`);
       }
-      const plan = await withStore(loaded, 'read', (store) => planDowngrade(store.list()));
+      const plan = await withStore(loaded, 'read', async (store) => planDowngrade(await store.list()));
       writeMollySocketDb(output, plan.kept);
       print(`Wrote ${plan.kept.length} connection(s) to ${output} in MollySocket 1.7's format (one per account).`);
       for (const { conn, keptInstead, because } of plan.leftOut) {
@@ -48,5 +50,66 @@ export function registerDb(program: Command): void {
         print(`VAPID key: keep ${key.source} as it is in MollySocket's configuration, or Molly users must scan a new code.`);
       }
       print(`Next: stop this server, and start MollySocket with db = "${resolve(output)}".`);
+    });
+
+  registerDbCopy(db);
+}
+
+/** The generated VAPID key a store's server uses: in the database (PostgreSQL) or in the file beside it (SQLite). */
+function keptKey(store: Store, db: string): Promise<string | undefined> | string | undefined {
+  if (store instanceof PostgresStore) return store.setting('vapid_private_key');
+  const path = keptKeyPath({ db });
+  return existsSync(path) ? readFileSync(path, 'utf8').trim() : undefined;
+}
+
+/** Keeps `key` where the target's server looks for it; a different key already there wins (and is reported). */
+async function keepKey(store: Store, db: string, key: string): Promise<string> {
+  if (store instanceof PostgresStore) {
+    const publicKey = publicKeyOf(parsePrivateKey(key, 'the kept VAPID key'));
+    const kept = await store.setting('vapid_public_key', publicKey);
+    if (kept !== publicKey) return `VAPID key: ${redactUrl(db)} already has another one; it was kept, so Molly users must scan a new code`;
+    await store.setting('vapid_private_key', key);
+    return `VAPID key: copied into ${redactUrl(db)}, where every instance finds it`;
+  }
+  const path = keptKeyPath({ db });
+  if (existsSync(path)) {
+    return readFileSync(path, 'utf8').trim() === key ? `VAPID key: ${path} already holds it` : `VAPID key: ${path} holds another one; it was kept, so Molly users must scan a new code`;
+  }
+  writeFileSync(path, `${key}\n`, { mode: 0o600, flag: 'wx' });
+  return `VAPID key: copied to ${path}, beside the database, where the server finds it`;
+}
+
+/** `db copy`: every connection, and the generated VAPID key, from one store into an empty one. */
+function registerDbCopy(db: Command): void {
+  db.command('copy')
+    .description('copy every connection and the kept VAPID key into an empty database: a SQLite file to a PostgreSQL URL, or back')
+    .argument('<from>', 'a SQLite file path or a postgres:// URL')
+    .argument('<to>', 'a SQLite file path or a postgres:// URL, holding no connection yet')
+    .action(async (from: string, to: string) => {
+      if (from === to) throw new UsageError('from and to are the same database: name another one as <to>');
+      if (!isPostgresUrl(from) && !existsSync(from)) throw new UsageError(`from ${from} does not exist: name the database to copy`);
+      const source = await openStore(from);
+      try {
+        const target = await openStore(to);
+        try {
+          const present = (await target.list()).length;
+          if (present > 0) {
+            throw new UsageError(`to ${target.location} already holds ${present} connection(s): copy into an empty database`);
+          }
+          const conns = await source.list();
+          await target.importConnections(conns);
+          print(`Copied ${conns.length} connection(s) from ${source.location} to ${target.location}.`);
+          const key = await keptKey(source, from);
+          print(
+            key
+              ? await keepKey(target, to, key)
+              : 'VAPID key: none kept with the source (it is configured): configure the same vapid_privkey or vapid_key_file for the target',
+          );
+        } finally {
+          await target.close();
+        }
+      } finally {
+        await source.close();
+      }
     });
 }

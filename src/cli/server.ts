@@ -1,8 +1,9 @@
 import type { Command } from 'commander';
-import { startServer, type RunningServer } from '../server.js';
+import { handOverTimeoutMs, startServer, type RunningServer } from '../server.js';
+import { isPostgresUrl } from '../store.js';
 import { loadForServer } from './common.js';
 
-/** How long shutdown may take before the process exits anyway. */
+/** How long shutdown may take before the process exits anyway (plus the hand-over, with several instances). */
 const SHUTDOWN_DEADLINE_MS = 4_000;
 
 export function registerServer(program: Command): void {
@@ -19,7 +20,8 @@ export function registerServer(program: Command): void {
         if (stopping) return;
         stopping = true;
         log.info({ signal }, 'shutting down');
-        setTimeout(() => process.exit(0), SHUTDOWN_DEADLINE_MS).unref();
+        const handOver = isPostgresUrl(loaded.config.db) ? handOverTimeoutMs(loaded.config) : 0;
+        setTimeout(() => process.exit(0), SHUTDOWN_DEADLINE_MS + handOver).unref();
         if (running) stop(running);
       };
       process.once('SIGTERM', shutdown);

@@ -1,6 +1,8 @@
+import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { isFresh } from '../heartbeat.js';
 import { connectionKey } from '../store.js';
+import { PostgresStore, type InstanceRow } from '../store-pg.js';
 import { FailureError, formatTime, jsonTime, loadFor, maskUuid, print, table, withStore } from './common.js';
 
 export function registerStatus(program: Command): void {
@@ -11,11 +13,14 @@ export function registerStatus(program: Command): void {
     .option('--json', 'print JSON, for scripts')
     .action(async (opts: { anonymized?: boolean; json?: boolean }, cmd: Command) => {
       const now = Date.now();
-      const { heartbeat, conns, live } = await withStore(loadFor(cmd), 'read', (store) => ({
-        heartbeat: store.heartbeat(),
-        conns: store.list(),
-        live: new Map(store.liveStates().map((s) => [connectionKey(s), s])),
+      const { heartbeat, conns, live, instances } = await withStore(loadFor(cmd), 'read', async (store) => ({
+        heartbeat: await store.heartbeat(),
+        conns: await store.list(),
+        live: new Map((await store.liveStates()).map((s) => [connectionKey(s), s])),
+        // Several instances: who is there, and who owns what.
+        instances: store instanceof PostgresStore ? await store.instances({ counts: true }) : undefined,
       }));
+      const instanceName = new Map((instances ?? []).map((i) => [i.id, i.name]));
       const running = isFresh(heartbeat, now);
       const rows = conns.map((c) => {
         const published = running ? live.get(connectionKey(c)) : undefined;
@@ -23,14 +28,15 @@ export function registerStatus(program: Command): void {
           ? { state: 'forbidden', reason: c.forbiddenReason ?? 'unknown', since: (c.forbiddenAt ?? 0) * 1000 }
           : { state: running ? 'pending' : 'stopped', reason: running ? 'not picked up yet' : 'server not running', since: 0 };
         const s = published ?? stored;
-        return { uuid: opts.anonymized ? maskUuid(c.uuid) : c.uuid, device_id: c.deviceId, state: s.state, reason: s.reason, since: s.since };
+        const owner = instances && { instance: c.owner === null ? null : (instanceName.get(c.owner) ?? c.owner) };
+        return { uuid: opts.anonymized ? maskUuid(c.uuid) : c.uuid, device_id: c.deviceId, state: s.state, reason: s.reason, since: s.since, ...owner };
       });
       if (opts.json) {
         const server = running && heartbeat
           ? { running, pid: heartbeat.pid, version: heartbeat.version, started_at: jsonTime(heartbeat.startedAt, 'ms'), seen_at: jsonTime(heartbeat.seenAt, 'ms') }
           : { running };
         const connections = rows.map((r) => ({ ...r, since: jsonTime(r.since, 'ms') }));
-        print(JSON.stringify({ server, connections }, null, 2));
+        print(JSON.stringify({ server, ...(instances && { instances }), connections }, null, 2));
         return;
       }
       print(
@@ -38,22 +44,48 @@ export function registerStatus(program: Command): void {
           ? `server: running (pid ${heartbeat.pid}, version ${heartbeat.version}, since ${formatTime(heartbeat.startedAt, 'ms')}, seen ${Math.round((now - heartbeat.seenAt) / 1000)} s ago)`
           : `server: not running${heartbeat ? ` (last seen ${formatTime(heartbeat.seenAt, 'ms')})` : ''}`,
       );
+      if (instances) print(describeInstances(instances));
       if (rows.length === 0) {
         print('No connection registered yet.');
         return;
       }
-      print(table([['UUID', 'DEVICE', 'STATE', 'REASON', 'SINCE'], ...rows.map((r) => [r.uuid, String(r.device_id), r.state, r.reason, formatTime(r.since, 'ms')])]));
+      const header = ['UUID', 'DEVICE', 'STATE', 'REASON', 'SINCE', ...(instances ? ['INSTANCE'] : [])];
+      print(
+        table([
+          header,
+          ...rows.map((r) => [r.uuid, String(r.device_id), r.state, r.reason, formatTime(r.since, 'ms'), ...(instances ? [r.instance ?? '(none)'] : [])]),
+        ]),
+      );
     });
 
   program
     .command('health')
-    .description('exit 0 when a server is running on this database (its heartbeat is recent), else 1: for HEALTHCHECK')
+    .description('exit 0 when a server is running on this database (its heartbeat is recent), else 1: for HEALTHCHECK; on PostgreSQL, the instance named instance_name')
     .action(async (_o, cmd: Command) => {
-      const heartbeat = await withStore(loadFor(cmd), 'read', (store) => store.heartbeat());
+      const loaded = loadFor(cmd);
+      // Several instances: this container's or host's own, by its stable name.
+      const heartbeat = await withStore(loaded, 'read', (store) =>
+        store instanceof PostgresStore ? store.heartbeat(loaded.config.instance_name || hostname()) : store.heartbeat(),
+      );
       const ageS = heartbeat && Math.round((Date.now() - heartbeat.seenAt) / 1000);
       if (!isFresh(heartbeat, Date.now())) {
         throw new FailureError(heartbeat ? `unhealthy: no heartbeat from the server for ${ageS} s` : 'unhealthy: no server is running on this database');
       }
       print(`healthy: server pid ${heartbeat!.pid} seen ${ageS} s ago`);
     });
+}
+
+/** The instances sharing a PostgreSQL database: their leases (by the database's clock) and how many devices each owns. */
+function describeInstances(instances: InstanceRow[]): string {
+  const live = instances.filter((i) => i.live);
+  const lines = [`instances: ${live.length} live${instances.length > live.length ? `, ${instances.length - live.length} expired` : ''}`];
+  if (instances.length === 0) return lines[0]!;
+  const state = (i: InstanceRow) => (!i.live ? 'expired' : i.leaving ? 'leaving' : 'live');
+  lines.push(
+    table([
+      ['NAME', 'ID', 'PID', 'VERSION', 'STATE', 'LEASE LEFT', 'DEVICES'],
+      ...instances.map((i) => [i.name, i.id.slice(0, 8), String(i.pid), i.version, state(i), `${(i.leaseLeftMs / 1000).toFixed(1)} s`, String(i.owned ?? 0)]),
+    ]).trimEnd(),
+  );
+  return lines.join('\n');
 }

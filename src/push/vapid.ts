@@ -56,19 +56,15 @@ export interface ResolvedKey {
   path?: string;
 }
 
-/**
- * The configured key: `vapid_key_file` wins over `vapid_privkey`, then the kept key. With `generate`, a missing
- * kept key is generated and written (mode 0600). Without a key and without `generate`: undefined.
- */
-export function resolveVapidKey(config: KeyConfig, opts: { generate: true }): ResolvedKey;
-export function resolveVapidKey(config: KeyConfig, opts: { generate: boolean }): ResolvedKey | undefined;
-export function resolveVapidKey(config: KeyConfig, opts: { generate: boolean }): ResolvedKey | undefined {
-  const make = (privateKey: Buffer, source: ResolvedKey['source'], path?: string): ResolvedKey => ({
-    privateKey,
-    publicKey: publicKeyOf(privateKey),
-    source,
-    ...(path !== undefined && { path }),
-  });
+const make = (privateKey: Buffer, source: ResolvedKey['source'], path?: string): ResolvedKey => ({
+  privateKey,
+  publicKey: publicKeyOf(privateKey),
+  source,
+  ...(path !== undefined && { path }),
+});
+
+/** The key set by `vapid_key_file` (which wins) or `vapid_privkey`, if any. */
+function configuredVapidKey(config: Omit<KeyConfig, 'db'>): ResolvedKey | undefined {
   if (config.vapid_key_file !== undefined) {
     let text: string;
     try {
@@ -82,7 +78,18 @@ export function resolveVapidKey(config: KeyConfig, opts: { generate: boolean }):
     return make(parsePrivateKey(text, `vapid_key_file ${config.vapid_key_file}`), 'vapid_key_file', config.vapid_key_file);
   }
   if (config.vapid_privkey !== undefined) return make(parsePrivateKey(config.vapid_privkey, 'vapid_privkey'), 'vapid_privkey');
+  return undefined;
+}
 
+/**
+ * The configured key: `vapid_key_file` wins over `vapid_privkey`, then the kept key. With `generate`, a missing
+ * kept key is generated and written (mode 0600). Without a key and without `generate`: undefined.
+ */
+export function resolveVapidKey(config: KeyConfig, opts: { generate: true }): ResolvedKey;
+export function resolveVapidKey(config: KeyConfig, opts: { generate: boolean }): ResolvedKey | undefined;
+export function resolveVapidKey(config: KeyConfig, opts: { generate: boolean }): ResolvedKey | undefined {
+  const configured = configuredVapidKey(config);
+  if (configured) return configured;
   const path = keptKeyPath(config);
   if (existsSync(path)) return make(parsePrivateKey(readFileSync(path, 'utf8'), `the kept key file ${path}`), 'kept', path);
   if (!opts.generate) return undefined;
@@ -141,4 +148,31 @@ export class VapidSigner {
     this.cache.set(aud, { header, exp });
     return header;
   }
+}
+
+/** What the cluster key needs from the store: its settings table (PostgreSQL). */
+export interface KeySettings {
+  setting(name: string, init?: string): Promise<string | undefined>;
+}
+
+/**
+ * Several instances on PostgreSQL share one key. A configured key must be the one the others use (the database keeps
+ * the cluster's public key); without one, the first instance generates a key and keeps it in the database for all.
+ */
+export async function clusterVapidKey(config: Omit<KeyConfig, 'db'>, settings: KeySettings): Promise<ResolvedKey> {
+  const configured = configuredVapidKey(config);
+  let key = configured;
+  if (!key) {
+    const privateKey = parsePrivateKey((await settings.setting('vapid_private_key', generatePrivateKey()))!, 'the VAPID key kept in the database');
+    key = make(privateKey, 'kept');
+  }
+  const shared = await settings.setting('vapid_public_key', key.publicKey);
+  if (shared !== key.publicKey) {
+    throw new VapidKeyError(
+      configured
+        ? `the configured VAPID key (${configured.source}) is not the one the other instances on this database use: set the same key on every instance`
+        : 'the other instances on this database use a configured VAPID key: set the same vapid_privkey or vapid_key_file here',
+    );
+  }
+  return key;
 }

@@ -3,8 +3,10 @@ import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { shortUuid } from '../log.js';
+import type { OwnedConnections, Ownership } from '../cluster/ownership.js';
+import { Solo } from '../cluster/solo.js';
 import { leftBehind } from '../registrations.js';
-import { connectionKey, type Connection, type ConnectionKey, type ForbiddenFor, type Store } from '../store.js';
+import { connectionKey, SqliteStore, type Connection, type ConnectionKey, type ForbiddenFor, type Store } from '../store.js';
 import { StoreWrites } from '../store-writes.js';
 import { SignalLink, type LinkEnd, type LinkOptions } from './link.js';
 import { ConnectRamp, type RampOptions } from './ramp.js';
@@ -23,6 +25,8 @@ export interface SupervisorOptions {
   deliveryCheckIntervalMs: number;
   /** How often every open link is asked whether a keepalive is due (their precision). */
   keepaliveTickMs: number;
+  /** A handed-over socket that the new owner's has not replaced by then is closed. */
+  handOverTimeoutMs: number;
   /** A forbidden connection whose account has a newer device connected is removed after this long. */
   leftBehindKeptMs: number;
   /** How often forbidden connections left behind are looked for. */
@@ -47,6 +51,8 @@ export interface SupervisorDeps {
   metrics?: Metrics;
   clock?: Clock;
   random?: () => number;
+  /** Which connections this instance runs; by default all of a SQLite file's. */
+  ownership?: Ownership;
 }
 
 export interface ConnectionStatus {
@@ -74,23 +80,24 @@ interface Entry {
   wakeOnOpen: boolean;
   /** In backoff after a failure that ends with an outage (network, timeout, 5xx): retried early on recovery. */
   outage: boolean;
+  /** Another instance owns it now: the socket stays until Signal replaces it (4409), and is not reopened. */
+  handedOver: boolean;
 }
 
 /**
  * Keeps exactly one websocket per stored account device that is not forbidden: starts them through the ramp,
  * replaces them when their settings change, reconnects with capped backoff, and follows the store.
  */
-export class Supervisor {
+export class Supervisor implements OwnedConnections {
   private readonly entries = new Map<string, Entry>();
   /** Last delivery check per connection; kept across replacements so that the hourly limit holds. */
   private readonly deliveryChecks = new Map<string, number>();
   private readonly clock: Clock;
   private readonly random: () => number;
   private readonly ramp: ConnectRamp;
-  private pollTimer: TimerHandle | undefined;
   private tickTimer: TimerHandle | undefined;
+  readonly ownership: Ownership;
   private sweepTimer: TimerHandle | undefined;
-  private seenVersion = 0;
   private stopping = false;
   private stateChanges = 0;
   private lastRecovery = -Infinity;
@@ -106,19 +113,18 @@ export class Supervisor {
     this.random = deps.random ?? Math.random;
     this.ramp = new ConnectRamp(opts.ramp, this.clock);
     this.writes = deps.writes ?? new StoreWrites(deps.log, { clock: this.clock });
+    this.ownership = deps.ownership ?? soloOwnership(deps.store, opts.storePollMs, this.clock, deps.log);
   }
 
   /**
-   * Starts every stored connection that is not forbidden, then follows the store. With `wakeAfterConnect`, each
+   * Starts every owned connection that is not forbidden, then follows the store. With `wakeAfterConnect`, each
    * sends one wake-up once its socket opens (the last run did not end cleanly).
    */
-  start(opts: { wakeAfterConnect?: boolean } = {}): void {
-    this.seenVersion = this.deps.store.dataVersion();
-    this.reconcile(this.deps.store.list());
-    if (opts.wakeAfterConnect) for (const entry of this.entries.values()) entry.wakeOnOpen = entry.state === 'connecting';
-    this.schedulePoll();
+  async start(opts: { wakeAfterConnect?: boolean } = {}): Promise<void> {
     this.scheduleTick();
     this.scheduleSweep();
+    await this.ownership.start(this);
+    if (opts.wakeAfterConnect) for (const entry of this.entries.values()) entry.wakeOnOpen = entry.state === 'connecting';
   }
 
   /**
@@ -130,6 +136,7 @@ export class Supervisor {
     const entry = this.entries.get(key);
     if (entry && sameSettings(entry.conn, conn)) {
       entry.conn = conn;
+      entry.handedOver = false; // handed back before the new owner's socket replaced it
       return;
     }
     const previous = entry ? this.halt(entry) : undefined;
@@ -147,6 +154,7 @@ export class Supervisor {
       openedAt: undefined,
       wakeOnOpen: false,
       outage: false,
+      handedOver: false,
     };
     this.entries.set(key, fresh);
     if (conn.forbidden) {
@@ -168,10 +176,39 @@ export class Supervisor {
     this.deps.onRemoved?.(key);
   }
 
+  /** Another instance owns it now: keep the socket until Signal replaces it, or until the hand-over times out. */
+  handOver(key: ConnectionKey): void {
+    const entry = this.entries.get(connectionKey(key));
+    if (!entry) return;
+    if (entry.state !== 'connected') {
+      this.remove(key); // no open socket to keep; one still connecting would replace the new owner's
+      return;
+    }
+    entry.handedOver = true;
+    this.clock.clearTimeout(entry.retryTimer);
+    entry.retryTimer = this.clock.setTimeout(() => {
+      if (entry.handedOver && this.entries.get(connectionKey(key)) === entry) this.remove(key);
+    }, this.opts.handOverTimeoutMs);
+    this.setState(entry, 'connected', 'handed over');
+  }
+
+  handingOver(): number {
+    let n = 0;
+    for (const e of this.entries.values()) if (e.handedOver) n++;
+    return n;
+  }
+
+  owePush(key: ConnectionKey): void {
+    const entry = this.entries.get(connectionKey(key));
+    if (entry) entry.wakeOnOpen = true;
+  }
+
   /**
    * Marks a connection forbidden and closes its socket at once, if it still has the endpoint or credentials the
    * decision was made for: a late answer about replaced ones changes nothing. The store learns it without the caller
    * waiting (retried while the store fails), compare-and-set too: another process may have replaced them meanwhile.
+   * As the owner's write it also carries the epoch this instance knows: once another instance owns the row, it
+   * changes nothing.
    */
   forbid(key: ConnectionKey, reason: string, decidedFor: ForbiddenFor): void {
     const entry = this.entries.get(connectionKey(key));
@@ -187,7 +224,7 @@ export class Supervisor {
     this.sync(forbidden);
     this.writes.later(
       `forbid:${id}`,
-      () => this.deps.store.setForbidden(key, reason, decidedFor, at), // unchanged if replaced: the next poll syncs that
+      () => this.deps.store.setForbidden(key, reason, decidedFor, at, { epoch: entry.conn.epoch }), // unchanged if replaced: the next poll syncs that
       () => this.forbidding.delete(id),
     );
   }
@@ -231,42 +268,29 @@ export class Supervisor {
     return counts;
   }
 
-  /** Closes every socket with 1000 and waits for them to end. */
+  /** Hands the connections over (several instances), then closes every socket left with 1000 and waits for them to end. */
   async stop(): Promise<void> {
+    await this.ownership.stop(this.opts.handOverTimeoutMs); // hands over first: the sockets stay until replaced
     this.stopping = true;
-    this.clock.clearTimeout(this.pollTimer);
     this.clock.clearTimeout(this.tickTimer);
     this.clock.clearTimeout(this.sweepTimer);
     this.ramp.stop();
     await Promise.all([...this.entries.values()].map((e) => this.halt(e)));
   }
 
-  /** Follows the store: every stored connection synced, every removed one stopped. */
-  private reconcile(stored: Connection[]): void {
+  /** Follows the owned set: every connection in it synced, every other one stopped (handed-over sockets stay). */
+  reconcile(owned: Connection[]): void {
     const keys = new Set<string>();
-    for (const conn of stored) {
+    for (const conn of owned) {
       const key = connectionKey(conn);
       keys.add(key);
       const forbidden = this.forbidding.get(key);
       // Our forbid not yet written: the stored row is older, unless someone changed the credentials or endpoint since.
       this.sync(forbidden && forbidden.password === conn.password && forbidden.endpoint === conn.endpoint ? forbidden : conn);
     }
-    for (const entry of [...this.entries.values()]) if (!keys.has(connectionKey(entry.conn))) this.remove(entry.conn);
-  }
-
-  private schedulePoll(): void {
-    this.pollTimer = this.clock.setTimeout(() => {
-      try {
-        const version = this.deps.store.dataVersion();
-        if (version !== this.seenVersion) {
-          this.seenVersion = version;
-          this.reconcile(this.deps.store.list());
-        }
-      } catch (err) {
-        this.deps.log.error({ err }, 'cannot read the store for changes');
-      }
-      if (!this.stopping) this.schedulePoll();
-    }, this.opts.storePollMs);
+    for (const entry of [...this.entries.values()]) {
+      if (!keys.has(connectionKey(entry.conn)) && !entry.handedOver) this.remove(entry.conn);
+    }
   }
 
   private scheduleTick(): void {
@@ -279,19 +303,18 @@ export class Supervisor {
 
   private scheduleSweep(): void {
     this.sweepTimer = this.clock.setTimeout(() => {
-      this.removeLeftBehind();
+      void this.removeLeftBehind();
       if (!this.stopping) this.scheduleSweep();
     }, this.opts.leftBehindSweepMs);
   }
 
   /** Removes the forbidden connections a re-link left behind (see `leftBehind`), unless enabled meanwhile. */
-  private removeLeftBehind(): void {
+  private async removeLeftBehind(): Promise<void> {
     try {
       const now = Math.floor(this.clock.now() / 1000);
       const keptSeconds = this.opts.leftBehindKeptMs / 1000;
-      for (const old of leftBehind(this.deps.store.list(), (k) => this.state(k) === 'connected', now, keptSeconds)) {
-        const removed = this.deps.store.transaction(() => this.deps.store.get(old)?.forbidden === true && this.deps.store.remove(old) > 0);
-        if (!removed) continue;
+      for (const old of leftBehind(await this.deps.store.list(), (k) => this.state(k) === 'connected', now, keptSeconds)) {
+        if (!(await this.deps.store.removeForbidden(old))) continue;
         this.remove(old);
         this.deps.log.info(
           { uuid: shortUuid(old.uuid), device: old.deviceId, reason: old.forbiddenReason },
@@ -302,6 +325,7 @@ export class Supervisor {
       this.deps.log.warn({ err: (err as Error).message }, 'cannot remove forbidden connections left behind now: tried again at the next sweep');
     }
   }
+
 
   private setState(entry: Entry, state: ConnectionState, reason: string, extra: Record<string, unknown> = {}): void {
     if (entry.state === state && entry.reason === reason) return;
@@ -332,7 +356,12 @@ export class Supervisor {
     entry.cancelQueued = this.ramp.enqueue((release) => {
       entry.cancelQueued = undefined;
       if (entry.halted) release();
-      else this.connect(entry, release);
+      else if (!this.ownership.canConnect(entry.conn)) {
+        release(); // no valid lease (PostgreSQL unreachable), or no longer ours: ask again later
+        const delayMs = backoffDelay(entry.attempt++, this.opts.backoff, this.random());
+        this.setState(entry, 'backoff', 'waiting for the lease', { retryInMs: delayMs });
+        entry.retryTimer = this.clock.setTimeout(() => this.queueConnect(entry, 'retry'), delayMs);
+      } else this.connect(entry, release);
     });
   }
 
@@ -390,6 +419,16 @@ export class Supervisor {
 
   private ended(entry: Entry, end: LinkEnd): void {
     if (this.stopping || entry.halted || end.kind === 'stopped') return;
+    const replaced = end.kind === 'closed' && end.code === 4409 && this.ownership.expectsReplacement(entry.conn);
+    if (entry.handedOver || replaced) {
+      // The new owner's socket replaced this one, as planned: nothing to retry, no delivery check.
+      this.clock.clearTimeout(entry.retryTimer);
+      entry.halted = true;
+      this.setState(entry, 'stopped', 'handed over');
+      this.entries.delete(connectionKey(entry.conn));
+      this.deps.onRemoved?.(entry.conn); // its pushes are the new owner's now
+      return;
+    }
     if (end.kind === 'forbidden') {
       this.forbid(entry.conn, 'signal_403', { password: entry.conn.password });
       return;
@@ -416,6 +455,11 @@ export class Supervisor {
     this.deliveryChecks.set(key, now);
     this.deps.onDeliveryCheck(conn);
   }
+}
+
+function soloOwnership(store: Store, pollMs: number, clock: Clock, log: Logger): Ownership {
+  if (!(store instanceof SqliteStore)) throw new Error('a PostgreSQL store needs lease ownership');
+  return new Solo(store, pollMs, clock, log);
 }
 
 /** An end that says Signal (or the way to it) was down, rather than something about this device. */

@@ -16,7 +16,9 @@ export interface Ops {
   version: string;
   counts(): { total: number; connected: number; connecting: number; backoff: number; forbidden: number };
   /** False when the database cannot be read. */
-  storeHealthy(): boolean;
+  storeHealthy(): Promise<boolean>;
+  /** Several instances: this one's id, how many devices it owns, how many instances are live. */
+  cluster?(): { instance?: string; owned?: number; liveInstances?: number };
   metrics(): Promise<string>;
   metricsContentType: string;
 }
@@ -188,12 +190,14 @@ function baseApp(log: Logger, trust: Trust | undefined, httpMetrics: HttpMetrics
 /** `GET /health` and `GET /metrics`: counts only, never an account. */
 function addOpsRoutes(app: FastifyInstance, ops: Ops): void {
   app.get('/health', async (_req, reply) => {
-    const healthy = ops.storeHealthy();
+    const healthy = await ops.storeHealthy();
     const c = ops.counts();
+    const cluster = ops.cluster?.() ?? {};
     return reply.status(healthy ? 200 : 503).send({
       status: healthy ? 'ok' : 'store_unavailable',
       version: ops.version,
       connections: { total: c.total, connected: c.connected, connecting: c.connecting, backoff: c.backoff, forbidden: c.forbidden },
+      ...(cluster.instance !== undefined && { instance: cluster.instance, owned: cluster.owned, live_instances: cluster.liveInstances }),
     });
   });
   app.get('/metrics', async (_req, reply) => reply.type(ops.metricsContentType).send(await ops.metrics()));

@@ -34,6 +34,8 @@ export interface Account {
 
 export interface Session {
   account: Account;
+  /** The listener it came through (`listen(tag)`): which relay instance holds it. */
+  tag: string;
   headers: IncomingMessage['headers'];
   ws: WebSocket;
   /** Requests the client sent (keepalives). */
@@ -74,12 +76,86 @@ export class FakeSignalServer {
   private readonly pending = new Map<string, (r: { status: number; message: string }) => void>();
   private readonly waiters = new EventWaiters('fake Signal server');
   private readonly server: Server;
+  private readonly extra: Server[] = [];
+  /** Per device: how many sockets are open, since when none (after its first), and its gaps without a socket. */
+  private readonly devices = new Map<string, { open: number; noneSince: number | undefined; gaps: number[] }>();
+  /** Every 4409 this server sent: which listener's socket was replaced by which, when. */
+  readonly kicks: { device: string; from: string; to: string; at: number }[] = [];
+  /** Kicks back and forth: a socket opened by a listener whose socket of that device was replaced in the 10 s before. */
+  fights = 0;
   private readonly wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
 
   private constructor(readonly tls: boolean) {
+    this.server = this.listener('');
+  }
+
+  private listener(tag: string): Server {
     const pki = testPki();
-    this.server = tls ? createHttpsServer({ key: pki.key, cert: pki.cert }) : createHttpServer();
-    this.server.on('upgrade', (req, socket, head) => this.upgrade(req, socket as Socket, head));
+    const server = this.tls ? createHttpsServer({ key: pki.key, cert: pki.cert }) : createHttpServer();
+    server.on('upgrade', (req, socket, head) => this.upgrade(req, socket as Socket, head, tag));
+    return server;
+  }
+
+  /** Another port onto the same server, whose sessions carry `tag`: one per relay instance, to tell them apart. */
+  async listen(tag: string): Promise<string> {
+    const server = this.listener(tag);
+    this.extra.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    return `${this.tls ? 'wss' : 'ws'}://127.0.0.1:${port}/v1/websocket/`;
+  }
+
+  /** Forgets the gaps recorded so far (a device without a socket right now stays counted from when it lost it). */
+  resetGaps(): void {
+    for (const d of this.devices.values()) d.gaps = [];
+  }
+
+  /** The longest time any device went without a socket (since `resetGaps`), gaps still going included. */
+  longestGap(): number {
+    return this.worstGap()[1];
+  }
+
+  /** The device that went longest without a socket, and for how long. */
+  worstGap(): [string, number] {
+    const now = performance.now();
+    let worst: [string, number] = ['', 0];
+    for (const [name, d] of this.devices) {
+      for (const g of [...d.gaps, d.noneSince === undefined ? 0 : now - d.noneSince]) if (g > worst[1]) worst = [name, g];
+    }
+    return worst;
+  }
+
+  /** Open sockets per device (every device that ever had one). */
+  openPerDevice(): Map<string, number> {
+    return new Map([...this.devices].map(([k, d]) => [k, d.open]));
+  }
+
+  /** Open sockets per listener tag. */
+  openPerTag(): Map<string, number> {
+    const counts = new Map<string, number>();
+    for (const s of this.sessions) if (s.ws.readyState === s.ws.OPEN) counts.set(s.tag, (counts.get(s.tag) ?? 0) + 1);
+    return counts;
+  }
+
+  private opened(account: Account, tag: string): void {
+    const name = `${account.uuid}.${account.deviceId}`;
+    const d = this.devices.get(name) ?? { open: 0, noneSince: undefined, gaps: [] };
+    this.devices.set(name, d);
+    if (d.noneSince !== undefined) d.gaps.push(performance.now() - d.noneSince);
+    d.noneSince = undefined;
+    d.open++;
+    const now = performance.now();
+    for (const older of this.open(account.uuid, account.deviceId)) {
+      if (this.kicks.some((k) => k.device === name && k.from === tag && k.to === older.tag && now - k.at < 10_000)) this.fights++;
+      this.kicks.push({ device: name, from: older.tag, to: tag, at: now });
+    }
+  }
+
+  private closed(name: string): void {
+    const d = this.devices.get(name);
+    if (!d) return; // removed meanwhile
+    d.open--;
+    if (d.open === 0) d.noneSince = performance.now();
   }
 
   static async start(opts: { tls?: boolean } = {}): Promise<FakeSignalServer> {
@@ -97,8 +173,10 @@ export class FakeSignalServer {
     this.accounts.set(`${account.uuid}.${account.deviceId}`, account);
   }
 
+  /** Signal no longer knows the device: its sockets are refused, and its gaps no longer count. */
   removeAccount(account: Pick<Account, 'uuid' | 'deviceId'>): void {
     this.accounts.delete(`${account.uuid}.${account.deviceId}`);
+    this.devices.delete(`${account.uuid}.${account.deviceId}`);
   }
 
   /** Queues envelopes for an account device, delivered on its next connection (see `queued`). */
@@ -145,15 +223,17 @@ export class FakeSignalServer {
   async close(): Promise<void> {
     for (const s of this.sessions) s.ws.terminate();
     for (const socket of this.hung) socket.destroy();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
-    this.server.closeAllConnections?.();
+    for (const server of [this.server, ...this.extra]) {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeAllConnections?.();
+    }
   }
 
   private notify(): void {
     this.waiters.notify();
   }
 
-  private upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
+  private upgrade(req: IncomingMessage, socket: Socket, head: Buffer, tag: string): void {
     const refuse = (status: number, headers: Record<string, string> = {}, uuid?: string): void => {
       this.upgrades.push({ uuid, status });
       const lines = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
@@ -176,13 +256,15 @@ export class FakeSignalServer {
     this.wss.handleUpgrade(req, socket, head, (ws) => {
       this.upgrades.push({ uuid, status: 101 });
       const name = `${account.uuid}.${account.deviceId}`;
+      this.opened(account, tag);
       // As Signal does: the newest socket of a device wins, the older one is closed with 4409.
       for (const older of this.open(account.uuid, account.deviceId)) older.ws.close(4409, 'Connected elsewhere');
-      const session: Session = { account, headers: req.headers, ws, requests: [], acked: 0 };
+      const session: Session = { account, tag, headers: req.headers, ws, requests: [], acked: 0 };
       this.sessions.push(session);
       this.events.push(`open ${name}`);
       ws.on('message', (data) => this.onFrame(session, data as Buffer));
       ws.on('close', (code) => {
+        this.closed(name);
         this.events.push(`close ${name} ${code}`);
         this.notify();
       });

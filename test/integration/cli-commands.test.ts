@@ -2,7 +2,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Store } from '../../src/store.js';
+import { SqliteStore as Store } from '../../src/store.js';
 import { checkVapid, FakePushServer } from '../fakes/push-server.js';
 import { FakeSignalServer } from '../fakes/signal-server.js';
 import { testPki } from '../fakes/tls.js';
@@ -59,8 +59,8 @@ describe('connection add', () => {
     const pub = (await runBin(['vapid', 'pub'], { cwd: w.cwd, env: w.env })).stdout.trim();
     expect(sent.vapid).toMatchObject({ ok: true, publicKey: pub });
     const store = Store.open(w.db);
-    expect(store.get({ uuid: UUID, deviceId: 2 })).toMatchObject({ password: PASSWORD, endpoint: push.endpoint('cli-add'), forbidden: false });
-    store.close();
+    expect(await store.get({ uuid: UUID, deviceId: 2 })).toMatchObject({ password: PASSWORD, endpoint: push.endpoint('cli-add'), forbidden: false });
+    await store.close();
   });
 
   it('stores the uuid lower-case and finds it in either spelling', async () => {
@@ -68,8 +68,8 @@ describe('connection add', () => {
     expect((await w.run('connection', 'add', UUID.toUpperCase(), '2', PASSWORD, push.endpoint())).code).toBe(0);
     expect((await w.run('connection', 'add', UUID, '2', PASSWORD, push.endpoint())).code).toBe(0);
     const store = Store.open(w.db);
-    expect(store.list().map((c) => c.uuid)).toEqual([UUID]);
-    store.close();
+    expect((await store.list()).map((c) => c.uuid)).toEqual([UUID]);
+    await store.close();
     expect((await w.run('connection', 'remove', UUID.toUpperCase())).stdout).toMatch(/Removed 1 connection of 6e3b5c1a/);
   });
 
@@ -86,7 +86,7 @@ describe('connection add', () => {
       expect(r.code).toBe(2);
       expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(message)]);
     }
-    expect(existsSync(w.db) ? Store.open(w.db).list() : []).toEqual([]);
+    expect(existsSync(w.db) ? await Store.open(w.db).list() : []).toEqual([]);
   });
 
   it('exits 1 when the test push is not delivered, keeping the connection', async () => {
@@ -207,7 +207,7 @@ describe('vapid', () => {
     const server = new BinProcess(['server'], { cwd: w.cwd, env: { ...w.env, MOLLY_PORT: '0' } });
     await server.url();
     expect(await server.stop()).toBe(0);
-    expect(Store.open(w.db, { mode: 'read' }).recordedVapidKey()).toBe(pub);
+    expect(await Store.open(w.db, { mode: 'read' }).recordedVapidKey()).toBe(pub);
   });
 
   it('names the setting when the key is wrong', async () => {
@@ -247,6 +247,15 @@ describe('config', () => {
     expect(r.stdout).toMatch(/^vapid_privkey = "\(redacted\)" {2}# MOLLY_VAPID_PRIVKEY$/m);
     expect(r.stdout).toMatch(/^db = "\.\/mollysocket\.db" {2}# default$/m);
     expect(r.stdout).not.toContain(PRIV);
+  });
+
+  it('never prints the password of a PostgreSQL URL in db', async () => {
+    const w = workdir({ MOLLY_DB: 'postgres://relay:s3cret-pw@db.example.org:5432/molly' });
+    const r = await w.run('config');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^db = "postgres:\/\/relay:\*\*\*@db\.example\.org:5432\/molly" {2}# MOLLY_DB$/m);
+    expect(r.stdout).toMatch(/^# database: postgres:\/\/relay:\*\*\*@db\.example\.org:5432\/molly \(PostgreSQL, shared by several instances\)$/m);
+    expect(r.stdout).not.toContain('s3cret-pw');
   });
 
   it('warns about an unknown key by name, and stops on a wrong value with exit 2', async () => {

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { packageRoot } from '../../src/paths.js';
-import { Store } from '../../src/store.js';
+import { SqliteStore as Store } from '../../src/store.js';
 import { FakePushServer } from '../fakes/push-server.js';
 import { BinProcess, runBin } from '../helpers/bin.js';
 import { tempDir } from '../helpers/index.js';
@@ -104,7 +104,7 @@ describe('the VAPID key of a command and of the server', () => {
     for (const args of [['connection', 'ping', UUID], ['vapid', 'test', 'https://push.example/x'], ['qr-code', 'url', 'https://m.example/']]) {
       expect((await atServer({ MOLLY_VAPID_PRIVKEY: OTHER_PRIV })(...args)).code, args.join(' ')).toBe(2);
     }
-    expect(Store.open(serverDb, { mode: 'read' }).list()).toEqual([]); // the refused `connection add` stored nothing
+    expect(await Store.open(serverDb, { mode: 'read' }).list()).toEqual([]); // the refused `connection add` stored nothing
 
     const same = await atServer({ MOLLY_VAPID_PRIVKEY: PRIV })('qr-code', 'airgapped');
     expect(same.code).toBe(0);

@@ -147,7 +147,7 @@ describe.skipIf(!nginx)('behind nginx on a sub-path, with the sample from deploy
     });
     expect(res.status).toBe(200);
     expect(await res.json()).toEqual({ mollysocket: { version: expect.any(String), status: 'ok' } });
-    expect(server.store.list()).toHaveLength(1);
+    expect(await server.store.list()).toHaveLength(1);
   });
 });
 

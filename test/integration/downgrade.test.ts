@@ -2,7 +2,7 @@ import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
-import { Store } from '../../src/store.js';
+import { SqliteStore as Store } from '../../src/store.js';
 import { runBin } from '../helpers/bin.js';
 import { tempDir } from '../helpers/index.js';
 
@@ -85,7 +85,7 @@ describe('db downgrade', () => {
     const cwd = tempDir();
     const db = join(cwd, 'mollysocket.db');
     mollySocketFile(db, original);
-    Store.open(db).close(); // this server's migration, as `server` does it
+    await Store.open(db).close(); // this server's migration, as `server` does it
 
     const r = await runBin(['db', 'downgrade', 'back.db'], { cwd, env: { MOLLY_DB: db } });
     expect(r.stderr).toBe('');
@@ -117,12 +117,12 @@ describe('db downgrade', () => {
     const cwd = tempDir();
     const db = join(cwd, 'mollysocket.db');
     const store = Store.open(db);
-    store.put({ uuid: A, deviceId: 2, password: 'b2xkLWRldmljZQ==', endpoint: 'https://push.example/up/old' }, 1_750_000_000);
-    store.setForbidden({ uuid: A, deviceId: 2 }, 'signal_403', { password: 'b2xkLWRldmljZQ==' }, 1_755_000_000);
-    store.put({ uuid: A, deviceId: 3, password: 'cmUtbGlua2Vk', endpoint: 'https://push.example/up/new' }, 1_760_000_000);
-    store.put({ uuid: B, deviceId: 1, password: 'Yi1wYXNzd29yZA==', endpoint: 'https://push.example/up/b' }, 1_760_000_000);
-    store.setForbidden({ uuid: B, deviceId: 1 }, 'endpoint_gone', { endpoint: 'https://push.example/up/b' }, 1_761_000_000);
-    store.close();
+    await store.put({ uuid: A, deviceId: 2, password: 'b2xkLWRldmljZQ==', endpoint: 'https://push.example/up/old' }, 1_750_000_000);
+    await store.setForbidden({ uuid: A, deviceId: 2 }, 'signal_403', { password: 'b2xkLWRldmljZQ==' }, 1_755_000_000);
+    await store.put({ uuid: A, deviceId: 3, password: 'cmUtbGlua2Vk', endpoint: 'https://push.example/up/new' }, 1_760_000_000);
+    await store.put({ uuid: B, deviceId: 1, password: 'Yi1wYXNzd29yZA==', endpoint: 'https://push.example/up/b' }, 1_760_000_000);
+    await store.setForbidden({ uuid: B, deviceId: 1 }, 'endpoint_gone', { endpoint: 'https://push.example/up/b' }, 1_761_000_000);
+    await store.close();
 
     const r = await runBin(['db', 'downgrade', 'back.db'], { cwd, env: { MOLLY_DB: db } });
     expect(r.code).toBe(0);

@@ -4,7 +4,7 @@ import WebSocket from 'ws';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import { startServer, type RunningServer } from '../../src/server.js';
-import { Store } from '../../src/store.js';
+import { SqliteStore } from '../../src/store.js';
 import { FakePushServer } from '../fakes/push-server.js';
 import { FakeSignalServer } from '../fakes/signal-server.js';
 import { testPki } from '../fakes/tls.js';
@@ -138,7 +138,7 @@ describe('the relay end to end', () => {
       const stranger = await register({ uuid: account.uuid, device_id: 3, password: 'Z3Vlc3NlZA==', endpoint: push.endpoint('stranger') });
       expect(stranger.json.mollysocket.status).toBe('forbidden');
       expect(signal.upgrades.slice(before)).toEqual([{ uuid: account.uuid, status: 403 }]); // one question, nothing more
-      expect(server.store.list().map((c) => c.deviceId)).toEqual([2]);
+      expect((await server.store.list()).map((c) => c.deviceId)).toEqual([2]);
       await new Promise((r) => setTimeout(r, 100));
       expect(push.requests.map((r) => r.path)).toEqual(['/up/device2']);
       expect(signal.upgrades.length).toBe(before + 1); // no connection attempts with the refused password
@@ -159,7 +159,7 @@ describe('the relay end to end', () => {
       expect(signal.events).toContain(`close ${account.uuid}.3 1000`);
       await signal.until(() => signal.queued.get(`${account.uuid}.3`) === 0, 'the queued envelopes acknowledged');
       expect(sessions.map((x) => x.acked)).toEqual([0, 2]);
-      expect(server.store.get(device3)).toMatchObject({ password: device3.password, forbidden: false });
+      expect(await server.store.get(device3)).toMatchObject({ password: device3.password, forbidden: false });
       await push.until(() => push.requests.some((r) => r.path === '/up/device3' && r.body === '{"urgent":true}'), 'a wake-up for device 3');
       expect(push.requests.some((r) => r.path === '/up/device3' && r.body === '{"test":true}')).toBe(true);
       expect(server.supervisor.state(account)).toBe('connected'); // device 2 is untouched
@@ -172,7 +172,7 @@ describe('the relay end to end', () => {
       signal.refusals.push({ status: 503 });
       const res = await register({ uuid: account.uuid, device_id: 3, password: device3.password, endpoint: push.endpoint('device3') });
       expect(res.json.mollysocket.status).toBe('internal_error');
-      expect(server.store.get(device3)).toBeUndefined();
+      expect(await server.store.get(device3)).toBeUndefined();
       // Asked again when Signal answers: ok.
       expect((await register({ uuid: account.uuid, device_id: 3, password: device3.password, endpoint: push.endpoint('device3') })).json.mollysocket.status).toBe('ok');
     });
@@ -183,13 +183,13 @@ describe('the relay end to end', () => {
       await signal.until(() => server.supervisor.state(account) === 'forbidden', 'forbidden');
       const stranger = await register({ ...molly, password: 'c3RyYW5nZXI=', endpoint: push.endpoint('stranger') });
       expect(stranger.json.mollysocket.status).toBe('forbidden');
-      expect(server.store.get(account)).toMatchObject({ password: account.password, endpoint: push.endpoint('victim'), forbidden: true });
+      expect(await server.store.get(account)).toMatchObject({ password: account.password, endpoint: push.endpoint('victim'), forbidden: true });
       expect(push.requests.some((r) => r.path === '/up/stranger')).toBe(false);
 
       const relinked = { ...account, password: 'cmUtbGlua2VkLXBhc3N3b3Jk' };
       signal.addAccount(relinked);
       expect((await register({ ...molly, password: relinked.password, endpoint: push.endpoint('relinked') })).json.mollysocket.status).toBe('ok');
-      expect(server.store.get(account)).toMatchObject({ password: relinked.password, endpoint: push.endpoint('relinked'), forbidden: false });
+      expect(await server.store.get(account)).toMatchObject({ password: relinked.password, endpoint: push.endpoint('relinked'), forbidden: false });
       await signal.until(() => server.supervisor.state(account) === 'connected', 'connected again');
     });
 
@@ -206,7 +206,7 @@ describe('the relay end to end', () => {
     await register({ ...molly, endpoint: push.endpoint() });
     await signal.until(() => signal.upgrades.some((u) => u.status === 403), 'a 403');
     await signal.until(() => server.supervisor.state(account) === 'forbidden', 'forbidden state');
-    expect(server.store.get(account)).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403' });
+    expect(await server.store.get(account)).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403' });
     expect((await register({ ...molly, endpoint: push.endpoint() })).json.mollysocket.status).toBe('forbidden');
     const attempts = signal.upgrades.length;
     await new Promise((r) => setTimeout(r, 300)); // several backoff periods of this test's 20-100 ms
@@ -236,8 +236,8 @@ describe('the relay end to end', () => {
     await push.until(() => push.requests.some((r) => r.path === '/up/other' && r.body === '{"urgent":true}'), 'the other wake-up');
 
     server.store.setForbidden = setForbidden; // the store takes writes again: the queued write lands
-    await eventually(() => server.store.get(account)?.forbidden === true, 'the forbid written', 10_000);
-    expect(server.store.get(account)).toMatchObject({ forbiddenReason: 'endpoint_gone' });
+    await eventually(async () => (await server.store.get(account))?.forbidden === true, 'the forbid written', 10_000);
+    expect(await server.store.get(account)).toMatchObject({ forbiddenReason: 'endpoint_gone' });
     expect((await fetch(`${server.url}/health`)).status).toBe(200);
     expect(logs().join('')).toMatch(/"code":"SQLITE_BUSY".*a store write failed: kept and retried/);
   });
@@ -275,7 +275,7 @@ describe('the relay end to end', () => {
     await push.until(() => push.requests.length === 2, 'the delivery check');
     expect(push.requests[1]).toMatchObject({ body: '{"code":4409}', headers: expect.objectContaining({ topic: '4409' }) });
     await signal.until(() => server.supervisor.state(account) === 'forbidden', 'forbidden');
-    expect(server.store.get(account)).toMatchObject({ forbidden: true, forbiddenReason: 'endpoint_gone' });
+    expect(await server.store.get(account)).toMatchObject({ forbidden: true, forbiddenReason: 'endpoint_gone' });
     other.close();
 
     expect((await register({ ...molly, endpoint: push.endpoint('new') })).json.mollysocket.status).toBe('ok');
@@ -298,7 +298,7 @@ describe('the relay end to end', () => {
     await push.until(() => push.requests.some((r) => r.path === '/up/new' && r.body === '{"urgent":true}'), 'the push to the new endpoint');
     await new Promise((r) => setTimeout(r, 100));
 
-    expect(server.store.get(account)).toMatchObject({ forbidden: false, endpoint: push.endpoint('new') });
+    expect(await server.store.get(account)).toMatchObject({ forbidden: false, endpoint: push.endpoint('new') });
     expect(server.supervisor.state(account)).toBe('connected');
     expect((await register({ ...molly, endpoint: push.endpoint('new') })).json.mollysocket.status).toBe('ok');
   });
@@ -310,9 +310,9 @@ describe('the relay end to end', () => {
     push.script.push({ status: 503 });
     await signal.sendEnvelope(signal.open(account.uuid, 2)[0]!);
     await push.until(() => push.requests.length === 2, 'the urgent push');
-    const cli = Store.open(server.store.path); // as `mollysocket connection remove` does
-    cli.remove({ uuid: account.uuid });
-    cli.close();
+    const cli = SqliteStore.open(server.store.location); // as `mollysocket connection remove` does
+    await cli.remove({ uuid: account.uuid });
+    await cli.close();
     await eventually(() => server.supervisor.state(account) === undefined, 'the server to follow the removal', 400);
     await new Promise((r) => setTimeout(r, 1_100)); // past the retry's backoff (at most 1 s)
     expect(push.requests).toHaveLength(2);
@@ -355,7 +355,7 @@ describe('the relay end to end', () => {
     server = await startServer(config, memoryLogger().log, { resolver });
     const port = new URL(push.origin).port;
     expect((await register({ ...molly, endpoint: `http://sneaky.example:${port}/up` })).json.mollysocket.status).toBe('invalid_endpoint');
-    expect(server.store.list()).toEqual([]);
+    expect(await server.store.list()).toEqual([]);
     expect(push.requests).toHaveLength(0);
   });
 
@@ -376,7 +376,7 @@ describe('the relay end to end', () => {
       expect(metrics).not.toContain(secret); // nothing on the public ops endpoints names an account
       expect(healthText).not.toContain(secret);
     }
-    rmSync(server.store.path);
+    rmSync(server.store.location);
     expect((await health()).status).toBe(503);
   });
 

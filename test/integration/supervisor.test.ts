@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import WebSocket from 'ws';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Supervisor, type SupervisorOptions } from '../../src/signal/supervisor.js';
-import { Store, type Connection } from '../../src/store.js';
+import { SqliteStore as Store, type Connection } from '../../src/store.js';
 import { ManualClock } from '../fakes/clock.js';
 import { FakeSignalServer, type Account } from '../fakes/signal-server.js';
 import { eventually, memoryLogger, settle, tempDir } from '../helpers/index.js';
@@ -27,7 +27,7 @@ const running: Harness[] = [];
 afterEach(async () => {
   for (const h of running.splice(0)) {
     await h.sup.stop();
-    h.store.close();
+    await h.store.close();
     await h.signal.close();
   }
 });
@@ -51,6 +51,7 @@ async function harness(over: Partial<SupervisorOptions> = {}, url?: string, rand
     leftBehindKeptMs: 7 * 86_400_000,
     leftBehindSweepMs: 3_600_000,
     recoveryIntervalMs: 1_000,
+    handOverTimeoutMs: 30_000,
     ...over,
   };
   // random() = 1 by default: every backoff delay is the whole step, so the schedule is exact.
@@ -67,9 +68,9 @@ async function harness(over: Partial<SupervisorOptions> = {}, url?: string, rand
   return h;
 }
 
-function register(h: Harness, account: Account, endpoint = ENDPOINT): void {
+async function register(h: Harness, account: Account, endpoint = ENDPOINT): Promise<void> {
   h.signal.addAccount(account);
-  h.store.put({ ...account, endpoint }, 1);
+  await h.store.put({ ...account, endpoint }, 1);
 }
 
 /** Lets `ms` of clock time pass in slices, with the real I/O of each slice (keepalive answers) in between. */
@@ -92,17 +93,17 @@ const retryDelays = (h: Harness): number[] =>
 describe('one socket per account device', () => {
   it('opens one socket, ignores identical registrations, and replaces it when the endpoint changes, old one first', async () => {
     const h = await harness();
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     await connected(h, A);
     expect(h.signal.open(A.uuid, A.deviceId)).toHaveLength(1);
 
-    h.sup.sync(h.store.get(A)!); // Molly re-registers on every unlock
+    h.sup.sync((await h.store.get(A))!); // Molly re-registers on every unlock
     await settle();
     expect(h.signal.sessions).toHaveLength(1);
 
-    h.store.put({ ...A, endpoint: 'https://push.example/up/new' }, 2);
-    h.sup.sync(h.store.get(A)!);
+    await h.store.put({ ...A, endpoint: 'https://push.example/up/new' }, 2);
+    h.sup.sync((await h.store.get(A))!);
     await eventually(() => h.signal.sessions.length === 2 && h.sup.state(A) === 'connected', 'the replacement');
     const name = `${A.uuid}.${A.deviceId}`;
     expect(h.signal.events).toEqual([`open ${name}`, `close ${name} 1000`, `open ${name}`]);
@@ -111,13 +112,13 @@ describe('one socket per account device', () => {
 
   it('replaces the socket when the credentials change', async () => {
     const h = await harness();
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     await connected(h, A);
     const renewed = { ...A, password: 'new-password' };
     h.signal.addAccount(renewed);
-    h.store.put({ ...renewed, endpoint: ENDPOINT }, 2);
-    h.sup.sync(h.store.get(A)!);
+    await h.store.put({ ...renewed, endpoint: ENDPOINT }, 2);
+    h.sup.sync((await h.store.get(A))!);
     await eventually(() => h.signal.sessions.length === 2 && h.sup.state(A) === 'connected', 'the replacement');
     const basic = Buffer.from(`${A.uuid}.${A.deviceId}:new-password`).toString('base64');
     expect(h.signal.sessions[1]!.headers.authorization).toBe(`Basic ${basic}`);
@@ -128,9 +129,9 @@ describe('one socket per account device', () => {
 describe('timeouts', () => {
   it('gives up a connect that does not complete in 30 s, and tries again after the backoff', async () => {
     const h = await harness();
-    register(h, A);
+    await register(h, A);
     h.signal.refusals.push({ status: 0 }); // the upgrade is never answered
-    h.sup.start();
+    await h.sup.start();
     await eventually(() => h.signal.upgrades.length === 1, 'the hanging attempt');
     h.clock.advance(29_999);
     await settle();
@@ -144,8 +145,8 @@ describe('timeouts', () => {
 
   it('sends a keepalive every 30 s from the moment the socket opens, and replaces a socket whose keepalive goes unanswered for 20 s', async () => {
     const h = await harness();
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     await connected(h, A);
     const session = h.signal.open(A.uuid, A.deviceId)[0]!;
     h.clock.advance(29_999);
@@ -178,8 +179,8 @@ describe('timeouts', () => {
 describe('server requests', () => {
   it('answers every request, skips malformed frames and keeps the socket', async () => {
     const h = await harness();
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     await connected(h, A);
     const session = h.signal.open(A.uuid, A.deviceId)[0]!;
     h.signal.sendRaw(session, Uint8Array.from([0x0a, 0xff, 0xff, 0xff]));
@@ -196,18 +197,18 @@ describe('server requests', () => {
 describe('outcomes', () => {
   it('403 at the upgrade: forbidden with reason and time stored, no more attempts, back after new credentials', async () => {
     const h = await harness();
-    h.store.put({ ...A, endpoint: ENDPOINT }, 1); // the fake does not know these credentials
-    h.sup.start();
+    await h.store.put({ ...A, endpoint: ENDPOINT }, 1); // the fake does not know these credentials
+    await h.sup.start();
     await inState(h, A, 'forbidden');
-    expect(h.store.get(A)).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403', forbiddenAt: Math.floor(h.clock.now() / 1000) });
+    expect(await h.store.get(A)).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403', forbiddenAt: Math.floor(h.clock.now() / 1000) });
     h.clock.advance(3600_000);
     await settle();
     expect(h.signal.upgrades).toHaveLength(1);
 
     const relinked = { ...A, password: 'relinked' };
     h.signal.addAccount(relinked);
-    h.store.put({ ...relinked, endpoint: ENDPOINT }, 2);
-    h.sup.sync(h.store.get(A)!);
+    await h.store.put({ ...relinked, endpoint: ENDPOINT }, 2);
+    h.sup.sync((await h.store.get(A))!);
     await connected(h, A);
   });
 
@@ -219,15 +220,15 @@ describe('outcomes', () => {
     // The CLI stores new credentials; before the next poll, the old socket ends and Signal refuses the old password.
     const relinked = { ...A, password: 'relinked' };
     const cli = Store.open(h.dbPath);
-    cli.put({ ...relinked, endpoint: ENDPOINT }, 2);
-    cli.close();
+    await cli.put({ ...relinked, endpoint: ENDPOINT }, 2);
+    await cli.close();
     h.signal.addAccount(relinked);
     h.signal.open(A.uuid, A.deviceId)[0]!.ws.close(4401);
     await eventually(() => h.sup.state(A) === 'backoff', 'backoff');
     h.clock.advance(1_000); // the retry, before the store is polled again
     await h.signal.until(() => h.signal.upgrades.some((u) => u.status === 403), 'the 403 for the old password');
     await settle();
-    expect(h.store.get(A)).toMatchObject({ forbidden: false, password: 'relinked' });
+    expect(await h.store.get(A)).toMatchObject({ forbidden: false, password: 'relinked' });
     await passTime(h, 2_000); // the poll brings the new credentials
     await connected(h, A);
     expect(h.signal.open(A.uuid, A.deviceId)).toHaveLength(1);
@@ -235,8 +236,8 @@ describe('outcomes', () => {
 
   it('4401: reconnects, and a 403 then tells that the device is gone', async () => {
     const h = await harness();
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     await connected(h, A);
     h.signal.removeAccount(A);
     h.signal.open(A.uuid, A.deviceId)[0]!.ws.close(4401, 'Reauth');
@@ -244,13 +245,13 @@ describe('outcomes', () => {
     expect(h.logs().join('')).toMatch(/4401/);
     h.clock.advance(1_000);
     await inState(h, A, 'forbidden');
-    expect(h.store.get(A)?.forbiddenReason).toBe('signal_403');
+    expect((await h.store.get(A))?.forbiddenReason).toBe('signal_403');
   });
 
   it('4409 from a second connection of the same device: backs off and sends at most one delivery check per interval', async () => {
     const h = await harness({ deliveryCheckIntervalMs: 60_000 });
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     await connected(h, A);
     const basic = Buffer.from(`${A.uuid}.${A.deviceId}:${A.password}`).toString('base64');
     const intruder = () => new WebSocket(h.signal.url, { headers: { Authorization: `Basic ${basic}` } });
@@ -279,9 +280,9 @@ describe('outcomes', () => {
 
   it('429 with Retry-After: waits as long as the server asked', async () => {
     const h = await harness();
-    register(h, A);
+    await register(h, A);
     h.signal.refusals.push({ status: 429, headers: { 'Retry-After': '7' } });
-    h.sup.start();
+    await h.sup.start();
     await inState(h, A, 'backoff');
     expect(retryDelays(h)).toEqual([7_000]);
     h.clock.advance(6_999);
@@ -293,9 +294,9 @@ describe('outcomes', () => {
 
   it('499, 5xx and network errors: retried with backoff', async () => {
     const h = await harness();
-    register(h, A);
+    await register(h, A);
     h.signal.refusals.push({ status: 499 }, { status: 503 }, { status: 502 });
-    h.sup.start();
+    await h.sup.start();
     for (const delay of [1_000, 2_000, 4_000]) {
       await inState(h, A, 'backoff');
       h.clock.advance(delay);
@@ -309,8 +310,8 @@ describe('outcomes', () => {
 describe('backoff', () => {
   it('grows from about a second and stays at the cap while Signal is unreachable', async () => {
     const h = await harness({}, 'ws://127.0.0.1:1/v1/websocket/'); // nothing listens there
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     for (let i = 0; i < 12; i++) {
       await eventually(() => retryDelays(h).length === i + 1, `failure ${i + 1}`);
       h.clock.advance(retryDelays(h)[i]!);
@@ -321,9 +322,9 @@ describe('backoff', () => {
 
   it('starts again from the base once a socket stayed healthy for a minute', async () => {
     const h = await harness();
-    register(h, A);
+    await register(h, A);
     h.signal.refusals.push({ status: 503 }, { status: 503 });
-    h.sup.start();
+    await h.sup.start();
     await inState(h, A, 'backoff');
     h.clock.advance(1_000);
     await eventually(() => retryDelays(h).length === 2, 'second failure');
@@ -389,8 +390,8 @@ describe('start-up ramp', () => {
       deviceId: 1,
       password: `pw${i}`,
     }));
-    for (const a of accounts) register(h, a);
-    h.sup.start();
+    for (const a of accounts) await register(h, a);
+    await h.sup.start();
     await eventually(() => h.signal.sessions.length === 5, 'the first burst');
     await settle();
     expect(h.signal.upgrades).toHaveLength(5); // the burst is bounded, however fast the handshakes are
@@ -407,28 +408,28 @@ describe('start-up ramp', () => {
 describe('following the store', () => {
   it('picks up what the command line adds, removes and re-enables, within a poll', async () => {
     const h = await harness();
-    h.sup.start();
+    await h.sup.start();
     const cli = Store.open(h.dbPath);
     try {
       h.signal.addAccount(A);
-      cli.put({ ...A, endpoint: ENDPOINT }, 1);
+      await cli.put({ ...A, endpoint: ENDPOINT }, 1);
       h.clock.advance(2_000);
       await connected(h, A);
 
-      cli.remove({ uuid: A.uuid });
+      await cli.remove({ uuid: A.uuid });
       h.clock.advance(2_000);
       await eventually(() => h.signal.events.includes(`close ${A.uuid}.${A.deviceId} 1000`), 'the socket closed');
       expect(h.sup.state(A)).toBeUndefined();
 
-      cli.put({ ...B, endpoint: ENDPOINT }, 2); // unknown to Signal: 403
+      await cli.put({ ...B, endpoint: ENDPOINT }, 2); // unknown to Signal: 403
       h.clock.advance(2_000);
       await inState(h, B, 'forbidden');
       h.signal.addAccount(B); // the user fixed it; `connection enable` clears the flag
-      cli.enable(B, 3);
+      await cli.enable(B, 3);
       h.clock.advance(2_000);
       await connected(h, B);
     } finally {
-      cli.close();
+      await cli.close();
     }
   });
 });
@@ -439,24 +440,24 @@ describe('forbidden connections left behind by a re-link', () => {
     const now = () => Math.floor(h.clock.now() / 1000);
     const unlinked = { ...A, deviceId: 2 };
     const relinked: Account = { ...A, deviceId: 3, password: 'pw-relinked' };
-    h.store.put({ ...unlinked, endpoint: ENDPOINT }, now() - 3600);
-    h.store.setForbidden(unlinked, 'signal_403', { password: unlinked.password }, now());
+    await h.store.put({ ...unlinked, endpoint: ENDPOINT }, now() - 3600);
+    await h.store.setForbidden(unlinked, 'signal_403', { password: unlinked.password }, now());
     const other = { ...B, deviceId: 5 }; // another account's forbidden row, with no newer device: it stays
-    h.store.put({ ...other, endpoint: ENDPOINT }, now() - 3600);
-    h.store.setForbidden(other, 'signal_403', { password: other.password }, now());
+    await h.store.put({ ...other, endpoint: ENDPOINT }, now() - 3600);
+    await h.store.setForbidden(other, 'signal_403', { password: other.password }, now());
     h.signal.addAccount(relinked);
-    h.store.put({ ...relinked, endpoint: ENDPOINT }, now()); // registered here after the unlinked device
+    await h.store.put({ ...relinked, endpoint: ENDPOINT }, now()); // registered here after the unlinked device
     h.sup.start();
     await connected(h, relinked);
 
     await passTime(h, 50_000);
-    expect(h.store.get(unlinked)).toBeDefined(); // forbidden for 50 s: kept
+    expect(await h.store.get(unlinked)).toBeDefined(); // forbidden for 50 s: kept
     await passTime(h, 20_000);
-    expect(h.store.get(unlinked)).toBeUndefined();
+    expect(await h.store.get(unlinked)).toBeUndefined();
     expect(h.sup.state(unlinked)).toBeUndefined();
-    expect(h.store.get(relinked)).toMatchObject({ forbidden: false });
+    expect(await h.store.get(relinked)).toMatchObject({ forbidden: false });
     expect(h.sup.state(relinked)).toBe('connected');
-    expect(h.store.get(other)).toMatchObject({ forbidden: true });
+    expect(await h.store.get(other)).toMatchObject({ forbidden: true });
     expect(h.logs().join('')).toContain('removed a forbidden connection: a newer device of the account is connected');
   });
 });
@@ -464,10 +465,10 @@ describe('forbidden connections left behind by a re-link', () => {
 describe('state', () => {
   it('logs one line per state change, with the uuid shortened and no secrets', async () => {
     const h = await harness();
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     await connected(h, A);
-    h.sup.sync(h.store.get(A)!);
+    h.sup.sync((await h.store.get(A))!);
     const stateLines = h.logs().filter((l) => l.includes('"msg":"connection state"'));
     expect(stateLines.map((l) => (JSON.parse(l) as { state: string }).state)).toEqual(['connecting', 'connected']);
     const all = h.logs().join('');
@@ -480,9 +481,9 @@ describe('state', () => {
 
   it('closes every socket with 1000 on stop', async () => {
     const h = await harness();
-    register(h, A);
-    register(h, B);
-    h.sup.start();
+    await register(h, A);
+    await register(h, B);
+    await h.sup.start();
     await connected(h, A);
     await connected(h, B);
     await h.sup.stop();

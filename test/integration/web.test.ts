@@ -14,7 +14,7 @@ function ops(over: Partial<Ops> = {}, metrics = new Metrics(() => counts)): Ops 
   return {
     version: '9.9.9',
     counts: () => ({ total: 7, ...counts }),
-    storeHealthy: () => true,
+    storeHealthy: async () => true,
     metrics: () => metrics.registry.metrics(),
     metricsContentType: metrics.registry.contentType,
     ...over,
@@ -243,7 +243,7 @@ describe('health and metrics', () => {
     const res = await instance.inject({ url: '/health' });
     expect(res.statusCode).toBe(200);
     expect(res.json()).toEqual({ status: 'ok', version: '9.9.9', connections: { total: 7, connected: 3, connecting: 1, backoff: 2, forbidden: 1 } });
-    const broken = await app({ ops: ops({ storeHealthy: () => false }) });
+    const broken = await app({ ops: ops({ storeHealthy: async () => false }) });
     const down = await broken.instance.inject({ url: '/health' });
     expect(down.statusCode).toBe(503);
     expect(down.json()).toMatchObject({ status: 'store_unavailable' });

@@ -15,6 +15,8 @@ const conn = (over: Partial<Connection>): Connection => ({
   lastRegistration: 100,
   createdAt: 1,
   updatedAt: 1,
+  owner: null,
+  epoch: 0,
   ...over,
 });
 

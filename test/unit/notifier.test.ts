@@ -18,6 +18,8 @@ const conn: Connection = {
   lastRegistration: 0,
   createdAt: 0,
   updatedAt: 0,
+  owner: null,
+  epoch: 0,
 };
 
 interface Sent {

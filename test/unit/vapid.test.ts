@@ -1,7 +1,7 @@
 import { statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { generatePrivateKey, keptKeyPath, parsePrivateKey, publicKeyOf, resolveVapidKey, VapidKeyError, VapidSigner } from '../../src/push/vapid.js';
+import { clusterVapidKey, generatePrivateKey, keptKeyPath, parsePrivateKey, publicKeyOf, resolveVapidKey, VapidKeyError, VapidSigner } from '../../src/push/vapid.js';
 import { checkVapid } from '../fakes/push-server.js';
 import { tempDir } from '../helpers/index.js';
 
@@ -60,6 +60,42 @@ describe('resolveVapidKey', () => {
 
   it('says how to fix an unwritable directory for the generated key', () => {
     expect(() => resolveVapidKey({ ...base('/nonexistent-dir'), db: '/nonexistent-dir/x.db' }, { generate: true })).toThrow(/cannot keep a generated VAPID key.*set vapid_privkey or vapid_key_file/);
+  });
+});
+
+describe('clusterVapidKey: one key for every instance on PostgreSQL', () => {
+  /** The settings table: INSERT … ON CONFLICT DO NOTHING, then read back. */
+  const settings = () => {
+    const table = new Map<string, string>();
+    return {
+      table,
+      setting: async (name: string, init?: string) => {
+        if (init !== undefined && !table.has(name)) table.set(name, init);
+        return table.get(name);
+      },
+    };
+  };
+  const none = { vapid_key_file: undefined, vapid_privkey: undefined };
+
+  it('generates a key once and keeps it in the database, so that every instance uses it', async () => {
+    const db = settings();
+    const first = await clusterVapidKey(none, db);
+    const second = await clusterVapidKey(none, db);
+    expect(first.source).toBe('kept');
+    expect(second.publicKey).toBe(first.publicKey);
+    expect(db.table.get('vapid_public_key')).toBe(first.publicKey);
+  });
+
+  it('accepts the same configured key on every instance, and refuses a different one, naming the mismatch', async () => {
+    const db = settings();
+    const key = generatePrivateKey();
+    expect((await clusterVapidKey({ ...none, vapid_privkey: key }, db)).publicKey).toBe(publicKeyOf(parsePrivateKey(key, 'k')));
+    expect((await clusterVapidKey({ ...none, vapid_privkey: key }, db)).source).toBe('vapid_privkey');
+    expect(db.table.has('vapid_private_key')).toBe(false); // a configured key is never written to the database
+    await expect(clusterVapidKey({ ...none, vapid_privkey: generatePrivateKey() }, db)).rejects.toThrow(
+      /the configured VAPID key \(vapid_privkey\) is not the one the other instances on this database use/,
+    );
+    await expect(clusterVapidKey(none, db)).rejects.toThrow(/the other instances on this database use a configured VAPID key/);
   });
 });
 
