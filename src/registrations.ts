@@ -172,9 +172,9 @@ export class Registrations {
         decision = decide(req, checks, await this.stored(key), verdict); // what is stored may have changed meanwhile
       }
       const at = this.now();
-      const writes = decision.action !== 'none' && decision.action !== 'ask_signal'; // Signal was asked by now
+      const stores = decision.action !== 'none' && decision.action !== 'ask_signal'; // after Signal's verdict, never ask_signal
       // Answered `ok` only once stored, in a file that is still the database (not deleted under the server).
-      const conn = !writes
+      const conn = !stores
         ? undefined
         : await this.writes.now(async () => {
             await this.store.assertPresent();
@@ -182,7 +182,7 @@ export class Registrations {
               ? this.store.touchRegistration(key, at)
               : this.store.put(req, at); // create, update_endpoint, replace_credentials: the whole row, enabled
           });
-      if (writes) {
+      if (stores) {
         this.log.info({ uuid: shortUuid(req.uuid), device: req.deviceId, action: decision.action }, 'registration');
       } else {
         this.log.info({ uuid: shortUuid(req.uuid), device: req.deviceId, status: decision.status }, 'registration refused');

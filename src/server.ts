@@ -133,7 +133,6 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   // A clean shutdown removes the heartbeat: one left behind means the last run ended without one. (Several instances
   // on PostgreSQL: the devices of one that died are claimed as owed a wake-up instead.)
   const unclean = store instanceof SqliteStore && (await store.heartbeat()) !== undefined;
-  const owed = await store.takeOwedWakeups();
   let key: ResolvedKey;
   try {
     key = store instanceof PostgresStore ? await clusterVapidKey(config, store) : resolveVapidKey(config, { generate: true });
@@ -149,7 +148,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     log.warn({ was: previousKey, now: key.publicKey, source: key.source }, 'the VAPID key differs from the one this server used before: every Molly must scan the new QR code');
   }
   // The CLI compares its own key with this one, so that it never shows a QR code the server does not sign for.
-  await store.recordVapidKey(key.publicKey);
+  await writes.now(() => store.recordVapidKey(key.publicKey)); // retried while a CLI command holds the lock
   const { policy, client } = pushStack(config, key.privateKey, opts.resolver);
   const metrics = new Metrics(() => supervisor.counts());
 
@@ -249,7 +248,8 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     log.warn('the last run did not end cleanly: each connection gets one wake-up once connected, for messages it may have acknowledged without pushing');
   }
   await supervisor.start({ wakeAfterConnect: unclean });
-  await wakeOwed(owed, store, notifier, log);
+  // Taken only now that the server runs: a start that failed earlier leaves them for the next one.
+  await wakeOwed(await writes.now(() => store.takeOwedWakeups()), store, notifier, log);
   const startedAt = Date.now();
   let published = -1;
   // Through the write queue: a locked or failing database never holds up the sockets; only the latest state matters.

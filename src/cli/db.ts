@@ -20,9 +20,6 @@ export function registerDb(program: Command): void {
       if (existsSync(output)) {
         throw new UsageError(`output-file ${output} already exists: downgrade never overwrites a file, name a new one`);
       }
-      if (!existsSync(config.db)) {
-        throw new UsageError(`the database ${config.db} (setting "db") does not exist: nothing to downgrade; check -c or MOLLY_DB`);
-      }
       const plan = await withStore(loaded, 'read', async (store) => planDowngrade(await store.list()));
       writeMollySocketDb(output, plan.kept);
       print(`Wrote ${plan.kept.length} connection(s) to ${output} in MollySocket 1.7's format (one per account).`);

@@ -23,7 +23,7 @@ export function registerTest(program: Command): void {
     .action(async (uuid: string, _o, cmd: Command) => {
       const loaded = loadFor(cmd);
       const refusal = uuidRefusal(uuid, loaded.config.allowed_uuids);
-      if (refusal) throw new FailureError(`UUID ${uuid} is not valid: ${refusal}`);
+      if (refusal) throw new FailureError(refusal);
       print(`UUID ${uuid} is valid`);
       const conns = await withStore(loaded, 'read', (store) => store.list({ uuid }));
       if (conns.length === 0) print('  No connection is registered with this UUID.');

@@ -155,7 +155,7 @@ export class Leases implements Ownership {
     } catch (err) {
       this.lease.failed();
       if (!this.renewFailing) {
-        this.log.warn({ err: (err as Error).message }, 'cannot renew the lease: keeping the open sockets, opening no new ones until PostgreSQL answers');
+        this.log.warn({ err }, 'cannot renew the lease: keeping the open sockets, opening no new ones until PostgreSQL answers');
       }
       this.renewFailing = true;
       return false;
@@ -271,7 +271,7 @@ export class Leases implements Ownership {
         }
       }
     } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'cannot hand the devices over; the others take them when this lease is gone');
+      this.log.warn({ err }, 'cannot hand the devices over; the others take them when this lease is gone');
     }
     clearTimeout(this.timer);
     clearTimeout(this.soon);
@@ -280,7 +280,7 @@ export class Leases implements Ownership {
       await this.store.leave(this.id);
       this.metrics?.leases.inc({ event: 'released' }, this.owned.size);
     } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'cannot give up the lease; the others take over once it runs out');
+      this.log.warn({ err }, 'cannot give up the lease; the others take over once it runs out');
     }
   }
 

@@ -322,10 +322,9 @@ export class Supervisor implements OwnedConnections {
         );
       }
     } catch (err) {
-      this.deps.log.warn({ err: (err as Error).message }, 'cannot remove forbidden connections left behind now: tried again at the next sweep');
+      this.deps.log.warn({ err }, 'cannot remove forbidden connections left behind now: tried again at the next sweep');
     }
   }
-
 
   private setState(entry: Entry, state: ConnectionState, reason: string, extra: Record<string, unknown> = {}): void {
     if (entry.state === state && entry.reason === reason) return;

@@ -15,7 +15,7 @@ import { HOME_HASHES, renderHome } from './home.js';
 export interface Ops {
   version: string;
   counts(): { total: number; connected: number; connecting: number; backoff: number; forbidden: number };
-  /** False when the database cannot be read. */
+  /** False when the database cannot be read, its file was deleted or replaced, or writes to it are failing. */
   storeHealthy(): Promise<boolean>;
   /** Several instances: this one's id, how many devices it owns, how many instances are live. */
   cluster?(): { instance?: string; owned?: number; liveInstances?: number };

@@ -164,7 +164,7 @@ describe('db downgrade', () => {
     const cwd = tempDir();
     const r = await runBin(['db', 'downgrade', 'back.db'], { cwd, env: { MOLLY_DB: join(cwd, 'nope.db') } });
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/nope\.db \(setting "db"\) does not exist/);
+    expect(r.stderr).toMatch(/no database at .*nope\.db \(db = ".*nope\.db" from MOLLY_DB\)/);
     expect(existsSync(join(cwd, 'back.db'))).toBe(false);
     expect(existsSync(join(cwd, 'nope.db'))).toBe(false);
   });
