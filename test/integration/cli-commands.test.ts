@@ -183,7 +183,7 @@ describe('test endpoint and test uuid', () => {
     expect(loopback.stderr).toMatch(/127\.0\.0\.1 is an address that is not globally routable/);
 
     expect(await w.run('test', 'uuid', UUID)).toMatchObject({ code: 0, stdout: expect.stringMatching(/is valid\n {2}No connection is registered/) });
-    expect(await w.run('test', 'uuid', UUID2)).toMatchObject({ code: 1, stderr: expect.stringMatching(/is not valid/) });
+    expect(await w.run('test', 'uuid', UUID2)).toMatchObject({ code: 1, stderr: expect.stringMatching(/is not allowed: it must be an account UUID allowed by allowed_uuids/) });
   });
 });
 
