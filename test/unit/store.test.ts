@@ -185,18 +185,13 @@ describe('Store: the SQLite file', () => {
 });
 
 /** The same contract on both backends: what the server, the CLI, `status` and `health` rely on. */
+// Without PostgreSQL (a laptop; CI fails instead) its cases are left out, as test/helpers/postgres.ts says.
 const backends: [string, () => Promise<AnyStore>][] = [
   ['SQLite', async () => openStore(join(tempDir(), 'c.db'))],
-  ['PostgreSQL', async () => openStore(await freshDatabase())],
+  ...(postgresMissing ? [] : [['PostgreSQL', async () => openStore(await freshDatabase())] as [string, () => Promise<AnyStore>]]),
 ];
 
-describe.each(backends)('Store contract on %s', (name, open) => {
-  const pgOnly = name === 'PostgreSQL';
-  if (pgOnly && postgresMissing) {
-    it.skip(`needs PostgreSQL: ${postgresMissing}`, () => {});
-    return;
-  }
-
+describe.each(backends)('Store contract on %s', (_name, open) => {
   it('keys connections by account and device, with forbidden reasons', async () => {
     const store = await open();
     await store.put({ uuid: UUID, deviceId: 1, password: 'a', endpoint: 'https://e/1' }, 10);
