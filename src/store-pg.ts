@@ -9,6 +9,7 @@ import {
   type Heartbeat,
   type LiveState,
   type NewConnection,
+  type OpenMode,
   type Store,
   redactUrl,
 } from './store.js';
@@ -147,7 +148,11 @@ export class PostgresStore implements Store {
     return redactUrl(this.url);
   }
 
-  static async open(url: string): Promise<PostgresStore> {
+  /**
+   * Connects, and creates or migrates the schema, except in `read` mode (the read-only commands): there a database
+   * without this program's current schema is an error, and nothing is changed.
+   */
+  static async open(url: string, opts: { mode?: OpenMode } = {}): Promise<PostgresStore> {
     const pool = new pg.Pool({
       connectionString: url,
       max: 4,
@@ -160,12 +165,28 @@ export class PostgresStore implements Store {
     pool.on('error', () => {}); // an idle client lost its server: the next query opens another
     const store = new PostgresStore(pool, url);
     try {
-      await store.migrate();
+      if (opts.mode === 'read') await store.checkSchema();
+      else await store.migrate();
     } catch (err) {
       await pool.end().catch(() => {});
-      throw new StoreError(`cannot open the database ${store.location} (setting "db"): ${(err as Error).message}`);
+      if (err instanceof StoreError) throw err;
+      throw new StoreError(`cannot open the database ${store.location} (setting "db"): ${(err as Error).message}`, { cause: err });
     }
     return store;
+  }
+
+  /** For read-only commands: the schema must be there, as this version of the server leaves it. */
+  private async checkSchema(): Promise<void> {
+    const [table] = await this.rows<{ name: string | null }>(`SELECT to_regclass('schema_version')::text AS name`);
+    const [row] = table?.name ? await this.rows<{ version: number }>('SELECT version FROM schema_version') : [];
+    if (row === undefined) {
+      throw new StoreError(`no mollysocket tables in the database ${this.location} (setting "db"): start the server on it first, or check db / MOLLY_DB / -c`);
+    }
+    if (row.version !== MIGRATIONS.length) {
+      throw new StoreError(
+        `the database ${this.location} has schema version ${row.version}, this program ${MIGRATIONS.length}: start this version's server on it first (it migrates), or use the matching mollysocket`,
+      );
+    }
   }
 
   /** Creates or migrates the schema, once, however many instances start at the same moment. */

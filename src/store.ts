@@ -222,7 +222,7 @@ export interface Store {
 export async function openStore(db: string, opts: { mode?: OpenMode; busyTimeoutMs?: number } = {}): Promise<Store> {
   if (!isPostgresUrl(db)) return SqliteStore.open(db, opts);
   const { PostgresStore } = await import('./store-pg.js');
-  return PostgresStore.open(db);
+  return PostgresStore.open(db, opts.mode === undefined ? {} : { mode: opts.mode });
 }
 
 /**

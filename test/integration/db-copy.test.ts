@@ -11,6 +11,21 @@ const B = '0b6c2f4e-8d1a-4c3b-9e5f-7a6b5c4d3e2f';
 /** What a copy must keep of a connection: everything but who owns it. */
 const kept = (conns: Connection[]) => conns.map(({ owner: _o, epoch: _e, ...rest }) => rest);
 
+describe.skipIf(postgresMissing !== undefined)('read-only commands on PostgreSQL', () => {
+  it('change nothing: an empty database is an error (exit 2), and no table is created', async () => {
+    const url = await freshDatabase();
+    for (const args of [['connection', 'list'], ['status'], ['vapid', 'pub']]) {
+      const r = await runBin(args, { cwd: tempDir(), env: { MOLLY_DB: url } });
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/no mollysocket tables in the database postgres:\/\/postgres@127\.0\.0\.1:\d+\/t_\w+ \(setting "db"\): start the server on it first/);
+    }
+    const store = await openStore(url, { mode: 'create' }); // the server would create them
+    expect(await store.list()).toEqual([]);
+    await store.close();
+    expect((await runBin(['connection', 'list'], { cwd: tempDir(), env: { MOLLY_DB: url } })).code).toBe(0);
+  });
+});
+
 describe.skipIf(postgresMissing !== undefined)('db copy', () => {
   it('moves every connection and the kept VAPID key from a SQLite file to PostgreSQL and back', async () => {
     const cwd = tempDir();
