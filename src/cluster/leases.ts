@@ -29,8 +29,8 @@ export class Leases implements Ownership {
   private readonly lease: LeaseClock;
   /** The devices this instance owns, and their buckets. */
   private readonly owned = new Map<string, number>();
-  /** Devices given to another instance whose old socket is still open here: its 4409 is expected. */
-  private readonly handedOver = new Set<string>();
+  /** Devices given to another instance, and when: the old socket here is expected to close with 4409. */
+  private readonly handedOver = new Map<string, number>();
   private live: InstanceRow[] = [];
   private target: OwnedConnections | undefined;
   private listener: ReturnType<PostgresStore['listener']> | undefined;
@@ -180,6 +180,9 @@ export class Leases implements Ownership {
   private async readOwned(): Promise<void> {
     const owned = await this.store.owned(this.id, this.t.queryTimeoutMs);
     this.lastFullRead = performance.now();
+    // A hand-over is over within a few leases (the socket closed, or the supervisor gave up on it): forget it then.
+    const remembered = Math.max(HAND_OVER_REMEMBERED_MS, 4 * this.opts.leaseSeconds * 1000);
+    for (const [key, at] of this.handedOver) if (this.lastFullRead - at > remembered) this.handedOver.delete(key);
     const now = new Set(owned.map(connectionKey));
     const gone = [...this.owned.keys()].filter((key) => !now.has(key));
     const added = [...now].filter((key) => !this.owned.has(key));
@@ -201,7 +204,7 @@ export class Leases implements Ownership {
 
   private givenAway(key: ConnectionKey): void {
     this.owned.delete(connectionKey(key));
-    this.handedOver.add(connectionKey(key));
+    this.handedOver.set(connectionKey(key), performance.now());
     this.target?.handOver(key);
   }
 
@@ -288,6 +291,9 @@ export class Leases implements Ownership {
     return { instance: this.id, owned: this.owned.size, liveInstances: this.live.length };
   }
 }
+
+/** Far longer than any hand-over takes (the supervisor gives up on one after two leases, at least 10 s); at least four leases. */
+const HAND_OVER_REMEMBERED_MS = 10 * 60_000;
 
 const keyOf = (key: string): ConnectionKey => {
   const dot = key.lastIndexOf('.');
