@@ -215,6 +215,12 @@ wait_healthy() {
 }
 vapid_on_homepage() { curl -fsS -A 'Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0' "$base/" | grep -o 'vapid=[^&"]*' | head -1; }
 
+phase "compose: cluster example"
+# Several instances need a postgres image this machine cannot pull: the example is checked as a compose file only.
+docker-compose -f "$REPO/deploy/compose/cluster.yml" config -q || fail "deploy/compose/cluster.yml is not a valid compose file"
+docker-compose -f "$REPO/deploy/compose/cluster.yml" config | grep -q 'MOLLY_INSTANCE_NAME: relay-2' ||
+  fail "deploy/compose/cluster.yml: the second instance has no name of its own"
+
 phase "compose: vapid gen"
 # Docker makes a missing bind-mount directory owned by root; the entrypoint hands it to the image's user.
 mkdir -m 755 "$project/data"
