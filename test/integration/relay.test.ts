@@ -303,31 +303,32 @@ describe('the relay end to end', () => {
     expect((await register({ ...molly, endpoint: push.endpoint('new') })).json.mollysocket.status).toBe('ok');
   });
 
-  it('sends nothing for a connection removed while its push waits to be retried', async () => {
+  it.each([
+    [
+      'removed (as `mollysocket connection remove` does)',
+      async () => {
+        const cli = SqliteStore.open(server.store.location);
+        await cli.remove({ uuid: account.uuid });
+        await cli.close();
+        await eventually(() => server.supervisor.state(account) === undefined, 'the server to follow the removal', 400);
+      },
+    ],
+    [
+      'forbidden (the device was unlinked: the reconnection is answered 403)',
+      async () => {
+        signal.removeAccount(account);
+        signal.open(account.uuid, 2)[0]!.ws.close(4401);
+        await eventually(() => server.supervisor.state(account) === 'forbidden', 'forbidden', 400);
+      },
+    ],
+  ])('sends nothing for a connection %s while its push waits to be retried', async (_how, stop) => {
     await register({ ...molly, endpoint: push.endpoint() });
     await signal.until(() => server.supervisor.state(account) === 'connected', 'connected');
     await push.until(() => push.requests.length === 1, 'the test push');
     push.script.push({ status: 503 });
     await signal.sendEnvelope(signal.open(account.uuid, 2)[0]!);
     await push.until(() => push.requests.length === 2, 'the urgent push');
-    const cli = SqliteStore.open(server.store.location); // as `mollysocket connection remove` does
-    await cli.remove({ uuid: account.uuid });
-    await cli.close();
-    await eventually(() => server.supervisor.state(account) === undefined, 'the server to follow the removal', 400);
-    await new Promise((r) => setTimeout(r, 1_100)); // past the retry's backoff (at most 1 s)
-    expect(push.requests).toHaveLength(2);
-  });
-
-  it('sends nothing for a connection forbidden (Signal 403) while its push waits to be retried', async () => {
-    await register({ ...molly, endpoint: push.endpoint() });
-    await signal.until(() => server.supervisor.state(account) === 'connected', 'connected');
-    await push.until(() => push.requests.length === 1, 'the test push');
-    push.script.push({ status: 503 });
-    await signal.sendEnvelope(signal.open(account.uuid, 2)[0]!);
-    await push.until(() => push.requests.length === 2, 'the urgent push');
-    signal.removeAccount(account); // the device was unlinked: the reconnection is answered 403
-    signal.open(account.uuid, 2)[0]!.ws.close(4401);
-    await eventually(() => server.supervisor.state(account) === 'forbidden', 'forbidden', 400);
+    await stop();
     await new Promise((r) => setTimeout(r, 1_100)); // past the retry's backoff (at most 1 s)
     expect(push.requests).toHaveLength(2);
   });
