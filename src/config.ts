@@ -365,9 +365,9 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
     try {
       table = parseToml(readFileSync(file, 'utf8'));
     } catch (err) {
-      if (!(err instanceof TomlError)) throw new ConfigError(`cannot read config file ${file}: ${(err as Error).message}`);
+      if (!(err instanceof TomlError)) throw new ConfigError(`cannot read config file ${file}: ${(err as Error).message}`, { cause: err });
       const reason = err.message.split('\n')[0]!.replace(/^Invalid TOML document: /, '');
-      throw new ConfigError(`config file ${file} is not valid TOML at line ${err.line}, column ${err.column}: ${reason}`);
+      throw new ConfigError(`config file ${file} is not valid TOML at line ${err.line}, column ${err.column}: ${reason}`, { cause: err });
     }
     const known = Object.keys(CONFIG_KEYS);
     for (const [key, value] of Object.entries(table)) {

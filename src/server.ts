@@ -28,7 +28,7 @@ function signalCa(config: Config): Buffer[] {
     try {
       return [readFileSync(config.signal_ca_file)];
     } catch (err) {
-      throw new Error(`cannot read signal_ca_file ${config.signal_ca_file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      throw new Error(`cannot read signal_ca_file ${config.signal_ca_file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
     }
   }
   return ['signal.pem', 'signal-ed25519.pem'].map((f) => readFileSync(join(packageRoot, 'certs', f)));
@@ -65,7 +65,6 @@ export function supervisorOptions(config: Config): SupervisorOptions {
  * two leases, at least 10 s (the new owners connect through their ramp).
  */
 export const handOverTimeoutMs = (config: Pick<Config, 'lease_seconds'>): number => Math.max(10_000, 2 * config.lease_seconds * 1000);
-
 
 /**
  * How long Signal gets to accept new credentials during a registration (Molly waits for the answer), before the
