@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:https';
 import { WebSocketServer } from 'ws';
-import { WsMessage, now, serve } from './lib.mjs';
+import { authenticate, WsMessage, now, serve } from './lib.mjs';
 
 const accounts = new Map(JSON.parse(readFileSync(process.env.ACCOUNTS_FILE, 'utf8')).map((a) => [`${a.uuid}.${a.deviceId}`, a]));
 const tls = { key: readFileSync(process.env.KEY_FILE), cert: readFileSync(process.env.CERT_FILE) };
@@ -18,13 +18,9 @@ let kicks = 0;
 const kickedFrom = new Map();
 
 function upgrade(tag, req, socket, head) {
-  const basic = /^Basic (.+)$/.exec(req.headers.authorization ?? '');
-  const [user, password] = basic ? Buffer.from(basic[1], 'base64').toString().split(/:(.*)/s) : [];
-  const account = accounts.get(user);
-  if (!account || account.password !== password) {
-    socket.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n');
-    return;
-  }
+  const auth = authenticate(accounts, req, socket);
+  if (!auth) return;
+  const { user, account } = auth;
   wss.handleUpgrade(req, socket, head, (ws) => {
     const d = devices.get(user) ?? { sockets: [], noneSince: undefined, gaps: [], lastKick: new Map() };
     devices.set(user, d);

@@ -83,3 +83,16 @@ export function serve(handlers) {
     process.send({ id: m.id, result });
   });
 }
+
+/**
+ * The account a websocket upgrade authenticates as (Basic `<uuid>.<device>:<password>`), or undefined after answering
+ * 403 on the socket, as Signal does for unknown credentials.
+ */
+export function authenticate(accounts, req, socket) {
+  const basic = /^Basic (.+)$/.exec(req.headers.authorization ?? '');
+  const [user, password] = basic ? Buffer.from(basic[1], 'base64').toString().split(/:(.*)/s) : [];
+  const account = accounts.get(user);
+  if (account && account.password === password) return { user, account };
+  socket.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n');
+  return undefined;
+}

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:https';
 import { WebSocketServer } from 'ws';
-import { Envelope, WsMessage, now, serve } from './lib.mjs';
+import { authenticate, Envelope, WsMessage, now, serve } from './lib.mjs';
 
 const accounts = new Map(JSON.parse(readFileSync(process.env.ACCOUNTS_FILE, 'utf8')).map((a) => [`${a.uuid}.${a.deviceId}`, a]));
 const server = createServer({ key: readFileSync(process.env.KEY_FILE), cert: readFileSync(process.env.CERT_FILE) });
@@ -14,13 +14,8 @@ let acked = 0;
 const body = Envelope.encode(Envelope.fromObject({ type: 1, serverTimestamp: 1, content: Buffer.alloc(200) })).finish();
 
 server.on('upgrade', (req, socket, head) => {
-  const basic = /^Basic (.+)$/.exec(req.headers.authorization ?? '');
-  const [user, password] = basic ? Buffer.from(basic[1], 'base64').toString().split(/:(.*)/s) : [];
-  const account = accounts.get(user);
-  if (!account || account.password !== password) {
-    socket.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n');
-    return;
-  }
+  const account = authenticate(accounts, req, socket)?.account;
+  if (!account) return;
   wss.handleUpgrade(req, socket, head, (ws) => {
     sessions.get(account.uuid)?.close(4409);
     sessions.set(account.uuid, ws);

@@ -1,14 +1,11 @@
 import { connect, type Socket } from 'node:net';
-import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Registrations } from '../../src/registrations.js';
-import { buildApp, type ClientLimits } from '../../src/web/app.js';
+import type { ClientLimits } from '../../src/web/app.js';
 import { eventually, httpGet } from '../helpers/index.js';
+import { testApp } from '../helpers/web.js';
 
 /** What strangers can send to the listening web server: slow bodies, many connections, hostile headers. */
 
-const PUB = 'BOniQ9xHBPNY9gnQW4o-16vHqOb40pEIMifyUdFsxAgyzVkFMguxw0QrdbZcq8hRjN2zpeInRvKVPlkzABvuTnI';
-const registrations = { register: async () => 'ok' as const } as unknown as Registrations;
 const fast: ClientLimits = { requestTimeoutMs: 500, idleTimeoutMs: 2_000, maxConnections: 20, checkIntervalMs: 100 };
 
 let closeApp: (() => Promise<void>) | undefined;
@@ -20,19 +17,9 @@ afterEach(async () => {
 });
 
 async function listening(limits?: ClientLimits, trustProxy = false): Promise<{ url: string; port: number }> {
-  const app = await buildApp({
-    registrations,
-    vapidPublicKey: PUB,
-    version: '9.9.9',
-    log: pino({ level: 'silent' }),
-    publicUrl: undefined,
-    trustProxy,
-    rateLimitPerMinute: 0,
-    ops: undefined,
-    ...(limits && { limits }),
-  });
-  const url = await app.listen({ host: '127.0.0.1', port: 0 });
-  closeApp = () => app.close();
+  const { instance } = await testApp({ trustProxy, rateLimitPerMinute: 0, ...(limits && { limits }) });
+  const url = await instance.listen({ host: '127.0.0.1', port: 0 });
+  closeApp = () => instance.close();
   return { url, port: Number(new URL(url).port) };
 }
 

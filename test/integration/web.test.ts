@@ -2,10 +2,9 @@ import { createHash } from 'node:crypto';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { Metrics } from '../../src/metrics.js';
-import type { RegistrationRequest, Registrations } from '../../src/registrations.js';
-import { buildApp, buildOpsApp, serverUrl, type Ops, type WebDeps } from '../../src/web/app.js';
+import { buildOpsApp, serverUrl, type Ops, type WebDeps } from '../../src/web/app.js';
+import { TEST_VAPID_PUB as PUB, testApp } from '../helpers/web.js';
 
-const PUB = 'BOniQ9xHBPNY9gnQW4o-16vHqOb40pEIMifyUdFsxAgyzVkFMguxw0QrdbZcq8hRjN2zpeInRvKVPlkzABvuTnI';
 const valid = { uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', device_id: 1, password: 'p', endpoint: 'https://e.example/x' };
 
 const counts = { connecting: 1, connected: 3, backoff: 2, forbidden: 1 };
@@ -21,22 +20,7 @@ function ops(over: Partial<Ops> = {}, metrics = new Metrics(() => counts)): Ops 
   };
 }
 
-async function app(over: Partial<WebDeps> = {}) {
-  const seen: RegistrationRequest[] = [];
-  const registrations = { register: async (r: RegistrationRequest) => (seen.push(r), 'ok' as const) } as unknown as Registrations;
-  const instance = await buildApp({
-    registrations,
-    vapidPublicKey: PUB,
-    version: '9.9.9',
-    log: pino({ level: 'silent' }),
-    publicUrl: undefined,
-    trustProxy: false,
-    rateLimitPerMinute: 120,
-    ops: ops(),
-    ...over,
-  });
-  return { instance, seen };
-}
+const app = (over: Partial<WebDeps> = {}) => testApp({ ops: ops(), ...over });
 
 const linkIn = (html: string) => new URL(/<code id="link">([^<]+)<\/code>/.exec(html)![1]!.replaceAll('&amp;', '&'));
 
