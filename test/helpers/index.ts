@@ -38,3 +38,11 @@ export async function eventually(predicate: () => boolean | Promise<boolean>, wh
 
 /** Lets pending I/O callbacks run, for asserting that something did not happen. */
 export const settle = (ms = 30): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** The VAPID test vector of docs/protocol.md: a private key and its public key. */
+export const TEST_VAPID = {
+  priv: 'DSqYuWchrB6yIMYJtidvqANeRQic4uWy34afzZRsZnI',
+  pub: 'BOniQ9xHBPNY9gnQW4o-16vHqOb40pEIMifyUdFsxAgyzVkFMguxw0QrdbZcq8hRjN2zpeInRvKVPlkzABvuTnI',
+};
+/** Two account UUIDs for tests through the bin. */
+export const TEST_UUIDS = ['6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', '0b6c2f4e-8d1a-4c3b-9e5f-7a6b5c4d3e2f'] as const;

@@ -7,12 +7,10 @@ import { checkVapid, FakePushServer } from '../fakes/push-server.js';
 import { FakeSignalServer } from '../fakes/signal-server.js';
 import { testPki } from '../fakes/tls.js';
 import { BinProcess, runBin } from '../helpers/bin.js';
-import { eventually, tempDir } from '../helpers/index.js';
+import { eventually, tempDir, TEST_UUIDS, TEST_VAPID } from '../helpers/index.js';
 
-const UUID = '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e';
-const UUID2 = '0b6c2f4e-8d1a-4c3b-9e5f-7a6b5c4d3e2f';
-const PRIV = 'DSqYuWchrB6yIMYJtidvqANeRQic4uWy34afzZRsZnI';
-const PUB = 'BOniQ9xHBPNY9gnQW4o-16vHqOb40pEIMifyUdFsxAgyzVkFMguxw0QrdbZcq8hRjN2zpeInRvKVPlkzABvuTnI';
+const [UUID, UUID2] = TEST_UUIDS;
+const { priv: PRIV, pub: PUB } = TEST_VAPID;
 const PASSWORD = 'c2VjcmV0K3Bhc3N3b3JkLz0=';
 
 let push: FakePushServer;

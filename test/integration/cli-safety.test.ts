@@ -6,14 +6,12 @@ import { packageRoot } from '../../src/paths.js';
 import { SqliteStore as Store } from '../../src/store.js';
 import { FakePushServer } from '../fakes/push-server.js';
 import { BinProcess, runBin } from '../helpers/bin.js';
-import { tempDir } from '../helpers/index.js';
+import { tempDir, TEST_UUIDS, TEST_VAPID } from '../helpers/index.js';
 
 /** An operator's commands never harm by accident: the wrong directory, another key, a MollySocket file, MollySocket's ways. */
 
-const UUID = '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e';
-const UUID2 = '0b6c2f4e-8d1a-4c3b-9e5f-7a6b5c4d3e2f';
-const PRIV = 'DSqYuWchrB6yIMYJtidvqANeRQic4uWy34afzZRsZnI';
-const PUB = 'BOniQ9xHBPNY9gnQW4o-16vHqOb40pEIMifyUdFsxAgyzVkFMguxw0QrdbZcq8hRjN2zpeInRvKVPlkzABvuTnI';
+const [UUID, UUID2] = TEST_UUIDS;
+const { priv: PRIV, pub: PUB } = TEST_VAPID;
 const OTHER_PRIV = 'q1dXpw3UpT5VOmu_cf_v6ih07Aems3njxI-JWgLcM94';
 
 let push: FakePushServer;

@@ -3,7 +3,10 @@ import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { Metrics } from '../../src/metrics.js';
 import { buildOpsApp, serverUrl, type Ops, type WebDeps } from '../../src/web/app.js';
-import { TEST_VAPID_PUB as PUB, testApp } from '../helpers/web.js';
+import { TEST_VAPID } from '../helpers/index.js';
+import { testApp } from '../helpers/web.js';
+
+const PUB = TEST_VAPID.pub;
 
 const valid = { uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', device_id: 1, password: 'p', endpoint: 'https://e.example/x' };
 
