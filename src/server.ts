@@ -162,7 +162,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     log,
     onUrgent: (c) => notifier.urgent(c),
     onDeliveryCheck: (c) => notifier.deliveryCheck(c),
-    onChanged: (c) => (c.forbidden ? notifier.forget(c) : notifier.update(c)),
+    onChanged: (c) => notifier.update(c),
     onRemoved: (k) => notifier.forget(k),
     writes,
     metrics,

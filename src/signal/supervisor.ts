@@ -42,9 +42,9 @@ export interface SupervisorDeps {
   onUrgent(conn: Connection): void;
   /** Close code 4409 (the device connected elsewhere): a push that tells whether the endpoint still exists. */
   onDeliveryCheck(conn: Connection): void;
-  /** A stored connection's endpoint, credentials or forbidden flag changed: whatever pushes for it must follow. */
+  /** A stored connection's endpoint or credentials changed, and it is still enabled: pending pushes must follow. */
   onChanged?(conn: Connection): void;
-  /** A connection was removed: nothing may be pushed for it any more. */
+  /** A connection was removed, became forbidden or went to another instance: nothing may be pushed for it here. */
   onRemoved?(key: ConnectionKey): void;
   /** Where store writes go without blocking (default: a queue of its own). */
   writes?: StoreWrites;
@@ -140,7 +140,8 @@ export class Supervisor implements OwnedConnections {
       return;
     }
     const previous = entry ? this.halt(entry) : undefined;
-    if (entry) this.deps.onChanged?.(conn);
+    if (entry && conn.forbidden) this.deps.onRemoved?.(conn);
+    else if (entry) this.deps.onChanged?.(conn);
     const fresh: Entry = {
       conn,
       state: 'stopped',
