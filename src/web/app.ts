@@ -108,7 +108,8 @@ export function serverUrl(
     unusable.push(name);
     return undefined;
   };
-  const pathOf = (u: string): string => new URL(u, 'http://placeholder').pathname;
+  const base = 'http://placeholder';
+  const pathOf = (u: string): string => (URL.canParse(u, base) ? new URL(u, base).pathname : '/');
   let host = single(req.headers.host) ?? 'localhost';
   let prefix = '';
   if (opts.viaTrustedProxy) {
@@ -117,7 +118,7 @@ export function serverUrl(
     prefix = usable('X-Forwarded-Prefix', nearest(req.headers['x-forwarded-prefix']), (v) => PATH_RE.test(v))?.replace(/\/+$/, '') ?? '';
   }
   // Only a path: `x:@evil.example/` would otherwise put another host in the link.
-  const original = prefix === '' ? usable('X-Original-URL', single(req.headers['x-original-url']), (v) => v.startsWith('/')) : undefined;
+  const original = prefix === '' ? usable('X-Original-URL', single(req.headers['x-original-url']), (v) => v.startsWith('/') && URL.canParse(v, base)) : undefined;
   return { url: `https://${host}${prefix}${pathOf(original ?? req.url)}`, unusable };
 }
 
@@ -250,12 +251,7 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
     const hosts = [single(req.headers.host), ...(viaTrustedProxy ? [nearest(req.headers['x-forwarded-host'])] : [])];
     if (!hosts.every(isValidHost)) return reply.status(400).send({ error: 'the Host header is not a host name' });
     const airgapped = 'airgapped' in req.query;
-    let server: ServerUrl | undefined;
-    try {
-      server = airgapped ? undefined : serverUrl(req, { publicUrl: deps.publicUrl, viaTrustedProxy });
-    } catch {
-      return reply.status(400).send({ error: 'a proxy header does not make a URL' });
-    }
+    const server = airgapped ? undefined : serverUrl(req, { publicUrl: deps.publicUrl, viaTrustedProxy });
     const url = server?.url;
     const unusable = server?.unusable ?? [];
     const link = linkUrl(deps.vapidPublicKey, url === undefined ? { type: 'airgapped' } : { type: 'webserver', url });

@@ -43,7 +43,7 @@ describe('the URL in the link', () => {
   });
 
   it("keeps the page's own host: X-Original-URL counts only when it is a path", () => {
-    for (const [original, proxy] of [['x:@evil.example/', plain], ['x:.evil.example/', plain], ['https://evil.example/', plain], ['x:@evil.example/', proxied]] as const) {
+    for (const [original, proxy] of [['x:@evil.example/', plain], ['x:.evil.example/', plain], ['https://evil.example/', plain], ['//[', plain], ['x:@evil.example/', proxied]] as const) {
       const got = serverUrl(req({ host: 'molly.example.org', 'x-original-url': original }), proxy);
       expect(got, original).toEqual({ url: 'https://molly.example.org/', unusable: ['X-Original-URL'] });
       expect(new URL(got.url).host).toBe('molly.example.org');
