@@ -9,7 +9,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
-import { PostgresStore } from '../dist/store-pg.js';
+import { PostgresStore } from '../dist/store/postgres.js';
 import { startPostgres } from '../test/helpers/private-postgres.mjs';
 import { now, pki, rpc, rss, sleep, until } from './lib.mjs';
 

@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import Database from 'better-sqlite3';
-import { SqliteStore } from '../dist/store.js';
+import { SqliteStore } from '../dist/store/sqlite.js';
 import { cpuSeconds, now, percentile, pki, rpc, rss, sleep, until } from './lib.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));

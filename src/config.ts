@@ -5,7 +5,7 @@ import { closest, distance } from 'fastest-levenshtein';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { parseEnvValue, type EnvValue } from './envValue.js';
 import { isProxyAddressEntry } from './addresses.js';
-import { redactUrl } from './store.js';
+import { redactUrl } from './store/location.js';
 
 /**
  * Configuration: built-in defaults < TOML file < MOLLY_* environment variables.

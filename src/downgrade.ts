@@ -1,6 +1,6 @@
 import { closeSync, linkSync, openSync, rmSync } from 'node:fs';
 import Database from 'better-sqlite3';
-import type { Connection } from './store.js';
+import type { Connection } from './store/store.js';
 
 /**
  * The way back to MollySocket 1.7: its database file, written from ours. MollySocket keeps one connection per

@@ -1,4 +1,4 @@
-import type { Heartbeat } from './store.js';
+import type { Heartbeat } from './store/store.js';
 
 /** How often a running server publishes its heartbeat (and changed connection states) to the store. */
 export const HEARTBEAT_MS = 5_000;

@@ -1,9 +1,9 @@
-import type { Connection, ConnectionKey, Store } from './store.js';
+import type { Connection, ConnectionKey, Store } from './store/store.js';
 import type { Logger } from './log.js';
 import { endpointOrigin, shortUuid } from './log.js';
 import { canonicalUuid, type ResolvedEndpoint } from './policy.js';
 import type { SignalVerdict } from './signal/link.js';
-import { StoreWrites } from './store-writes.js';
+import {StoreWrites} from './store/writes.js';
 
 /** What Molly sends in `POST /`. */
 export interface RegistrationRequest {

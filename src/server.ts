@@ -17,9 +17,12 @@ import { ENDPOINT_GONE, Registrations } from './registrations.js';
 import { askSignal } from './signal/link.js';
 import { Supervisor, type SupervisorOptions } from './signal/supervisor.js';
 import { Leases } from './cluster/leases.js';
-import { isPostgresUrl, openStore, SqliteStore, StoreError, type Connection, type Store } from './store.js';
-import { PostgresStore } from './store-pg.js';
-import { StoreWrites } from './store-writes.js';
+import { isPostgresUrl } from './store/location.js';
+import { openStore } from './store/open.js';
+import { SqliteStore } from './store/sqlite.js';
+import { StoreError, type Connection, type Store } from './store/store.js';
+import {PostgresStore} from './store/postgres.js';
+import {StoreWrites} from './store/writes.js';
 import { buildApp, buildOpsApp, type Ops } from './web/app.js';
 
 /** CA certificates for the Signal websocket: signal_ca_file, else Signal's own two roots. */

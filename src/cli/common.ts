@@ -5,8 +5,11 @@ import { ConfigError, describeSource, loadConfig, type LoadedConfig } from '../c
 import { createLogger, type Logger } from '../log.js';
 import { canonicalUuid, isUuid } from '../policy.js';
 import { clusterVapidKey, keptKeyPath, resolveVapidKey, VapidKeyError, type ResolvedKey } from '../push/vapid.js';
-import { isPostgresUrl, openStore as openDatabase, SqliteStore, StoreError, type OpenMode, type Store } from '../store.js';
-import { PostgresStore } from '../store-pg.js';
+import { isPostgresUrl } from '../store/location.js';
+import { openStore as openDatabase } from '../store/open.js';
+import { SqliteStore } from '../store/sqlite.js';
+import { StoreError, type OpenMode, type Store } from '../store/store.js';
+import {PostgresStore} from '../store/postgres.js';
 
 /** Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error. */
 export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;

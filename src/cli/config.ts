@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { configExample, describeSource, redactedConfig } from '../config.js';
-import { isPostgresUrl, redactUrl } from '../store.js';
+import { isPostgresUrl, redactUrl } from '../store/location.js';
 import { describeKeyInEffect, loadFor, print } from './common.js';
 
 export function registerConfig(program: Command): void {

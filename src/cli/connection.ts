@@ -5,7 +5,7 @@ import { pushStack } from '../push/setup.js';
 import type { PushOutcome } from '../push/client.js';
 import type { Config } from '../config.js';
 import type { ResolvedKey } from '../push/vapid.js';
-import type { Connection, Store } from '../store.js';
+import type { Connection, Store } from '../store/store.js';
 import { FailureError, formatTime, jsonTime, loadFor, maskUuid, parseDeviceId, parseUuid, print, table, UsageError, vapidKey, withStore } from './common.js';
 
 /** How a push went, in words. */

@@ -3,8 +3,10 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { planDowngrade, writeMollySocketDb } from '../downgrade.js';
 import { keptKeyPath, parsePrivateKey, publicKeyOf, resolveVapidKey } from '../push/vapid.js';
-import { isPostgresUrl, openStore, redactUrl, type Store } from '../store.js';
-import { PostgresStore } from '../store-pg.js';
+import { isPostgresUrl, redactUrl } from '../store/location.js';
+import { openStore } from '../store/open.js';
+import { type Store } from '../store/store.js';
+import {PostgresStore} from '../store/postgres.js';
 import { ENDPOINT_GONE } from '../registrations.js';
 import { formatTime, loadFor, print, UsageError, withStore } from './common.js';
 

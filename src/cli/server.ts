@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { handOverTimeoutMs, startServer, type RunningServer } from '../server.js';
-import { isPostgresUrl } from '../store.js';
+import { isPostgresUrl } from '../store/location.js';
 import { loadForServer } from './common.js';
 
 /** How long shutdown may take before the process exits anyway (plus the hand-over, with several instances). */

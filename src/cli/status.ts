@@ -1,8 +1,8 @@
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { isFresh } from '../heartbeat.js';
-import { connectionKey } from '../store.js';
-import { PostgresStore, type InstanceRow } from '../store-pg.js';
+import { connectionKey } from '../store/store.js';
+import {PostgresStore, type InstanceRow} from '../store/postgres.js';
 import { FailureError, formatTime, jsonTime, loadFor, maskUuid, print, table, withStore } from './common.js';
 
 export function registerStatus(program: Command): void {

@@ -1,4 +1,4 @@
-import type { Connection, ConnectionKey } from '../store.js';
+import type { Connection, ConnectionKey } from '../store/store.js';
 
 /** What an ownership driver tells the supervisor: which connections this instance runs. */
 export interface OwnedConnections {

@@ -1,6 +1,6 @@
 import type { Clock, TimerHandle } from '../clock.js';
 import type { Logger } from '../log.js';
-import type { SqliteStore } from '../store.js';
+import type { SqliteStore } from '../store/sqlite.js';
 import type { OwnedConnections, Ownership } from './ownership.js';
 
 /** One process on a SQLite file owns every connection, and follows the CLI's changes by polling the file. */

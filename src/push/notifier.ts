@@ -3,7 +3,7 @@ import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { Logger } from '../log.js';
 import { endpointOrigin, shortUuid } from '../log.js';
 import type { Metrics } from '../metrics.js';
-import { connectionKey, type Connection, type ConnectionKey } from '../store.js';
+import { connectionKey, type Connection, type ConnectionKey } from '../store/store.js';
 import type { PushClient, PushKind, PushOutcome } from './client.js';
 
 export interface NotifierOptions {

@@ -6,8 +6,9 @@ import { shortUuid } from '../log.js';
 import type { OwnedConnections, Ownership } from '../cluster/ownership.js';
 import { Solo } from '../cluster/solo.js';
 import { leftBehind } from '../registrations.js';
-import { connectionKey, SqliteStore, type Connection, type ConnectionKey, type ForbiddenFor, type Store } from '../store.js';
-import { StoreWrites } from '../store-writes.js';
+import { connectionKey, type Connection, type ConnectionKey, type ForbiddenFor, type Store } from '../store/store.js';
+import { SqliteStore } from '../store/sqlite.js';
+import {StoreWrites} from '../store/writes.js';
 import { SignalLink, type LinkEnd, type LinkOptions } from './link.js';
 import { ConnectRamp, type RampOptions } from './ramp.js';
 

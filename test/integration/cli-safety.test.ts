@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { packageRoot } from '../../src/paths.js';
-import { SqliteStore as Store } from '../../src/store.js';
+import { SqliteStore as Store } from '../../src/store/sqlite.js';
 import { FakePushServer } from '../fakes/push-server.js';
 import { BinProcess, runBin } from '../helpers/bin.js';
 import { tempDir, TEST_UUIDS, TEST_VAPID } from '../helpers/index.js';

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generatePrivateKey } from '../../src/push/vapid.js';
-import { PostgresStore } from '../../src/store-pg.js';
+import { PostgresStore } from '../../src/store/postgres.js';
 import { FakePushServer } from '../fakes/push-server.js';
 import { FakeSignalServer, type Account } from '../fakes/signal-server.js';
 import { testPki } from '../fakes/tls.js';

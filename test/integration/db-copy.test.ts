@@ -1,7 +1,9 @@
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { openStore, SqliteStore, type Connection } from '../../src/store.js';
+import { openStore } from '../../src/store/open.js';
+import { SqliteStore } from '../../src/store/sqlite.js';
+import { type Connection } from '../../src/store/store.js';
 import { runBin } from '../helpers/bin.js';
 import { tempDir } from '../helpers/index.js';
 import { freshDatabase, postgresMissing } from '../helpers/postgres.js';

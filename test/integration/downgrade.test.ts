@@ -2,7 +2,7 @@ import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
-import { SqliteStore as Store } from '../../src/store.js';
+import { SqliteStore as Store } from '../../src/store/sqlite.js';
 import { runBin } from '../helpers/bin.js';
 import { tempDir } from '../helpers/index.js';
 

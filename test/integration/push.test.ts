@@ -3,7 +3,7 @@ import { EndpointPolicy, type Resolver } from '../../src/policy.js';
 import { PushClient } from '../../src/push/client.js';
 import { Notifier } from '../../src/push/notifier.js';
 import { parsePrivateKey, VapidSigner } from '../../src/push/vapid.js';
-import type { Connection } from '../../src/store.js';
+import type { Connection } from '../../src/store/store.js';
 import { ManualClock } from '../fakes/clock.js';
 import { FakePushServer } from '../fakes/push-server.js';
 import { memoryLogger, settle } from '../helpers/index.js';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { planDowngrade } from '../../src/downgrade.js';
-import type { Connection } from '../../src/store.js';
+import type { Connection } from '../../src/store/store.js';
 
 const A = '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e';
 const B = '0b6c2f4e-8d1a-4c3b-9e5f-7a6b5c4d3e2f';

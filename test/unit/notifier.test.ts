@@ -3,7 +3,7 @@ import { Metrics } from '../../src/metrics.js';
 import type { PushKind, PushOutcome } from '../../src/push/client.js';
 import { Notifier, type NotifierOptions } from '../../src/push/notifier.js';
 import type { PushTarget } from '../../src/push/notifier.js';
-import type { Connection } from '../../src/store.js';
+import type { Connection } from '../../src/store/store.js';
 import { ManualClock } from '../fakes/clock.js';
 import { memoryLogger, settle } from '../helpers/index.js';
 

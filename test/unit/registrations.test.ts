@@ -5,7 +5,8 @@ import { describe, expect, it, vi } from 'vitest';
 import type { ResolvedEndpoint } from '../../src/policy.js';
 import type { SignalVerdict } from '../../src/signal/link.js';
 import { decide, ENDPOINT_GONE, leftBehind, Registrations, type RegistrationRequest, type StoredAccount } from '../../src/registrations.js';
-import { SqliteStore as Store, type Connection } from '../../src/store.js';
+import { SqliteStore as Store } from '../../src/store/sqlite.js';
+import { type Connection } from '../../src/store/store.js';
 import { tempDir } from '../helpers/index.js';
 
 const req: RegistrationRequest = {

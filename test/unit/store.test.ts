@@ -4,8 +4,10 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import { packageRoot } from '../../src/paths.js';
-import { SqliteStore as Store, openStore, type Store as AnyStore } from '../../src/store.js';
-import { PostgresStore } from '../../src/store-pg.js';
+import { SqliteStore as Store } from '../../src/store/sqlite.js';
+import { openStore } from '../../src/store/open.js';
+import { type Store as AnyStore } from '../../src/store/store.js';
+import { PostgresStore } from '../../src/store/postgres.js';
 import { freshDatabase, postgresMissing } from '../helpers/postgres.js';
 import { tempDir } from '../helpers/index.js';
 

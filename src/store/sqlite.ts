@@ -1,31 +1,6 @@
 import { closeSync, existsSync, linkSync, openSync, rmSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
-
-/** One registered account device. Times are unix seconds, as in MollySocket's database. */
-export interface Connection {
-  uuid: string;
-  deviceId: number;
-  password: string;
-  endpoint: string;
-  forbidden: boolean;
-  /** Why the connection is forbidden, e.g. `signal_403` or `endpoint_gone`. */
-  forbiddenReason: string | null;
-  forbiddenAt: number | null;
-  lastRegistration: number;
-  createdAt: number;
-  updatedAt: number;
-  /** PostgreSQL: the instance that owns it (runs its socket), and the epoch raised on every change of owner. */
-  owner: string | null;
-  epoch: number;
-}
-
-/** The fields a registration or the CLI stores. */
-export type NewConnection = Pick<Connection, 'uuid' | 'deviceId' | 'password' | 'endpoint'>;
-
-export type ConnectionKey = Pick<Connection, 'uuid' | 'deviceId'>;
-/** What a decision to forbid a connection was made for: the endpoint a push server gave up, or refused credentials. */
-export type ForbiddenFor = { endpoint: string } | { password: string };
-export const connectionKey = (c: ConnectionKey): string => `${c.uuid}.${c.deviceId}`;
+import { StoreError, type Connection, type ConnectionKey, type ForbiddenFor, type Heartbeat, type LiveState, type NewConnection, type OpenMode, type Store } from './store.js';
 
 /**
  * Schema versions: 0 is MollySocket's (one row per uuid; it never sets user_version); 2 is ours (one row per account
@@ -55,13 +30,6 @@ const mollySocketRows = (table: string): string => `
          COALESCE(last_registration, 0) AS last_registration
   FROM ${table} WHERE uuid IS NOT NULL`;
 
-/**
- * How a command opens the database: `create` it if missing and bring it to the current schema (the server,
- * `connection add`); `write` an existing one, migrating it (commands that change connections); `read` an existing one
- * as it is, MollySocket's file included, never changing it.
- */
-export type OpenMode = 'create' | 'write' | 'read';
-
 const CREATE_V3 = `
   CREATE TABLE live_state(
     uuid TEXT NOT NULL,
@@ -78,22 +46,6 @@ const CREATE_V3 = `
     started_at INTEGER NOT NULL,
     seen_at INTEGER NOT NULL
   )`;
-
-/** A connection's state as the running server last published it (times in ms). */
-export interface LiveState {
-  uuid: string;
-  deviceId: number;
-  state: string;
-  reason: string;
-  since: number;
-}
-
-export interface Heartbeat {
-  pid: number;
-  version: string;
-  startedAt: number;
-  seenAt: number;
-}
 
 const CREATE_V2 = `
   CREATE TABLE connections(
@@ -152,77 +104,6 @@ function retryWhileBusy(fn: () => void): void {
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10 + Math.random() * 40);
     }
   }
-}
-
-export class StoreError extends Error {
-  override name = 'StoreError';
-}
-
-/** `db` names PostgreSQL when it is a postgres:// or postgresql:// URL; anything else is a SQLite file path. */
-export const isPostgresUrl = (db: string): boolean => /^postgres(ql)?:\/\//i.test(db);
-
-/** A database URL with its password masked, for messages and logs. */
-export const redactUrl = (url: string): string => url.replace(/^(postgres(?:ql)?:\/\/[^:/@]*):[^@]*@/i, '$1:***@');
-
-/**
- * Where the backends meet: every query the server and the CLI make. SQLite (one machine, the default) and
- * PostgreSQL (several instances, src/store-pg.ts) both implement it; PostgreSQL is asynchronous, so all of it is.
- */
-export interface Store {
-  /** The file path, or the URL without its password. */
-  readonly location: string;
-  get(key: ConnectionKey): Promise<Connection | undefined>;
-  /** Every connection, or those of one account, or of one of its devices. */
-  list(filter?: { uuid?: string; deviceId?: number }): Promise<Connection[]>;
-  /** Inserts or fully replaces a connection, enabled, as a fresh registration at `now` (unix seconds). */
-  put(c: NewConnection, now: number): Promise<Connection>;
-  /** An identical registration: only remembers when it was seen. */
-  touchRegistration(key: ConnectionKey, now: number): Promise<Connection | undefined>;
-  /**
-   * Marks an enabled connection forbidden, compare-and-set on what the decision was made for (the endpoint or the
-   * password). `fence` (the owner's view of the row) makes it a write of the owner: on PostgreSQL it changes nothing
-   * once the epoch moved on (another instance owns the row now). Returns whether the row changed.
-   */
-  setForbidden(key: ConnectionKey, reason: string, decidedFor: ForbiddenFor, now: number, fence?: Pick<Connection, 'epoch'>): Promise<boolean>;
-  /** Clears the forbidden flag: the server connects again. */
-  enable(key: ConnectionKey, now: number): Promise<void>;
-  /** Removes one device's connection, or every device of the account when no device is given. */
-  remove(key: { uuid: string; deviceId?: number }): Promise<number>;
-  /** Adds these connections as they are (times, forbidden state), owned by nobody: `db copy`. */
-  importConnections(conns: Connection[]): Promise<void>;
-  /** Removes a connection only if it is (still) forbidden; whether it did. */
-  removeForbidden(key: ConnectionKey): Promise<boolean>;
-  /** The running server's connection states (all of them; a backend writes only what changed). */
-  publishStates(states: LiveState[]): Promise<void>;
-  liveStates(): Promise<LiveState[]>;
-  beat(h: Heartbeat): Promise<void>;
-  /** The running server's heartbeat (PostgreSQL: the freshest instance's). */
-  heartbeat(): Promise<Heartbeat | undefined>;
-  /** The server records the VAPID public key it signs with (commands check theirs against it). */
-  recordVapidKey(publicKey: string): Promise<void>;
-  /** The VAPID public key the server last started with; undefined when none ran on this database yet. */
-  recordedVapidKey(): Promise<string | undefined>;
-  /** The server stopped: nothing it published is current any more. */
-  clearLive(): Promise<void>;
-  /** Whether the database answers (and, for a file, is still the one opened). */
-  healthy(): Promise<boolean>;
-  /** Throws when what is written now would be lost (the file was deleted or replaced under the server). */
-  assertPresent(): Promise<void>;
-  /** Keeps the connections a stopping server still owed a wake-up. */
-  keepOwedWakeups(keys: ConnectionKey[]): Promise<void>;
-  /** The wake-ups owed since the last shutdown, forgotten as they are read. */
-  takeOwedWakeups(): Promise<ConnectionKey[]>;
-  close(): Promise<void>;
-}
-
-/**
- * Opens the store `db` names (setting "db" / MOLLY_DB). A SQLite file as `mode` says; PostgreSQL always has its
- * schema created and migrated (a server, not a file that a wrong directory would create).
- */
-export async function openStore(db: string, opts: { mode?: OpenMode; busyTimeoutMs?: number } = {}): Promise<Store> {
-  if (!isPostgresUrl(db)) return SqliteStore.open(db, opts);
-  const { PostgresStore } = await import('./store-pg.js');
-  return PostgresStore.open(db, opts.mode === undefined ? {} : { mode: opts.mode });
 }
 
 /**

@@ -1,18 +1,7 @@
 import pg from 'pg';
-import { bucketOf } from './cluster/shares.js';
-import {
-  StoreError,
-  connectionKey,
-  type Connection,
-  type ConnectionKey,
-  type ForbiddenFor,
-  type Heartbeat,
-  type LiveState,
-  type NewConnection,
-  type OpenMode,
-  type Store,
-  redactUrl,
-} from './store.js';
+import { bucketOf } from '../cluster/shares.js';
+import { StoreError, connectionKey, type Connection, type ConnectionKey, type ForbiddenFor, type Heartbeat, type LiveState, type NewConnection, type OpenMode, type Store } from './store.js';
+import { redactUrl } from './location.js';
 
 /** The NOTIFY channel: payloads `changed:<uuid>.<device>` (a row to re-read) or `owners` (ownership moved). */
 export const CHANNEL = 'mollysocket';

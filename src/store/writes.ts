@@ -1,6 +1,6 @@
-import { backoffDelay } from './backoff.js';
-import { systemClock, type Clock, type TimerHandle } from './clock.js';
-import type { Logger } from './log.js';
+import { backoffDelay } from '../backoff.js';
+import { systemClock, type Clock, type TimerHandle } from '../clock.js';
+import type { Logger } from '../log.js';
 
 /**
  * How the running server writes to the store without ever making the event loop wait on it. The database can be
