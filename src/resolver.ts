@@ -2,6 +2,7 @@ import { promises as dns } from 'node:dns';
 import { readFile, stat } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { LRUCache } from 'lru-cache';
+import { systemClock, type Clock } from './clock.js';
 import type { ResolvedAddress, Resolver } from './policy.js';
 
 /**
@@ -18,6 +19,8 @@ export interface ResolverOptions {
   /** DNS servers (`host` or `host:port`); default: the system's (/etc/resolv.conf). */
   servers?: string[];
   hostsFile?: string;
+  /** Time for the caches' expiry (tests move it by hand). */
+  clock?: Clock;
 }
 
 /** An answer is kept this long at most, and a name that does not exist this long. */
@@ -47,6 +50,7 @@ export function createResolver(opts: ResolverOptions): Resolver {
   const resolver = new dns.Resolver({ timeout: opts.timeoutMs, tries: opts.tries });
   if (opts.servers) resolver.setServers(opts.servers);
   const hostsFile = opts.hostsFile ?? '/etc/hosts';
+  const clock = opts.clock ?? systemClock;
   let hosts = new Map<string, ResolvedAddress[]>();
   let hostsMtime = -1;
   let hostsCheckedAt = -Infinity;
@@ -67,8 +71,8 @@ export function createResolver(opts: ResolverOptions): Resolver {
   }
 
   async function fromHostsFile(name: string): Promise<ResolvedAddress[] | undefined> {
-    if (Date.now() - hostsCheckedAt >= HOSTS_CHECK_MS) {
-      hostsCheckedAt = Date.now();
+    if (clock.now() - hostsCheckedAt >= HOSTS_CHECK_MS) {
+      hostsCheckedAt = clock.now();
       hostsLoading = loadHosts();
     }
     await hostsLoading; // every ask waits for the same read
@@ -86,10 +90,10 @@ export function createResolver(opts: ResolverOptions): Resolver {
       const error = (failure?.reason as NodeJS.ErrnoException | undefined) ?? Object.assign(new Error(`${name} has no address`), { code: 'ENODATA' });
       // A name that does not exist is remembered briefly; a timeout is not remembered, the next ask tries again.
       const remembered = error.code === 'ENOTFOUND' || error.code === 'ENODATA';
-      return { error, expires: Date.now() + (remembered ? NEGATIVE_TTL_MS : 0) };
+      return { error, expires: clock.now() + (remembered ? NEGATIVE_TTL_MS : 0) };
     }
     const ttlMs = Math.min(MAX_TTL_MS, Math.min(...records.map((r) => r.ttl)) * 1000);
-    return { addresses: records.map(({ address, family }) => ({ address, family })), expires: Date.now() + ttlMs };
+    return { addresses: records.map(({ address, family }) => ({ address, family })), expires: clock.now() + ttlMs };
   }
 
   return async (host: string): Promise<ResolvedAddress[]> => {
@@ -97,14 +101,14 @@ export function createResolver(opts: ResolverOptions): Resolver {
     const fromHosts = await fromHostsFile(name);
     if (fromHosts) return fromHosts;
     let answer = cache.get(name);
-    if (!answer || answer.expires <= Date.now()) {
+    if (!answer || answer.expires <= clock.now()) {
       let asking = pending.get(name);
       if (!asking) {
         asking = query(name).finally(() => pending.delete(name));
         pending.set(name, asking);
       }
       answer = await asking;
-      if (answer.expires > Date.now()) cache.set(name, answer);
+      if (answer.expires > clock.now()) cache.set(name, answer);
     }
     if ('error' in answer) throw answer.error;
     return answer.addresses;

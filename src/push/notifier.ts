@@ -151,10 +151,10 @@ export class Notifier {
       lane.trailing = undefined;
       this.startUrgent(lane);
     }
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
+    let timer: TimerHandle | undefined;
+    const deadline = new Promise<void>((resolve) => (timer = this.clock.setTimeout(resolve, ms)));
     await Promise.race([Promise.allSettled([...this.inFlight]), deadline]);
-    clearTimeout(timer);
+    this.clock.clearTimeout(timer);
     const owed: ConnectionKey[] = [];
     for (const lane of this.lanes.values()) {
       if (lane.current) owed.push({ uuid: lane.conn.uuid, deviceId: lane.conn.deviceId });

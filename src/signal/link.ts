@@ -123,6 +123,11 @@ export class SignalLink {
     this.events.onOpen();
   }
 
+  /** A keepalive was sent and its answer has not arrived yet. */
+  get awaitingKeepalive(): boolean {
+    return this.pendingKeepalive !== undefined;
+  }
+
   /**
    * Called about every second by the supervisor for all open links at once (one timer for thousands of sockets
    * instead of two per keepalive): sends a keepalive when one is due, ends the session when one went unanswered.

@@ -251,6 +251,13 @@ export class Supervisor implements OwnedConnections {
     }));
   }
 
+  /** Open sockets whose last keepalive is still unanswered. */
+  awaitingKeepalives(): number {
+    let n = 0;
+    for (const e of this.entries.values()) if (e.link?.awaitingKeepalive) n++;
+    return n;
+  }
+
   /** Connections waiting for the connect ramp. */
   get connectQueue(): number {
     return this.ramp.waiting;

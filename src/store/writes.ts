@@ -17,8 +17,6 @@ interface Pending {
 /** Answers SQLite gives while another connection holds the lock: worth waiting for. */
 const isBusy = (err: unknown): boolean => /^SQLITE_(BUSY|LOCKED)/.test((err as { code?: string }).code ?? '');
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
 export class StoreWrites {
   private readonly queue: Pending[] = [];
   private timer: TimerHandle | undefined;
@@ -57,7 +55,7 @@ export class StoreWrites {
    * database is locked, up to `waitMs`, without blocking the event loop; any other failure is thrown at once.
    */
   async now<T>(write: () => T | Promise<T>, waitMs = 5_000): Promise<T> {
-    const deadline = Date.now() + waitMs;
+    const deadline = this.clock.now() + waitMs;
     for (let attempt = 0; ; attempt++) {
       try {
         const result = await write();
@@ -65,8 +63,8 @@ export class StoreWrites {
         return result;
       } catch (err) {
         this.failed(err);
-        if (!isBusy(err) || Date.now() >= deadline) throw err;
-        await sleep(Math.min(20 * 2 ** attempt, 250));
+        if (!isBusy(err) || this.clock.now() >= deadline) throw err;
+        await new Promise<void>((resolve) => this.clock.setTimeout(resolve, Math.min(20 * 2 ** attempt, 250)));
       }
     }
   }

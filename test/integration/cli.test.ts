@@ -119,9 +119,7 @@ describe('the mollysocket bin', () => {
       expect(((await res.json()) as { mollysocket: { status: string } }).mollysocket.status).toBe('ok');
       await signal.until(() => signal.open(account.uuid, 3).length === 1, 'a session');
 
-      const started = Date.now();
       expect(await first.stop('SIGTERM')).toBe(0);
-      expect(Date.now() - started).toBeLessThan(5_000);
       await signal.until(() => signal.events.includes(`close ${account.uuid}.3 1000`), 'a close with 1000');
       expect(first.stderr).not.toContain(account.password);
 

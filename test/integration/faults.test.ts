@@ -122,36 +122,34 @@ describe('no wake-up lost to a crash or a shutdown', () => {
 });
 
 describe('the database under a running server', () => {
-  it('acks envelopes within a second while another process holds the write lock for 10 s', { timeout: 40_000 }, async () => {
+  it('keeps acking envelopes while another process holds the write lock, and says so on /health', { timeout: 60_000 }, async () => {
     const w = await setUp();
     const { url } = await running(w);
+    // The lock is held until the test lets go: whatever the machine's speed, every ack below happens under it.
     const holder = spawn(
       process.execPath,
       [
         '-e',
         `const db = new (require(${JSON.stringify(join(packageRoot, 'node_modules', 'better-sqlite3'))}))(${JSON.stringify(w.env.MOLLY_DB)});
-         db.exec('BEGIN IMMEDIATE'); console.log('locked'); setTimeout(() => { db.exec('COMMIT'); console.log('released'); }, 10000);`,
+         db.exec('BEGIN IMMEDIATE'); console.log('locked');
+         process.stdin.on('data', () => { db.exec('COMMIT'); console.log('released'); process.exit(0); });`,
       ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
+      { stdio: ['pipe', 'pipe', 'inherit'] },
     );
     let out = '';
     holder.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    await eventually(() => out.includes('locked'), 'the lock held', 5_000);
+    await eventually(() => out.includes('locked'), 'the lock held', 10_000);
 
+    // A server whose statements waited for the lock (SQLite's busy timeout, 5 s) would ack one envelope every few
+    // seconds at best, and these 30 would not fit in the test's time.
     const session = w.signal.open(accounts[0]!.uuid, 1)[0]!;
-    const latencies: number[] = [];
-    let health503 = false;
-    while (!out.includes('released')) {
-      const sent = performance.now();
-      await w.signal.sendEnvelope(session, { urgent: false });
-      latencies.push(performance.now() - sent);
-      if ((await fetch(`${url}/health`)).status === 503) health503 = true;
-      await new Promise((r) => setTimeout(r, 200));
-    }
-    expect(latencies.length).toBeGreaterThan(20);
-    expect(Math.max(...latencies)).toBeLessThan(1_000);
-    expect(health503).toBe(true); // the heartbeat could not be written meanwhile, and /health said so
-    await eventually(async () => (await fetch(`${url}/health`)).status === 200, 'health once the lock is gone', 10_000);
+    for (let i = 0; i < 30; i++) await w.signal.sendEnvelope(session, { urgent: false });
+    await eventually(async () => (await fetch(`${url}/health`)).status === 503, 'health saying the store fails', 20_000);
+    expect(out).not.toContain('released');
+
+    holder.stdin.write('release\n');
+    await eventually(() => out.includes('released'), 'the lock released', 10_000);
+    await eventually(async () => (await fetch(`${url}/health`)).status === 200, 'health once the lock is gone', 20_000);
   });
 
   it('tells the truth when the database file is deleted: 503, registrations refused, and no empty database at the next start', async () => {

@@ -6,7 +6,7 @@ import { parsePrivateKey, VapidSigner } from '../../src/push/vapid.js';
 import type { Connection } from '../../src/store/store.js';
 import { ManualClock } from '../fakes/clock.js';
 import { FakePushServer } from '../fakes/push-server.js';
-import { memoryLogger, settle } from '../helpers/index.js';
+import { eventually, flushPromises, memoryLogger } from '../helpers/index.js';
 
 const signer = new VapidSigner(parsePrivateKey('DSqYuWchrB6yIMYJtidvqANeRQic4uWy34afzZRsZnI', 'test'));
 
@@ -46,20 +46,23 @@ describe('push client against a push server', () => {
     push.script.push({ status: 503 }, { status: 503 }, { status: 503 });
     const clock = new ManualClock();
     const conn = { uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', deviceId: 1, endpoint: push.endpoint() } as Connection;
+    // The notifier handles an answer in the promise callbacks queued after this wrapper's.
+    let answers = 0;
+    const counting = { send: (...args: Parameters<PushClient['send']>) => client.send(...args).finally(() => answers++) };
     const notifier = new Notifier(
       { minIntervalMs: 1_000, retry: { baseMs: 1_000, capMs: 60_000 }, giveUpAfterMs: 3600_000 },
-      { client, log: memoryLogger().log, clock, random: () => 1, onGone: () => {}, isActive: () => true },
+      { client: counting, log: memoryLogger().log, clock, random: () => 1, onGone: () => {}, isActive: () => true },
     );
     notifier.urgent(conn);
     for (const [n, delay] of [[1, 1_000], [2, 2_000], [3, 4_000]] as const) {
-      await push.until(() => push.requests.length === n, `attempt ${n}`);
-      await settle(10);
+      await eventually(() => answers === n, `answer ${n}`);
+      await flushPromises();
+      expect(clock.nextDue()).toBe(delay); // the retry, scheduled on the notifier's clock
       clock.advance(delay);
     }
-    await push.until(() => push.requests.length === 4, 'the delivered attempt');
-    await settle(10);
-    clock.advance(3600_000);
-    await settle(20);
+    await eventually(() => answers === 4, 'the delivered answer');
+    await flushPromises();
+    expect(clock.nextDue()).toBeUndefined(); // delivered: no retry left, so nothing can be sent again
     expect(push.requests).toHaveLength(4);
     expect(push.requests.every((r) => r.body === '{"urgent":true}' && r.vapid.ok)).toBe(true);
   });
@@ -90,16 +93,14 @@ describe('push client against a push server', () => {
 
   it('gives up on a hanging server at the timeout, as a failure worth retrying', async () => {
     push.script.push({ hang: true });
-    const started = Date.now();
     const outcome = await client.send(push.endpoint(), 'urgent');
     expect(outcome).toMatchObject({ kind: 'failed', error: expect.stringMatching(/no answer within 300 ms/) });
-    expect(Date.now() - started).toBeLessThan(5_000);
   });
 
   it('never follows a redirect', async () => {
     push.script.push({ status: 307, headers: { Location: other.endpoint('elsewhere') } });
+    // A followed redirect would be part of the same send, answered by the other server.
     expect(await client.send(push.endpoint(), 'urgent')).toEqual({ kind: 'rejected', status: 307 });
-    await settle(50);
     expect(other.requests).toHaveLength(0);
   });
 
@@ -118,8 +119,9 @@ describe('push client against a push server', () => {
       idleSocketMs: 200,
     });
     try {
+      // How many are still open when the loop ends depends on the machine's speed (the first may have idled out
+      // already); what counts is that every kept-alive socket closes without another push.
       for (const n of names) expect((await many.send(`http://${n}:${port}/up/x`, 'urgent')).kind).toBe('delivered');
-      expect(push.openConnections).toBe(names.length); // one kept-alive socket per origin
       await push.until(() => push.openConnections === 0, 'every idle socket closed');
     } finally {
       many.close();
@@ -131,9 +133,8 @@ describe('push client against a push server', () => {
     push.script.push({ hang: true }, { hang: true }, { hang: true }, { hang: true }, { hang: true });
     const sends = Array.from({ length: 5 }, () => bounded.send(push.endpoint(), 'urgent'));
     await push.until(() => push.requests.length === 2, 'two pushes under way');
-    await settle(50);
+    expect(bounded.load()).toEqual({ inFlight: 2, queued: 3 }); // the other three not even started
     expect(push.requests).toHaveLength(2);
-    expect(bounded.load()).toEqual({ inFlight: 2, queued: 3 });
     bounded.close(); // the hanging pushes fail, the queued ones then go out
     await push.close();
     for (const outcome of await Promise.all(sends)) expect(outcome.kind).toBe('failed');
@@ -166,8 +167,8 @@ describe('push client against a push server', () => {
     const rebinding = new PushClient({ policy: new EndpointPolicy(['*'], loopbackDns(['rebind.test'])), timeoutMs: 1_000 });
     try {
       const outcome = await rebinding.send(`http://rebind.test:${port}/up/abc`, 'urgent');
+      // Refused before any connection: the outcome is final, nothing of this push is on its way.
       expect(outcome).toMatchObject({ kind: 'rejected', reason: expect.stringMatching(/not globally routable/) });
-      await settle(50);
       expect(push.requests).toHaveLength(0);
     } finally {
       rebinding.close();

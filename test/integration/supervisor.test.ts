@@ -6,7 +6,7 @@ import { SqliteStore as Store } from '../../src/store/sqlite.js';
 import { type Connection } from '../../src/store/store.js';
 import { ManualClock } from '../fakes/clock.js';
 import { FakeSignalServer, type Account } from '../fakes/signal-server.js';
-import { eventually, memoryLogger, settle, tempDir } from '../helpers/index.js';
+import { eventually, flushPromises, memoryLogger, tempDir } from '../helpers/index.js';
 
 const A: Account = { uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', deviceId: 2, password: 'pw-A+/==' };
 const B: Account = { uuid: '0b6c2f4e-8d1a-4c3b-9e5f-7a6b5c4d3e2f', deviceId: 1, password: 'pw-B' };
@@ -74,11 +74,17 @@ async function register(h: Harness, account: Account, endpoint = ENDPOINT): Prom
   await h.store.put({ ...account, endpoint }, 1);
 }
 
-/** Lets `ms` of clock time pass in slices, with the real I/O of each slice (keepalive answers) in between. */
+/**
+ * Lets `ms` of clock time pass in slices, with the real I/O of each slice in between: every handshake it started has
+ * ended (connected or refused) and every keepalive it sent is answered (unless the fake is told to stay silent).
+ */
 async function passTime(h: Harness, ms: number, sliceMs = 5_000): Promise<void> {
   for (let passed = 0; passed < ms; passed += sliceMs) {
     h.clock.advance(Math.min(sliceMs, ms - passed));
-    await settle(5);
+    await eventually(
+      () => h.sup.counts().connecting === h.sup.connectQueue && (h.signal.silentKeepalive || h.sup.awaitingKeepalives() === 0),
+      'the handshakes and keepalives of this slice',
+    );
   }
 }
 
@@ -99,8 +105,10 @@ describe('one socket per account device', () => {
     await connected(h, A);
     expect(h.signal.open(A.uuid, A.deviceId)).toHaveLength(1);
 
+    const revision = h.sup.revision;
     h.sup.sync((await h.store.get(A))!); // Molly re-registers on every unlock
-    await settle();
+    await flushPromises();
+    expect(h.sup.revision).toBe(revision); // a new socket would have changed the state at once
     expect(h.signal.sessions).toHaveLength(1);
 
     await h.store.put({ ...A, endpoint: 'https://push.example/up/new' }, 2);
@@ -135,7 +143,7 @@ describe('timeouts', () => {
     await h.sup.start();
     await eventually(() => h.signal.upgrades.length === 1, 'the hanging attempt');
     h.clock.advance(29_999);
-    await settle();
+    await flushPromises();
     expect(h.sup.state(A)).toBe('connecting');
     h.clock.advance(1);
     await inState(h, A, 'backoff');
@@ -151,22 +159,23 @@ describe('timeouts', () => {
     await connected(h, A);
     const session = h.signal.open(A.uuid, A.deviceId)[0]!;
     h.clock.advance(29_999);
-    await settle();
+    await flushPromises();
+    expect(h.sup.awaitingKeepalives()).toBe(0); // a keepalive is awaited from the moment it is sent
     expect(session.requests).toHaveLength(0);
     h.clock.advance(1);
     await eventually(() => session.requests.length === 1, 'a keepalive');
     expect(session.requests[0]).toMatchObject({ verb: 'GET', path: '/v1/keepalive' });
-    await settle(); // the answer arrives
+    await eventually(() => h.sup.awaitingKeepalives() === 0, 'the answer');
     h.clock.advance(30_000);
     await eventually(() => session.requests.length === 2, 'a second keepalive');
-    await settle();
+    await eventually(() => h.sup.awaitingKeepalives() === 0, 'the second answer');
     expect(h.sup.state(A)).toBe('connected');
 
     h.signal.silentKeepalive = true;
     h.clock.advance(30_000);
     await eventually(() => session.requests.length === 3, 'an unanswered keepalive');
     h.clock.advance(19_999);
-    await settle();
+    await flushPromises();
     expect(h.sup.state(A)).toBe('connected');
     h.clock.advance(1);
     await inState(h, A, 'backoff');
@@ -202,8 +211,10 @@ describe('outcomes', () => {
     await h.sup.start();
     await inState(h, A, 'forbidden');
     expect(await h.store.get(A)).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403', forbiddenAt: Math.floor(h.clock.now() / 1000) });
+    const revision = h.sup.revision;
     h.clock.advance(3600_000);
-    await settle();
+    await flushPromises();
+    expect(h.sup.revision).toBe(revision); // an attempt would have left the forbidden state at once
     expect(h.signal.upgrades).toHaveLength(1);
 
     const relinked = { ...A, password: 'relinked' };
@@ -226,9 +237,11 @@ describe('outcomes', () => {
     h.signal.addAccount(relinked);
     h.signal.open(A.uuid, A.deviceId)[0]!.ws.close(4401);
     await eventually(() => h.sup.state(A) === 'backoff', 'backoff');
+    const revision = h.sup.revision;
     h.clock.advance(1_000); // the retry, before the store is polled again
     await h.signal.until(() => h.signal.upgrades.some((u) => u.status === 403), 'the 403 for the old password');
-    await settle();
+    await eventually(() => h.sup.revision > revision + 1, 'the 403 handled'); // connecting, then what the 403 made of it
+    await flushPromises();
     expect(await h.store.get(A)).toMatchObject({ forbidden: false, password: 'relinked' });
     await passTime(h, 2_000); // the poll brings the new credentials
     await connected(h, A);
@@ -286,8 +299,10 @@ describe('outcomes', () => {
     await h.sup.start();
     await inState(h, A, 'backoff');
     expect(retryDelays(h)).toEqual([7_000]);
+    const revision = h.sup.revision;
     h.clock.advance(6_999);
-    await settle();
+    await flushPromises();
+    expect(h.sup.revision).toBe(revision); // still in backoff: an attempt would have changed the state at once
     expect(h.signal.upgrades).toHaveLength(1);
     h.clock.advance(1);
     await connected(h, A);
@@ -394,12 +409,12 @@ describe('start-up ramp', () => {
     for (const a of accounts) await register(h, a);
     await h.sup.start();
     await eventually(() => h.signal.sessions.length === 5, 'the first burst');
-    await settle();
-    expect(h.signal.upgrades).toHaveLength(5); // the burst is bounded, however fast the handshakes are
+    expect(h.sup.connectQueue).toBe(25); // the burst is bounded, however fast the handshakes are
+    expect(h.signal.upgrades).toHaveLength(5);
     for (let second = 1; second <= 3; second++) {
       h.clock.advance(1_000);
       await eventually(() => h.signal.upgrades.length >= Math.min(30, 5 + 10 * second), `second ${second}`);
-      await settle();
+      expect(30 - h.sup.connectQueue).toBeLessThanOrEqual(5 + 10 * second); // started so far, by the ramp's own count
       expect(h.signal.upgrades.length).toBeLessThanOrEqual(5 + 10 * second);
     }
     await eventually(() => h.sup.counts().connected === 30, 'all connected');

@@ -5,7 +5,7 @@ import { Notifier, type NotifierOptions } from '../../src/push/notifier.js';
 import type { PushTarget } from '../../src/push/notifier.js';
 import type { Connection } from '../../src/store/store.js';
 import { ManualClock } from '../fakes/clock.js';
-import { memoryLogger, settle } from '../helpers/index.js';
+import { flushPromises, memoryLogger } from '../helpers/index.js';
 
 const conn: Connection = {
   uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e',
@@ -63,19 +63,19 @@ describe('coalescing', () => {
       h.clock.advance(t - h.clock.now());
       h.notifier.urgent(conn);
     }
-    await settle(1);
+    await flushPromises();
     expect(h.sent.map((s) => s.at)).toEqual([0]);
     h.clock.advance(100); // t = 1000: the interval is over
-    await settle(1);
+    await flushPromises();
     expect(h.sent.map((s) => s.at)).toEqual([0, 1000]);
     h.clock.advance(500);
     h.notifier.urgent(conn); // t = 1500, within a second of the trailing push
     h.clock.advance(500);
-    await settle(1);
+    await flushPromises();
     expect(h.sent.map((s) => s.at)).toEqual([0, 1000, 2000]);
     h.clock.advance(1500);
     h.notifier.urgent(conn); // t = 3500, quiet before: at once
-    await settle(1);
+    await flushPromises();
     expect(h.sent.map((s) => s.at)).toEqual([0, 1000, 2000, 3500]);
     expect(h.sent.every((s) => s.kind === 'urgent')).toBe(true);
   });
@@ -93,7 +93,7 @@ describe('coalescing', () => {
         h.notifier.urgent(conn);
       }
       h.clock.advance(2_000);
-      await settle(0);
+      await flushPromises();
       const starts = h.sent.map((s) => s.at);
       expect(starts.at(-1)).toBeGreaterThanOrEqual(last);
       for (let i = 1; i < starts.length; i++) expect(starts[i]! - starts[i - 1]!).toBeGreaterThanOrEqual(1_000);
@@ -105,7 +105,7 @@ describe('coalescing', () => {
     const h = harness({ minIntervalMs: 0 }, () => delivered);
     h.notifier.urgent(conn);
     h.notifier.urgent(conn);
-    await settle(1);
+    await flushPromises();
     expect(h.sent).toHaveLength(2);
   });
 });
@@ -116,13 +116,13 @@ describe('retries', () => {
     const h = harness({}, (n) => answers[n]!);
     h.notifier.urgent(conn);
     for (const step of [1_000, 2_000, 4_000]) {
-      await settle(1);
+      await flushPromises();
       h.clock.advance(step);
     }
-    await settle(1);
+    await flushPromises();
     expect(h.sent.map((s) => s.at)).toEqual([0, 1_000, 3_000, 7_000]);
     h.clock.advance(3600_000);
-    await settle(1);
+    await flushPromises();
     expect(h.sent).toHaveLength(4); // delivered: nothing more
     const results = await h.metrics.registry.getSingleMetricAsString('mollysocket_push_results_total');
     expect(results).toMatch(/kind="urgent",outcome="failed"} 3/);
@@ -136,15 +136,15 @@ describe('retries', () => {
     const h = harness();
     h.notifier.urgent(conn);
     h.sent[0]!.answer(failed503);
-    await settle(1);
+    await flushPromises();
     h.clock.advance(500);
     h.notifier.urgent(conn); // within the interval: trailing at t = 1000, which supersedes the retry due then
     h.clock.advance(500);
-    await settle(1);
+    await flushPromises();
     expect(h.sent.map((s) => s.at)).toEqual([0, 1_000]);
     h.sent[1]!.answer(delivered);
     h.clock.advance(60_000);
-    await settle(1);
+    await flushPromises();
     expect(h.sent).toHaveLength(2);
   });
 
@@ -153,7 +153,7 @@ describe('retries', () => {
     h.notifier.urgent(conn); // never answered
     h.clock.advance(1_500);
     h.notifier.urgent(conn);
-    await settle(1);
+    await flushPromises();
     expect(h.sent).toHaveLength(2);
     expect(h.sent[0]!.aborted()).toBe(true);
     expect(h.sent[1]!.aborted()).toBe(false);
@@ -163,23 +163,23 @@ describe('retries', () => {
     const h = harness();
     h.notifier.urgent(conn);
     h.sent[0]!.answer({ kind: 'rate_limited', status: 429, retryAfterMs: 30_000 });
-    await settle(1);
+    await flushPromises();
     h.clock.advance(5_000);
     h.notifier.urgent(conn); // would be allowed by the interval, but the server asked to wait
     h.clock.advance(24_999);
-    await settle(1);
+    await flushPromises();
     expect(h.sent).toHaveLength(1);
     h.clock.advance(1);
-    await settle(1);
+    await flushPromises();
     expect(h.sent.map((s) => s.at)).toEqual([0, 30_000]);
   });
 
   it('429 without Retry-After backs off', async () => {
     const h = harness({}, (n) => (n === 0 ? { kind: 'rate_limited', status: 429, retryAfterMs: undefined } : delivered));
     h.notifier.urgent(conn);
-    await settle(1);
+    await flushPromises();
     h.clock.advance(1_000);
-    await settle(1);
+    await flushPromises();
     expect(h.sent.map((s) => s.at)).toEqual([0, 1_000]);
   });
 
@@ -187,7 +187,7 @@ describe('retries', () => {
     const h = harness({ giveUpAfterMs: 10_000 }, () => failed503);
     h.notifier.urgent(conn);
     for (let i = 0; i < 20; i++) {
-      await settle(1);
+      await flushPromises();
       h.clock.advance(1_000);
     }
     expect(h.sent.map((s) => s.at)).toEqual([0, 1_000, 3_000, 7_000]); // the next one (15 s) would be past 10 s
@@ -197,9 +197,9 @@ describe('retries', () => {
   it('404/410: reports the endpoint gone and does not retry', async () => {
     const h = harness({}, () => ({ kind: 'gone', status: 410 }));
     h.notifier.urgent(conn);
-    await settle(1);
+    await flushPromises();
     h.clock.advance(60_000);
-    await settle(1);
+    await flushPromises();
     expect(h.sent).toHaveLength(1);
     expect(h.gone).toEqual([{ uuid: conn.uuid, deviceId: conn.deviceId, endpoint: conn.endpoint }]); // never the password
   });
@@ -207,9 +207,9 @@ describe('retries', () => {
   it('403 and other 4xx: logged, not retried, and the connection stays enabled', async () => {
     const h = harness({}, () => ({ kind: 'rejected', status: 403 }));
     h.notifier.urgent(conn);
-    await settle(1);
+    await flushPromises();
     h.clock.advance(60_000);
-    await settle(1);
+    await flushPromises();
     expect(h.sent).toHaveLength(1);
     expect(h.gone).toEqual([]);
     expect(h.lines().join('')).toMatch(/push refused: not retried/);
@@ -221,9 +221,9 @@ describe('retries', () => {
     const h = harness({}, () => failed503);
     h.notifier.urgent(conn);
     h.deactivate();
-    await settle(1);
+    await flushPromises();
     h.clock.advance(60_000);
-    await settle(1);
+    await flushPromises();
     expect(h.sent).toHaveLength(1);
   });
 
@@ -232,7 +232,7 @@ describe('retries', () => {
     h.notifier.urgent(conn);
     h.notifier.test(conn);
     h.notifier.deliveryCheck(conn);
-    await settle(1);
+    await flushPromises();
     expect(h.sent.map((s) => s.kind)).toEqual(['urgent', 'test', 'delivery_check']);
     // mollysocket_pushs counts urgent wake-ups only; every push is in the results by kind.
     expect(await h.metrics.registry.getSingleMetricAsString('mollysocket_pushs')).toMatch(/^mollysocket_pushs 1$/m);
@@ -257,32 +257,32 @@ describe('following the store', () => {
     const h = harness();
     h.notifier.urgent(conn);
     h.notifier.test(conn);
-    await settle(1);
+    await flushPromises();
     h.sent[0]!.answer(failed503);
     h.sent[1]!.answer(failed503);
-    await settle(1);
+    await flushPromises();
     h.notifier.update(moved); // Molly registered a new endpoint
-    await settle(1);
+    await flushPromises();
     expect(h.sent.map((s) => [s.kind, s.endpoint])).toEqual([
       ['urgent', conn.endpoint],
       ['test', conn.endpoint],
       ['urgent', moved.endpoint],
     ]);
     h.clock.advance(600_000);
-    await settle(1);
+    await flushPromises();
     expect(h.sent).toHaveLength(3);
   });
 
   it('aborts a push under way to the old endpoint, and a late 410 from it forbids nothing', async () => {
     const h = harness();
     h.notifier.urgent(conn);
-    await settle(1);
+    await flushPromises();
     h.notifier.update(moved);
-    await settle(1);
+    await flushPromises();
     expect(h.sent[0]!.aborted()).toBe(true);
     h.sent[0]!.answer({ kind: 'gone', status: 410 });
     h.sent[1]!.answer(delivered);
-    await settle(1);
+    await flushPromises();
     expect(h.gone).toEqual([]);
     expect(h.sent.map((s) => s.endpoint)).toEqual([conn.endpoint, moved.endpoint]);
   });
@@ -292,13 +292,13 @@ describe('following the store', () => {
     h.notifier.urgent(conn);
     h.notifier.test(conn);
     h.notifier.urgent(conn); // within the interval: a trailing push is scheduled
-    await settle(1);
+    await flushPromises();
     h.sent[0]!.answer(failed503);
     h.sent[1]!.answer(failed503);
-    await settle(1);
+    await flushPromises();
     h.notifier.forget(conn);
     h.clock.advance(600_000);
-    await settle(1);
+    await flushPromises();
     expect(h.sent).toHaveLength(2);
   });
 });
