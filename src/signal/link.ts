@@ -1,3 +1,4 @@
+import { createSecureContext, type SecureContext } from 'node:tls';
 import WebSocket from 'ws';
 import type { Clock, TimerHandle } from '../clock.js';
 import type { Logger } from '../log.js';
@@ -25,6 +26,17 @@ export interface LinkOptions {
   keepaliveTimeoutMs: number;
   clock: Clock;
   log: Logger;
+}
+
+/**
+ * One TLS context for every socket trusting the same certificates: given only `ca`, each socket would build and keep
+ * a context of its own, several KB apiece at thousands of sockets.
+ */
+const secureContexts = new WeakMap<Buffer[], SecureContext>();
+function secureContextFor(ca: Buffer[]): SecureContext {
+  let context = secureContexts.get(ca);
+  if (!context) secureContexts.set(ca, (context = createSecureContext({ ca })));
+  return context;
 }
 
 export interface LinkEvents {
@@ -79,7 +91,7 @@ export class SignalLink {
       },
       // Frames are small; a compression context per socket would cost memory at scale.
       perMessageDeflate: false,
-      ...(opts.ca && { ca: opts.ca }),
+      ...(opts.ca && { secureContext: secureContextFor(opts.ca) }),
     });
     this.connectTimer = opts.clock.setTimeout(() => this.abort({ kind: 'timeout', phase: 'connect' }), opts.connectTimeoutMs);
     this.ws.on('unexpected-response', (_req, res) => {
