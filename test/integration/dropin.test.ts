@@ -38,7 +38,7 @@ describe('commands that need only the key', () => {
   /** Each such command, and what its output must hold when it used the key PRIV. */
   const keyOnly = (): [string[], RegExp][] => [
     [['qr-code', 'airgapped'], new RegExp(`vapid=${PUB}&type=airgapped`)],
-    [['qr-code', 'url', 'https://molly.example.org/'], new RegExp(`vapid=${PUB}&type=webserver&url=`)],
+    [['qr-code', 'url', 'https://molly.example.org/'], new RegExp(`vapid=${PUB}&url=https%3A%2F%2Fmolly.example.org%2F&type=webserver`)],
     [['qr', 'air'], new RegExp(`vapid=${PUB}&type=airgapped`)],
     [['vapid', 'pub'], new RegExp(`^${PUB}\\n$`)],
     [['vapid', 'test', push.endpoint()], new RegExp(`^vapid t=\\S+, k=${PUB}\\n$`)],
@@ -112,4 +112,17 @@ describe('a command that changes nothing', () => {
     expect(removed).toMatchObject({ code: 0, stdout: expect.stringMatching(/^Removed 1 connection of/) });
     expect(readdirSync(dir)).toContain('mollysocket.db.mollysocket.bak');
   }, 120_000);
+});
+
+describe('an environment value MollySocket refuses', () => {
+  it("stops the server at start, one line naming the variable, exit 2, nothing created: MOLLY_ALLOWED_UUIDS=['<uuid>']", async () => {
+    const dir = tempDir('ms-env-');
+    const r = await runBin(['server'], { cwd: dir, env: { MOLLY_PORT: '0', MOLLY_ALLOWED_UUIDS: `['${UUID}']` } });
+    expect(r.code).toBe(2);
+    expect(oneLine(r.stderr)).toBe(
+      `mollysocket: environment variable MOLLY_ALLOWED_UUIDS does not parse: '…' quotes exactly one character, and the one ` +
+        `opened at character 2 goes on: write text as "…" (got "['${UUID}']")`,
+    );
+    expect(readdirSync(dir)).toEqual([]);
+  });
 });
