@@ -403,6 +403,13 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
     raw[key] = { value: fromEnv(spec.kind, text, value), source: { env: name } };
   }
 
+  // The key systemd hands over as the credential MollySocket's units name vapid.key, when no other is configured: what
+  // a unit's MOLLY_VAPID_KEY_FILE=%d/vapid.key says, for commands run with the credential alone (INSTALL.md).
+  const credential = env.CREDENTIALS_DIRECTORY ? join(env.CREDENTIALS_DIRECTORY, 'vapid.key') : undefined;
+  if (credential !== undefined && raw.vapid_key_file === undefined && raw.vapid_privkey === undefined && existsSync(credential)) {
+    raw.vapid_key_file = { value: credential, source: { env: 'CREDENTIALS_DIRECTORY' } };
+  }
+
   const config: Record<string, unknown> = {};
   const sources: Record<string, Source> = {};
   for (const [key, spec] of Object.entries(CONFIG_KEYS) as [ConfigKey, KeySpec][]) {
