@@ -1,11 +1,14 @@
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import { checkVapid, FakePushServer } from '../fakes/push-server.js';
-import { runBin } from '../helpers/bin.js';
+import { FakeSignalServer } from '../fakes/signal-server.js';
+import { testPki } from '../fakes/tls.js';
+import { BinProcess, runBin } from '../helpers/bin.js';
 import { tempDir, TEST_UUIDS, TEST_VAPID } from '../helpers/index.js';
 import { writeMollySocketDb } from '../helpers/mollysocket.js';
+import { unitEntries, unitEnvironment } from '../helpers/systemd.js';
 
 /** The seams where a MollySocket user swaps in this program and keeps everything else (issue 20). */
 
@@ -124,4 +127,47 @@ describe('an environment value MollySocket refuses', () => {
     );
     expect(readdirSync(dir)).toEqual([]);
   });
+});
+
+describe("MollySocket's systemd layout", () => {
+  it('the server runs on it unchanged: conf.toml\'s db, the credential vapid.key, the connections of its ms.db', async () => {
+    const signal = await FakeSignalServer.start({ tls: true });
+    try {
+      const account = { uuid: UUID, deviceId: 3, password: 'secret+/pw==' };
+      signal.addAccount(account);
+      // /etc/mollysocket and /var/lib/mollysocket as MollySocket 1.7.1's units leave them, under a scratch root.
+      const root = tempDir('ms-layout-');
+      const etc = join(root, 'etc/mollysocket');
+      const state = join(root, 'var/lib/mollysocket');
+      const credentials = join(root, 'run/credentials/mollysocket.service'); // what systemd decrypted
+      for (const dir of [etc, state, credentials]) mkdirSync(dir, { recursive: true });
+      writeFileSync(join(etc, 'conf.toml'), `db = '${state}/ms.db'\n`); // the line its vapid unit writes
+      writeFileSync(join(credentials, 'vapid.key'), `${PRIV}\n`);
+      writeMollySocketDb(join(state, 'ms.db'), [{ ...account, endpoint: push.endpoint(), forbidden: false, lastRegistration: 1700000000 }]);
+
+      // The environment our mollysocket.service gives, its paths moved under the scratch root.
+      const unitEnv = Object.fromEntries(
+        Object.entries(unitEnvironment(unitEntries('mollysocket.service'))).map(([k, v]) => [k, v.replace('/etc/mollysocket', etc).replace('%d', credentials)]),
+      );
+      expect(Object.keys(unitEnv)).toEqual(expect.arrayContaining(['MOLLY_CONF', 'MOLLY_VAPID_KEY_FILE']));
+      const test = { MOLLY_PORT: '0', MOLLY_SIGNAL_URL: signal.url, MOLLY_SIGNAL_CA_FILE: testPki().caFile, MOLLY_ALLOWED_ENDPOINTS: `[${push.origin}]` };
+      const server = new BinProcess(['server'], { cwd: state, env: { ...unitEnv, CREDENTIALS_DIRECTORY: credentials, ...test } });
+      try {
+        await signal.until(() => signal.open(UUID, 3).length === 1, 'the MollySocket connection');
+      } finally {
+        expect(await server.stop()).toBe(0);
+      }
+      const store = SqliteStore.open(join(state, 'ms.db'), { mode: 'read' });
+      expect(await store.recordedVapidKey()).toBe(PUB); // it signed with the credential's key
+      await store.close();
+
+      // A command given only MOLLY_CONF and the credential (INSTALL.md's way) finds the same key and database.
+      const cli = { MOLLY_CONF: join(etc, 'conf.toml'), CREDENTIALS_DIRECTORY: credentials };
+      expect(await runBin(['vapid', 'pub'], { cwd: root, env: cli })).toMatchObject({ code: 0, stdout: `${PUB}\n` });
+      expect((await runBin(['config'], { cwd: root, env: cli })).stdout).toContain(`# VAPID public key in effect: ${PUB} (vapid_key_file ${credentials}/vapid.key (from CREDENTIALS_DIRECTORY))`);
+      expect((await runBin(['connection', 'list', '--json'], { cwd: root, env: cli })).stdout).toContain(`"uuid": "${UUID}"`);
+    } finally {
+      await signal.close();
+    }
+  }, 120_000);
 });
