@@ -3,7 +3,7 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { closest, distance } from 'fastest-levenshtein';
 import { parse as parseToml, TomlError } from 'smol-toml';
-import { parseEnvValue, type EnvValue } from './envValue.js';
+import { EnvValueError, parseEnvValue, type EnvValue } from './envValue.js';
 import { isProxyAddressEntry } from './addresses.js';
 import { redactUrl } from './store/location.js';
 
@@ -303,6 +303,17 @@ function fromEnv(kind: Kind, text: string, value: EnvValue): unknown {
   }
 }
 
+/** A variable's text as MollySocket reads it; a text it would refuse stops here, naming the variable. */
+function envValue(name: string, spec: KeySpec, text: string): EnvValue {
+  try {
+    return parseEnvValue(text);
+  } catch (err) {
+    if (!(err instanceof EnvValueError)) throw err;
+    const got = spec.secret ? `${text.trim().length} characters` : JSON.stringify(text.trim());
+    throw new ConfigError(`environment variable ${name} does not parse: ${err.message} (got ${got})`, { cause: err });
+  }
+}
+
 function validate(key: ConfigKey, spec: KeySpec, value: unknown, source: Source, warnings: string[]): unknown {
   const kind = spec.kind;
   // A secret's value is never repeated: the error goes to the journal or `docker logs`.
@@ -387,9 +398,16 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
       warnings.push(`unknown environment variable ${name} is ignored${suggestion(key, Object.keys(CONFIG_KEYS), envName)}`);
       continue;
     }
-    const value = parseEnvValue(text);
-    if (value === null) continue; // empty: unset, as figment reads it
+    const value = envValue(name, spec, text);
+    if (value === null) continue; // empty: unset
     raw[key] = { value: fromEnv(spec.kind, text, value), source: { env: name } };
+  }
+
+  // The key systemd hands over as the credential MollySocket's units name vapid.key, when no other is configured: what
+  // a unit's MOLLY_VAPID_KEY_FILE=%d/vapid.key says, for commands run with the credential alone (INSTALL.md).
+  const credential = env.CREDENTIALS_DIRECTORY ? join(env.CREDENTIALS_DIRECTORY, 'vapid.key') : undefined;
+  if (credential !== undefined && raw.vapid_key_file === undefined && raw.vapid_privkey === undefined && existsSync(credential)) {
+    raw.vapid_key_file = { value: credential, source: { env: 'CREDENTIALS_DIRECTORY' } };
   }
 
   const config: Record<string, unknown> = {};

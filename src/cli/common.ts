@@ -84,6 +84,9 @@ export async function openStore(loaded: LoadedConfig, mode: OpenMode): Promise<S
   return store;
 }
 
+/** Whether the database `db` names is there to open: a PostgreSQL server always counts, a SQLite file only once it exists. */
+export const hasDatabase = (loaded: LoadedConfig): boolean => isPostgresUrl(loaded.config.db) || !isMissing(loaded.config.db);
+
 /** Runs `fn` with the store open as `mode` says, and closes it. */
 export async function withStore<T>(loaded: LoadedConfig, mode: OpenMode, fn: (store: Store) => T | Promise<T>): Promise<T> {
   const store = await openStore(loaded, mode);
@@ -128,6 +131,23 @@ export async function vapidKey(loaded: LoadedConfig, store: Store): Promise<Reso
   }
   if (key!.source === 'generated') warn(`generated a VAPID key and kept it in ${key!.path}: back this file up with the database`);
   return key!;
+}
+
+/**
+ * The key of a command that needs nothing else (`qr-code`, `vapid pub`, `vapid test`). As in MollySocket, it works
+ * before any server ran (an air-gapped set-up shows the QR code first) and then creates nothing; once there is a
+ * database, its key must be the one the server there signs with (see vapidKey).
+ */
+export async function commandKey(loaded: LoadedConfig): Promise<ResolvedKey> {
+  if (hasDatabase(loaded)) return withStore(loaded, 'read', (store) => vapidKey(loaded, store));
+  const key = resolveVapidKey(loaded.config, { generate: false });
+  if (key === undefined) {
+    throw new UsageError(
+      `no VAPID key, and no database at ${resolve(loaded.config.db)} (${dbSetting(loaded)}): set vapid_privkey or ` +
+        'vapid_key_file as the server has them, or run this command where the server keeps its database',
+    );
+  }
+  return key;
 }
 
 /** The key in effect for `config`, without generating one: its public half and where it came from (else `kept`). */

@@ -114,10 +114,10 @@ export function registerConnection(program: Command): void {
     connection.command(name).description(description).argument('<uuid>', 'account UUID', parseUuid).argument('[device_id]', 'only this device', parseDeviceId);
 
   onConnections('remove', 'remove the connections of an account, or of one of its devices').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
-      const removed = await withStore(loadFor(cmd), 'write', async (store) => {
-        await selected(store, uuid, deviceId);
-        return store.remove({ uuid, ...(deviceId !== undefined && { deviceId }) });
-      });
+      const loaded = loadFor(cmd);
+      // Read first: opening for writing migrates a MollySocket file, which a remove that finds nothing must not do.
+      await withStore(loaded, 'read', (store) => selected(store, uuid, deviceId));
+      const removed = await withStore(loaded, 'write', (store) => store.remove({ uuid, ...(deviceId !== undefined && { deviceId }) }));
       print(`Removed ${removed} connection${removed === 1 ? '' : 's'} of ${uuid}: a running server closes ${removed === 1 ? 'its socket' : 'their sockets'} within a few seconds.`);
     });
 
@@ -128,11 +128,17 @@ export function registerConnection(program: Command): void {
     });
 
   onConnections('enable', 'clear the forbidden state of an account (or one device): the server connects again').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
-      const enabled = await withStore(loadFor(cmd), 'write', async (store) => {
-        const conns = await selected(store, uuid, deviceId);
-        for (const c of conns) await store.enable(c, Math.floor(Date.now() / 1000));
-        return conns;
-      });
-      for (const c of enabled) print(`Enabled ${uuid} device ${c.deviceId}: a running server connects it within a few seconds.`);
+      const loaded = loadFor(cmd);
+      // Read first, as for remove: a MollySocket file is migrated only when a connection is to be enabled.
+      const conns = await withStore(loaded, 'read', (store) => selected(store, uuid, deviceId));
+      const forbidden = conns.filter((c) => c.forbidden);
+      if (forbidden.length > 0) {
+        await withStore(loaded, 'write', async (store) => {
+          for (const c of forbidden) await store.enable(c, Math.floor(Date.now() / 1000));
+        });
+      }
+      for (const c of conns) {
+        print(c.forbidden ? `Enabled ${uuid} device ${c.deviceId}: a running server connects it within a few seconds.` : `${uuid} device ${c.deviceId} is enabled already.`);
+      }
     });
 }

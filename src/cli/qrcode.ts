@@ -1,10 +1,9 @@
 import type { Command } from 'commander';
 import { linkUrl, qrTerminal, type LinkTarget } from '../link.js';
-import { loadFor, print, UsageError, vapidKey, withStore } from './common.js';
+import { commandKey, loadFor, print, UsageError } from './common.js';
 
 async function show(cmd: Command, target: LinkTarget): Promise<void> {
-  const loaded = loadFor(cmd);
-  const key = await withStore(loaded, 'read', (store) => vapidKey(loaded, store));
+  const key = await commandKey(loadFor(cmd));
   const link = linkUrl(key.publicKey, target);
   print(`${await qrTerminal(link)}\n${link}`);
 }

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { EndpointPolicy, uuidRefusal } from '../policy.js';
-import { FailureError, loadFor, parseUuid, print, withStore } from './common.js';
+import { FailureError, hasDatabase, loadFor, parseUuid, print, withStore } from './common.js';
 
 export function registerTest(program: Command): void {
   const test = program.command('test').description('check an endpoint or an account against the configuration');
@@ -25,7 +25,8 @@ export function registerTest(program: Command): void {
       const refusal = uuidRefusal(uuid, loaded.config.allowed_uuids);
       if (refusal) throw new FailureError(refusal);
       print(`UUID ${uuid} is valid`);
-      const conns = await withStore(loaded, 'read', (store) => store.list({ uuid }));
+      // Before any server ran there is no database, and so no connection: nothing is created to say so.
+      const conns = hasDatabase(loaded) ? await withStore(loaded, 'read', (store) => store.list({ uuid })) : [];
       if (conns.length === 0) print('  No connection is registered with this UUID.');
       for (const c of conns) {
         print(`  Device ${c.deviceId}: ${c.forbidden ? `forbidden (${c.forbiddenReason ?? 'unknown reason'})` : 'registered and enabled'}.`);

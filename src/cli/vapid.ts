@@ -1,12 +1,7 @@
 import type { Command } from 'commander';
 import { generatePrivateKey } from '../push/vapid.js';
 import { pushStack } from '../push/setup.js';
-import type { LoadedConfig } from '../config.js';
-import type { ResolvedKey } from '../push/vapid.js';
-import { loadFor, print, UsageError, vapidKey, withStore } from './common.js';
-
-/** The key the server on this database signs with (see vapidKey). */
-const serverKey = (loaded: LoadedConfig): Promise<ResolvedKey> => withStore(loaded, 'read', (store) => vapidKey(loaded, store));
+import { commandKey, loadFor, print, UsageError } from './common.js';
 
 export function registerVapid(program: Command): void {
   const vapid = program.command('vapid').description('VAPID keys');
@@ -19,7 +14,7 @@ export function registerVapid(program: Command): void {
   vapid
     .command('pub')
     .description('print the public key of the configured (or kept) VAPID key')
-    .action(async (_o, cmd: Command) => print((await serverKey(loadFor(cmd))).publicKey));
+    .action(async (_o, cmd: Command) => print((await commandKey(loadFor(cmd))).publicKey));
 
   vapid
     .command('test')
@@ -28,6 +23,6 @@ export function registerVapid(program: Command): void {
     .action(async (endpoint: string, _o, cmd: Command) => {
       const loaded = loadFor(cmd);
       if (!URL.canParse(endpoint)) throw new UsageError(`endpoint ${endpoint} is not a URL: give the full https://… URL`);
-      print(pushStack(loaded.config, (await serverKey(loaded)).privateKey).signer.header(endpoint));
+      print(pushStack(loaded.config, (await commandKey(loaded)).privateKey).signer.header(endpoint));
     });
 }

@@ -82,12 +82,12 @@ export class SignalLink {
     this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
     const basic = Buffer.from(`${creds.uuid}.${creds.deviceId}:${creds.password}`).toString('base64');
     this.ws = new WebSocket(opts.url, {
-      // As MollySocket 1.7.1: a Signal-Android User-Agent and Signal's X-Signal-Agent, which its spam filter expects.
+      // Exactly MollySocket 1.7.1's headers, byte for byte (the quotes around OWA included): Signal sees one kind of
+      // client whichever relay a user runs (docs/protocol.md says why nothing more is sent).
       headers: {
         Authorization: `Basic ${basic}`,
         'User-Agent': opts.userAgent,
-        'X-Signal-Agent': 'OWA',
-        'X-Signal-Receive-Stories': 'true',
+        'X-Signal-Agent': '"OWA"',
       },
       // Frames are small; a compression context per socket would cost memory at scale.
       perMessageDeflate: false,

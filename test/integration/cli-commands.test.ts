@@ -1,6 +1,5 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteStore as Store } from '../../src/store/sqlite.js';
 import { checkVapid, FakePushServer } from '../fakes/push-server.js';
@@ -8,6 +7,7 @@ import { FakeSignalServer } from '../fakes/signal-server.js';
 import { testPki } from '../fakes/tls.js';
 import { BinProcess, runBin } from '../helpers/bin.js';
 import { eventually, tempDir, TEST_UUIDS, TEST_VAPID } from '../helpers/index.js';
+import { writeMollySocketDb } from '../helpers/mollysocket.js';
 
 const [UUID, UUID2] = TEST_UUIDS;
 const { priv: PRIV, pub: PUB } = TEST_VAPID;
@@ -33,15 +33,11 @@ function workdir(extra: Record<string, string> = {}) {
 }
 
 /** A database file exactly as MollySocket (Rust) writes it: one enabled and one forbidden connection. */
-function mollySocketDb(path: string, endpoint: string): void {
-  const db = new Database(path);
-  db.exec(`CREATE TABLE connections(uuid TEXT UNIQUE ON CONFLICT REPLACE, device_id INTEGER, password TEXT,
-    endpoint TEXT, forbidden BOOLEAN NOT NULL CHECK (forbidden IN (0, 1)), last_registration INTEGER)`);
-  db.pragma('user_version = 0'); // MollySocket never sets it
-  db.prepare('INSERT INTO connections VALUES (?, ?, ?, ?, ?, ?)').run(UUID, 3, PASSWORD, endpoint, 0, 1700000000);
-  db.prepare('INSERT INTO connections VALUES (?, ?, ?, ?, ?, ?)').run(UUID2, 1, 'pw2', endpoint, 1, 0);
-  db.close();
-}
+const mollySocketDb = (path: string, endpoint: string): void =>
+  writeMollySocketDb(path, [
+    { uuid: UUID, deviceId: 3, password: PASSWORD, endpoint, forbidden: false, lastRegistration: 1700000000 },
+    { uuid: UUID2, deviceId: 1, password: 'pw2', endpoint, forbidden: true, lastRegistration: 0 },
+  ]);
 
 describe('connection add', () => {
   it('stores the connection and sends a signed test push with the kept key', async () => {

@@ -9,7 +9,9 @@ import { CONFIG_KEYS, configExample, loadConfig } from '../../src/config.js';
 import { packageRoot } from '../../src/paths.js';
 import { startServer, type RunningServer } from '../../src/server.js';
 import { FakePushServer } from '../fakes/push-server.js';
+import { BIN } from '../helpers/bin.js';
 import { eventually, httpGet, memoryLogger, tempDir } from '../helpers/index.js';
+import { execWords, unitEntries, unitEnvironment, unitValues } from '../helpers/systemd.js';
 
 const repo = (...p: string[]) => join(packageRoot, ...p);
 const which = (cmd: string): string | undefined =>
@@ -65,13 +67,53 @@ describe.skipIf(!systemdAnalyze)('systemd units', () => {
     expect(verify({ 'mollysocket.service': broken }).output).toMatch(/ProtectSystem|protect system/i);
   });
 
-  it('sandbox the service and load the VAPID key as an encrypted credential', () => {
-    const service = unit('mollysocket.service');
-    for (const line of ['DynamicUser=true', 'ProtectSystem=strict', 'StateDirectory=mollysocket', 'NoNewPrivileges=true', 'LoadCredentialEncrypted=vapid_key:/etc/mollysocket/vapid.key', 'Environment=MOLLY_VAPID_KEY_FILE=%d/vapid_key']) {
-      expect(service).toContain(`\n${line}\n`);
+});
+
+describe("systemd units on MollySocket's /etc/mollysocket", () => {
+  it("mollysocket.service reads MollySocket's conf.toml and its credential vapid.key, sandboxed", () => {
+    const service = unitEntries('mollysocket.service');
+    const env = unitEnvironment(service);
+    expect(env.MOLLY_CONF).toBe('/etc/mollysocket/conf.toml');
+    // systemd checks the name against the one sealed in the file, which MollySocket's unit seals as vapid.key.
+    expect(unitValues(service, 'LoadCredentialEncrypted')).toEqual(['vapid.key:/etc/mollysocket/vapid.key']);
+    expect(env.MOLLY_VAPID_KEY_FILE).toBe('%d/vapid.key');
+    expect(env.MOLLY_DB).toBeUndefined(); // conf.toml's db, as MollySocket's vapid unit wrote it, must win
+    expect(unitValues(service, 'ExecStart')).toEqual(['mollysocket server']);
+    const sandbox: [string, string][] = [['DynamicUser', 'true'], ['ProtectSystem', 'strict'], ['StateDirectory', 'mollysocket'], ['NoNewPrivileges', 'true'], ['CapabilityBoundingSet', '']];
+    for (const [key, value] of sandbox) {
+      expect(unitValues(service, key), key).toEqual([value]);
     }
-    expect(unit('mollysocket-vapid.service')).toMatch(/mollysocket vapid gen \| systemd-creds encrypt --name=vapid_key/);
   });
+
+  it("mollysocket-vapid.service leaves /etc/mollysocket as MollySocket's does, and keeps what exists", async () => {
+    const root = tempDir('ms-vapid-unit-');
+    const etc = join(root, 'etc');
+    const stubs = join(root, 'bin');
+    mkdirSync(etc);
+    mkdirSync(stubs);
+    // systemd-creds stands in as `cat`, recording its arguments; mollysocket is this program.
+    writeFileSync(join(stubs, 'systemd-creds'), `#!/bin/sh\necho "$@" > "${root}/creds-args"\ncat > "$4"\n`, { mode: 0o755 });
+    writeFileSync(join(stubs, 'mollysocket'), `#!/bin/sh\nexec "${process.execPath}" "${BIN}" "$@"\n`, { mode: 0o755 });
+    const vapidUnit = unitEntries('mollysocket-vapid.service');
+    const run = () => {
+      for (const line of unitValues(vapidUnit, 'ExecStart')) {
+        const [cmd, ...args] = execWords(line);
+        const r = spawnSync(cmd!, args, { env: { PATH: `${stubs}:${process.env.PATH}`, CONFIGURATION_DIRECTORY: etc }, encoding: 'utf8' });
+        expect(r.status, `${line}: ${r.stderr}`).toBe(0);
+      }
+    };
+    run();
+    expect(readFileSync(join(etc, 'conf.toml'), 'utf8')).toBe("db = '/var/lib/mollysocket/ms.db'\n"); // MollySocket's line
+    expect(loadConfig({ file: join(etc, 'conf.toml'), env: {} }).config.db).toBe('/var/lib/mollysocket/ms.db');
+    expect(readFileSync(join(root, 'creds-args'), 'utf8')).toBe(`encrypt --name=vapid.key - ${etc}/vapid.key\n`);
+    const key = readFileSync(join(etc, 'vapid.key'), 'utf8');
+    expect(key).toMatch(/^[A-Za-z0-9_-]{43}\n$/);
+    writeFileSync(join(etc, 'conf.toml'), "db = '/srv/ms.db'\n");
+    run();
+    expect(readFileSync(join(etc, 'conf.toml'), 'utf8')).toBe("db = '/srv/ms.db'\n");
+    expect(readFileSync(join(etc, 'vapid.key'), 'utf8')).toBe(key);
+    expect(unitValues(vapidUnit, 'ConfigurationDirectoryMode')).toEqual([]); // 0755: the service's user reads conf.toml
+  }, 60_000);
 });
 
 const nginx = which('nginx');

@@ -142,6 +142,41 @@ describe('config', () => {
     expect(() => load({ MOLLY_PORT: '[8020]' })).toThrow(/"port" must be an integer/);
   });
 
+  it('stops on a MOLLY_* value MollySocket would refuse, naming the variable and what is wrong, on one line', () => {
+    const load = (env: Record<string, string>) => loadConfig({ env: { ...noFile, ...env } });
+    const uuid = '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e';
+    const refused = (env: Record<string, string>): string => {
+      try {
+        load(env);
+      } catch (err) {
+        expect(err).toBeInstanceOf(ConfigError);
+        expect((err as Error).message).not.toContain('\n');
+        return (err as Error).message;
+      }
+      throw new Error(`accepted ${JSON.stringify(env)}`);
+    };
+    // Figment's parse fails, and MollySocket then finds text where it wants a list: it stops. Not a one-uuid "list".
+    expect(refused({ MOLLY_ALLOWED_UUIDS: `['${uuid}']` })).toBe(
+      `environment variable MOLLY_ALLOWED_UUIDS does not parse: '…' quotes exactly one character, and the one opened at ` +
+        `character 2 goes on: write text as "…" (got "['${uuid}']")`,
+    );
+    expect(refused({ MOLLY_ALLOWED_ENDPOINTS: '[https://push.example' })).toMatch(/^environment variable MOLLY_ALLOWED_ENDPOINTS does not parse: expected "," or "]" at character 22, found the end/);
+    expect(refused({ MOLLY_DB: '"/data/mollysocket.db' })).toMatch(/^environment variable MOLLY_DB does not parse: a "…" string opened at character 1 is not closed/);
+    expect(refused({ MOLLY_PORT: "'8020'" })).toMatch(/^environment variable MOLLY_PORT does not parse: '…' quotes exactly one character/);
+    // A secret's value is never repeated.
+    const key = 'DSqYuWchrB6yIMYJtidvqANeRQic4uWy34afzZRsZnI';
+    const secret = refused({ MOLLY_VAPID_PRIVKEY: `'${key}'` });
+    expect(secret).toMatch(/^environment variable MOLLY_VAPID_PRIVKEY does not parse: .* \(got 45 characters\)$/);
+    expect(secret).not.toContain(key.slice(0, 8));
+    // Parsed, but of another type than the key takes.
+    expect(refused({ MOLLY_ALLOWED_UUIDS: '{a = 1}' })).toMatch(/^config key "allowed_uuids" must be a list of strings.*MOLLY_ALLOWED_UUIDS/);
+    expect(refused({ MOLLY_WEBSERVER: 'yes' })).toMatch(/^config key "webserver" must be true or false.*MOLLY_WEBSERVER/);
+    expect(refused({ MOLLY_HOST: '[::]' })).toMatch(/^config key "host" must be a string \(got \["::"\] from MOLLY_HOST\)/);
+    // A bare word stays its own text, separators and all, as figment takes it.
+    expect(load({ MOLLY_DB: '/data/a,b.db', MOLLY_SIGNAL_URL: 'wss://[::1]:8443/v1/websocket/' }).config).toMatchObject({ db: '/data/a,b.db', signal_url: 'wss://[::1]:8443/v1/websocket/' });
+    expect(load({ MOLLY_ALLOWED_UUIDS: `['*']` }).config.allowed_uuids).toEqual(['*']); // one character: figment's char
+  });
+
   it("accepts MollySocket's Production and Staging as well as lower case", () => {
     expect(loadConfig({ file: withFile('signal_env = "Production"\n'), env: noFile }).config.signal_env).toBe('production');
     expect(signalUrl(loadConfig({ env: { ...noFile, MOLLY_SIGNAL_ENV: 'Staging' } }).config)).toBe('wss://chat.staging.signal.org/v1/websocket/');
