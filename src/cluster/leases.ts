@@ -271,9 +271,9 @@ export class Leases implements Ownership {
       const settled = now - this.joinedAt >= this.t.renewMs;
       if (settled && !this.away && this.lease.valid(this.clock.now())) await this.claim(bucketsOf(owners, this.id));
     }
-    await this.checkHandOvers();
     const polling = this.notesLost || !this.listening;
     if (full || polling || this.uncertain || this.clock.now() - this.lastFullRead >= this.opts.reconcileMs) await this.readOwned();
+    await this.checkHandOvers();
   }
 
   private async handOverTo(owners: readonly string[]): Promise<number> {

@@ -137,10 +137,10 @@ export class ClusterWorld {
     this.noneSince.set(key, this.clock.now());
   }
 
-  /** The longest time any device went without a socket since `resetGaps`, gaps still going included. */
+  /** The longest time any stored device went without a socket since `resetGaps`, gaps still going included. */
   gap(): number {
     const now = this.clock.now();
-    return Math.max(this.worstGap, ...[...this.noneSince.values()].map((since) => now - since));
+    return Math.max(this.worstGap, ...[...this.noneSince].filter(([key]) => this.db.rows.has(key)).map(([, since]) => now - since));
   }
 
   resetGaps(): void {
