@@ -105,13 +105,13 @@ export class MemoryLeaseStore implements LeaseStore {
   /** Notifications never arrive (PgBouncer in transaction mode). */
   notesDropped = false;
   private held: (() => void)[] | undefined;
-  private readonly loseNextOf = new Set<string>();
+  private readonly loseNextOf = new Map<string, (result: unknown) => boolean>();
 
   constructor(readonly db: MemoryDatabase) {}
 
-  /** The next answer of this method is lost (the statement commits). */
-  loseNext(method: keyof LeaseStore): void {
-    this.loseNextOf.add(method);
+  /** The next answer of this method (that `when` picks) is lost: the statement commits, the caller sees an error. */
+  loseNext(method: keyof LeaseStore, when: (result: unknown) => boolean = () => true): void {
+    this.loseNextOf.set(method, when);
   }
 
   /** Freezes (true) or thaws (false) what this link hands to its instance. */
@@ -139,7 +139,7 @@ export class MemoryLeaseStore implements LeaseStore {
         } catch (err) {
           return this.deliver(() => reject(err as Error));
         }
-        const lost = this.loseAnswers || this.loseNextOf.delete(method);
+        const lost = this.loseAnswers || (this.loseNextOf.get(method)?.(result) === true && this.loseNextOf.delete(method));
         const answer = (): void => this.deliver(() => (lost ? reject(new Error('Connection terminated unexpectedly')) : resolve(result)));
         if (this.answerDelayMs > 0) this.db.clock.setTimeout(answer, this.answerDelayMs);
         else answer();
