@@ -169,7 +169,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
             pid: process.pid,
             reconcileMs: 30_000,
             handOverTimeoutMs: options.handOverTimeoutMs,
-            probeSignal: () => probeSignal(options.link, clock),
+            probeSignal: () => probeSignal({ ...options.link, connectTimeoutMs: ASK_SIGNAL_TIMEOUT_MS }, clock),
           },
           clock,
           log,

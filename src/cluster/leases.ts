@@ -80,9 +80,12 @@ export class Leases implements Ownership {
   private notesLost = false;
   private notesWarned = false;
   private listening = false;
+  /** The first self-notification sent since the listener last (re)started: earlier ones cannot have been heard. */
+  private pingListenedFrom = Infinity;
   // Left for want of Signal (marked leaving), and what the last probe said.
   private away = false;
   private probeOk = false;
+  private probing = false;
   private unreachableTicks = 0;
 
   constructor(
@@ -105,6 +108,7 @@ export class Leases implements Ownership {
       onNote: (payload) => this.onNote(payload),
       onListening: () => {
         this.listening = true;
+        this.pingListenedFrom = this.pingSent + 1;
         this.request('full'); // whatever was announced meanwhile is read now
       },
       onLost: (err) => {
@@ -213,7 +217,7 @@ export class Leases implements Ownership {
   private checkNotes(ping: number): void {
     const expected = this.pingConfirmed;
     this.pingConfirmed = Math.max(this.pingConfirmed, ping);
-    if (expected === 0 || this.pingSeen >= expected) return;
+    if (!this.listening || expected < this.pingListenedFrom || this.pingSeen >= expected) return;
     if (++this.pingsMissed < PINGS_MISSED || this.notesLost) return;
     this.notesLost = true;
     if (this.notesWarned) return;
@@ -313,7 +317,7 @@ export class Leases implements Ownership {
    */
   private async followSignal(others: readonly InstanceRow[]): Promise<void> {
     if (this.away) {
-      this.probeOk = await this.opts.probeSignal().catch(() => false);
+      this.probe();
       if (signalMove(true, this.probeOk, others) !== 'return') return;
       await this.store.setLeaving(this.id, false);
       this.away = false;
@@ -331,6 +335,20 @@ export class Leases implements Ownership {
       { devices: this.owned.size, reaching: others.filter((o) => o.reachesSignal).length },
       'cannot reach Signal while other instances can: handing the devices over to them until Signal answers here again',
     );
+  }
+
+  /** Asks whether Signal answers from here, in the background (an unanswered probe must not hold up the ticks). */
+  private probe(): void {
+    if (this.probing) return;
+    this.probing = true;
+    void this.opts
+      .probeSignal()
+      .catch(() => false)
+      .then((ok) => {
+        this.probing = false;
+        this.probeOk = ok;
+        if (ok && this.away) this.request('tick');
+      });
   }
 
   /** Closes the old sockets of handed-over devices whose new owner has its own open, or is gone (see `handOverStep`). */
