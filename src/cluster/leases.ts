@@ -112,8 +112,9 @@ export class Leases implements Ownership {
         this.request('full'); // whatever was announced meanwhile is read now
       },
       onLost: (err) => {
+        // Once per loss: it retries every second while PostgreSQL is away.
+        if (this.listening) this.log.warn({ err: err.message }, 'the PostgreSQL listener was lost; reconnecting (changes are read at every renewal meanwhile)');
         this.listening = false;
-        this.log.warn({ err: err.message }, 'the PostgreSQL listener was lost; reconnecting');
       },
     });
     this.metrics?.watchLease(() => this.lease.remainingMs(this.clock.now()) / 1000);

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { LeaseClock } from '../../src/cluster/lease.js';
 import { leaseTimings } from '../../src/cluster/shares.js';
+import { Metrics } from '../../src/metrics.js';
 import { connectionKey, type ConnectionKey } from '../../src/store/store.js';
 import { ClusterWorld, type Node } from '../fakes/cluster.js';
 
@@ -50,6 +51,19 @@ describe('the lease engine on a manual clock', () => {
     expect([...world.held().keys()].sort()).toEqual(['a', 'b', 'c']);
     for (const n of world.held().values()) expect(n).toBeGreaterThanOrEqual(10);
     safe(world);
+  });
+
+  it('publishes how long the lease still holds (mollysocket_lease_remaining_seconds), by the last confirmed renewal', async () => {
+    const world = new ClusterWorld(LEASE / 1000);
+    world.addDevices(3);
+    const metrics = new Metrics();
+    const a = await world.start('a', { metrics });
+    const remaining = async () => Number(/^mollysocket_lease_remaining_seconds (\S+)$/m.exec(await metrics.registry.metrics())?.[1]);
+    await world.run(LEASE);
+    expect(await remaining()).toBeGreaterThan(LEASE / 1000 / 2);
+    a.link.down = true; // no renewal confirmed any more: it runs down, then below zero
+    await world.run(LEASE);
+    expect(await remaining()).toBeLessThan(0);
   });
 
   it('late answers (4 s on a 6 s lease, for a minute): the lease holds, nothing moves, and dropped sockets are back within two leases', async () => {
