@@ -29,8 +29,6 @@ export interface LeasesOptions {
 const RENEWALS_IN_FLIGHT = 2;
 /** Renewals in a row whose self-notification did not arrive before notifications count as lost. */
 const PINGS_MISSED = 2;
-/** Ticks in a row that find Signal unreachable from here only, before leaving: the others publish theirs meanwhile. */
-const UNREACHABLE_TICKS = 2;
 
 /**
  * Ownership on PostgreSQL: this instance's lease row, renewed every third of a lease; its fair share of the devices
@@ -86,7 +84,8 @@ export class Leases implements Ownership {
   private away = false;
   private probeOk = false;
   private probing = false;
-  private unreachableTicks = 0;
+  /** Since when Signal is out of reach from here only: one renewal period later it leaves (the others publish theirs meanwhile). */
+  private unreachableSince: number | undefined;
 
   constructor(
     private readonly store: LeaseStore,
@@ -322,13 +321,17 @@ export class Leases implements Ownership {
       if (signalMove(true, this.probeOk, others) !== 'return') return;
       await this.store.setLeaving(this.id, false);
       this.away = false;
-      this.unreachableTicks = 0;
+      this.unreachableSince = undefined;
       this.log.warn('Signal answers again: taking a share of the devices again');
       return;
     }
-    const move = signalMove(false, this.target?.reachesSignal() ?? true, others);
-    this.unreachableTicks = move === 'leave' ? this.unreachableTicks + 1 : 0;
-    if (this.unreachableTicks < UNREACHABLE_TICKS) return;
+    const now = this.clock.now();
+    if (signalMove(false, this.target?.reachesSignal() ?? true, others) !== 'leave') {
+      this.unreachableSince = undefined;
+      return;
+    }
+    this.unreachableSince ??= now;
+    if (now - this.unreachableSince < this.t.renewMs) return;
     await this.store.setLeaving(this.id, true);
     this.away = true;
     this.probeOk = false;
