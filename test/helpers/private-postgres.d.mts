@@ -3,6 +3,8 @@ export interface PrivatePostgres {
   url: string;
   /** The postmaster's pid: its children are the server's other processes. */
   pid: number;
+  /** `pg_ctl restart -m <mode>` (default fast): every session ends; the server is back when it returns. */
+  restart(mode?: 'smart' | 'fast' | 'immediate'): void;
   stop(): void;
 }
 

@@ -47,10 +47,18 @@ export async function startPostgres() {
   const port = await freePort();
   const serverOpts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200`;
   run('pg_ctl', ['-D', data, '-l', join(dir, 'log'), '-o', serverOpts, '-w', 'start']);
-  const pid = Number(readFileSync(join(data, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  const postmaster = () => Number(readFileSync(join(data, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  let pid = postmaster();
   return {
     url: `postgres://postgres@127.0.0.1:${port}/postgres`,
-    pid,
+    get pid() {
+      return pid;
+    },
+    /** `pg_ctl restart -m <mode>`: every session ends (fast: terminated; immediate: cut without a word). */
+    restart: (mode = 'fast') => {
+      run('pg_ctl', ['-D', data, '-l', join(dir, 'log'), '-o', serverOpts, '-m', mode, '-w', 'restart']);
+      pid = postmaster();
+    },
     stop: () => {
       process.kill(pid, 'SIGCONT'); // in case it was left frozen
       spawnSync(join(bin, 'pg_ctl'), ['-D', data, '-m', 'immediate', '-w', 'stop'], { ...ids, stdio: 'pipe' });
