@@ -6,7 +6,7 @@ import { SqliteStore } from '../../src/store/sqlite.js';
 import type { Connection } from '../../src/store/store.js';
 import { ManualClock } from '../fakes/clock.js';
 import { FakeSignalServer, type Account } from '../fakes/signal-server.js';
-import { eventually, memoryLogger, settle, tempDir } from '../helpers/index.js';
+import { eventually, memoryLogger, tempDir } from '../helpers/index.js';
 
 /** What the supervisor does for the lease engine: waits for the lease, keeps handed-over sockets, reports Signal's reach. */
 const accounts: Account[] = [1, 2, 3].map((i) => ({ uuid: `0000000${i}-0000-4000-8000-000000000000`, deviceId: 1, password: `pw-${i}` }));
@@ -103,7 +103,7 @@ describe('the supervisor under lease ownership', () => {
     expect(h.sup.reachesSignal()).toBe(false);
     for (let i = 0; i < 10 && !accounts.some((a) => h.sup.state(a) === 'connected'); i++) {
       h.clock.advance(1_000); // their backoff: they retry, and Signal answers now
-      await settle(20);
+      await eventually(() => h.sup.counts().connecting === h.sup.connectQueue, 'the handshakes of this second');
     }
     await eventually(() => accounts.some((a) => h.sup.state(a) === 'connected'), 'one connected');
     expect(h.sup.reachesSignal()).toBe(true);
