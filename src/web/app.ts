@@ -61,8 +61,9 @@ const HOST_HEADER = /^(?:[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-
 const MAX_HOST_LENGTH = 261; // 253 for the name, a port
 /** Far more than a real link needs, and a QR code that stays cheap to draw and easy to scan. */
 const MAX_LINK_LENGTH = 1_000;
+/** A host name or IP literal with an optional port that makes a URL (`a:99999` and `[1.2.3.4]` look like one but do not). */
 export const isValidHost = (host: string | undefined): boolean =>
-  host === undefined || (host.length <= MAX_HOST_LENGTH && HOST_HEADER.test(host));
+  host === undefined || (host.length <= MAX_HOST_LENGTH && HOST_HEADER.test(host) && URL.canParse(`https://${host}/`));
 
 type Headers = Record<string, string | string[] | undefined>;
 /** proxy-addr's trust function: whether the address `hop` steps from this server is a proxy to believe. */

@@ -1,7 +1,7 @@
 import { connect, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ClientLimits } from '../../src/web/app.js';
-import { eventually, httpGet } from '../helpers/index.js';
+import { eventually, httpGet, memoryLogger } from '../helpers/index.js';
 import { testApp } from '../helpers/web.js';
 
 /** What strangers can send to the listening web server: slow bodies, many connections, hostile headers. */
@@ -64,6 +64,21 @@ describe('hostile headers on the homepage', () => {
     const fine = await httpGet(`${url}/`, { Host: 'molly.example.org:8443' });
     expect(fine.status).toBe(200);
     expect(fine.body).toContain('url=https%3A%2F%2Fmolly.example.org%3A8443%2F');
+  });
+
+  it('answers 400 and logs nothing at the default level for a Host that looks like a host but makes no URL, GET or HEAD, direct or forwarded', async () => {
+    const { log, lines } = memoryLogger();
+    log.level = 'error';
+    const { instance } = await testApp({ log, trustProxy: true });
+    const hosts = ['a:99999', 'a:65536', '[1]', '[:::]', '[1.2.3.4]', '[::1::2]', '[.]'];
+    for (const host of hosts) {
+      for (const method of ['GET', 'HEAD'] as const) {
+        expect((await instance.inject({ method, url: '/', headers: { host } })).statusCode, `${method} ${host}`).toBe(400);
+        expect((await instance.inject({ method, url: '/', headers: { host: 'a', 'x-forwarded-host': host } })).statusCode, `${method} forwarded ${host}`).toBe(400);
+      }
+    }
+    expect(lines()).toEqual([]);
+    expect((await instance.inject({ url: '/', headers: { host: '[::1]:8443' } })).statusCode).toBe(200);
   });
 
   it('checks X-Forwarded-Host like Host when proxies are trusted', async () => {
