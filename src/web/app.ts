@@ -131,20 +131,32 @@ interface RegistrationBody {
   ping?: boolean;
 }
 
+/**
+ * Text a database can store as it was sent: no NUL (PostgreSQL refuses it in text) and no lone UTF-16 surrogate
+ * (it would be stored as U+FFFD, another password than Molly's). Ajv compiles patterns with the `u` flag.
+ */
+const STORABLE_TEXT = '^[^\\u0000\\uD800-\\uDFFF]*$';
+
+/**
+ * UnifiedPush leaves an endpoint's length to the distributor: take far more than any hands out. Longer ones are
+ * answered `invalid_endpoint`, a status Molly shows, rather than a 400 it would call a bad answer.
+ */
+export const MAX_ENDPOINT_LENGTH = 8_192;
+
 const registrationSchema = {
   type: 'object',
   required: ['uuid', 'device_id', 'password', 'endpoint'],
   properties: {
-    uuid: { type: 'string', maxLength: 64 },
+    uuid: { type: 'string', maxLength: 64, pattern: STORABLE_TEXT },
     device_id: { type: 'integer', minimum: 1, maximum: 2 ** 31 - 1 },
-    password: { type: 'string', minLength: 1, maxLength: 256 },
-    endpoint: { type: 'string', maxLength: 1000 },
+    password: { type: 'string', minLength: 1, maxLength: 256, pattern: STORABLE_TEXT },
+    endpoint: { type: 'string', pattern: STORABLE_TEXT },
     ping: { type: 'boolean' },
   },
 } as const;
 
-/** Registrations are a few hundred bytes. */
-const BODY_LIMIT = 8 * 1024;
+/** Registrations are a few hundred bytes; an endpoint of MAX_ENDPOINT_LENGTH still fits. */
+const BODY_LIMIT = 16 * 1024;
 
 /**
  * Our logger without Fastify's own "Server listening at" lines (one per network interface on 0.0.0.0): the server
@@ -276,6 +288,7 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
   const limit = deps.rateLimitPerMinute > 0 ? { rateLimit: { max: deps.rateLimitPerMinute, timeWindow: '1 minute' } } : {};
   app.post<{ Body: RegistrationBody }>('/', { schema: { body: registrationSchema }, config: limit }, async (req) => {
     const b = req.body;
+    if (b.endpoint.length > MAX_ENDPOINT_LENGTH) return { mollysocket: { version: deps.version, status: 'invalid_endpoint' } };
     const status = await deps.registrations.register({
       uuid: b.uuid,
       deviceId: b.device_id,
