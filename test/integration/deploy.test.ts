@@ -10,6 +10,7 @@ import { packageRoot } from '../../src/paths.js';
 import { startServer, type RunningServer } from '../../src/server.js';
 import { FakePushServer } from '../fakes/push-server.js';
 import { eventually, httpGet, memoryLogger, tempDir } from '../helpers/index.js';
+import { linkIn } from '../helpers/web.js';
 
 const repo = (...p: string[]) => join(packageRoot, ...p);
 const which = (cmd: string): string | undefined =>
@@ -134,7 +135,7 @@ describe.skipIf(!nginx)('behind nginx on a sub-path, with the sample from deploy
   it('shows the public URL in the homepage link', async () => {
     const page = await httpGet(`${proxyUrl}/molly/`, { Host: 'example.org' });
     expect(page.status).toBe(200);
-    const link = new URL(/<code id="link">([^<]+)<\/code>/.exec(page.body)![1]!.replaceAll('&amp;', '&'));
+    const link = linkIn(page.body);
     expect(link.searchParams.get('url')).toBe('https://example.org/molly/');
     expect(link.searchParams.get('type')).toBe('webserver');
   });

@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { Metrics } from '../../src/metrics.js';
 import { buildOpsApp, MAX_ENDPOINT_LENGTH, serverUrl, type Ops, type WebDeps } from '../../src/web/app.js';
 import { TEST_VAPID } from '../helpers/index.js';
-import { testApp } from '../helpers/web.js';
+import { linkIn, testApp } from '../helpers/web.js';
 
 const PUB = TEST_VAPID.pub;
 
@@ -25,7 +25,6 @@ function ops(over: Partial<Ops> = {}, metrics = new Metrics(() => counts)): Ops 
 
 const app = (over: Partial<WebDeps> = {}) => testApp({ ops: ops(), ...over });
 
-const linkIn = (html: string) => new URL(/<code id="link">([^<]+)<\/code>/.exec(html)![1]!.replaceAll('&amp;', '&'));
 
 describe('the URL in the link', () => {
   const req = (headers: Record<string, string>, url = '/') => ({ headers, url });
