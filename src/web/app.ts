@@ -10,6 +10,7 @@ import type { Logger } from '../log.js';
 import type { HttpMetrics } from '../metrics.js';
 import type { Registrations } from '../registrations.js';
 import { HOME_HASHES, renderHome } from './home.js';
+import { clientKey, FreshPagesPerClient } from './limits.js';
 
 /** What /health and /metrics report. */
 export interface Ops {
@@ -52,9 +53,22 @@ export interface ClientLimits {
   maxConnections: number;
   /** How often Node looks for requests over their time. */
   checkIntervalMs: number;
+  /** Connections one client (an IPv4 address, an IPv6 /64) may hold open; trusted proxies (`trust_proxy`) are not bound. */
+  maxConnectionsPerClient: number;
+  /** Pages one client may have drawn afresh (not from the cache) per minute. */
+  freshPagesPerMinute: number;
 }
 
-export const CLIENT_LIMITS: ClientLimits = { requestTimeoutMs: 10_000, idleTimeoutMs: 30_000, maxConnections: 1024, checkIntervalMs: 1_000 };
+export const CLIENT_LIMITS: ClientLimits = {
+  requestTimeoutMs: 10_000,
+  idleTimeoutMs: 30_000,
+  maxConnections: 1024,
+  checkIntervalMs: 1_000,
+  // A phone or browser needs a handful at a time; 1024 / 64 = 16 clients holding their maximum still leave room.
+  maxConnectionsPerClient: 64,
+  // A visitor sees one or two links (web server, air-gapped); a stranger inventing hosts gets 429 after ten.
+  freshPagesPerMinute: 10,
+};
 
 /** A host name or IP literal with an optional port, as a Host header must be; anything else is refused (400). */
 const HOST_HEADER = /^(?:[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*\.?|\[[0-9a-f:.]+\])(?::\d{1,5})?$/i;
@@ -256,8 +270,10 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
   app.get('/discover', async () => discovery);
   app.get('/favicon.ico', async (_req, reply) => reply.code(204).send()); // browsers ask for it on every visit
 
-  // A page (and its QR code, the costly part) is made once per link: the links a server shows are few.
+  // A page (and its QR code, the costly part) is made once per link: the links a server shows are few. A client that
+  // asks for more and more links (inventing Host values) is refused fresh ones beyond its share.
   const pages = new LRUCache<string, string>({ max: 64 });
+  const freshPages = new FreshPagesPerClient((deps.limits ?? CLIENT_LIMITS).freshPagesPerMinute, 60_000);
   app.get<{ Querystring: Record<string, string> }>('/', async (req, reply) => {
     if (req.headers['user-agent']?.includes('Signal-Android')) return discovery;
     const viaTrustedProxy = trust?.(req.socket.remoteAddress ?? '', 0) ?? false;
@@ -272,6 +288,10 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
     const pageKey = `${link} ${unusable.join(',')}`;
     let page = pages.get(pageKey);
     if (page === undefined) {
+      const client = clientKey(req.ip);
+      if (!freshPages.take(client)) {
+        return reply.status(429).header('Retry-After', String(freshPages.retryAfterSeconds(client))).send({ error: 'too many different pages asked for: try again later' });
+      }
       page = renderHome({
         mode: airgapped ? 'airgapped' : 'webserver',
         link,

@@ -1,12 +1,12 @@
 import { connect, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { ClientLimits } from '../../src/web/app.js';
+import { CLIENT_LIMITS, type ClientLimits } from '../../src/web/app.js';
 import { eventually, httpGet, memoryLogger } from '../helpers/index.js';
-import { testApp } from '../helpers/web.js';
+import { linkIn, testApp } from '../helpers/web.js';
 
 /** What strangers can send to the listening web server: slow bodies, many connections, hostile headers. */
 
-const fast: ClientLimits = { requestTimeoutMs: 500, idleTimeoutMs: 2_000, maxConnections: 20, checkIntervalMs: 100 };
+const fast: ClientLimits = { ...CLIENT_LIMITS, requestTimeoutMs: 500, idleTimeoutMs: 2_000, maxConnections: 20, checkIntervalMs: 100 };
 
 let closeApp: (() => Promise<void>) | undefined;
 const sockets: Socket[] = [];
@@ -63,7 +63,7 @@ describe('hostile headers on the homepage', () => {
     expect((await httpGet(`${url}/`, { Host: 'molly.example.org', 'X-Original-URL': '//[' })).status).toBeLessThan(500);
     const fine = await httpGet(`${url}/`, { Host: 'molly.example.org:8443' });
     expect(fine.status).toBe(200);
-    expect(fine.body).toContain('url=https%3A%2F%2Fmolly.example.org%3A8443%2F');
+    expect(linkIn(fine.body).searchParams.get('url')).toBe('https://molly.example.org:8443/');
   });
 
   it('answers 400 and logs nothing at the default level for a Host that looks like a host but makes no URL, GET or HEAD, direct or forwarded', async () => {
@@ -79,6 +79,22 @@ describe('hostile headers on the homepage', () => {
     }
     expect(lines()).toEqual([]);
     expect((await instance.inject({ url: '/', headers: { host: '[::1]:8443' } })).statusCode).toBe(200);
+  });
+
+  it('draws a fresh page (a QR code) for one client only so often: inventing hosts or paths buys 429, not CPU', async () => {
+    const { instance } = await testApp({ limits: { ...CLIENT_LIMITS, freshPagesPerMinute: 5 } });
+    const get = (remoteAddress: string, headers: Record<string, string>) => instance.inject({ url: '/', remoteAddress, headers });
+    const statuses: number[] = [];
+    for (let i = 0; i < 8; i++) statuses.push((await get('203.0.113.7', { host: `h${i}.example` })).statusCode);
+    for (let i = 0; i < 3; i++) statuses.push((await get('203.0.113.7', { host: 'h0.example', 'x-original-url': `/p${i}/` })).statusCode);
+    expect(statuses).toEqual([200, 200, 200, 200, 200, 429, 429, 429, 429, 429, 429]);
+    const refused = await get('203.0.113.7', { host: 'h9.example' });
+    expect(Number(refused.headers['retry-after'])).toBeGreaterThan(0);
+    expect((await get('203.0.113.7', { host: 'h1.example' })).statusCode).toBe(200); // a page already drawn is served
+    expect((await get('2001:db8:1:2::7', { host: 'h9.example' })).statusCode).toBe(200); // a bystander
+    for (let i = 0; i < 4; i++) await get(`2001:db8:1:2::${i + 10}`, { host: `v${i}.example` });
+    expect((await get('2001:db8:1:2::99', { host: 'v9.example' })).statusCode).toBe(429); // one /64 is one client
+    expect((await get('2001:db8:1:3::1', { host: 'v9.example' })).statusCode).toBe(200);
   });
 
   it('checks X-Forwarded-Host like Host when proxies are trusted', async () => {
