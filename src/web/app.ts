@@ -11,6 +11,7 @@ import type { HttpMetrics } from '../metrics.js';
 import type { Registrations } from '../registrations.js';
 import { HOME_HASHES, renderHome } from './home.js';
 import { clientKey, FreshPagesPerClient } from './limits.js';
+import { DualProtocolServer, type Handler } from './listener.js';
 
 /** What /health and /metrics report. */
 export interface Ops {
@@ -187,11 +188,29 @@ function fastifyLogger(log: Logger): FastifyBaseLogger {
   return logger as FastifyBaseLogger;
 }
 
-function baseApp(log: Logger, trust: Trust | undefined, httpMetrics: HttpMetrics | undefined, limits = CLIENT_LIMITS): FastifyInstance {
+/**
+ * Whether a peer is a reverse proxy `trust_proxy` names, and so carries many clients: a listed address; with a
+ * number of hops, a peer on the local network (a public peer is more likely a client than the proxy in front).
+ */
+export function isTrustedProxyPeer(setting: Config['trust_proxy'], trust: Trust | undefined, address: string): boolean {
+  if (trust === undefined || !trust(address, 0)) return false;
+  return typeof setting === 'object' || isLocalNetworkAddress(address);
+}
+
+function baseApp(log: Logger, trustProxy: Config['trust_proxy'], httpMetrics: HttpMetrics | undefined, limits = CLIENT_LIMITS): FastifyInstance {
+  const trust = proxyTrust(trustProxy);
+  let toldOfLocalPeer = false;
+  const refused = (address: string): void => {
+    if (isLocalNetworkAddress(address) && !toldOfLocalPeer) {
+      toldOfLocalPeer = true;
+      log.warn({ address, max: limits.maxConnectionsPerClient }, 'a peer on the local network holds the most connections one client may: if it is your reverse proxy, name it in trust_proxy');
+    } else {
+      log.debug({ address }, 'connection refused: its client holds the most connections one client may');
+    }
+  };
   const app = Fastify({
-    requestTimeout: limits.requestTimeoutMs,
-    connectionTimeout: limits.idleTimeoutMs,
-    http: { headersTimeout: limits.requestTimeoutMs, requestTimeout: limits.requestTimeoutMs, connectionsCheckingInterval: limits.checkIntervalMs },
+    serverFactory: (handler) =>
+      new DualProtocolServer(handler as Handler, limits, (address) => isTrustedProxyPeer(trustProxy, trust, address), refused),
     loggerInstance: fastifyLogger(log),
     // Request lines only with -v: health checks would otherwise fill the log.
     logController: new LogController({ disableRequestLogging: () => !log.isLevelEnabled('debug') }),
@@ -199,7 +218,11 @@ function baseApp(log: Logger, trust: Trust | undefined, httpMetrics: HttpMetrics
     trustProxy: trust ?? false,
     ajv: { customOptions: { coerceTypes: false } },
   });
-  app.server.maxConnections = limits.maxConnections;
+  // HTTP/2 names the host in :authority, HTTP/1.1 in Host: from here on, Host it is, whichever was spoken.
+  app.addHook('onRequest', async (req) => {
+    const authority = req.headers[':authority'];
+    if (req.headers.host === undefined && typeof authority === 'string') req.headers.host = authority;
+  });
   app.setErrorHandler((err: { statusCode?: number; message: string }, req, reply) => {
     const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
     if (status === 500) req.log.error({ err }, 'request failed');
@@ -233,14 +256,14 @@ function addOpsRoutes(app: FastifyInstance, ops: Ops): void {
 
 /** A listener with only /health and /metrics (`metrics_port`), for operators who keep them private. */
 export function buildOpsApp(ops: Ops, log: Logger, httpMetrics?: HttpMetrics, limits?: ClientLimits): FastifyInstance {
-  const app = baseApp(log, undefined, httpMetrics, limits);
+  const app = baseApp(log, false, httpMetrics, limits);
   addOpsRoutes(app, ops);
   return app;
 }
 
 export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
   const trust = proxyTrust(deps.trustProxy);
-  const app = baseApp(deps.log, trust, deps.httpMetrics, deps.limits);
+  const app = baseApp(deps.log, deps.trustProxy, deps.httpMetrics, deps.limits);
   await app.register(helmet, {
     contentSecurityPolicy: {
       useDefaults: false,

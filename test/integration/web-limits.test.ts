@@ -1,6 +1,8 @@
+import { request } from 'node:http';
+import http2, { type ClientHttp2Session } from 'node:http2';
 import { connect, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CLIENT_LIMITS, type ClientLimits } from '../../src/web/app.js';
+import { CLIENT_LIMITS, type ClientLimits, type WebDeps } from '../../src/web/app.js';
 import { eventually, httpGet, memoryLogger } from '../helpers/index.js';
 import { linkIn, testApp } from '../helpers/web.js';
 
@@ -16,7 +18,7 @@ afterEach(async () => {
   closeApp = undefined;
 });
 
-async function listening(limits?: ClientLimits, trustProxy = false): Promise<{ url: string; port: number }> {
+async function listening(limits?: ClientLimits, trustProxy: WebDeps['trustProxy'] = false): Promise<{ url: string; port: number }> {
   const { instance } = await testApp({ trustProxy, rateLimitPerMinute: 0, ...(limits && { limits }) });
   const url = await instance.listen({ host: '127.0.0.1', port: 0 });
   closeApp = () => instance.close();
@@ -51,6 +53,118 @@ describe('slow and many clients', () => {
     const many = Array.from({ length: 30 }, () => client(port));
     await eventually(() => many.filter((c) => c.ended).length === 10, 'the connections over the bound refused', 5_000);
     expect(many.filter((c) => !c.ended)).toHaveLength(20);
+  });
+});
+
+describe('one client cannot take every connection', () => {
+  const bounded: ClientLimits = { ...fast, maxConnectionsPerClient: 5 };
+
+  /** A GET from a chosen loopback address, on a connection of its own. */
+  const getFrom = (port: number, localAddress: string, path = '/discover'): Promise<number> =>
+    new Promise((resolve, reject) => {
+      const req = request({ host: '127.0.0.1', port, path, localAddress, agent: false }, (res) => (res.resume(), resolve(res.statusCode ?? 0)));
+      req.on('error', reject).end();
+    });
+
+  it('refuses a client over its bound while a bystander at another address is answered', async () => {
+    const { port } = await listening(bounded);
+    // One address opens as many connections as the whole server takes: each sends one request, then idles.
+    const hog = Array.from({ length: fast.maxConnections }, () => client(port));
+    for (const c of hog) c.socket.write('GET /discover HTTP/1.1\r\nHost: a\r\n\r\n');
+    await eventually(() => hog.filter((c) => c.ended).length === fast.maxConnections - 5, 'the connections over its bound refused', 5_000);
+    expect(await getFrom(port, '127.0.0.2')).toBe(200);
+    await expect(getFrom(port, '127.0.0.1')).rejects.toThrow(); // the hog's next one is refused
+    hog.filter((c) => !c.ended)[0]!.socket.destroy(); // one place given back, one more connection for it
+    await eventually(async () => (await getFrom(port, '127.0.0.1').catch(() => 0)) === 200, 'a place freed');
+  });
+
+  it('does not bound a trusted proxy, which carries many clients', async () => {
+    const { port } = await listening(bounded, ['127.0.0.1']);
+    const many = Array.from({ length: 10 }, () => client(port));
+    for (const c of many) c.socket.write('GET /discover HTTP/1.1\r\nHost: a\r\n\r\n');
+    await eventually(async () => (await getFrom(port, '127.0.0.1')) === 200, 'an eleventh connection answered');
+    expect(many.filter((c) => c.ended)).toEqual([]);
+  });
+
+  it('closes an idle kept-alive connection after the idle timeout (not Fastify\'s 72 s)', async () => {
+    const { port } = await listening({ ...fast, idleTimeoutMs: 300 });
+    const idle = client(port);
+    let answer = '';
+    idle.socket.on('data', (d: Buffer) => (answer += d.toString()));
+    idle.socket.write('GET /discover HTTP/1.1\r\nHost: a\r\n\r\n');
+    await eventually(() => idle.ended, 'the idle connection closed', 15_000, 50);
+    expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+  });
+});
+
+describe('HTTP/2 with prior knowledge (h2c), on the same port as HTTP/1.1', () => {
+  const sessions: ClientHttp2Session[] = [];
+  afterEach(() => sessions.splice(0).forEach((s) => s.destroy()));
+  const h2 = (url: string, opts: { localAddress?: string } = {}): ClientHttp2Session => {
+    const session = http2.connect(url, { ...(opts.localAddress && { createConnection: () => connect({ port: Number(new URL(url).port), host: '127.0.0.1', localAddress: opts.localAddress }) }) });
+    session.on('error', () => {});
+    sessions.push(session);
+    return session;
+  };
+  const ask = (session: ClientHttp2Session, headers: Record<string, string>, body?: string) =>
+    new Promise<{ status: number; headers: Record<string, unknown>; body: string }>((resolve, reject) => {
+      const stream = session.request(headers);
+      let text = '';
+      let head: Record<string, unknown> = {};
+      stream.on('response', (h) => (head = h));
+      stream.setEncoding('utf8').on('data', (d: string) => (text += d));
+      stream.on('end', () => resolve({ status: Number(head[':status']), headers: head, body: text }));
+      stream.on('error', reject);
+      stream.end(body);
+    });
+
+  it('serves the same routes, headers and answers as HTTP/1.1', async () => {
+    const { url } = await listening();
+    const session = h2(url);
+    const discover = await ask(session, { ':path': '/discover' });
+    expect(discover.status).toBe(200);
+    expect(JSON.parse(discover.body)).toEqual({ mollysocket: { version: '9.9.9' } });
+    const page = await ask(session, { ':path': '/', ':authority': 'molly.example.org', 'x-original-url': '/molly/' });
+    expect(page.status).toBe(200);
+    expect(linkIn(page.body).searchParams.get('url')).toBe('https://molly.example.org/molly/');
+    const h1 = await httpGet(`${url}/`, { Host: 'molly.example.org', 'X-Original-URL': '/molly/' });
+    expect(page.body).toBe(h1.body);
+    expect(page.headers['content-security-policy']).toBe(h1.headers['content-security-policy']);
+    const registration = JSON.stringify({ uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', device_id: 1, password: 'p', endpoint: 'https://e.example/x' });
+    const post = await ask(session, { ':path': '/', ':method': 'POST', 'content-type': 'application/json' }, registration);
+    expect(JSON.parse(post.body)).toEqual({ mollysocket: { version: '9.9.9', status: 'ok' } });
+    expect((await ask(session, { ':path': '/', ':authority': 'a:99999' })).status).toBe(400);
+    expect((await ask(session, { ':path': '/', ':method': 'POST', 'content-type': 'application/json' }, 'x'.repeat(20_000))).status).toBe(413);
+    expect((await ask(session, { ':path': '/nope' })).status).toBe(404);
+  });
+
+  it('believes forwarded headers only as trust_proxy says', async () => {
+    const { url } = await listening(undefined, true);
+    const page = await ask(h2(url), { ':path': '/', ':authority': 'internal:8020', 'x-forwarded-host': 'public.example', 'x-forwarded-prefix': '/molly' });
+    expect(linkIn(page.body).searchParams.get('url')).toBe('https://public.example/molly/');
+  });
+
+  it('counts sessions against the client\'s bound and closes idle ones', async () => {
+    const { url } = await listening({ ...fast, maxConnectionsPerClient: 2, idleTimeoutMs: 300 });
+    const [a, b, c] = [h2(url), h2(url), h2(url)];
+    const answered = await Promise.allSettled([a, b, c].map((s) => ask(s, { ':path': '/discover' })));
+    expect(answered.filter((r) => r.status === 'fulfilled')).toHaveLength(2);
+    expect((await ask(h2(url, { localAddress: '127.0.0.2' }), { ':path': '/discover' })).status).toBe(200);
+    await eventually(() => a.closed && b.closed, 'idle sessions closed', 15_000, 50);
+  });
+
+  it('tells the protocols apart however the first bytes are split', async () => {
+    const { port } = await listening();
+    const c = client(port);
+    let answer = '';
+    c.socket.on('data', (d: Buffer) => (answer += d.toString()));
+    // "P" could start the HTTP/2 preface: the server waits for more, then hands every byte to HTTP/1.1.
+    for (const piece of ['P', 'OST / HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n', '{', '}']) {
+      c.socket.write(piece);
+      await new Promise((r) => setImmediate(r));
+    }
+    await eventually(() => answer.includes('\r\n\r\n'), 'an answer');
+    expect(answer).toMatch(/^HTTP\/1\.1 400 /); // parsed as HTTP/1.1: {} lacks the fields
   });
 });
 
