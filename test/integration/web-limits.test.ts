@@ -211,6 +211,36 @@ describe('hostile headers on the homepage', () => {
     expect((await get('2001:db8:1:3::1', { host: 'v9.example' })).statusCode).toBe(200);
   });
 
+  it('never answers 500 to Host, X-Forwarded-* and X-Original-URL values built from the characters that matter', async () => {
+    const { log, lines } = memoryLogger();
+    log.level = 'error';
+    const { instance } = await testApp({ log, trustProxy: true });
+    let seed = 7;
+    const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31); // the same cases every run
+    const pick = (alphabet: string, max: number) => Array.from({ length: Math.floor(random() * max) }, () => alphabet[Math.floor(random() * alphabet.length)]).join('');
+    const HOSTISH = 'a1.:[]%-_@/\\?#f0:';
+    const oneOf = <T,>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
+    const NAMES = ['a', 'a.b', '1', '1.2.3.4', '[1]', '[::1]', '[:::]', '[1.2.3.4]', '[::1::2]', '[.]', '[f::]', '', 'a..b', '_'];
+    const PORTS = ['', ':', ':0', ':8443', ':65535', ':65536', ':99999', ':a'];
+    const hostish = (): string => (random() < 0.6 ? `${oneOf(NAMES)}${oneOf(PORTS)}` : pick(HOSTISH, 14));
+    const seen = new Set<number>();
+    for (let i = 0; i < 600; i++) {
+      const headers = {
+        host: hostish() || 'a',
+        ...(random() < 0.5 && { 'x-forwarded-host': hostish() }),
+        ...(random() < 0.3 && { 'x-forwarded-prefix': pick('/a%.:@?#[]', 10) }),
+        ...(random() < 0.3 && { 'x-forwarded-proto': pick('https:/', 8) }),
+        ...(random() < 0.5 && { 'x-original-url': pick('/a%.:@?#[]\\', 12) }),
+      };
+      const method = random() < 0.5 ? 'GET' : 'HEAD';
+      const res = await instance.inject({ method, url: random() < 0.2 ? '/?airgapped' : '/', headers, remoteAddress: `10.0.${i >> 8}.${i & 255}` });
+      seen.add(res.statusCode);
+      expect(res.statusCode, JSON.stringify(headers)).toBeLessThan(500);
+    }
+    expect([...seen].sort()).toEqual([200, 400]);
+    expect(lines()).toEqual([]);
+  });
+
   it('checks X-Forwarded-Host like Host when proxies are trusted', async () => {
     const { url } = await listening(undefined, true);
     expect((await httpGet(`${url}/`, { Host: 'a', 'X-Forwarded-Host': 'b'.repeat(3_000) })).status).toBe(400);
