@@ -32,10 +32,6 @@ export class ConnectionsPerClient {
     if (held <= 1) this.open.delete(key);
     else this.open.set(key, held - 1);
   }
-
-  held(key: string): number {
-    return this.open.get(key) ?? 0;
-  }
 }
 
 /**
@@ -51,7 +47,7 @@ export class FreshPagesPerClient {
     windowMs: number,
     now: () => number = Date.now,
   ) {
-    this.drawn = new LRUCache({ max: 10_000, ttl: windowMs, noUpdateTTL: true, perf: { now } });
+    this.drawn = new LRUCache({ max: 10_000, ttl: windowMs, noUpdateTTL: true, ttlResolution: 0, perf: { now } });
   }
 
   /** Counts one fresh page for `key`; false when its window's pages are used up. */
