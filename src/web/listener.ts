@@ -65,6 +65,7 @@ export class DualProtocolServer extends HttpServer {
     });
     // As HTTP/1's requestTimeout: a request must have arrived, body and all, in time.
     this.h2.on('stream', (stream) => {
+      if (stream.endAfterHeaders) return; // no body: the request has arrived whole
       const deadline = setTimeout(() => stream.close(constants.NGHTTP2_CANCEL), limits.requestTimeoutMs);
       const received = (): void => clearTimeout(deadline);
       stream.once('end', received);

@@ -153,6 +153,18 @@ describe('HTTP/2 with prior knowledge (h2c), on the same port as HTTP/1.1', () =
     await eventually(() => a.closed && b.closed, 'idle sessions closed', 15_000, 50);
   });
 
+  it('cuts a request whose body does not arrive in time, as over HTTP/1.1', async () => {
+    const { url } = await listening({ ...fast, idleTimeoutMs: 60_000 }); // the session's own idle timeout does not end it
+    const session = h2(url);
+    const stream = session.request({ ':path': '/', ':method': 'POST', 'content-type': 'application/json', 'content-length': '1000' });
+    stream.on('error', () => {});
+    stream.write('{');
+    let closed = false;
+    stream.on('close', () => (closed = true));
+    await eventually(() => closed, 'the stalled stream closed', 15_000, 20);
+    expect((await ask(session, { ':path': '/discover' })).status).toBe(200); // the session itself goes on
+  });
+
   it('tells the protocols apart however the first bytes are split', async () => {
     const { port } = await listening();
     const c = client(port);
