@@ -223,6 +223,10 @@ function baseApp(log: Logger, trustProxy: Config['trust_proxy'], httpMetrics: Ht
     const authority = req.headers[':authority'];
     if (req.headers.host === undefined && typeof authority === 'string') req.headers.host = authority;
   });
+  // HTTP/2 has no Connection header (Fastify sets one after a body it could not parse; Node would warn and drop it).
+  app.addHook('onSend', async (req, reply) => {
+    if (req.raw.httpVersionMajor === 2) reply.removeHeader('connection');
+  });
   app.setErrorHandler((err: { statusCode?: number; message: string }, req, reply) => {
     const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
     if (status === 500) req.log.error({ err }, 'request failed');

@@ -1,7 +1,7 @@
 import { request } from 'node:http';
 import http2, { type ClientHttp2Session } from 'node:http2';
 import { connect, type Socket } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { CLIENT_LIMITS, type ClientLimits, type WebDeps } from '../../src/web/app.js';
 import { eventually, httpGet, memoryLogger } from '../helpers/index.js';
 import { linkIn, testApp } from '../helpers/web.js';
@@ -119,6 +119,10 @@ describe('HTTP/2 with prior knowledge (h2c), on the same port as HTTP/1.1', () =
     });
 
   it('serves the same routes, headers and answers as HTTP/1.1', async () => {
+    const warnings: Error[] = [];
+    const warned = (w: Error) => warnings.push(w);
+    process.on('warning', warned);
+    onTestFinished(() => void process.off('warning', warned));
     const { url } = await listening();
     const session = h2(url);
     const discover = await ask(session, { ':path': '/discover' });
@@ -136,6 +140,9 @@ describe('HTTP/2 with prior knowledge (h2c), on the same port as HTTP/1.1', () =
     expect((await ask(session, { ':path': '/', ':authority': 'a:99999' })).status).toBe(400);
     expect((await ask(session, { ':path': '/', ':method': 'POST', 'content-type': 'application/json' }, 'x'.repeat(20_000))).status).toBe(413);
     expect((await ask(session, { ':path': '/nope' })).status).toBe(404);
+    expect((await ask(session, { ':path': '/', ':method': 'POST', 'content-type': 'application/json' }, '{')).status).toBe(400);
+    await new Promise((r) => setImmediate(r));
+    expect(warnings.map((w) => w.message)).toEqual([]); // no Connection header sent over HTTP/2
   });
 
   it('believes forwarded headers only as trust_proxy says', async () => {
