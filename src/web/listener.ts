@@ -29,8 +29,13 @@ export interface ListenerLimits {
 
 export type Handler = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void;
 
-/** Streams one HTTP/2 session may carry at once (a reverse proxy multiplexes its clients on a few sessions). */
-const MAX_STREAMS_PER_SESSION = 128;
+/**
+ * Streams one HTTP/2 session may carry at once: a reverse proxy multiplexes its clients on a few sessions, and opens
+ * another when one is full. With pages of about 10 KB, 32 answers unread by a client fit in the memory a session
+ * may hold (1 MB, where Node's default is 10): a client that reads nothing holds little more than over HTTP/1.1.
+ */
+const MAX_STREAMS_PER_SESSION = 32;
+const MAX_SESSION_MEMORY_MB = 1;
 
 /**
  * One listening socket for HTTP/1.1 and HTTP/2 cleartext with prior knowledge (h2c, what Caddy's
@@ -57,7 +62,10 @@ export class DualProtocolServer extends HttpServer {
     this.maxConnections = limits.maxConnections;
     this.perClient = new ConnectionsPerClient(limits.maxConnectionsPerClient);
 
-    this.h2 = createHttp2Server({ settings: { maxConcurrentStreams: MAX_STREAMS_PER_SESSION, maxHeaderListSize: 16 * 1024 } }, handler);
+    this.h2 = createHttp2Server(
+      { settings: { maxConcurrentStreams: MAX_STREAMS_PER_SESSION, maxHeaderListSize: 16 * 1024 }, maxSessionMemory: MAX_SESSION_MEMORY_MB },
+      handler,
+    );
     this.h2.setTimeout(limits.idleTimeoutMs); // an idle session is closed
     this.h2.on('session', (session: ServerHttp2Session) => {
       this.sessions.add(session);

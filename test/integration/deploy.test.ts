@@ -294,4 +294,9 @@ describe.skipIf(!caddy)("behind Caddy speaking h2c, with the sample from deploy/
     expect(JSON.parse(registration.body)).toEqual({ mollysocket: { version: expect.any(String), status: 'ok' } });
     expect((await server.store.list()).map((c) => c.uuid)).toContain(uuid);
   });
+
+  it('answers a burst of requests over more streams than one session carries', async () => {
+    const answers = await Promise.all(Array.from({ length: 100 }, () => proxy.ask('molly.example.org', '/discover')));
+    expect(answers.map((a) => a.status)).toEqual(Array(100).fill(200));
+  });
 });
