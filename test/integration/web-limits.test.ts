@@ -145,10 +145,18 @@ describe('HTTP/2 with prior knowledge (h2c), on the same port as HTTP/1.1', () =
     expect(warnings.map((w) => w.message)).toEqual([]); // no Connection header sent over HTTP/2
   });
 
-  it('believes forwarded headers only as trust_proxy says', async () => {
-    const { url } = await listening(undefined, true);
-    const page = await ask(h2(url), { ':path': '/', ':authority': 'internal:8020', 'x-forwarded-host': 'public.example', 'x-forwarded-prefix': '/molly' });
+  it('believes forwarded headers only as trust_proxy says, and limits registrations per phone behind the proxy', async () => {
+    const { instance } = await testApp({ trustProxy: true, rateLimitPerMinute: 2 });
+    const url = await instance.listen({ host: '127.0.0.1', port: 0 });
+    closeApp = () => instance.close();
+    const session = h2(url);
+    const page = await ask(session, { ':path': '/', ':authority': 'internal:8020', 'x-forwarded-host': 'public.example', 'x-forwarded-prefix': '/molly' });
     expect(linkIn(page.body).searchParams.get('url')).toBe('https://public.example/molly/');
+    const registration = JSON.stringify({ uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', device_id: 1, password: 'p', endpoint: 'https://e.example/x' });
+    const post = (phone: string) => ask(session, { ':path': '/', ':method': 'POST', 'content-type': 'application/json', 'x-forwarded-for': phone }, registration);
+    const statuses = [];
+    for (const phone of ['198.51.100.1', '198.51.100.1', '198.51.100.1', '198.51.100.2']) statuses.push((await post(phone)).status);
+    expect(statuses).toEqual([200, 200, 429, 200]);
   });
 
   it('counts sessions against the client\'s bound and closes idle ones', async () => {
