@@ -50,6 +50,7 @@ export function createLogger(opts: { verbosity: number; format: LogFormat }): Lo
   const pretty = prettyFactory({
     colorize: isatty(2), // not process.stderr.isTTY: creating that stream makes a piped fd 2 non-blocking
     singleLine: true,
+    errorLikeObjectKeys: [], // an error's stack stays inside the line (escaped), as JSON keeps it, not spread over 15
     translateTime: "UTC:yyyy-mm-dd'T'HH:MM:ss.l'Z'",
   });
   return pino(options, { write: (line: string) => void destination.write(pretty(line)) });

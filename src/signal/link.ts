@@ -24,6 +24,8 @@ export interface LinkOptions {
   connectTimeoutMs: number;
   keepaliveIntervalMs: number;
   keepaliveTimeoutMs: number;
+  /** Bounds on what one Signal server may make this session hold (tests lower them); LINK_LIMITS by default. */
+  limits?: LinkLimits;
   clock: Clock;
   log: Logger;
 }
@@ -38,6 +40,22 @@ function secureContextFor(ca: Buffer[]): SecureContext {
   if (!context) secureContexts.set(ca, (context = createSecureContext({ ca })));
   return context;
 }
+
+export interface LinkLimits {
+  /** A larger frame (message) from Signal ends the session (close code 1009). */
+  maxFrameBytes: number;
+  /** Answers and keepalives not yet taken by Signal; more end the session (close code 1008). */
+  maxUnsentBytes: number;
+}
+
+export const LINK_LIMITS: LinkLimits = {
+  // Signal refuses message bodies over 256 KiB (its MessageController), and an envelope wraps one: four times that
+  // is room to spare, and 8 links at their bound hold 8 MiB where ws's default (100 MiB) let them hold 800.
+  maxFrameBytes: 1024 * 1024,
+  // An answer is about 20 bytes: this is some 50,000 answers that Signal did not read, which a server that reads
+  // its socket never leaves behind.
+  maxUnsentBytes: 1024 * 1024,
+};
 
 export interface LinkEvents {
   onOpen(): void;
@@ -66,6 +84,7 @@ export class SignalLink {
   private resolveEnded!: (end: LinkEnd) => void;
   private outcome: LinkEnd | undefined;
   private readonly ws: WebSocket;
+  private readonly limits: LinkLimits;
   private connectTimer: TimerHandle | undefined;
   private keepaliveId = 0;
   /** The id of the keepalive awaiting its answer, and when it was sent. */
@@ -80,6 +99,7 @@ export class SignalLink {
     private readonly events: LinkEvents,
   ) {
     this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
+    this.limits = opts.limits ?? LINK_LIMITS;
     const basic = Buffer.from(`${creds.uuid}.${creds.deviceId}:${creds.password}`).toString('base64');
     this.ws = new WebSocket(opts.url, {
       // Exactly MollySocket 1.7.1's headers, byte for byte (the quotes around OWA included): Signal sees one kind of
@@ -91,6 +111,7 @@ export class SignalLink {
       },
       // Frames are small; a compression context per socket would cost memory at scale.
       perMessageDeflate: false,
+      maxPayload: this.limits.maxFrameBytes,
       ...(opts.ca && { secureContext: secureContextFor(opts.ca) }),
     });
     this.connectTimer = opts.clock.setTimeout(() => this.abort({ kind: 'timeout', phase: 'connect' }), opts.connectTimeoutMs);
@@ -103,10 +124,14 @@ export class SignalLink {
     });
     this.ws.on('open', () => this.opened());
     this.ws.on('message', (data, isBinary) => {
+      if (this.outcome !== undefined) return; // ending: frames already received are not answered
       if (isBinary) this.handleFrame(data as Buffer);
       else this.opts.log.debug('text frame from Signal skipped');
     });
-    this.ws.on('error', (err) => (this.lastError = err.message));
+    this.ws.on('error', (err: Error & { code?: string }) => {
+      this.lastError = err.message;
+      if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') this.abort({ kind: 'closed', code: 1009, reason: `a frame over ${this.limits.maxFrameBytes} bytes` });
+    });
     this.ws.on('close', (code, reason) =>
       this.finish(
         this.lastError !== undefined && !this.wasOpen
@@ -153,7 +178,15 @@ export class SignalLink {
     if (now - this.lastKeepaliveAt < this.opts.keepaliveIntervalMs) return;
     this.lastKeepaliveAt = now;
     this.pendingKeepalive = { id: String(++this.keepaliveId), at: now };
-    this.ws.send(encodeRequest(this.pendingKeepalive.id, 'GET', '/v1/keepalive'));
+    this.send(encodeRequest(this.pendingKeepalive.id, 'GET', '/v1/keepalive'));
+  }
+
+  /** Sends a frame, and ends the session once Signal leaves more than the bound unread (nothing else would stop it). */
+  private send(frame: Uint8Array): void {
+    this.ws.send(frame);
+    if (this.ws.bufferedAmount > this.limits.maxUnsentBytes) {
+      this.abort({ kind: 'closed', code: 1008, reason: `Signal left over ${this.limits.maxUnsentBytes} bytes of answers unread` });
+    }
   }
 
   private handleFrame(data: Buffer): void {
@@ -172,7 +205,7 @@ export class SignalLink {
   private answer(req: Request): void {
     const isMessage = req.verb === 'PUT' && req.path === '/api/v1/message';
     const known = isMessage || (req.verb === 'PUT' && req.path === '/api/v1/queue/empty');
-    this.ws.send(known ? encodeResponse(req.id, 200, 'OK') : encodeResponse(req.id, 400, 'Bad Request'));
+    this.send(known ? encodeResponse(req.id, 200, 'OK') : encodeResponse(req.id, 400, 'Bad Request'));
     if (!isMessage) return;
     let urgent = true; // an envelope we cannot read still deserves a wake-up: the phone fetches it itself
     try {

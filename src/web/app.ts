@@ -10,6 +10,8 @@ import type { Logger } from '../log.js';
 import type { HttpMetrics } from '../metrics.js';
 import type { Registrations } from '../registrations.js';
 import { HOME_HASHES, renderHome } from './home.js';
+import { clientKey, FreshPagesPerClient } from './limits.js';
+import { DualProtocolServer, type Handler } from './listener.js';
 
 /** What /health and /metrics report. */
 export interface Ops {
@@ -52,17 +54,31 @@ export interface ClientLimits {
   maxConnections: number;
   /** How often Node looks for requests over their time. */
   checkIntervalMs: number;
+  /** Connections one client (an IPv4 address, an IPv6 /64) may hold open; trusted proxies (`trust_proxy`) are not bound. */
+  maxConnectionsPerClient: number;
+  /** Pages one client may have drawn afresh (not from the cache) per minute. */
+  freshPagesPerMinute: number;
 }
 
-export const CLIENT_LIMITS: ClientLimits = { requestTimeoutMs: 10_000, idleTimeoutMs: 30_000, maxConnections: 1024, checkIntervalMs: 1_000 };
+export const CLIENT_LIMITS: ClientLimits = {
+  requestTimeoutMs: 10_000,
+  idleTimeoutMs: 30_000,
+  maxConnections: 1024,
+  checkIntervalMs: 1_000,
+  // A phone or browser needs a handful at a time; 1024 / 64 = 16 clients holding their maximum still leave room.
+  maxConnectionsPerClient: 64,
+  // A visitor sees one or two links (web server, air-gapped); a stranger inventing hosts gets 429 after ten.
+  freshPagesPerMinute: 10,
+};
 
 /** A host name or IP literal with an optional port, as a Host header must be; anything else is refused (400). */
 const HOST_HEADER = /^(?:[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*\.?|\[[0-9a-f:.]+\])(?::\d{1,5})?$/i;
 const MAX_HOST_LENGTH = 261; // 253 for the name, a port
 /** Far more than a real link needs, and a QR code that stays cheap to draw and easy to scan. */
 const MAX_LINK_LENGTH = 1_000;
+/** A host name or IP literal with an optional port that makes a URL (`a:99999` and `[1.2.3.4]` look like one but do not). */
 export const isValidHost = (host: string | undefined): boolean =>
-  host === undefined || (host.length <= MAX_HOST_LENGTH && HOST_HEADER.test(host));
+  host === undefined || (host.length <= MAX_HOST_LENGTH && HOST_HEADER.test(host) && URL.canParse(`https://${host}/`));
 
 type Headers = Record<string, string | string[] | undefined>;
 /** proxy-addr's trust function: whether the address `hop` steps from this server is a proxy to believe. */
@@ -130,20 +146,32 @@ interface RegistrationBody {
   ping?: boolean;
 }
 
+/**
+ * Text a database can store as it was sent: no NUL (PostgreSQL refuses it in text) and no lone UTF-16 surrogate
+ * (it would be stored as U+FFFD, another password than Molly's). Ajv compiles patterns with the `u` flag.
+ */
+const STORABLE_TEXT = '^[^\\u0000\\uD800-\\uDFFF]*$';
+
+/**
+ * UnifiedPush leaves an endpoint's length to the distributor: take far more than any hands out. Longer ones are
+ * answered `invalid_endpoint`, a status Molly shows, rather than a 400 it would call a bad answer.
+ */
+export const MAX_ENDPOINT_LENGTH = 8_192;
+
 const registrationSchema = {
   type: 'object',
   required: ['uuid', 'device_id', 'password', 'endpoint'],
   properties: {
-    uuid: { type: 'string', maxLength: 64 },
+    uuid: { type: 'string', maxLength: 64, pattern: STORABLE_TEXT },
     device_id: { type: 'integer', minimum: 1, maximum: 2 ** 31 - 1 },
-    password: { type: 'string', minLength: 1, maxLength: 256 },
-    endpoint: { type: 'string', maxLength: 1000 },
+    password: { type: 'string', minLength: 1, maxLength: 256, pattern: STORABLE_TEXT },
+    endpoint: { type: 'string', pattern: STORABLE_TEXT },
     ping: { type: 'boolean' },
   },
 } as const;
 
-/** Registrations are a few hundred bytes. */
-const BODY_LIMIT = 8 * 1024;
+/** Registrations are a few hundred bytes; an endpoint of MAX_ENDPOINT_LENGTH still fits. */
+const BODY_LIMIT = 16 * 1024;
 
 /**
  * Our logger without Fastify's own "Server listening at" lines (one per network interface on 0.0.0.0): the server
@@ -160,11 +188,29 @@ function fastifyLogger(log: Logger): FastifyBaseLogger {
   return logger as FastifyBaseLogger;
 }
 
-function baseApp(log: Logger, trust: Trust | undefined, httpMetrics: HttpMetrics | undefined, limits = CLIENT_LIMITS): FastifyInstance {
+/**
+ * Whether a peer is a reverse proxy `trust_proxy` names, and so carries many clients: a listed address; with a
+ * number of hops, a peer on the local network (a public peer is more likely a client than the proxy in front).
+ */
+export function isTrustedProxyPeer(setting: Config['trust_proxy'], trust: Trust | undefined, address: string): boolean {
+  if (trust === undefined || !trust(address, 0)) return false;
+  return typeof setting === 'object' || isLocalNetworkAddress(address);
+}
+
+function baseApp(log: Logger, trustProxy: Config['trust_proxy'], httpMetrics: HttpMetrics | undefined, limits = CLIENT_LIMITS): FastifyInstance {
+  const trust = proxyTrust(trustProxy);
+  let toldOfLocalPeer = false;
+  const refused = (address: string): void => {
+    if (isLocalNetworkAddress(address) && !toldOfLocalPeer) {
+      toldOfLocalPeer = true;
+      log.warn({ address, max: limits.maxConnectionsPerClient }, 'a peer on the local network holds the most connections one client may: if it is your reverse proxy, name it in trust_proxy');
+    } else {
+      log.debug({ address }, 'connection refused: its client holds the most connections one client may');
+    }
+  };
   const app = Fastify({
-    requestTimeout: limits.requestTimeoutMs,
-    connectionTimeout: limits.idleTimeoutMs,
-    http: { headersTimeout: limits.requestTimeoutMs, requestTimeout: limits.requestTimeoutMs, connectionsCheckingInterval: limits.checkIntervalMs },
+    serverFactory: (handler) =>
+      new DualProtocolServer(handler as Handler, limits, (address) => isTrustedProxyPeer(trustProxy, trust, address), refused),
     loggerInstance: fastifyLogger(log),
     // Request lines only with -v: health checks would otherwise fill the log.
     logController: new LogController({ disableRequestLogging: () => !log.isLevelEnabled('debug') }),
@@ -172,7 +218,15 @@ function baseApp(log: Logger, trust: Trust | undefined, httpMetrics: HttpMetrics
     trustProxy: trust ?? false,
     ajv: { customOptions: { coerceTypes: false } },
   });
-  app.server.maxConnections = limits.maxConnections;
+  // HTTP/2 names the host in :authority, HTTP/1.1 in Host: from here on, Host it is, whichever was spoken.
+  app.addHook('onRequest', async (req) => {
+    const authority = req.headers[':authority'];
+    if (req.headers.host === undefined && typeof authority === 'string') req.headers.host = authority;
+  });
+  // HTTP/2 has no Connection header (Fastify sets one after a body it could not parse; Node would warn and drop it).
+  app.addHook('onSend', async (req, reply) => {
+    if (req.raw.httpVersionMajor === 2) reply.removeHeader('connection');
+  });
   app.setErrorHandler((err: { statusCode?: number; message: string }, req, reply) => {
     const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
     if (status === 500) req.log.error({ err }, 'request failed');
@@ -206,14 +260,14 @@ function addOpsRoutes(app: FastifyInstance, ops: Ops): void {
 
 /** A listener with only /health and /metrics (`metrics_port`), for operators who keep them private. */
 export function buildOpsApp(ops: Ops, log: Logger, httpMetrics?: HttpMetrics, limits?: ClientLimits): FastifyInstance {
-  const app = baseApp(log, undefined, httpMetrics, limits);
+  const app = baseApp(log, false, httpMetrics, limits);
   addOpsRoutes(app, ops);
   return app;
 }
 
 export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
   const trust = proxyTrust(deps.trustProxy);
-  const app = baseApp(deps.log, trust, deps.httpMetrics, deps.limits);
+  const app = baseApp(deps.log, deps.trustProxy, deps.httpMetrics, deps.limits);
   await app.register(helmet, {
     contentSecurityPolicy: {
       useDefaults: false,
@@ -243,8 +297,10 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
   app.get('/discover', async () => discovery);
   app.get('/favicon.ico', async (_req, reply) => reply.code(204).send()); // browsers ask for it on every visit
 
-  // A page (and its QR code, the costly part) is made once per link: the links a server shows are few.
+  // A page (and its QR code, the costly part) is made once per link: the links a server shows are few. A client that
+  // asks for more and more links (inventing Host values) is refused fresh ones beyond its share.
   const pages = new LRUCache<string, string>({ max: 64 });
+  const freshPages = new FreshPagesPerClient((deps.limits ?? CLIENT_LIMITS).freshPagesPerMinute, 60_000);
   app.get<{ Querystring: Record<string, string> }>('/', async (req, reply) => {
     if (req.headers['user-agent']?.includes('Signal-Android')) return discovery;
     const viaTrustedProxy = trust?.(req.socket.remoteAddress ?? '', 0) ?? false;
@@ -259,6 +315,10 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
     const pageKey = `${link} ${unusable.join(',')}`;
     let page = pages.get(pageKey);
     if (page === undefined) {
+      const client = clientKey(req.ip);
+      if (!freshPages.take(client)) {
+        return reply.status(429).header('Retry-After', String(freshPages.retryAfterSeconds(client))).send({ error: 'too many different pages asked for: try again later' });
+      }
       page = renderHome({
         mode: airgapped ? 'airgapped' : 'webserver',
         link,
@@ -275,6 +335,7 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
   const limit = deps.rateLimitPerMinute > 0 ? { rateLimit: { max: deps.rateLimitPerMinute, timeWindow: '1 minute' } } : {};
   app.post<{ Body: RegistrationBody }>('/', { schema: { body: registrationSchema }, config: limit }, async (req) => {
     const b = req.body;
+    if (b.endpoint.length > MAX_ENDPOINT_LENGTH) return { mollysocket: { version: deps.version, status: 'invalid_endpoint' } };
     const status = await deps.registrations.register({
       uuid: b.uuid,
       deviceId: b.device_id,

@@ -62,6 +62,29 @@ const TEXT = {
   },
 };
 
+/** Escaped text in which `this` reads as code, as the texts above are written. */
+const withCode = (text: string): string => escapeHtml(text).replace(/`([^`]+)`/g, '<code>$1</code>');
+
+/** Values too long for a phone's line (the key, the URL): they may break anywhere; the rest only after `?`, `&` and `=`. */
+const BREAKABLE_VALUES = new Set(['vapid', 'url']);
+
+/**
+ * The link as markup a narrow screen breaks only where a person would: after `?`, `&` and `=` (`<wbr>`), and inside
+ * the key and URL, which no screen of 360 px holds on one line. Its text is the link, unchanged. Pure.
+ */
+export function linkMarkup(link: string): string {
+  const at = link.indexOf('?');
+  if (at < 0) return escapeHtml(link);
+  const params = link.slice(at + 1).split('&').map((param) => {
+    const eq = param.indexOf('=');
+    if (eq < 0) return escapeHtml(param);
+    const [name, value] = [param.slice(0, eq), param.slice(eq + 1)];
+    const shown = BREAKABLE_VALUES.has(name) ? `<span class="any">${escapeHtml(value)}</span>` : escapeHtml(value);
+    return `${escapeHtml(name)}=<wbr>${shown}`;
+  });
+  return `${escapeHtml(link.slice(0, at + 1))}<wbr>${params.join('&amp;<wbr>')}`;
+}
+
 const headerWarning = (names: string[]): string =>
   `<p id="header-warning" class="warning">The reverse proxy sent ${escapeHtml(names.join(', '))}, which could not be ` +
   'used for the link and was ignored: a host must be a plain name (with a port), a path must start with ' +
@@ -79,9 +102,9 @@ export function renderHome(view: HomeView): string {
           'a phone cannot reach. Open this page through the public https name of this server (the address of your ' +
           'reverse proxy), or set <code>url</code> in the configuration to that address.</p>',
     qr_svg: view.qrSvg,
-    link: escapeHtml(view.link),
+    link: linkMarkup(view.link),
     link_url: escapeHtml(view.linkUrl ?? ''),
-    intro: escapeHtml(text.intro),
+    intro: withCode(text.intro),
     switch_href: text.switchHref,
     switch_text: escapeHtml(text.switchText),
     header_warning: view.unusableHeaders.length === 0 ? '' : headerWarning(view.unusableHeaders),

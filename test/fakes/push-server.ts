@@ -124,7 +124,7 @@ export class FakePushServer {
     return `${this.origin}/up/${token}`;
   }
 
-  until(predicate: () => boolean, what = 'condition', timeoutMs = 10_000): Promise<void> {
+  until(predicate: () => boolean, what = 'condition', timeoutMs = 20_000): Promise<void> {
     return this.waiters.until(predicate, what, timeoutMs);
   }
 

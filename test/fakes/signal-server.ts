@@ -1,6 +1,9 @@
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createHttpServer, type IncomingMessage, type Server } from 'node:http';
+import { mkdtempSync } from 'node:fs';
 import type { AddressInfo, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import protobuf from 'protobufjs';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { EventWaiters } from './events.js';
@@ -105,6 +108,18 @@ export class FakeSignalServer {
     return `${this.tls ? 'wss' : 'ws'}://127.0.0.1:${port}/v1/websocket/`;
   }
 
+  /**
+   * The same server on a Unix socket (plain ws): the kernel holds some 200 KB of what a peer does not read there,
+   * where TCP on loopback holds megabytes, so that a client's own backlog shows quickly.
+   */
+  async listenUnix(): Promise<string> {
+    const server = this.tls ? createHttpServer().on('upgrade', (req, socket, head) => this.upgrade(req, socket as Socket, head, '')) : this.listener('');
+    this.extra.push(server);
+    const path = join(mkdtempSync(join(tmpdir(), 'fake-signal-')), 'socket');
+    await new Promise<void>((resolve) => server.listen(path, resolve));
+    return `ws+unix://${path}:/v1/websocket/`;
+  }
+
   /** Forgets the gaps recorded so far (a device without a socket right now stays counted from when it lost it). */
   resetGaps(): void {
     for (const d of this.devices.values()) d.gaps = [];
@@ -193,7 +208,7 @@ export class FakeSignalServer {
   }
 
   /** Resolves when `predicate` holds, checked after every event of the server. */
-  until(predicate: () => boolean, what = 'condition', timeoutMs = 10_000): Promise<void> {
+  until(predicate: () => boolean, what = 'condition', timeoutMs = 20_000): Promise<void> {
     return this.waiters.until(predicate, what, timeoutMs);
   }
 
@@ -218,6 +233,23 @@ export class FakeSignalServer {
   /** Sends raw bytes as one binary frame (for malformed-frame tests). */
   sendRaw(session: Session, data: Uint8Array): void {
     session.ws.send(data);
+  }
+
+  /** Sends `count` requests at once without waiting for their answers (`PUT /api/v1/queue/empty`, answered 200). */
+  flood(session: Session, count: number): Promise<void> {
+    return new Promise((resolve) => {
+      for (let i = 0; i < count; i++) {
+        const frame = WsMessage.encode(WsMessage.fromObject({ type: 1, request: { verb: 'PUT', path: '/api/v1/queue/empty', id: String(this.nextId++) } })).finish();
+        // Settles once the last frame is handed to the socket, or the client closed it: the caller paces itself on
+        // real progress.
+        session.ws.send(frame, i === count - 1 ? () => resolve() : undefined);
+      }
+    });
+  }
+
+  /** Stops reading what the client sends on this session: its answers pile up on the client's side. */
+  stopReading(session: Session): void {
+    (session.ws as unknown as { _socket: Socket })._socket.pause();
   }
 
   async close(): Promise<void> {

@@ -27,8 +27,9 @@ export function httpGet(url: string, headers: Record<string, string> = {}): Prom
   });
 }
 
-/** Polls `predicate` on real time until it holds: for effects of real I/O under a manual clock. */
-export async function eventually(predicate: () => boolean | Promise<boolean>, what: string, timeoutMs = 5_000, everyMs = 5): Promise<void> {
+/** Polls `predicate` on real time until it holds: for effects of real I/O under a manual clock. The bound only ends a
+ * test that would otherwise hang; it is generous, as a busy machine is slow. */
+export async function eventually(predicate: () => boolean | Promise<boolean>, what: string, timeoutMs = 20_000, everyMs = 5): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await predicate())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);

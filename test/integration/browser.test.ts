@@ -96,6 +96,45 @@ describe.skipIf(!haveChromium)('the homepage in a browser', () => {
     expect(new URL(text!).searchParams.get('type')).toBe('airgapped');
   });
 
+  it.each(['/', '/?airgapped'])('on a 360 px phone (%s), breaks the link only after ? & = or inside the key and URL, and shows code as code', async (query) => {
+    const page = await browser.newPage({ viewport: { width: 360, height: 740 } });
+    await page.goto(`${server.url}${query}`);
+    const seen = await page.evaluate(() => {
+      const link = document.getElementById('link')!;
+      // Each character's line (its box's top), and whether it sits in a value that may break anywhere.
+      const chars: { c: string; top: number; any: boolean }[] = [];
+      const walker = document.createTreeWalker(link, NodeFilter.SHOW_TEXT);
+      for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        const any = node.parentElement!.classList.contains('any');
+        for (let i = 0; i < node.textContent!.length; i++) {
+          const range = document.createRange();
+          range.setStart(node, i);
+          range.setEnd(node, i + 1);
+          chars.push({ c: node.textContent![i]!, top: Math.round(range.getClientRects()[0]!.top), any });
+        }
+      }
+      const breaks: string[] = []; // the text around each line break
+      for (let i = 1; i < chars.length; i++) {
+        if (chars[i]!.top !== chars[i - 1]!.top && !(chars[i]!.any && chars[i - 1]!.any)) breaks.push(chars[i - 1]!.c + '|' + chars[i]!.c);
+      }
+      return {
+        text: link.textContent,
+        lines: new Set(chars.map((c) => c.top)).size,
+        breaks,
+        overflow: document.documentElement.scrollWidth > window.innerWidth,
+        backticks: document.querySelector('main')!.innerText.includes('`'),
+        code: [...document.querySelectorAll('main p:first-of-type code')].map((c) => c.textContent),
+      };
+    });
+    await page.close();
+    expect(seen.lines).toBeGreaterThan(1); // the link does not fit on one line at this width
+    for (const b of seen.breaks) expect(b, `a break at ${b}`).toMatch(/^[?&=]\|/);
+    expect(seen.overflow).toBe(false);
+    expect(mollyAccepts(seen.text!).ok).toBe(true); // the text is the link, whole
+    expect(seen.backticks).toBe(false);
+    expect(seen.code).toEqual(query === '/' ? [] : ['connection add …', 'mollysocket']);
+  });
+
   it("warns, through its own script under the page's CSP, when the link points elsewhere than the browser's address", async () => {
     const proxied = await startWith({ MOLLY_URL: 'https://push.example.org/molly/' });
     try {

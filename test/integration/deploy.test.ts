@@ -1,6 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,6 +13,7 @@ import { FakePushServer } from '../fakes/push-server.js';
 import { BIN } from '../helpers/bin.js';
 import { eventually, httpGet, memoryLogger, tempDir } from '../helpers/index.js';
 import { execWords, unitEntries, unitEnvironment, unitValues } from '../helpers/systemd.js';
+import { linkIn } from '../helpers/web.js';
 
 const repo = (...p: string[]) => join(packageRoot, ...p);
 const which = (cmd: string): string | undefined =>
@@ -176,7 +178,7 @@ describe.skipIf(!nginx)('behind nginx on a sub-path, with the sample from deploy
   it('shows the public URL in the homepage link', async () => {
     const page = await httpGet(`${proxyUrl}/molly/`, { Host: 'example.org' });
     expect(page.status).toBe(200);
-    const link = new URL(/<code id="link">([^<]+)<\/code>/.exec(page.body)![1]!.replaceAll('&amp;', '&'));
+    const link = linkIn(page.body);
     expect(link.searchParams.get('url')).toBe('https://example.org/molly/');
     expect(link.searchParams.get('type')).toBe('webserver');
   });
@@ -241,5 +243,102 @@ describe.skipIf(!nginx)('the client address behind the nginx sample', () => {
       await server.close();
       await push.close();
     }
+  });
+});
+
+const caddy = which('caddy');
+if (!caddy && process.env.CI) throw new Error('the Caddy test needs caddy: apt-get install caddy');
+if (!caddy) console.warn('Caddy test skipped: no caddy (apt-get install caddy)');
+
+interface HttpsAnswer {
+  status: number;
+  body: string;
+}
+
+/**
+ * Caddy running the sample from deploy/caddy as users copy it (h2c to the server), each site on a loopback port
+ * with a certificate of Caddy's own local CA; its home, data and config in a temp dir, no admin endpoint.
+ */
+async function caddyInFront(upstream: string): Promise<{ ask: (site: string, path: string, init?: { method?: string; body?: string }) => Promise<HttpsAnswer>; port: number; stop: () => Promise<void> }> {
+  const dir = tempDir('ms-caddy-');
+  const port = await freePort();
+  const site = (name: string) => `https://${name}:${port} {\n\ttls internal\n\tbind 127.0.0.1`;
+  const sample = readFileSync(repo('deploy/caddy/Caddyfile'), 'utf8')
+    .replaceAll('127.0.0.1:8020', upstream)
+    .replace(/^molly\.example\.org \{/m, site('molly.example.org'))
+    .replace(/^example\.org \{/m, site('example.org'));
+  expect(sample).toContain(`reverse_proxy h2c://${upstream}`);
+  const global = `{\n\tadmin off\n\tauto_https disable_redirects\n\tskip_install_trust\n\tstorage file_system ${dir}/data\n}\n`;
+  writeFileSync(join(dir, 'Caddyfile'), global + sample);
+  const env = { PATH: process.env.PATH, HOME: dir, XDG_DATA_HOME: join(dir, 'xdg-data'), XDG_CONFIG_HOME: join(dir, 'xdg-config') };
+  const proxy = spawn(caddy!, ['run', '--config', join(dir, 'Caddyfile'), '--adapter', 'caddyfile'], { cwd: dir, env, stdio: 'ignore' });
+  const exited = new Promise<void>((resolve) => proxy.on('exit', () => resolve()));
+  const root = join(dir, 'data/pki/authorities/local/root.crt');
+  const ask = (name: string, path: string, init: { method?: string; body?: string } = {}): Promise<HttpsAnswer> =>
+    new Promise((resolve, reject) => {
+      const req = httpsRequest(
+        {
+          host: '127.0.0.1', port, path, method: init.method ?? 'GET', servername: name, ca: readFileSync(root), agent: false,
+          headers: { Host: `${name}:${port}`, ...(init.body !== undefined && { 'Content-Type': 'application/json' }) },
+        },
+        (res) => {
+          let body = '';
+          res.setEncoding('utf8').on('data', (c: string) => (body += c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        },
+      );
+      req.on('error', reject).end(init.body);
+    });
+  await eventually(async () => existsSync(root) && (await ask('molly.example.org', '/discover').catch(() => ({ status: 0 }))).status !== 0, 'caddy', 15_000, 50);
+  return {
+    ask,
+    port,
+    stop: async () => {
+      proxy.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+describe.skipIf(!caddy)("behind Caddy speaking h2c, with the sample from deploy/caddy (MollySocket's own)", () => {
+  let server: RunningServer;
+  let push: FakePushServer;
+  let proxy: Awaited<ReturnType<typeof caddyInFront>>;
+
+  beforeAll(async () => {
+    push = await FakePushServer.start();
+    const { config } = loadConfig({
+      env: { XDG_CONFIG_HOME: '/nonexistent', MOLLY_PORT: '0', MOLLY_DB: join(tempDir(), 'm.db'), MOLLY_ALLOWED_ENDPOINTS: `["${push.origin}"]`, MOLLY_SIGNAL_URL: 'ws://127.0.0.1:1/' },
+    });
+    server = await startServer(config, memoryLogger().log);
+    proxy = await caddyInFront(new URL(server.url!).host);
+  }, 30_000);
+
+  afterAll(async () => {
+    await proxy?.stop();
+    await server?.close();
+    await push?.close();
+  });
+
+  it.each([
+    ['at the root of its own name', 'molly.example.org', '/'],
+    ['on a sub-path (X-Original-URL)', 'example.org', '/molly/'],
+  ])('%s: discovery, the homepage link and a registration work', async (_name, site, path) => {
+    const discover = await proxy.ask(site, `${path}discover`);
+    expect(discover.status).toBe(200);
+    expect(JSON.parse(discover.body)).toEqual({ mollysocket: { version: expect.any(String) } });
+    const page = await proxy.ask(site, path);
+    expect(page.status).toBe(200);
+    expect(linkIn(page.body).searchParams.get('url')).toBe(`https://${site}:${proxy.port}${path}`);
+    const uuid = site === 'example.org' ? '0b6c2f4e-8d1a-4c3b-9e5f-7a6b5c4d3e2f' : '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e';
+    const registration = await proxy.ask(site, path, { method: 'POST', body: JSON.stringify({ uuid, device_id: 2, password: 'pw', endpoint: push.endpoint() }) });
+    expect(registration.status).toBe(200);
+    expect(JSON.parse(registration.body)).toEqual({ mollysocket: { version: expect.any(String), status: 'ok' } });
+    expect((await server.store.list()).map((c) => c.uuid)).toContain(uuid);
+  });
+
+  it('answers a burst of requests over more streams than one session carries', async () => {
+    const answers = await Promise.all(Array.from({ length: 100 }, () => proxy.ask('molly.example.org', '/discover')));
+    expect(answers.map((a) => a.status)).toEqual(Array(100).fill(200));
   });
 });

@@ -25,3 +25,18 @@ describe('logging into a pipe read late', () => {
     expect(lines).toBe(2000);
   });
 });
+
+describe('an error in the text log', () => {
+  it('keeps its stack and cause on the one line of its event', async () => {
+    const script = `
+      const { createLogger } = await import(${JSON.stringify(join(packageRoot, 'dist', 'log.js'))});
+      const log = createLogger({ verbosity: 0, format: 'text' });
+      log.error({ err: new Error('outer', { cause: new Error('inner') }) }, 'request failed');`;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    await new Promise((r) => child.on('close', r));
+    expect(stderr.trimEnd().split('\n')).toHaveLength(1);
+    expect(stderr).toMatch(/request failed .*outer.*\\n +at .*inner/);
+  });
+});

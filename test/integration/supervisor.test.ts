@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { afterEach, describe, expect, it } from 'vitest';
+import { LINK_LIMITS } from '../../src/signal/link.js';
 import { Supervisor, type SupervisorOptions } from '../../src/signal/supervisor.js';
 import { SqliteStore as Store } from '../../src/store/sqlite.js';
 import { type Connection } from '../../src/store/store.js';
@@ -23,6 +24,8 @@ interface Harness {
   logs: () => string[];
 }
 
+const LINK_OPTIONS = { url: '', ca: undefined, userAgent: 'Signal-Android/7.60.0 test', connectTimeoutMs: 30_000, keepaliveIntervalMs: 30_000, keepaliveTimeoutMs: 20_000 };
+
 const running: Harness[] = [];
 
 afterEach(async () => {
@@ -33,8 +36,9 @@ afterEach(async () => {
   }
 });
 
-async function harness(over: Partial<SupervisorOptions> = {}, url?: string, random: () => number = () => 1): Promise<Harness> {
+async function harness(over: Partial<SupervisorOptions> = {}, at?: string | ((signal: FakeSignalServer) => Promise<string>), random: () => number = () => 1): Promise<Harness> {
   const signal = await FakeSignalServer.start({ tls: false });
+  const url = typeof at === 'function' ? await at(signal) : at;
   const dbPath = join(tempDir(), 'mollysocket.db');
   const store = Store.open(dbPath);
   const clock = new ManualClock();
@@ -42,7 +46,7 @@ async function harness(over: Partial<SupervisorOptions> = {}, url?: string, rand
   const urgent: Connection[] = [];
   const checks: Connection[] = [];
   const options: SupervisorOptions = {
-    link: { url: url ?? signal.url, ca: undefined, userAgent: 'Signal-Android/7.60.0 test', connectTimeoutMs: 30_000, keepaliveIntervalMs: 30_000, keepaliveTimeoutMs: 20_000 },
+
     backoff: { baseMs: 1_000, capMs: 300_000 },
     healthyAfterMs: 60_000,
     ramp: { ratePerSecond: 100, concurrency: 50 },
@@ -54,6 +58,7 @@ async function harness(over: Partial<SupervisorOptions> = {}, url?: string, rand
     recoveryIntervalMs: 1_000,
     handOverTimeoutMs: 30_000,
     ...over,
+    link: { ...LINK_OPTIONS, ...over.link, url: url ?? signal.url },
   };
   // random() = 1 by default: every backoff delay is the whole step, so the schedule is exact.
   const sup = new Supervisor(options, {
@@ -201,6 +206,45 @@ describe('server requests', () => {
     expect(h.urgent).toHaveLength(1);
     expect(h.signal.sessions).toHaveLength(1);
     expect(h.sup.state(A)).toBe('connected');
+  });
+});
+
+describe('a Signal server that would make a link hold memory without bound', () => {
+  it('a frame over the bound closes that link only (1009), which is retried with backoff', async () => {
+    const h = await harness();
+    await register(h, A);
+    await register(h, B);
+    await h.sup.start();
+    await connected(h, A);
+    await connected(h, B);
+    h.signal.sendRaw(h.signal.open(A.uuid, A.deviceId)[0]!, new Uint8Array(LINK_LIMITS.maxFrameBytes + 1));
+    await inState(h, A, 'backoff');
+    expect(h.logs().join('')).toMatch(/closed 1009 a frame over 1048576 bytes/);
+    expect(retryDelays(h)).toEqual([1_000]);
+    expect(h.sup.state(B)).toBe('connected');
+    expect(await h.signal.sendEnvelope(h.signal.open(B.uuid, B.deviceId)[0]!)).toEqual({ status: 200, message: 'OK' });
+    h.clock.advance(1_000);
+    await eventually(() => h.signal.open(A.uuid, A.deviceId).length === 1 && h.sup.state(A) === 'connected', 'A back');
+  });
+
+  it('a link whose answers Signal does not read is closed (1008) once they pass the bound', async () => {
+    const h = await harness({ link: { ...LINK_OPTIONS, limits: { ...LINK_LIMITS, maxUnsentBytes: 64 * 1024 } } }, (signal) => signal.listenUnix());
+    await register(h, A);
+    await register(h, B);
+    await h.sup.start();
+    await connected(h, A);
+    await connected(h, B);
+    const session = h.signal.open(A.uuid, A.deviceId)[0]!;
+    h.signal.stopReading(session);
+    let sent = 0;
+    while (h.sup.state(A) === 'connected' && sent < 1_000_000) {
+      await h.signal.flood(session, 2_000);
+      sent += 2_000;
+    }
+    await inState(h, A, 'backoff');
+    expect(h.logs().join('')).toMatch(/closed 1008 Signal left over 65536 bytes of answers unread/);
+    expect(h.sup.state(B)).toBe('connected');
+    expect(await h.signal.sendEnvelope(h.signal.open(B.uuid, B.deviceId)[0]!)).toEqual({ status: 200, message: 'OK' });
   });
 });
 

@@ -2,9 +2,9 @@ import { createHash } from 'node:crypto';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { Metrics } from '../../src/metrics.js';
-import { buildOpsApp, serverUrl, type Ops, type WebDeps } from '../../src/web/app.js';
+import { buildOpsApp, MAX_ENDPOINT_LENGTH, serverUrl, type Ops, type WebDeps } from '../../src/web/app.js';
 import { TEST_VAPID } from '../helpers/index.js';
-import { testApp } from '../helpers/web.js';
+import { linkIn, testApp } from '../helpers/web.js';
 
 const PUB = TEST_VAPID.pub;
 
@@ -25,7 +25,6 @@ function ops(over: Partial<Ops> = {}, metrics = new Metrics(() => counts)): Ops 
 
 const app = (over: Partial<WebDeps> = {}) => testApp({ ops: ops(), ...over });
 
-const linkIn = (html: string) => new URL(/<code id="link">([^<]+)<\/code>/.exec(html)![1]!.replaceAll('&amp;', '&'));
 
 describe('the URL in the link', () => {
   const req = (headers: Record<string, string>, url = '/') => ({ headers, url });
@@ -194,7 +193,7 @@ describe('web routes', () => {
     for (const bad of ['{', '[]', 'null', JSON.stringify({ ...valid, device_id: 0 }), JSON.stringify({ ...valid, device_id: 2 ** 31 }),
       JSON.stringify({ ...valid, device_id: '1' }), JSON.stringify({ ...valid, device_id: 1.5 }), JSON.stringify({ ...valid, password: '' }),
       JSON.stringify({ ...valid, password: 'x'.repeat(257) }), JSON.stringify({ ...valid, uuid: 'x'.repeat(65) }),
-      JSON.stringify({ ...valid, endpoint: `https://e.example/${'x'.repeat(1000)}` }), JSON.stringify({ ...valid, ping: 'yes' }),
+      JSON.stringify({ ...valid, ping: 'yes' }),
       JSON.stringify({ uuid: valid.uuid })]) {
       const res = await post(bad);
       expect(res.statusCode, bad.slice(0, 80)).toBe(400);
@@ -203,8 +202,33 @@ describe('web routes', () => {
     expect((await post('uuid=x', 'application/x-www-form-urlencoded')).statusCode).toBe(415);
     expect((await post(JSON.stringify(valid), 'text/plain')).statusCode).toBe(415);
     expect((await post(JSON.stringify({ ...valid, password: 'x'.repeat(10 * 1024 * 1024) }))).statusCode).toBe(413);
-    expect((await post(JSON.stringify({ ...valid, password: 'x'.repeat(9 * 1024) }))).statusCode).toBe(413);
+    expect((await post(JSON.stringify({ ...valid, password: 'x'.repeat(17 * 1024) }))).statusCode).toBe(413);
     expect(seen).toEqual([]);
+  });
+
+  it('takes endpoints as long as a distributor hands out, and answers longer ones with a status Molly shows', async () => {
+    const { instance, seen } = await app();
+    const post = (endpoint: string) => instance.inject({ method: 'POST', url: '/', payload: { ...valid, endpoint } });
+    const long = `https://e.example/${'x'.repeat(4_096)}`;
+    const res = await post(long);
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toEqual({ mollysocket: { version: '9.9.9', status: 'ok' } });
+    expect(seen.map((r) => r.endpoint)).toEqual([long]);
+    const over = await post(`https://e.example/${'x'.repeat(MAX_ENDPOINT_LENGTH)}`);
+    expect(over.statusCode).toBe(200);
+    expect(over.json()).toEqual({ mollysocket: { version: '9.9.9', status: 'invalid_endpoint' } });
+    expect(seen).toHaveLength(1);
+  });
+
+  it('refuses text no database stores as sent (NUL, lone surrogates) with 400 before it reaches the store', async () => {
+    const { instance, seen } = await app();
+    for (const bad of [{ uuid: `${valid.uuid}\u0000` }, { password: 'p\u0000w' }, { endpoint: 'https://e.example/\u0000' }, { password: 'p\ud800w' }, { endpoint: 'https://e.example/\udfff' }]) {
+      const payload = JSON.stringify({ ...valid, ...bad }); // escaped as JSON sends them: \u0000, \ud800
+      const res = await instance.inject({ method: 'POST', url: '/', headers: { 'content-type': 'application/json' }, payload });
+      expect(res.statusCode, payload).toBe(400);
+    }
+    expect(seen).toEqual([]);
+    expect((await instance.inject({ method: 'POST', url: '/', payload: { ...valid, password: 'p😀w' } })).statusCode).toBe(200); // a pair is fine
   });
 
   it('limits registrations per client address, generously', async () => {
