@@ -1,8 +1,23 @@
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type Metric } from 'prom-client';
+import { version } from './paths.js';
 import type { PushKind, PushOutcome } from './push/client.js';
 
 /** Connection counts by state, read when metrics are collected. */
 export type StateCounts = () => { connecting: number; connected: number; backoff: number; forbidden: number };
+
+/**
+ * prom-client's process and runtime metrics (process_*, nodejs_eventloop_lag_*, heap, gc), made once per process:
+ * each set keeps an event-loop delay monitor running, and they describe the process, not one server in it.
+ */
+let processMetrics: Metric[] | undefined;
+function defaultMetrics(): Metric[] {
+  if (processMetrics === undefined) {
+    const registry = new Registry();
+    collectDefaultMetrics({ register: registry });
+    processMetrics = registry.getMetricsAsArray().map((m) => registry.getSingleMetric(m.name) as Metric);
+  }
+  return processMetrics;
+}
 
 /** Records one answered HTTP request: what rocket_prometheus records for MollySocket's web server. */
 export interface HttpMetrics {
@@ -29,6 +44,8 @@ export class Metrics implements HttpMetrics {
 
   constructor(states: StateCounts = () => ({ connecting: 0, connected: 0, backoff: 0, forbidden: 0 })) {
     const registers = [this.registry];
+    for (const metric of defaultMetrics()) this.registry.registerMetric(metric);
+    new Gauge({ name: 'mollysocket_build_info', help: 'The version this server runs, as a label; always 1', labelNames: ['version'], registers }).set({ version }, 1);
     new Gauge({
       name: 'mollysocket_connections',
       help: 'Connections to Signal server',
@@ -45,6 +62,17 @@ export class Metrics implements HttpMetrics {
       registers,
       collect() {
         this.set(states().forbidden);
+      },
+    });
+    // mollysocket_connections counts reconnecting ones too; alerts and dashboards need the sockets actually up.
+    new Gauge({
+      name: 'mollysocket_connection_states',
+      help: 'Connections by state: connecting, connected, backoff (waiting to reconnect), forbidden',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        const s = states();
+        for (const state of ['connecting', 'connected', 'backoff', 'forbidden'] as const) this.set({ state }, s[state]);
       },
     });
     this.reconnections = new Counter({ name: 'mollysocket_reconnections', help: 'Reconnections since the start', registers });
@@ -93,6 +121,25 @@ export class Metrics implements HttpMetrics {
     gauge('mollysocket_pushes_in_flight', 'Push requests under way', (l) => l.pushesInFlight);
     gauge('mollysocket_pushes_queued', 'Push requests waiting for a free slot (per origin or in all)', (l) => l.pushesQueued);
     gauge('mollysocket_connect_queue', 'Connections to Signal waiting for the connect ramp', (l) => l.connectQueue);
+  }
+
+  /**
+   * The gauge that alerts compare the connected sockets with: what the database holds, read at each scrape, as
+   * opposed to the supervisor's own view.
+   */
+  watchStored(count: () => Promise<number>): void {
+    new Gauge({
+      name: 'mollysocket_stored_connections',
+      help: 'Connections stored and not forbidden that this instance is responsible for (several instances: those it owns)',
+      registers: [this.registry],
+      async collect() {
+        try {
+          this.set(await count());
+        } catch {
+          // The database does not answer: the last count stays, and /metrics still answers (/health says 503).
+        }
+      },
+    });
   }
 
   /** Records one push request and its answer. `mollysocket_pushs` counts urgent wake-ups, as MollySocket does. */
