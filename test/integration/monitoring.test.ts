@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { loadConfig } from '../../src/config.js';
-import { packageRoot } from '../../src/paths.js';
+import { packageRoot, version } from '../../src/paths.js';
 import { startServer, type RunningServer } from '../../src/server.js';
 import { FakePushServer } from '../fakes/push-server.js';
 import { FakeSignalServer } from '../fakes/signal-server.js';
@@ -163,7 +163,14 @@ describe('the names the alert rules and the Grafana dashboard use', () => {
   });
 });
 
-describe('the gauges the "connections below what is stored" alert compares', () => {
+const backends: [string, () => Promise<Record<string, string>>][] = [
+  ['SQLite', async () => ({ MOLLY_DB: join(tempDir(), 'mollysocket.db') })],
+  ...(postgresMissing === undefined
+    ? [['PostgreSQL', async () => ({ MOLLY_DB: await freshDatabase(), MOLLY_LEASE_SECONDS: '3', MOLLY_INSTANCE_NAME: 'gauges' })] as [string, () => Promise<Record<string, string>>]]
+    : []),
+];
+
+describe.each(backends)('the gauges the "connections below what is stored" alert compares, on %s', (_backend, database) => {
   let signal: FakeSignalServer;
   let push: FakePushServer;
   let server: RunningServer;
@@ -176,10 +183,10 @@ describe('the gauges the "connections below what is stored" alert compares', () 
     const { config } = loadConfig({
       env: {
         MOLLY_PORT: '0',
-        MOLLY_DB: join(tempDir(), 'mollysocket.db'),
         MOLLY_SIGNAL_URL: signal.url,
         MOLLY_SIGNAL_CA_FILE: testPki().caFile,
         MOLLY_ALLOWED_ENDPOINTS: JSON.stringify([push.origin]),
+        ...(await database()),
       },
     });
     server = await startServer(config, memoryLogger().log, { tune: (o) => ({ ...o, backoff: { baseMs: 20, capMs: 100 } }) });
@@ -202,18 +209,20 @@ describe('the gauges the "connections below what is stored" alert compares', () 
     const line = text.split('\n').find((l) => l.startsWith(`${series} `));
     return line === undefined ? undefined : Number(line.slice(series.length + 1));
   };
+  const until = (series: string, value: number, what: string): Promise<void> =>
+    eventually(async () => (await sample(series)) === value, what, 15_000, 50);
 
-  it('count the stored connections that are not forbidden, and those actually connected', async () => {
+  it('count the stored connections that are not forbidden (on PostgreSQL: owned here), and those actually connected', async () => {
     expect((await register(healthy, 'right')).status).toBe(200);
     expect((await register(refused, 'whatever')).status).toBe(200);
-    await eventually(async () => (await sample('mollysocket_connection_states{state="forbidden"}')) === 1, 'the refused one forbidden');
-    await eventually(async () => (await sample('mollysocket_connection_states{state="connected"}')) === 1, 'the other connected');
+    await until('mollysocket_connection_states{state="forbidden"}', 1, 'the refused one forbidden');
+    await until('mollysocket_connection_states{state="connected"}', 1, 'the other connected');
     expect(await sample('mollysocket_stored_connections')).toBe(1);
     expect(await sample('mollysocket_forbiddens')).toBe(1);
 
     // Signal gone: the connection stays stored, and is no longer connected (what the alert reports after 15 minutes).
     await signal.close();
-    await eventually(async () => (await sample('mollysocket_connection_states{state="connected"}')) === 0, 'the socket down');
+    await until('mollysocket_connection_states{state="connected"}', 0, 'the socket down');
     expect(await sample('mollysocket_stored_connections')).toBe(1);
     expect(await sample('mollysocket_connections')).toBe(1); // MollySocket's own count still includes it: reconnecting
   });
@@ -221,7 +230,6 @@ describe('the gauges the "connections below what is stored" alert compares', () 
   it('come with the process metrics (event-loop lag) and the version', async () => {
     expect(await sample('nodejs_eventloop_lag_p99_seconds')).toBeGreaterThanOrEqual(0);
     expect(await sample('process_start_time_seconds')).toBeGreaterThan(0);
-    const version = (JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
     expect(await sample(`mollysocket_build_info{version="${version}"}`)).toBe(1);
   });
 });
