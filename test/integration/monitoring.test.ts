@@ -145,9 +145,17 @@ describe('the names the alert rules and the Grafana dashboard use', () => {
     for (const name of ['mollysocket_forbiddens', 'mollysocket_push_results_total', 'mollysocket_stored_connections', 'mollysocket_connection_states', LEASE_GAUGE, 'nodejs_eventloop_lag_p99_seconds']) {
       expect(used, name).toContain(name);
     }
-    const panels = dashboards().flatMap((d) => d.panels).filter((p) => p.type !== 'row');
-    expect(panels.length).toBeGreaterThan(10);
-    expect(panels.filter((p) => (p.targets ?? []).length === 0).map((p) => p.title)).toEqual([]);
+    for (const d of dashboards()) {
+      const panels = d.panels.filter((p) => p.type !== 'row');
+      expect(panels.length, d.file).toBeGreaterThan(10);
+      expect(panels.filter((p) => (p.targets ?? []).length === 0).map((p) => p.title)).toEqual([]);
+      const ids = d.panels.map((p) => (p as { id?: number }).id);
+      expect(new Set(ids).size, `${d.file}: panel ids unique`).toBe(ids.length);
+      // Every query goes to the data source picked on import (the dashboard's own variable), none to a fixed one.
+      const sources = [...JSON.stringify(d).matchAll(/"datasource":\{[^}]*"uid":"([^"]*)"/g)].map((m) => m[1]);
+      expect(sources.length).toBeGreaterThan(panels.length);
+      expect(new Set(sources)).toEqual(new Set(['${datasource}']));
+    }
   });
 
   it('are all on the /metrics page of a server on SQLite (the PostgreSQL-only lease gauge aside)', async () => {
