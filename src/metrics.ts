@@ -64,7 +64,8 @@ export class Metrics implements HttpMetrics {
         this.set(states().forbidden);
       },
     });
-    // mollysocket_connections counts reconnecting ones too; alerts and dashboards need the sockets actually up.
+    // mollysocket_connections counts every connection this instance runs (stored, not forbidden), reconnecting ones
+    // included; alerts and dashboards need the sockets actually up as well.
     new Gauge({
       name: 'mollysocket_connection_states',
       help: 'Connections by state: connecting, connected, backoff (waiting to reconnect), forbidden',
@@ -121,25 +122,6 @@ export class Metrics implements HttpMetrics {
     gauge('mollysocket_pushes_in_flight', 'Push requests under way', (l) => l.pushesInFlight);
     gauge('mollysocket_pushes_queued', 'Push requests waiting for a free slot (per origin or in all)', (l) => l.pushesQueued);
     gauge('mollysocket_connect_queue', 'Connections to Signal waiting for the connect ramp', (l) => l.connectQueue);
-  }
-
-  /**
-   * The gauge that alerts compare the connected sockets with: what the database holds, read at each scrape, as
-   * opposed to the supervisor's own view.
-   */
-  watchStored(count: () => Promise<number>): void {
-    new Gauge({
-      name: 'mollysocket_stored_connections',
-      help: 'Connections stored and not forbidden that this instance is responsible for (several instances: those it owns)',
-      registers: [this.registry],
-      async collect() {
-        try {
-          this.set(await count());
-        } catch {
-          // The database does not answer: the last count stays, and /metrics still answers (/health says 503).
-        }
-      },
-    });
   }
 
   /** Records one push request and its answer. `mollysocket_pushs` counts urgent wake-ups, as MollySocket does. */

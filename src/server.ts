@@ -172,10 +172,6 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     const pushes = client.load();
     return { pushesInFlight: pushes.inFlight, pushesQueued: pushes.queued, connectQueue: supervisor.connectQueue };
   });
-  metrics.watchStored(async () => {
-    const instance = supervisor.ownership.describe().instance; // several instances: the rows this one owns
-    return (await store.list()).filter((c) => !c.forbidden && (instance === undefined || c.owner === instance)).length;
-  });
   const notifier = new Notifier(
     {
       minIntervalMs: config.push_min_interval_ms,
