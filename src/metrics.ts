@@ -7,13 +7,15 @@ export type StateCounts = () => { connecting: number; connected: number; backoff
 
 /**
  * prom-client's process and runtime metrics (process_*, nodejs_eventloop_lag_*, heap, gc), made once per process:
- * each set keeps an event-loop delay monitor running, and they describe the process, not one server in it.
+ * each set keeps an event-loop delay monitor running, and they describe the process, not one server in it. The
+ * monitor samples every 100 ms rather than prom-client's 10 ms: an idle server spent about 0.8 % of a core more on
+ * it at 10 ms, 0.1 % at 100 ms, and a lag worth an alert lasts far longer than a sample.
  */
 let processMetrics: Metric[] | undefined;
 function defaultMetrics(): Metric[] {
   if (processMetrics === undefined) {
     const registry = new Registry();
-    collectDefaultMetrics({ register: registry });
+    collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 100 });
     processMetrics = registry.getMetricsAsArray().map((m) => registry.getSingleMetric(m.name) as Metric);
   }
   return processMetrics;
