@@ -52,7 +52,7 @@ const dashboardQueries = (): string[] =>
 const NOT_METRICS = new Set(['by', 'without', 'on', 'ignoring', 'group_left', 'group_right', 'offset', 'bool', 'and', 'or', 'unless', 'inf', 'nan']);
 
 /** The metric names a PromQL expression (or Grafana's label_values) selects: every bare name that is no function or keyword. */
-export function metricNames(expr: string): string[] {
+function metricNames(expr: string): string[] {
   const bare = expr
     .replace(/"(?:[^"\\]|\\.)*"/g, '""') // label values
     .replace(/\{[^}]*\}/g, '') // label matchers
@@ -79,8 +79,9 @@ function exposedNames(text: string): Set<string> {
 /** What Prometheus itself records for every target. */
 const PROMETHEUS_OWN = new Set(['up']);
 /**
- * Metrics only a server on PostgreSQL (several instances) has. The lease gauge comes with the lease driver's own change;
- * until the source defines it, the PostgreSQL check below cannot require it (and says so).
+ * Metrics only a server on PostgreSQL (several instances) has: the check on SQLite leaves them out. The lease gauge
+ * comes with a change of the lease driver's own; until the source defines it, the PostgreSQL check allows exactly
+ * that name to be missing, and requires it as soon as it is defined.
  */
 const LEASE_GAUGE = 'mollysocket_lease_remaining_seconds';
 const POSTGRES_ONLY = new Set([LEASE_GAUGE]);
