@@ -65,7 +65,8 @@ export function expandPrefixes(root: Command, args: string[]): { args: string[];
 export function buildProgram(): Command {
   const program = new Command('mollysocket')
     .description('Push relay for Molly: holds Signal connections and wakes the phone through UnifiedPush')
-    .version(version)
+    // As clap prints it for MollySocket: the name, then the version (package.json's, the one version everywhere).
+    .version(`mollysocket ${version}`, '-V, --version')
     .option('-c, --config <file>', 'configuration file (else MOLLY_CONF, or the standard places)')
     .option('-v, --verbose', 'server logs: -v info, -vv debug, -vvv trace (else MOLLY_LOG or RUST_LOG; else errors only)', (_v: string, previous: number) => previous + 1, 0)
     // Errors are printed by reportError, on one line; subcommands inherit both settings.

@@ -4,7 +4,7 @@ import { isPostgresUrl } from '../store/location.js';
 import { loadForServer } from './common.js';
 
 /** How long shutdown may take before the process exits anyway (plus the hand-over, with several instances). */
-const SHUTDOWN_DEADLINE_MS = 4_000;
+export const SHUTDOWN_DEADLINE_MS = 4_000;
 
 export function registerServer(program: Command): void {
   program

@@ -58,7 +58,7 @@ export class StoreError extends Error {
 
 /**
  * Where the backends meet: every query the server and the CLI make. SQLite (one machine, the default) and
- * PostgreSQL (several instances, src/store-pg.ts) both implement it; PostgreSQL is asynchronous, so all of it is.
+ * PostgreSQL (several instances, src/store/postgres.ts) both implement it; PostgreSQL is asynchronous, so all of it is.
  */
 export interface Store {
   /** The file path, or the URL without its password. */

@@ -182,6 +182,7 @@ doc = yaml.safe_load(open(sys.argv[1]))
 svc = doc["services"]["mollysocket"]
 assert svc.pop("ports") == ["127.0.0.1:8020:8020"], "docker-compose.yml publishes other ports than 127.0.0.1:8020"
 svc.pop("build")
+svc["image"] = "mollysocket:latest"  # the image built above, not the released one the file names
 svc["network_mode"] = "host"
 svc["environment"]["MOLLY_HOST"] = "127.0.0.1"
 yaml.safe_dump(doc, open(sys.argv[2], "w"), sort_keys=False)
