@@ -221,7 +221,8 @@ export class SqliteStore implements Store {
         if (current < 4) this.db.exec(CREATE_V4);
         if (current < 5) this.canonicalUuids();
         if (current < 6) this.db.exec(CREATE_V6);
-        if (current < 7 && !this.db.pragma('table_info(live_state)').some((c) => (c as { name: string }).name === 'retry_at')) this.db.exec(CREATE_V7);
+        const liveColumns = this.db.pragma('table_info(live_state)') as { name: string }[];
+        if (current < 7 && !liveColumns.some((c) => c.name === 'retry_at')) this.db.exec(CREATE_V7);
         this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
       })
       .immediate();

@@ -1,6 +1,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
+import { parse as parseToml } from 'smol-toml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteStore as Store } from '../../src/store/sqlite.js';
 import { checkVapid, FakePushServer } from '../fakes/push-server.js';
@@ -289,16 +290,40 @@ describe('config', () => {
     expect(r.stdout).toContain('# config file: ./mollysocket.toml');
     expect(r.stdout).toMatch(/^host = "0\.0\.0\.0" {2}# \.\/mollysocket\.toml$/m);
     expect(r.stdout).toMatch(/^port = 9999 {2}# MOLLY_PORT$/m);
-    expect(r.stdout).toMatch(/^vapid_privkey = "\(redacted\)" {2}# MOLLY_VAPID_PRIVKEY$/m);
+    expect(r.stdout).toMatch(/^# vapid_privkey = "\.\.\." {2}# MOLLY_VAPID_PRIVKEY: set, not printed$/m);
     expect(r.stdout).toMatch(/^db = "\.\/mollysocket\.db" {2}# default$/m);
     expect(r.stdout).not.toContain(PRIV);
+  });
+
+  it('prints valid TOML that loads back as the same configuration (unset keys and secrets as comments)', async () => {
+    const w = workdir({
+      MOLLY_VAPID_PRIVKEY: PRIV,
+      MOLLY_PORT: '9999',
+      MOLLY_TRUST_PROXY: '["10.0.0.0/8", "192.168.1.2"]',
+      MOLLY_ALLOWED_UUIDS: `[${UUID}]`,
+      MOLLY_SIGNAL_ENV: 'Staging',
+      MOLLY_URL: 'https://molly.example/push/',
+    });
+    const printed = (await w.run('config')).stdout;
+    const parsed = parseToml(printed); // throws on anything that is not TOML
+    expect(parsed).toMatchObject({ port: 9999, trust_proxy: ['10.0.0.0/8', '192.168.1.2'], allowed_uuids: [UUID], signal_env: 'staging' });
+    expect(parsed).not.toHaveProperty('vapid_privkey');
+    expect(printed).toMatch(/^# metrics_port = \(unset\) {2}# default$/m);
+
+    const file = join(tempDir(), 'pasted.toml');
+    writeFileSync(file, printed);
+    const again = await runBin(['-c', file, 'config'], { cwd: tempDir() });
+    expect(again.stderr).toBe('');
+    const lines = (out: string) => out.split('\n').filter((l) => /^[a-z_]+ = /.test(l)).map((l) => l.replace(/ {2}# .*$/, ''));
+    expect(lines(again.stdout)).toEqual(lines(printed));
+    expect(again.stdout).toMatch(/^port = 9999 {2}# .*pasted\.toml$/m);
   });
 
   it('never prints the password of a PostgreSQL URL in db', async () => {
     const w = workdir({ MOLLY_DB: 'postgres://relay:s3cret-pw@db.example.org:5432/molly' });
     const r = await w.run('config');
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/^db = "postgres:\/\/relay:\*\*\*@db\.example\.org:5432\/molly" {2}# MOLLY_DB$/m);
+    expect(r.stdout).toMatch(/^db = "postgres:\/\/relay:\*\*\*@db\.example\.org:5432\/molly" {2}# MOLLY_DB: the password is not printed$/m);
     expect(r.stdout).toMatch(/^# database: postgres:\/\/relay:\*\*\*@db\.example\.org:5432\/molly \(PostgreSQL, shared by several instances\)$/m);
     expect(r.stdout).not.toContain('s3cret-pw');
   });
