@@ -14,7 +14,7 @@ import { StoreError } from './store/store.js';
  *
  * The lock is SQLite's own write lock on a small database beside the file (`<db>.lock`, in WAL mode), held for the
  * server's life by an open write transaction. It is an OS lock (fcntl), so the kernel releases it when the process
- * dies, kill -9 included: a stale lock cannot exist, and there is nothing to take over. A pid file or an mtime lock
+ * dies, kill -9 included: the next server takes it at once, and no stale lock can block a start. A pid file or an mtime lock
  * (proper-lockfile) would judge liveness by a pid, which a container reuses (pid 1 again after a restart), or by a
  * timestamp, which a stalled but live server lets age; and Node has no flock of its own. In WAL mode other processes
  * can still read the committed row naming the holder while the write lock is held, so a refusal names its pid.
@@ -114,8 +114,8 @@ export function serverOn(dbPath: string): { holder: LockHolder | undefined } | u
       db.exec('ROLLBACK');
       return undefined;
     } catch (err) {
-      if (!isBusy(err)) throw err;
-      return { holder: readHolder(db) };
+      if (isBusy(err)) return { holder: readHolder(db) };
+      throw new StoreError(`cannot tell whether a server runs on ${dbPath}: its lock file ${path}: ${(err as Error).message}`, { cause: err });
     }
   } finally {
     db.close();
