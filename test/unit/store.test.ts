@@ -145,7 +145,7 @@ describe('Store: the SQLite file', () => {
 
   /** Opens the database from `n` processes at the same moment (the built store, as the server and the CLI do). */
   async function openConcurrently(path: string, n: number): Promise<(number | null)[]> {
-    const store = JSON.stringify(join(packageRoot, 'dist', 'store.js'));
+    const store = JSON.stringify(join(packageRoot, 'dist', 'store', 'sqlite.js'));
     const script = `import(${store}).then((m) => m.SqliteStore.open(${JSON.stringify(path)}).close())`;
     const runs = await Promise.all(
       Array.from({ length: n }, () =>
