@@ -140,18 +140,26 @@ export async function claimDatabase(config: Config): Promise<ServerLock | undefi
 
 /**
  * A live lease row of the same name is either a running instance (it renews every third of a lease) or the row of
- * one killed a moment ago (kill -9: it stays live until its lease runs out, then the others reap it). Watching it
- * for a renewal period tells them apart, so that a restart after a crash is never refused.
+ * one killed a moment ago (kill -9: it stays live until its lease runs out, then the others reap it). It is watched
+ * until it renews (running: refused) or its lease runs out (dead: the start goes on), so a restart after a crash is
+ * never refused and waits at most one lease. Durations only, so the database's clock and ours need not agree.
  */
 export async function refuseLiveNamesake(store: Pick<PostgresStore, 'instances'>, name: string, leaseMs: number, db: string): Promise<void> {
   const namesakes = async () => (await store.instances()).filter((i) => i.name === name && i.live && !i.leaving);
   if ((await namesakes()).length === 0) return;
-  const watchMs = leaseMs / 3 + leaseMs / 6; // a renewal period, and a margin for a slow renewal
-  await new Promise((r) => setTimeout(r, watchMs));
-  const renewed = (await namesakes()).find((i) => i.renewedAgoMs < watchMs);
-  if (renewed) {
-    throw new DatabaseInUseError(db, { pid: renewed.pid, since: renewed.startedAt }, `another instance named ${JSON.stringify(name)}`,
-      'each instance needs its own instance_name (MOLLY_INSTANCE_NAME): stop that one first, or name this one differently',
-    );
+  const seenAt = Date.now();
+  for (;;) {
+    await new Promise((r) => setTimeout(r, leaseMs / 6));
+    const live = await namesakes();
+    if (live.length === 0) return;
+    const renewed = live.find((i) => i.renewedAgoMs < Date.now() - seenAt);
+    if (renewed) {
+      throw new DatabaseInUseError(
+        db,
+        { pid: renewed.pid, since: renewed.startedAt },
+        `another instance named ${JSON.stringify(name)}`,
+        'each instance needs its own instance_name (MOLLY_INSTANCE_NAME): stop that one first, or name this one differently',
+      );
+    }
   }
 }
