@@ -46,7 +46,8 @@ export function createLogger(opts: { verbosity: number; format: LogFormat }): Lo
   // SonicBoom, synchronous: it waits out a full pipe (EAGAIN) and finishes partial writes, where a bare writeSync
   // would throw out of the logging call.
   const destination = pino.destination({ fd: 2, sync: true });
-  if (opts.format === 'json') return pino(options, destination);
+  // JSON names the level ("level":"info"), as log collectors expect; the fields are listed in docs/logs.md.
+  if (opts.format === 'json') return pino({ ...options, formatters: { level: (label) => ({ level: label }) } }, destination);
   const pretty = prettyFactory({
     colorize: isatty(2), // not process.stderr.isTTY: creating that stream makes a piped fd 2 non-blocking
     singleLine: true,
@@ -55,6 +56,12 @@ export function createLogger(opts: { verbosity: number; format: LogFormat }): Lo
   });
   return pino(options, { write: (line: string) => void destination.write(pretty(line)) });
 }
+
+/**
+ * For a line the operator must see whatever the level (a new file to back up): logged at info, even when the log
+ * shows errors only.
+ */
+export const unmuted = (log: Logger): Logger => (log.isLevelEnabled('info') ? log : log.child({}, { level: 'info' }));
 
 /** First 8 characters of a UUID: enough to tell accounts apart in logs, not enough to identify one. */
 export const shortUuid = (uuid: string): string => `${uuid.slice(0, 8)}…`;

@@ -1,12 +1,12 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { redactedConfig, signalUrl, type Config } from './config.js';
 import { HEARTBEAT_MS } from './heartbeat.js';
 import { linkUrl, qrTerminal } from './link.js';
 import { systemClock, type Clock } from './clock.js';
-import type { Logger } from './log.js';
+import { unmuted, type Logger } from './log.js';
 import { packageRoot, version } from './paths.js';
 import { Metrics } from './metrics.js';
 import { isUuidAllowed, type Resolver } from './policy.js';
@@ -23,6 +23,7 @@ import { isPostgresUrl } from './store/location.js';
 import { openStore } from './store/open.js';
 import { SqliteStore } from './store/sqlite.js';
 import { StoreError, type Connection, type Store } from './store/store.js';
+import { Summary } from './summary.js';
 import {PostgresStore} from './store/postgres.js';
 import {StoreWrites} from './store/writes.js';
 import { buildApp, buildOpsApp, type Ops } from './web/app.js';
@@ -145,7 +146,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     throw err;
   }
   if (key.source === 'generated') {
-    log.info({ file: key.path }, 'generated a VAPID key and kept it next to the database: back this file up with it');
+    unmuted(log).info({ file: resolve(key.path!) }, 'generated a VAPID key and kept it next to the database: back this file up with it');
   }
   const previousKey = await store.recordedVapidKey();
   if (previousKey !== undefined && previousKey !== key.publicKey) {
@@ -267,7 +268,9 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   if (unclean) {
     log.warn('the last run did not end cleanly: each connection gets one wake-up once connected, for messages it may have acknowledged without pushing');
   }
+  const summary = new Summary({ log, clock: opts.clock ?? systemClock, counts: () => supervisor.counts(), metrics });
   await supervisor.start({ wakeAfterConnect: unclean });
+  summary.start();
   // Taken only now that the server runs: a start that failed earlier leaves them for the next one.
   await wakeOwed(await writes.now(() => store.takeOwedWakeups()), store, notifier, log);
   const startedAt = Date.now();
@@ -294,6 +297,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     metrics,
     async close() {
       await Promise.all(listeners.map((l) => l.close()));
+      summary.stop();
       await supervisor.stop();
       const stillOwed = await notifier.drain(PUSH_DRAIN_MS);
       client.close();

@@ -1,11 +1,14 @@
 import type { Command } from 'commander';
+import { isFresh } from '../heartbeat.js';
 import { endpointOrigin } from '../log.js';
+import { describeReason } from '../reasons.js';
 import { EndpointPolicy, uuidRefusal } from '../policy.js';
 import { pushStack } from '../push/setup.js';
 import type { PushOutcome } from '../push/client.js';
 import type { Config } from '../config.js';
 import type { ResolvedKey } from '../push/vapid.js';
-import type { Connection, Store } from '../store/store.js';
+import { connectionKey, type Connection, type LiveState, type Store } from '../store/store.js';
+import { nextTry } from './status.js';
 import { FailureError, formatTime, jsonTime, loadFor, maskUuid, parseDeviceId, parseUuid, print, table, UsageError, vapidKey, withStore } from './common.js';
 
 /** How a push went, in words. */
@@ -81,7 +84,11 @@ export function registerConnection(program: Command): void {
     .option('-a, --anonymized', 'mask the uuids too')
     .option('--json', 'print JSON, for scripts')
     .action(async (opts: { anonymized?: boolean; json?: boolean }, cmd: Command) => {
-      const conns = await withStore(loadFor(cmd), 'read', (store) => store.list());
+      const { conns, live } = await withStore(loadFor(cmd), 'read', async (store) => ({
+        conns: await store.list(),
+        // A running server's view: which connections wait to reconnect, and until when.
+        live: isFresh(await store.heartbeat(), Date.now()) ? new Map((await store.liveStates()).map((s) => [connectionKey(s), s])) : new Map<string, LiveState>(),
+      }));
       const uuid = (u: string) => (opts.anonymized ? maskUuid(u) : u);
       if (opts.json) {
         const rows = conns.map((c) => ({
@@ -100,7 +107,12 @@ export function registerConnection(program: Command): void {
         print('No connection registered yet.');
         return;
       }
-      const state = (c: Connection) => (c.forbidden ? `forbidden: ${c.forbiddenReason ?? 'unknown'}` : 'ok');
+      const state = (c: Connection): string => {
+        if (c.forbidden) return `forbidden: ${describeReason(c.forbiddenReason ?? 'unknown')}`;
+        const s = live.get(connectionKey(c));
+        if (s?.state !== 'backoff') return 'ok';
+        return `ok, reconnecting: ${describeReason(s.reason)}${s.retryAt === undefined ? '' : `; next try ${nextTry(s.retryAt, Date.now())}`}`;
+      };
       print(
         table([
           ['UUID', 'DEVICE', 'STATE', 'ENDPOINT', 'LAST REGISTRATION'],

@@ -2,6 +2,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { planDowngrade, writeMollySocketDb } from '../downgrade.js';
+import { serverOn } from '../lock.js';
 import { keptKeyPath, parsePrivateKey, publicKeyOf, resolveVapidKey } from '../push/vapid.js';
 import { isPostgresUrl, redactUrl } from '../store/location.js';
 import { openStore } from '../store/open.js';
@@ -10,19 +11,47 @@ import {PostgresStore} from '../store/postgres.js';
 import { ENDPOINT_GONE } from '../registrations.js';
 import { formatTime, loadFor, print, UsageError, withStore } from './common.js';
 
+/**
+ * The server running on a database, in words, or undefined: SQLite, the one holding its lock; PostgreSQL, the live
+ * instances.
+ */
+async function runningServer(store: Store, db: string): Promise<string | undefined> {
+  if (store instanceof PostgresStore) {
+    const live = (await store.instances()).filter((i) => i.live);
+    return live.length === 0 ? undefined : `${live.length} instance(s) (${live.map((i) => `${i.name}, pid ${i.pid}`).join('; ')})`;
+  }
+  const running = serverOn(db);
+  return running && `a server${running.holder ? ` (pid ${running.holder.pid})` : ''}`;
+}
+
+/** A copy taken while a server runs misses whatever it writes afterwards (registrations, forbidden connections). */
+async function refuseWhileRunning(store: Store, db: string, force: boolean | undefined): Promise<string | undefined> {
+  const running = await runningServer(store, db);
+  if (running && !force) {
+    throw new UsageError(
+      `${running} is running on ${store instanceof PostgresStore ? store.location : resolve(store.location)}: what it writes after the copy would be lost; stop it first, or pass --force to copy anyway`,
+    );
+  }
+  return running;
+}
+
 export function registerDb(program: Command): void {
   const db = program.command('db').description('the database (file or PostgreSQL)');
 
   db.command('downgrade')
     .description("write the configured database's connections to a new file that MollySocket 1.7 opens")
     .argument('<output-file>', 'the new file to write (never overwritten)')
-    .action(async (output: string, _o, cmd: Command) => {
+    .option('--force', 'write it even while a server runs on the database')
+    .action(async (output: string, opts: { force?: boolean }, cmd: Command) => {
       const loaded = loadFor(cmd);
       const { config } = loaded;
       if (existsSync(output)) {
         throw new UsageError(`output-file ${output} already exists: downgrade never overwrites a file, name a new one`);
       }
-      const plan = await withStore(loaded, 'read', async (store) => planDowngrade(await store.list()));
+      const { plan, running } = await withStore(loaded, 'read', async (store) => {
+        const running = await refuseWhileRunning(store, config.db, opts.force);
+        return { plan: planDowngrade(await store.list()), running };
+      });
       writeMollySocketDb(output, plan.kept);
       print(`Wrote ${plan.kept.length} connection(s) to ${output} in MollySocket 1.7's format (one per account).`);
       for (const { conn, keptInstead, because } of plan.leftOut) {
@@ -48,7 +77,7 @@ export function registerDb(program: Command): void {
       } else if (key) {
         print(`VAPID key: keep ${key.source} as it is in MollySocket's configuration, or Molly users must scan a new code.`);
       }
-      print(`Next: stop this server, and start MollySocket with db = "${resolve(output)}".`);
+      print(`Next: ${running ? `stop ${running}, and ` : ''}start MollySocket with db = "${resolve(output)}".`);
     });
 
   registerDbCopy(db);
@@ -61,18 +90,27 @@ function keptKey(store: Store, db: string): Promise<string | undefined> | string
   return existsSync(path) ? readFileSync(path, 'utf8').trim() : undefined;
 }
 
-/** Keeps `key` where the target's server looks for it; a different key already there wins (and is reported). */
+/** The VAPID key a target's server already has, if any: its public half. */
+async function targetKey(store: Store, db: string): Promise<string | undefined> {
+  if (store instanceof PostgresStore) return store.setting('vapid_public_key');
+  const path = keptKeyPath({ db });
+  return existsSync(path) ? publicKeyOf(parsePrivateKey(readFileSync(path, 'utf8').trim(), path)) : undefined;
+}
+
+/** Keeps `key` where the target's server looks for it; a different key already there wins (only with --force). */
 async function keepKey(store: Store, db: string, key: string): Promise<string> {
+  const publicKey = publicKeyOf(parsePrivateKey(key, 'the kept VAPID key'));
   if (store instanceof PostgresStore) {
-    const publicKey = publicKeyOf(parsePrivateKey(key, 'the kept VAPID key'));
     const kept = await store.setting('vapid_public_key', publicKey);
-    if (kept !== publicKey) return `VAPID key: ${redactUrl(db)} already has another one; it was kept, so Molly users must scan a new code`;
+    if (kept !== publicKey) return `VAPID key: ${redactUrl(db)} already has another one (${kept}); it was kept, so Molly users must scan a new code`;
     await store.setting('vapid_private_key', key);
     return `VAPID key: copied into ${redactUrl(db)}, where every instance finds it`;
   }
   const path = keptKeyPath({ db });
   if (existsSync(path)) {
-    return readFileSync(path, 'utf8').trim() === key ? `VAPID key: ${path} already holds it` : `VAPID key: ${path} holds another one; it was kept, so Molly users must scan a new code`;
+    return readFileSync(path, 'utf8').trim() === key
+      ? `VAPID key: ${path} already holds it`
+      : `VAPID key: ${path} holds another one (${await targetKey(store, db)}); it was kept, so Molly users must scan a new code`;
   }
   writeFileSync(path, `${key}\n`, { mode: 0o600, flag: 'wx' });
   return `VAPID key: copied to ${path}, beside the database, where the server finds it`;
@@ -84,7 +122,8 @@ function registerDbCopy(db: Command): void {
     .description('copy every connection and the kept VAPID key into an empty database: a SQLite file to a PostgreSQL URL, or back')
     .argument('<from>', 'a SQLite file path or a postgres:// URL')
     .argument('<to>', 'a SQLite file path or a postgres:// URL, holding no connection yet')
-    .action(async (from: string, to: string) => {
+    .option('--force', 'copy even while a server runs on <from>, or keep the VAPID key the target already has')
+    .action(async (from: string, to: string, opts: { force?: boolean }) => {
       if (from === to) throw new UsageError('from and to are the same database: name another one as <to>');
       if (!isPostgresUrl(from) && !existsSync(from)) throw new UsageError(`from ${from} does not exist: name the database to copy`);
       const source = await openStore(from);
@@ -95,10 +134,20 @@ function registerDbCopy(db: Command): void {
           if (present > 0) {
             throw new UsageError(`to ${target.location} already holds ${present} connection(s): copy into an empty database`);
           }
+          await refuseWhileRunning(source, from, opts.force);
+          const key = await keptKey(source, from);
+          // Checked before anything is written: Molly signs up with the source's key, so another one means a new code.
+          const theirs = key === undefined ? undefined : await targetKey(target, to);
+          const ours = key === undefined ? undefined : publicKeyOf(parsePrivateKey(key, 'the kept VAPID key'));
+          if (theirs !== undefined && theirs !== ours && !opts.force) {
+            throw new UsageError(
+              `to ${target.location} already has another VAPID key (public key ${theirs}) than from ${source.location} (public key ${ours}): ` +
+                "Molly users would have to scan a new code; copy into a place without a key (move the target's vapid.key away), or pass --force to keep the target's key",
+            );
+          }
           const conns = await source.list();
           await target.importConnections(conns);
           print(`Copied ${conns.length} connection(s) from ${source.location} to ${target.location}.`);
-          const key = await keptKey(source, from);
           print(
             key
               ? await keepKey(target, to, key)

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { handOverTimeoutMs, startServer, type RunningServer } from '../server.js';
+import { claimDatabase, type ServerLock } from '../lock.js';
 import { isPostgresUrl } from '../store/location.js';
 import { loadForServer } from './common.js';
 
@@ -13,8 +14,10 @@ export function registerServer(program: Command): void {
     .action(async (_opts, cmd: Command) => {
       const { loaded, log } = loadForServer(cmd);
       let running: RunningServer | undefined;
+      let lock: ServerLock | undefined;
       let stopping = false;
-      const stop = (server: RunningServer): void => void server.close().then(() => process.exit(0));
+      // The lock is let go only once the store records the clean stop (referenced here, it is never collected before).
+      const stop = (server: RunningServer): void => void server.close().then(() => (lock?.release(), process.exit(0)));
       // Installed before starting: a SIGTERM during start-up also ends in an orderly shutdown.
       const shutdown = (signal: string): void => {
         if (stopping) return;
@@ -33,6 +36,8 @@ export function registerServer(program: Command): void {
         log.fatal({ err }, 'unexpected exception (a bug: please report it); exiting');
         process.exit(1);
       });
+      // One server per database, decided before the store is opened; the OS lets go of the lock when the process ends.
+      lock = await claimDatabase(loaded.config);
       running = await startServer(loaded.config, log);
       if (stopping) stop(running);
     });

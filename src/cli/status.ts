@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { isFresh } from '../heartbeat.js';
+import { describeReason } from '../reasons.js';
 import { connectionKey } from '../store/store.js';
 import {PostgresStore, type InstanceRow} from '../store/postgres.js';
 import { FailureError, formatTime, jsonTime, loadFor, maskUuid, print, table, withStore } from './common.js';
@@ -29,13 +30,14 @@ export function registerStatus(program: Command): void {
           : { state: running ? 'pending' : 'stopped', reason: running ? 'not picked up yet' : 'server not running', since: 0 };
         const s = published ?? stored;
         const owner = instances && { instance: c.owner === null ? null : (instanceName.get(c.owner) ?? c.owner) };
-        return { uuid: opts.anonymized ? maskUuid(c.uuid) : c.uuid, device_id: c.deviceId, state: s.state, reason: s.reason, since: s.since, ...owner };
+        const retryAt = published?.retryAt ?? null;
+        return { uuid: opts.anonymized ? maskUuid(c.uuid) : c.uuid, device_id: c.deviceId, state: s.state, reason: s.reason, since: s.since, retry_at: retryAt, ...owner };
       });
       if (opts.json) {
         const server = running && heartbeat
           ? { running, pid: heartbeat.pid, version: heartbeat.version, started_at: jsonTime(heartbeat.startedAt, 'ms'), seen_at: jsonTime(heartbeat.seenAt, 'ms') }
           : { running };
-        const connections = rows.map((r) => ({ ...r, since: jsonTime(r.since, 'ms') }));
+        const connections = rows.map((r) => ({ ...r, since: jsonTime(r.since, 'ms'), retry_at: jsonTime(r.retry_at, 'ms') }));
         print(JSON.stringify({ server, ...(instances && { instances }), connections }, null, 2));
         return;
       }
@@ -49,11 +51,20 @@ export function registerStatus(program: Command): void {
         print('No connection registered yet.');
         return;
       }
-      const header = ['UUID', 'DEVICE', 'STATE', 'REASON', 'SINCE', ...(instances ? ['INSTANCE'] : [])];
+      const retrying = rows.some((r) => r.retry_at !== null);
+      const header = ['UUID', 'DEVICE', 'STATE', 'REASON', 'SINCE', ...(retrying ? ['NEXT TRY'] : []), ...(instances ? ['INSTANCE'] : [])];
       print(
         table([
           header,
-          ...rows.map((r) => [r.uuid, String(r.device_id), r.state, r.reason, formatTime(r.since, 'ms'), ...(instances ? [r.instance ?? '(none)'] : [])]),
+          ...rows.map((r) => [
+            r.uuid,
+            String(r.device_id),
+            r.state,
+            describeReason(r.reason),
+            formatTime(r.since, 'ms'),
+            ...(retrying ? [r.retry_at === null ? '' : nextTry(r.retry_at, now)] : []),
+            ...(instances ? [r.instance ?? '(none)'] : []),
+          ]),
         ]),
       );
     });
@@ -73,6 +84,12 @@ export function registerStatus(program: Command): void {
       }
       print(`healthy: server pid ${heartbeat!.pid} seen ${ageS} s ago`);
     });
+}
+
+/** When a connection in backoff tries next: the time, and how far off it is. */
+export function nextTry(retryAt: number, now: number): string {
+  const s = Math.round((retryAt - now) / 1000);
+  return `${formatTime(retryAt, 'ms')} (${s > 0 ? `in ${s} s` : 'now'})`;
 }
 
 /** The instances sharing a PostgreSQL database: their leases (by the database's clock) and how many devices each owns. */

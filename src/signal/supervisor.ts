@@ -64,6 +64,8 @@ export interface ConnectionStatus {
   reason: string;
   /** When it entered this state (ms since the epoch). */
   since: number;
+  /** In backoff: when it tries next (ms since the epoch). */
+  retryAt?: number;
 }
 
 interface Entry {
@@ -71,6 +73,8 @@ interface Entry {
   state: ConnectionState;
   reason: string;
   since: number;
+  /** In backoff: when it tries next. */
+  retryAt: number | undefined;
   /** Set once the entry is replaced or removed: nothing may start for it any more. */
   halted: boolean;
   link: SignalLink | undefined;
@@ -150,6 +154,7 @@ export class Supervisor implements OwnedConnections {
       state: 'stopped',
       reason: '',
       since: this.clock.now(),
+      retryAt: undefined,
       halted: false,
       link: undefined,
       cancelQueued: undefined,
@@ -262,6 +267,7 @@ export class Supervisor implements OwnedConnections {
       state: e.state,
       reason: e.reason,
       since: e.since,
+      ...(e.retryAt !== undefined && { retryAt: e.retryAt }),
     }));
   }
 
@@ -354,6 +360,7 @@ export class Supervisor implements OwnedConnections {
     entry.state = state;
     entry.reason = reason;
     entry.since = this.clock.now();
+    entry.retryAt = state === 'backoff' && typeof extra.retryInMs === 'number' ? entry.since + extra.retryInMs : undefined;
     this.stateChanges++;
     const { uuid, deviceId } = entry.conn;
     this.deps.log.info({ uuid: shortUuid(uuid), device: deviceId, state, reason, ...extra }, 'connection state');

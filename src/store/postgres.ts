@@ -58,6 +58,8 @@ const MIGRATIONS = [
    CREATE TABLE settings(name TEXT PRIMARY KEY, value TEXT NOT NULL)`,
   // Whether an instance's sockets reach Signal: one that cannot while others can gives its devices up.
   `ALTER TABLE instances ADD COLUMN reaches_signal BOOLEAN NOT NULL DEFAULT true`,
+  // When a connection in backoff tries next, for `status`.
+  `ALTER TABLE live_state ADD COLUMN retry_at BIGINT`,
 ];
 
 /** A `connections` row as selected. */
@@ -334,17 +336,25 @@ export class PostgresStore implements Store {
   async publishStates(states: LiveState[]): Promise<void> {
     const instance = this.instance;
     if (instance === undefined) return; // not joined yet: there is no instance row to publish under
-    const next = new Map(states.map((s) => [connectionKey(s), JSON.stringify([s.state, s.reason, s.since])]));
+    const next = new Map(states.map((s) => [connectionKey(s), JSON.stringify([s.state, s.reason, s.since, s.retryAt])]));
     const changed = states.filter((s) => this.published.get(connectionKey(s)) !== next.get(connectionKey(s)));
     const gone = [...this.published.keys()].filter((k) => !next.has(k));
     if (changed.length === 0 && gone.length === 0) return;
     await this.transaction(async (c) => {
       if (changed.length > 0) {
         await c.query(
-          `INSERT INTO live_state (instance, uuid, device_id, state, reason, since)
-           SELECT $1, * FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::bigint[])
-           ON CONFLICT (instance, uuid, device_id) DO UPDATE SET state = excluded.state, reason = excluded.reason, since = excluded.since`,
-          [instance, changed.map((s) => s.uuid), changed.map((s) => s.deviceId), changed.map((s) => s.state), changed.map((s) => s.reason), changed.map((s) => s.since)],
+          `INSERT INTO live_state (instance, uuid, device_id, state, reason, since, retry_at)
+           SELECT $1, * FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::bigint[], $7::bigint[])
+           ON CONFLICT (instance, uuid, device_id) DO UPDATE SET state = excluded.state, reason = excluded.reason, since = excluded.since, retry_at = excluded.retry_at`,
+          [
+            instance,
+            changed.map((s) => s.uuid),
+            changed.map((s) => s.deviceId),
+            changed.map((s) => s.state),
+            changed.map((s) => s.reason),
+            changed.map((s) => s.since),
+            changed.map((s) => s.retryAt ?? null),
+          ],
         );
       }
       if (gone.length > 0) {
@@ -360,13 +370,13 @@ export class PostgresStore implements Store {
 
   /** The states published by the owner of each device (a device being handed over is also listed by its old owner). */
   async liveStates(): Promise<LiveState[]> {
-    const rows = await this.rows<{ uuid: string; device_id: number; state: string; reason: string; since: number }>(
-      `SELECT DISTINCT ON (l.uuid, l.device_id) l.uuid, l.device_id, l.state, l.reason, l.since
+    const rows = await this.rows<{ uuid: string; device_id: number; state: string; reason: string; since: number; retry_at: number | null }>(
+      `SELECT DISTINCT ON (l.uuid, l.device_id) l.uuid, l.device_id, l.state, l.reason, l.since, l.retry_at
        FROM live_state l JOIN instances i ON i.id = l.instance AND i.lease_until > now()
        LEFT JOIN connections c ON c.uuid = l.uuid AND c.device_id = l.device_id
        ORDER BY l.uuid, l.device_id, (c.owner = l.instance) DESC`,
     );
-    return rows.map((r) => ({ uuid: r.uuid, deviceId: r.device_id, state: r.state, reason: r.reason, since: r.since }));
+    return rows.map((r) => ({ uuid: r.uuid, deviceId: r.device_id, state: r.state, reason: r.reason, since: r.since, ...(r.retry_at !== null && { retryAt: r.retry_at }) }));
   }
 
   /** Nothing to write: an instance's lease renewal is its heartbeat (see `renew`). */

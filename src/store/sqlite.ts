@@ -6,9 +6,9 @@ import { StoreError, type Connection, type ConnectionKey, type ForbiddenFor, typ
  * Schema versions: 0 is MollySocket's (one row per uuid; it never sets user_version); 2 is ours (one row per account
  * device); 3 adds what the running server publishes for `status` and `health` (connection states, heartbeat); 4 keeps
  * the wake-ups a stopping server still owed; 5 stores every uuid lower-case; 6 the VAPID public key the server signs
- * with, so that the CLI can tell when its own key differs.
+ * with, so that the CLI can tell when its own key differs; 7 when a connection in backoff tries next (`status`).
  */
-const SCHEMA_VERSION = 6;
+const SCHEMA_VERSION = 7;
 
 const CREATE_V4 = `
   CREATE TABLE owed_wakeups(
@@ -18,6 +18,8 @@ const CREATE_V4 = `
   )`;
 
 const CREATE_V6 = `CREATE TABLE IF NOT EXISTS server_info(name TEXT PRIMARY KEY, value TEXT NOT NULL)`;
+
+const CREATE_V7 = `ALTER TABLE live_state ADD COLUMN retry_at INTEGER`;
 
 /**
  * MollySocket's rows in our columns (a table with its schema named `table`): for the migration and for reading its
@@ -219,6 +221,8 @@ export class SqliteStore implements Store {
         if (current < 4) this.db.exec(CREATE_V4);
         if (current < 5) this.canonicalUuids();
         if (current < 6) this.db.exec(CREATE_V6);
+        const liveColumns = this.db.pragma('table_info(live_state)') as { name: string }[];
+        if (current < 7 && !liveColumns.some((c) => c.name === 'retry_at')) this.db.exec(CREATE_V7);
         this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
       })
       .immediate();
@@ -358,16 +362,16 @@ export class SqliteStore implements Store {
   async publishStates(states: LiveState[]): Promise<void> {
     this.db.transaction(() => {
       this.db.exec('DELETE FROM live_state');
-      const insert = this.db.prepare('INSERT INTO live_state (uuid, device_id, state, reason, since) VALUES (?, ?, ?, ?, ?)');
-      for (const s of states) insert.run(s.uuid, s.deviceId, s.state, s.reason, s.since);
+      const insert = this.db.prepare('INSERT INTO live_state (uuid, device_id, state, reason, since, retry_at) VALUES (?, ?, ?, ?, ?, ?)');
+      for (const s of states) insert.run(s.uuid, s.deviceId, s.state, s.reason, s.since, s.retryAt ?? null);
     })();
   }
 
   async liveStates(): Promise<LiveState[]> {
     if (!this.hasTable('live_state')) return []; // a file read as it is, from before schema 3
     return (
-      this.db.prepare('SELECT * FROM live_state').all() as { uuid: string; device_id: number; state: string; reason: string; since: number }[]
-    ).map((r) => ({ uuid: r.uuid, deviceId: r.device_id, state: r.state, reason: r.reason, since: r.since }));
+      this.db.prepare('SELECT * FROM live_state').all() as { uuid: string; device_id: number; state: string; reason: string; since: number; retry_at?: number | null }[]
+    ).map((r) => ({ uuid: r.uuid, deviceId: r.device_id, state: r.state, reason: r.reason, since: r.since, ...(typeof r.retry_at === 'number' && { retryAt: r.retry_at }) }));
   }
 
   async beat(h: Heartbeat): Promise<void> {

@@ -43,6 +43,8 @@ export interface LiveState {
   state: string;
   reason: string;
   since: number;
+  /** In backoff: when it tries next. */
+  retryAt?: number;
 }
 
 export interface Heartbeat {

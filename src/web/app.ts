@@ -183,6 +183,8 @@ function fastifyLogger(log: Logger): FastifyBaseLogger {
   // Not bound: Fastify's per-request children inherit this method and must log with their own bindings and serializers.
   logger.info = function (this: Logger, ...args: unknown[]) {
     if (typeof args[0] === 'string' && args[0].startsWith('Server listening at ')) return;
+    // Request lines at debug (-vv), as the README says: health checks would otherwise fill the info log.
+    if (args[1] === 'incoming request' || args[1] === 'request completed') return void this.debug(...(args as [object, string]));
     info.apply(this, args);
   } as Logger['info'];
   return logger as FastifyBaseLogger;
@@ -212,7 +214,7 @@ function baseApp(log: Logger, trustProxy: Config['trust_proxy'], httpMetrics: Ht
     serverFactory: (handler) =>
       new DualProtocolServer(handler as Handler, limits, (address) => isTrustedProxyPeer(trustProxy, trust, address), refused),
     loggerInstance: fastifyLogger(log),
-    // Request lines only with -v: health checks would otherwise fill the log.
+    // Request lines only at debug (-vv): not even formatted otherwise.
     logController: new LogController({ disableRequestLogging: () => !log.isLevelEnabled('debug') }),
     bodyLimit: BODY_LIMIT,
     trustProxy: trust ?? false,

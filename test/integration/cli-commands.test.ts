@@ -1,5 +1,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { parse as parseToml } from 'smol-toml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteStore as Store } from '../../src/store/sqlite.js';
 import { checkVapid, FakePushServer } from '../fakes/push-server.js';
@@ -105,7 +107,7 @@ describe('connection add', () => {
 
       const status = await w.run('status');
       expect(status.stdout).toMatch(/^server: running \(pid \d+/m);
-      const connectedRow = new RegExp(`^${UUID}\\s+4\\s+connected\\s+open`, 'm');
+      const connectedRow = new RegExp(`^${UUID}\\s+4\\s+connected\\s+socket open`, 'm');
       await eventually(async () => connectedRow.test((await w.run('status')).stdout), 'status to show the connection', 12_000, 500);
 
       expect((await w.run('connection', 'remove', UUID, '4')).code).toBe(0);
@@ -127,7 +129,7 @@ describe('connection list, remove, ping, enable on a MollySocket database', () =
     expect(list.code).toBe(0);
     expect(list.stdout).toMatch(/^UUID\s+DEVICE\s+STATE\s+ENDPOINT\s+LAST REGISTRATION$/m);
     expect(list.stdout).toMatch(new RegExp(`^${UUID}\\s+3\\s+ok\\s+${push.origin}\\s+2023-11-14 22:13:20Z$`, 'm'));
-    expect(list.stdout).toMatch(new RegExp(`^${UUID2}\\s+1\\s+forbidden: forbidden_in_mollysocket\\s+.*never$`, 'm'));
+    expect(list.stdout).toMatch(new RegExp(`^${UUID2}\\s+1\\s+forbidden: copied from MollySocket as forbidden\\s+.*never$`, 'm'));
     for (const out of [list.stdout, (await w.run('connection', 'list', '--json')).stdout, (await w.run('status')).stdout]) {
       expect(out).not.toContain(PASSWORD);
       expect(out).not.toContain('secret-token');
@@ -158,8 +160,55 @@ describe('connection list, remove, ping, enable on a MollySocket database', () =
     expect(removed.code).toBe(0);
     expect(removed.stdout).toMatch(/Removed 1 connection of/);
     expect((await w.run('connection', 'list')).stdout).not.toContain(UUID);
-    expect((await w.run('status')).stdout).toMatch(new RegExp(`^${UUID2}\\s+1\\s+stopped\\s+server not running`, 'm'));
-  });
+    expect((await w.run('status')).stdout).toMatch(new RegExp(`^${UUID2}\\s+1\\s+stopped\\s+the server is not running`, 'm'));
+  }, 60_000);
+});
+
+describe('status and connection list', () => {
+  it('say why in words, and when a connection in backoff tries next; --json keeps the codes', async () => {
+    const signal = await FakeSignalServer.start({ tls: true });
+    const w = workdir({ MOLLY_PORT: '0', MOLLY_VAPID_PRIVKEY: PRIV, MOLLY_SIGNAL_URL: signal.url, MOLLY_SIGNAL_CA_FILE: testPki().caFile });
+    const store = Store.open(w.db);
+    const [retrying, refused, gone] = [UUID, UUID2, '0b6c2f4e-8d1a-4c3b-9e5f-000000000000'];
+    for (const uuid of [retrying, refused, gone]) await store.put({ uuid, deviceId: 1, password: 'pw', endpoint: push.endpoint() }, 1_700_000_000);
+    await store.setForbidden({ uuid: refused, deviceId: 1 }, 'signal_403', { password: 'pw' }, 1_700_000_100);
+    await store.setForbidden({ uuid: gone, deviceId: 1 }, 'endpoint_gone', { endpoint: push.endpoint() }, 1_700_000_200);
+    await store.close();
+    for (let i = 0; i < 30; i++) signal.refusals.push({ status: 503 }); // Signal down for the one enabled connection
+    const server = new BinProcess(['server'], { cwd: w.cwd, env: w.env });
+    try {
+      await server.url();
+      const backoffRow = new RegExp(
+        `^${retrying}\\s+1\\s+backoff\\s+Signal answered 503 to the connection\\s+\\S+ \\S+Z\\s+(\\S+ \\S+Z) \\((in \\d+ s|now)\\)$`,
+        'm',
+      );
+      let status = '';
+      await eventually(async () => backoffRow.test((status = (await w.run('status')).stdout)), 'status to show the backoff', 15_000, 200);
+      expect(status).toMatch(/^UUID\s+DEVICE\s+STATE\s+REASON\s+SINCE\s+NEXT TRY$/m);
+      expect(status).toMatch(new RegExp(`^${refused}\\s+1\\s+forbidden\\s+Signal refused the credentials \\(403\\)\\s+\\S+ \\S+Z\\s*$`, 'm'));
+      expect(status).toMatch(new RegExp(`^${gone}\\s+1\\s+forbidden\\s+the push server said the endpoint is gone \\(404 or 410\\)`, 'm'));
+
+      const json = JSON.parse((await w.run('status', '--json')).stdout) as { connections: { uuid: string; state: string; reason: string; since: number; retry_at: number | null }[] };
+      const byUuid = new Map(json.connections.map((c) => [c.uuid, c]));
+      expect(byUuid.get(refused)).toMatchObject({ state: 'forbidden', reason: 'signal_403', retry_at: null });
+      expect(byUuid.get(gone)).toMatchObject({ state: 'forbidden', reason: 'endpoint_gone' });
+      const r = byUuid.get(retrying)!;
+      if (r.state === 'backoff') {
+        expect(r.reason).toBe('upgrade answered 503');
+        expect(r.retry_at).toBeGreaterThanOrEqual(r.since);
+      }
+
+      let list = '';
+      const listRow = new RegExp(`^${retrying}\\s+1\\s+ok, reconnecting: Signal answered 503 to the connection; next try \\S+ \\S+Z \\((in \\d+ s|now)\\)\\s+${push.origin}`, 'm');
+      await eventually(async () => listRow.test((list = (await w.run('connection', 'list')).stdout)), 'connection list to show the backoff', 15_000, 200);
+      expect(list).toMatch(new RegExp(`^${refused}\\s+1\\s+forbidden: Signal refused the credentials \\(403\\)\\s+${push.origin}`, 'm'));
+      const listed = JSON.parse((await w.run('connection', 'list', '--json')).stdout) as { uuid: string; forbidden_reason: string | null }[];
+      expect(listed.find((c) => c.uuid === gone)?.forbidden_reason).toBe('endpoint_gone');
+    } finally {
+      expect(await server.stop()).toBe(0);
+      await signal.close();
+    }
+  }, 60_000);
 });
 
 describe('test endpoint and test uuid', () => {
@@ -238,16 +287,40 @@ describe('config', () => {
     expect(r.stdout).toContain('# config file: ./mollysocket.toml');
     expect(r.stdout).toMatch(/^host = "0\.0\.0\.0" {2}# \.\/mollysocket\.toml$/m);
     expect(r.stdout).toMatch(/^port = 9999 {2}# MOLLY_PORT$/m);
-    expect(r.stdout).toMatch(/^vapid_privkey = "\(redacted\)" {2}# MOLLY_VAPID_PRIVKEY$/m);
+    expect(r.stdout).toMatch(/^# vapid_privkey = "\.\.\." {2}# MOLLY_VAPID_PRIVKEY: set, not printed$/m);
     expect(r.stdout).toMatch(/^db = "\.\/mollysocket\.db" {2}# default$/m);
     expect(r.stdout).not.toContain(PRIV);
+  });
+
+  it('prints valid TOML that loads back as the same configuration (unset keys and secrets as comments)', async () => {
+    const w = workdir({
+      MOLLY_VAPID_PRIVKEY: PRIV,
+      MOLLY_PORT: '9999',
+      MOLLY_TRUST_PROXY: '["10.0.0.0/8", "192.168.1.2"]',
+      MOLLY_ALLOWED_UUIDS: `[${UUID}]`,
+      MOLLY_SIGNAL_ENV: 'Staging',
+      MOLLY_URL: 'https://molly.example/push/',
+    });
+    const printed = (await w.run('config')).stdout;
+    const parsed = parseToml(printed); // throws on anything that is not TOML
+    expect(parsed).toMatchObject({ port: 9999, trust_proxy: ['10.0.0.0/8', '192.168.1.2'], allowed_uuids: [UUID], signal_env: 'staging' });
+    expect(parsed).not.toHaveProperty('vapid_privkey');
+    expect(printed).toMatch(/^# metrics_port = \(unset\) {2}# default$/m);
+
+    const file = join(tempDir(), 'pasted.toml');
+    writeFileSync(file, printed);
+    const again = await runBin(['-c', file, 'config'], { cwd: tempDir() });
+    expect(again.stderr).toBe('');
+    const lines = (out: string) => out.split('\n').filter((l) => /^[a-z_]+ = /.test(l)).map((l) => l.replace(/ {2}# .*$/, ''));
+    expect(lines(again.stdout)).toEqual(lines(printed));
+    expect(again.stdout).toMatch(/^port = 9999 {2}# .*pasted\.toml$/m);
   });
 
   it('never prints the password of a PostgreSQL URL in db', async () => {
     const w = workdir({ MOLLY_DB: 'postgres://relay:s3cret-pw@db.example.org:5432/molly' });
     const r = await w.run('config');
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/^db = "postgres:\/\/relay:\*\*\*@db\.example\.org:5432\/molly" {2}# MOLLY_DB$/m);
+    expect(r.stdout).toMatch(/^db = "postgres:\/\/relay:\*\*\*@db\.example\.org:5432\/molly" {2}# MOLLY_DB: the password is not printed$/m);
     expect(r.stdout).toMatch(/^# database: postgres:\/\/relay:\*\*\*@db\.example\.org:5432\/molly \(PostgreSQL, shared by several instances\)$/m);
     expect(r.stdout).not.toContain('s3cret-pw');
   });

@@ -178,7 +178,7 @@ describe("MollySocket's environment and command line", () => {
     expect(readdirSync(dir)).toContain('mollysocket.db'); // not a file named "mollysocket.db" with its quotes
     const config = (await runBin(['config'], { cwd: dir, env })).stdout;
     expect(config).toMatch(/^signal_env = "production" {2}# MOLLY_SIGNAL_ENV$/m);
-    expect(config).toMatch(/^allowed_uuids = \["\*"\]/m);
+    expect(config).toMatch(/^allowed_uuids = \[ "\*" \]/m);
     expect(config).toContain(`VAPID public key in effect: ${PUB}`);
   });
 

@@ -1,11 +1,11 @@
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { openStore } from '../../src/store/open.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import { type Connection } from '../../src/store/store.js';
-import { runBin } from '../helpers/bin.js';
-import { tempDir } from '../helpers/index.js';
+import { BinProcess, runBin } from '../helpers/bin.js';
+import { TEST_VAPID, tempDir } from '../helpers/index.js';
 import { freshDatabase, postgresMissing } from '../helpers/postgres.js';
 
 const A = '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e';
@@ -75,4 +75,51 @@ describe.skipIf(postgresMissing !== undefined)('db copy', () => {
     expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/from .*missing.db does not exist/)]);
     expect(existsSync(join(cwd, 'to.db'))).toBe(false);
   });
+
+  it('into a place that already holds another VAPID key: exits 2 naming both public keys and copies nothing, unless --force', async () => {
+    const cwd = tempDir();
+    const url = await freshDatabase();
+    const pg = await openStore(url, { mode: 'create' });
+    await pg.put({ uuid: A, deviceId: 1, password: 'pa', endpoint: 'https://push.example/up/a' }, 1_700_000_000);
+    await pg.close();
+    const pub = (db: string) => runBin(['vapid', 'pub'], { cwd, env: { MOLLY_DB: db } });
+    const sourceKey = (await pub(url)).stdout.trim(); // the key generated into the database
+    const dir = tempDir();
+    writeFileSync(join(dir, 'vapid.key'), `${TEST_VAPID.priv}\n`, { mode: 0o600 });
+
+    const refused = await runBin(['db', 'copy', url, join(dir, 'back.db')], { cwd });
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain(`already has another VAPID key (public key ${TEST_VAPID.pub}) than from postgres://`);
+    expect(refused.stderr).toContain(`(public key ${sourceKey}): Molly users would have to scan a new code`);
+    expect(refused.stdout).toBe('');
+    const untouched = SqliteStore.open(join(dir, 'back.db'), { mode: 'read' });
+    expect(await untouched.list()).toEqual([]);
+    await untouched.close();
+
+    const forced = await runBin(['db', 'copy', '--force', url, join(dir, 'back.db')], { cwd });
+    expect(forced.code).toBe(0);
+    expect(forced.stdout).toContain(`holds another one (${TEST_VAPID.pub}); it was kept, so Molly users must scan a new code`);
+    expect(readFileSync(join(dir, 'vapid.key'), 'utf8').trim()).toBe(TEST_VAPID.priv);
+  });
+});
+
+describe('db copy from a database a server runs on', () => {
+  it('refuses (exit 2, naming the server) unless --force: what the server writes after the copy would be lost', async () => {
+    const cwd = tempDir();
+    const server = new BinProcess(['server'], { cwd, env: { MOLLY_PORT: '0', MOLLY_VAPID_PRIVKEY: TEST_VAPID.priv } });
+    try {
+      await server.url();
+      const to = join(tempDir(), 'copy.db');
+      const refused = await runBin(['db', 'copy', 'mollysocket.db', to], { cwd });
+      expect(refused.code).toBe(2);
+      expect(refused.stderr).toBe(
+        `mollysocket: a server (pid ${server.child.pid}) is running on ${join(cwd, 'mollysocket.db')}: what it writes after the copy would be lost; stop it first, or pass --force to copy anyway\n`,
+      );
+      expect((await runBin(['db', 'copy', '--force', 'mollysocket.db', to], { cwd })).code).toBe(0);
+    } finally {
+      await server.stop();
+    }
+    const after = join(tempDir(), 'after.db');
+    expect((await runBin(['db', 'copy', join(cwd, 'mollysocket.db'), after], { cwd })).code).toBe(0); // stopped: allowed
+  }, 60_000);
 });

@@ -3,8 +3,8 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import { SqliteStore as Store } from '../../src/store/sqlite.js';
-import { runBin } from '../helpers/bin.js';
-import { tempDir } from '../helpers/index.js';
+import { BinProcess, runBin } from '../helpers/bin.js';
+import { TEST_VAPID, tempDir } from '../helpers/index.js';
 
 /*
  * The way back: `mollysocket db downgrade <file>` must write a file that MollySocket 1.7 opens and reads as it
@@ -168,4 +168,30 @@ describe('db downgrade', () => {
     expect(existsSync(join(cwd, 'back.db'))).toBe(false);
     expect(existsSync(join(cwd, 'nope.db'))).toBe(false);
   });
+
+  it('refuses while a server runs on the database (writes after the copy would be lost) unless --force, and says "stop this server" only then', async () => {
+    const cwd = tempDir();
+    const db = join(cwd, 'mollysocket.db');
+    mollySocketFile(db, original);
+    const idle = await runBin(['db', 'downgrade', 'idle.db'], { cwd });
+    expect(idle.code).toBe(0);
+    expect(idle.stdout).toContain(`Next: start MollySocket with db = "${join(cwd, 'idle.db')}".`);
+    expect(idle.stdout).not.toMatch(/stop/);
+
+    const server = new BinProcess(['server'], { cwd, env: { MOLLY_PORT: '0', MOLLY_VAPID_PRIVKEY: TEST_VAPID.priv } });
+    try {
+      await server.url();
+      const refused = await runBin(['db', 'downgrade', 'busy.db'], { cwd });
+      expect(refused.code).toBe(2);
+      expect(refused.stderr).toBe(
+        `mollysocket: a server (pid ${server.child.pid}) is running on ${db}: what it writes after the copy would be lost; stop it first, or pass --force to copy anyway\n`,
+      );
+      expect(existsSync(join(cwd, 'busy.db'))).toBe(false);
+      const forced = await runBin(['db', 'downgrade', '--force', 'busy.db'], { cwd });
+      expect(forced.code).toBe(0);
+      expect(forced.stdout).toContain(`Next: stop a server (pid ${server.child.pid}), and start MollySocket with db = "${join(cwd, 'busy.db')}".`);
+    } finally {
+      await server.stop();
+    }
+  }, 60_000);
 });

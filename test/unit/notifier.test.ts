@@ -217,6 +217,26 @@ describe('retries', () => {
     expect(log).not.toContain('/up/token'); // only the endpoint's origin is logged
   });
 
+  it('logs each failed or refused push at info or warn, and a delivered one only at debug (the summary counts those)', async () => {
+    const answers = [failed503, delivered, { kind: 'rejected', status: 403 } as PushOutcome];
+    const h = harness({}, (n) => answers[n]!);
+    const logged = () => h.lines().map((l) => JSON.parse(l) as { level: number; msg: string });
+    h.notifier.urgent(conn);
+    await flushPromises();
+    expect(logged().filter((l) => l.level >= 30).map((l) => [l.level, l.msg])).toEqual([[30, 'push failed: will retry']]);
+    h.clock.advance(2_000); // the retry: delivered
+    await flushPromises();
+    expect(h.sent).toHaveLength(2);
+    expect(logged().filter((l) => l.msg === 'push delivered').map((l) => l.level)).toEqual([20]);
+    h.clock.advance(2_000);
+    h.notifier.urgent(conn); // refused
+    await flushPromises();
+    expect(logged().filter((l) => l.level >= 30).map((l) => [l.level, l.msg])).toEqual([
+      [30, 'push failed: will retry'],
+      [40, 'push refused: not retried (check allowed_endpoints and the VAPID key)'],
+    ]);
+  });
+
   it('stops retrying for a connection that went away', async () => {
     const h = harness({}, () => failed503);
     h.notifier.urgent(conn);

@@ -146,7 +146,7 @@ describe('Store: the SQLite file', () => {
 
   /** Opens the database from `n` processes at the same moment (the built store, as the server and the CLI do). */
   async function openConcurrently(path: string, n: number): Promise<(number | null)[]> {
-    const store = JSON.stringify(join(packageRoot, 'dist', 'store.js'));
+    const store = JSON.stringify(join(packageRoot, 'dist', 'store', 'sqlite.js'));
     const script = `import(${store}).then((m) => m.SqliteStore.open(${JSON.stringify(path)}).close())`;
     const runs = await Promise.all(
       Array.from({ length: n }, () =>
@@ -243,8 +243,8 @@ describe.each(backends)('Store contract on %s', (_name, open) => {
     await store.beat({ pid: 42, version: 'v', startedAt: 1, seenAt: Date.now() });
     await store.publishStates([{ uuid: UUID, deviceId: 1, state: 'connected', reason: 'open', since: 5 }]);
     expect(await store.liveStates()).toEqual([{ uuid: UUID, deviceId: 1, state: 'connected', reason: 'open', since: 5 }]);
-    await store.publishStates([{ uuid: UUID, deviceId: 1, state: 'backoff', reason: 'closed 1006', since: 6 }]);
-    expect(await store.liveStates()).toEqual([{ uuid: UUID, deviceId: 1, state: 'backoff', reason: 'closed 1006', since: 6 }]);
+    await store.publishStates([{ uuid: UUID, deviceId: 1, state: 'backoff', reason: 'closed 1006', since: 6, retryAt: 9 }]);
+    expect(await store.liveStates()).toEqual([{ uuid: UUID, deviceId: 1, state: 'backoff', reason: 'closed 1006', since: 6, retryAt: 9 }]);
     await store.publishStates([]);
     expect(await store.liveStates()).toEqual([]);
     const h = await store.heartbeat();
