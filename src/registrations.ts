@@ -149,7 +149,7 @@ export class Registrations {
     opts: { now?: () => number; writes?: StoreWrites } = {},
   ) {
     this.now = opts.now ?? (() => Math.floor(Date.now() / 1000));
-    this.writes = opts.writes ?? new StoreWrites(log);
+    this.writes = opts.writes ?? new StoreWrites(log, { isTransient: (err) => store.isTransient(err) });
   }
 
   async register(sent: RegistrationRequest): Promise<RegistrationStatus> {
@@ -176,12 +176,11 @@ export class Registrations {
       // Answered `ok` only once stored, in a file that is still the database (not deleted under the server).
       const conn = !stores
         ? undefined
-        : await this.writes.now(async () => {
-            await this.store.assertPresent();
-            return decision.action === 'refresh'
+        : await this.writes.now(() =>
+            decision.action === 'refresh'
               ? this.store.touchRegistration(key, at)
-              : this.store.put(req, at); // create, update_endpoint, replace_credentials: the whole row, enabled
-          });
+              : this.store.put(req, at), // create, update_endpoint, replace_credentials: the whole row, enabled
+          );
       if (stores) {
         this.log.info({ uuid: shortUuid(req.uuid), device: req.deviceId, action: decision.action }, 'registration');
       } else {

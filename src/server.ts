@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
@@ -12,17 +12,13 @@ import { Metrics } from './metrics.js';
 import { isUuidAllowed, type Resolver } from './policy.js';
 import { Notifier } from './push/notifier.js';
 import { pushStack } from './push/setup.js';
-import { clusterVapidKey, keptKeyPath, resolveVapidKey, type ResolvedKey } from './push/vapid.js';
+import type { ResolvedKey } from './push/vapid.js';
 import { ENDPOINT_GONE, Registrations } from './registrations.js';
 import { askSignal } from './signal/link.js';
 import { Supervisor, type SupervisorOptions } from './signal/supervisor.js';
-import { Leases } from './cluster/leases.js';
-import { isPostgresUrl } from './store/location.js';
 import { openStore } from './store/open.js';
-import { SqliteStore } from './store/sqlite.js';
-import { StoreError, type Connection, type Store } from './store/store.js';
-import {PostgresStore} from './store/postgres.js';
-import {StoreWrites} from './store/writes.js';
+import type { Connection, Store } from './store/store.js';
+import { StoreWrites } from './store/writes.js';
 import { buildApp, buildOpsApp, type Ops } from './web/app.js';
 
 /** CA certificates for the Signal websocket: signal_ca_file, else Signal's own two roots. */
@@ -37,8 +33,11 @@ function signalCa(config: Config): Buffer[] {
   return ['signal.pem', 'signal-ed25519.pem'].map((f) => readFileSync(join(packageRoot, 'certs', f)));
 }
 
+/** The supervisor's options, and how often a file is checked for the CLI's changes (its ownership follows them). */
+export type Timings = SupervisorOptions & { storePollMs: number };
+
 /** Protocol timings (docs/protocol.md section 2) and the parts of the supervisor's behaviour set by the config. */
-export function supervisorOptions(config: Config): SupervisorOptions {
+export function supervisorOptions(config: Config): Timings {
   return {
     link: {
       url: signalUrl(config),
@@ -80,27 +79,12 @@ const PUSH_DRAIN_MS = 2_000;
 /** How long one statement of the server may wait, blocking, for another process's lock; beyond it writes are retried. */
 const SERVER_BUSY_TIMEOUT_MS = 5;
 
-/**
- * A server ran here before (its kept VAPID key is beside the database) but the database is gone: starting would
- * silently create an empty one, and every registration would be lost for good.
- */
-function refuseVanishedDatabase(config: Config): void {
-  if (isPostgresUrl(config.db)) return;
-  const key = keptKeyPath(config);
-  if (existsSync(config.db) || !existsSync(key)) return;
-  throw new StoreError(
-    `the database ${config.db} (setting "db") is missing, but the VAPID key kept beside it (${key}) shows that a server ` +
-      `ran here: restore the database from your backup, or create an empty one on purpose with \`touch ${config.db}\``,
-  );
-}
-
-
 export interface ServerOptions {
   clock?: Clock;
   /** DNS for push endpoints (tests map names to loopback). */
   resolver?: Resolver;
   /** Adjusts the supervisor's options (tests shorten timings). */
-  tune?: (opts: SupervisorOptions) => SupervisorOptions;
+  tune?: (opts: Timings) => Timings;
 }
 
 export interface RunningServer {
@@ -126,18 +110,16 @@ async function wakeOwed(owed: { uuid: string; deviceId: number }[], store: Store
 /** Assembles store, pusher, supervisor and web server, and starts them. */
 export async function startServer(config: Config, log: Logger, opts: ServerOptions = {}): Promise<RunningServer> {
   log.debug({ config: redactedConfig(config) }, 'configuration');
-  refuseVanishedDatabase(config);
-  const store = await openStore(config.db, { busyTimeoutMs: SERVER_BUSY_TIMEOUT_MS });
-  if (store instanceof SqliteStore && store.migratedFrom) {
-    log.warn({ db: config.db, backup: store.migratedFrom.backup }, "migrated MollySocket's database to this version's schema, after keeping a copy of it as it was");
+  const backend = await openStore(config.db, { busyTimeoutMs: SERVER_BUSY_TIMEOUT_MS, server: true });
+  const { store, report } = backend;
+  if (report.migratedFrom) {
+    log.warn({ db: config.db, backup: report.migratedFrom.backup }, "migrated MollySocket's database to this version's schema, after keeping a copy of it as it was");
   }
-  const writes = new StoreWrites(log, opts.clock ? { clock: opts.clock } : {});
-  // A clean shutdown removes the heartbeat: one left behind means the last run ended without one. (Several instances
-  // on PostgreSQL: the devices of one that died are claimed as owed a wake-up instead.)
-  const unclean = store instanceof SqliteStore && (await store.heartbeat()) !== undefined;
+  const writes = new StoreWrites(log, { isTransient: (err) => store.isTransient(err), ...(opts.clock && { clock: opts.clock }) });
+  const unclean = report.uncleanStop;
   let key: ResolvedKey;
   try {
-    key = store instanceof PostgresStore ? await clusterVapidKey(config, store) : resolveVapidKey(config, { generate: true });
+    key = (await backend.vapidKey.resolve(config, { generate: true }))!;
   } catch (err) {
     await store.close(); // an open PostgreSQL pool would keep the process from exiting
     throw err;
@@ -155,12 +137,18 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   const metrics = new Metrics(() => supervisor.counts());
 
   const options = (opts.tune ?? ((o) => o))(supervisorOptions(config));
-  const ownership =
-    store instanceof PostgresStore
-      ? new Leases(store, { leaseSeconds: config.lease_seconds, name: config.instance_name || hostname(), version, reconcileMs: 30_000 }, log, metrics)
-      : undefined;
+  const ownership = backend.ownership({
+    pollMs: options.storePollMs,
+    leaseSeconds: config.lease_seconds,
+    name: config.instance_name || hostname(),
+    version,
+    reconcileMs: 30_000,
+    clock: opts.clock ?? systemClock,
+    log,
+    metrics,
+  });
   const supervisor: Supervisor = new Supervisor(options, {
-    ...(ownership && { ownership }),
+    ownership,
     store,
     log,
     onUrgent: (c) => notifier.urgent(c),
@@ -262,7 +250,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       writes.later('states', () => store.publishStates(states), () => (published = revision));
     }
     const beat = { pid: process.pid, version, startedAt, seenAt: Date.now() };
-    writes.later('heartbeat', () => store.beat(beat));
+    if (backend.heartbeats) writes.later('heartbeat', () => backend.heartbeats!.beat(beat));
   };
   publish();
   const heartbeat = setInterval(publish, HEARTBEAT_MS);

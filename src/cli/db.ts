@@ -1,12 +1,10 @@
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { planDowngrade, writeMollySocketDb } from '../downgrade.js';
-import { keptKeyPath, parsePrivateKey, publicKeyOf, resolveVapidKey } from '../push/vapid.js';
-import { isPostgresUrl, redactUrl } from '../store/location.js';
+import { resolveVapidKey } from '../push/vapid.js';
+import { isPostgresUrl } from '../store/location.js';
 import { openStore } from '../store/open.js';
-import { type Store } from '../store/store.js';
-import {PostgresStore} from '../store/postgres.js';
 import { ENDPOINT_GONE } from '../registrations.js';
 import { formatTime, loadFor, print, UsageError, withStore } from './common.js';
 
@@ -54,30 +52,6 @@ export function registerDb(program: Command): void {
   registerDbCopy(db);
 }
 
-/** The generated VAPID key a store's server uses: in the database (PostgreSQL) or in the file beside it (SQLite). */
-function keptKey(store: Store, db: string): Promise<string | undefined> | string | undefined {
-  if (store instanceof PostgresStore) return store.setting('vapid_private_key');
-  const path = keptKeyPath({ db });
-  return existsSync(path) ? readFileSync(path, 'utf8').trim() : undefined;
-}
-
-/** Keeps `key` where the target's server looks for it; a different key already there wins (and is reported). */
-async function keepKey(store: Store, db: string, key: string): Promise<string> {
-  if (store instanceof PostgresStore) {
-    const publicKey = publicKeyOf(parsePrivateKey(key, 'the kept VAPID key'));
-    const kept = await store.setting('vapid_public_key', publicKey);
-    if (kept !== publicKey) return `VAPID key: ${redactUrl(db)} already has another one; it was kept, so Molly users must scan a new code`;
-    await store.setting('vapid_private_key', key);
-    return `VAPID key: copied into ${redactUrl(db)}, where every instance finds it`;
-  }
-  const path = keptKeyPath({ db });
-  if (existsSync(path)) {
-    return readFileSync(path, 'utf8').trim() === key ? `VAPID key: ${path} already holds it` : `VAPID key: ${path} holds another one; it was kept, so Molly users must scan a new code`;
-  }
-  writeFileSync(path, `${key}\n`, { mode: 0o600, flag: 'wx' });
-  return `VAPID key: copied to ${path}, beside the database, where the server finds it`;
-}
-
 /** `db copy`: every connection, and the generated VAPID key, from one store into an empty one. */
 function registerDbCopy(db: Command): void {
   db.command('copy')
@@ -91,24 +65,24 @@ function registerDbCopy(db: Command): void {
       try {
         const target = await openStore(to);
         try {
-          const present = (await target.list()).length;
+          const present = (await target.store.list()).length;
           if (present > 0) {
-            throw new UsageError(`to ${target.location} already holds ${present} connection(s): copy into an empty database`);
+            throw new UsageError(`to ${target.store.location} already holds ${present} connection(s): copy into an empty database`);
           }
-          const conns = await source.list();
-          await target.importConnections(conns);
-          print(`Copied ${conns.length} connection(s) from ${source.location} to ${target.location}.`);
-          const key = await keptKey(source, from);
+          const conns = await source.store.list();
+          await target.store.importConnections(conns);
+          print(`Copied ${conns.length} connection(s) from ${source.store.location} to ${target.store.location}.`);
+          const key = await source.vapidKey.read();
           print(
             key
-              ? await keepKey(target, to, key)
+              ? await target.vapidKey.keep(key)
               : 'VAPID key: none kept with the source (it is configured): configure the same vapid_privkey or vapid_key_file for the target',
           );
         } finally {
-          await target.close();
+          await target.store.close();
         }
       } finally {
-        await source.close();
+        await source.store.close();
       }
     });
 }

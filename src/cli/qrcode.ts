@@ -4,7 +4,7 @@ import { loadFor, print, UsageError, vapidKey, withStore } from './common.js';
 
 async function show(cmd: Command, target: LinkTarget): Promise<void> {
   const loaded = loadFor(cmd);
-  const key = await withStore(loaded, 'read', (store) => vapidKey(loaded, store));
+  const key = await withStore(loaded, 'read', (_store, backend) => vapidKey(loaded, backend));
   const link = linkUrl(key.publicKey, target);
   print(`${await qrTerminal(link)}\n${link}`);
 }

@@ -6,7 +6,7 @@ import type { ResolvedKey } from '../push/vapid.js';
 import { loadFor, print, UsageError, vapidKey, withStore } from './common.js';
 
 /** The key the server on this database signs with (see vapidKey). */
-const serverKey = (loaded: LoadedConfig): Promise<ResolvedKey> => withStore(loaded, 'read', (store) => vapidKey(loaded, store));
+const serverKey = (loaded: LoadedConfig): Promise<ResolvedKey> => withStore(loaded, 'read', (_store, backend) => vapidKey(loaded, backend));
 
 export function registerVapid(program: Command): void {
   const vapid = program.command('vapid').description('VAPID keys');

@@ -4,11 +4,9 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { shortUuid } from '../log.js';
 import type { OwnedConnections, Ownership } from '../cluster/ownership.js';
-import { Solo } from '../cluster/solo.js';
 import { leftBehind } from '../registrations.js';
 import { connectionKey, type Connection, type ConnectionKey, type ForbiddenFor, type Store } from '../store/store.js';
-import { SqliteStore } from '../store/sqlite.js';
-import {StoreWrites} from '../store/writes.js';
+import { StoreWrites } from '../store/writes.js';
 import { SignalLink, type LinkEnd, type LinkOptions } from './link.js';
 import { ConnectRamp, type RampOptions } from './ramp.js';
 
@@ -20,8 +18,6 @@ export interface SupervisorOptions {
   /** A socket open this long counts as healthy: the next failure starts the backoff again from the base. */
   healthyAfterMs: number;
   ramp: RampOptions;
-  /** How often the store is checked for changes made by another process (the CLI). */
-  storePollMs: number;
   /** After close code 4409, at most one delivery-check push per connection in this period. */
   deliveryCheckIntervalMs: number;
   /** How often every open link is asked whether a keepalive is due (their precision). */
@@ -52,8 +48,8 @@ export interface SupervisorDeps {
   metrics?: Metrics;
   clock?: Clock;
   random?: () => number;
-  /** Which connections this instance runs; by default all of a SQLite file's. */
-  ownership?: Ownership;
+  /** Which connections this instance runs (the store's opening provides it: see `Backend.ownership`). */
+  ownership: Ownership;
 }
 
 export interface ConnectionStatus {
@@ -113,8 +109,8 @@ export class Supervisor implements OwnedConnections {
     this.clock = deps.clock ?? systemClock;
     this.random = deps.random ?? Math.random;
     this.ramp = new ConnectRamp(opts.ramp, this.clock);
-    this.writes = deps.writes ?? new StoreWrites(deps.log, { clock: this.clock });
-    this.ownership = deps.ownership ?? soloOwnership(deps.store, opts.storePollMs, this.clock, deps.log);
+    this.writes = deps.writes ?? new StoreWrites(deps.log, { isTransient: (err) => deps.store.isTransient(err), clock: this.clock });
+    this.ownership = deps.ownership;
   }
 
   /**
@@ -456,11 +452,6 @@ export class Supervisor implements OwnedConnections {
     this.deliveryChecks.set(key, now);
     this.deps.onDeliveryCheck(conn);
   }
-}
-
-function soloOwnership(store: Store, pollMs: number, clock: Clock, log: Logger): Ownership {
-  if (!(store instanceof SqliteStore)) throw new Error('a PostgreSQL store needs lease ownership');
-  return new Solo(store, pollMs, clock, log);
 }
 
 /** An end that says Signal (or the way to it) was down, rather than something about this device. */

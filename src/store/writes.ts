@@ -14,9 +14,6 @@ interface Pending {
   then: (() => void) | undefined;
 }
 
-/** Answers SQLite gives while another connection holds the lock: worth waiting for. */
-const isBusy = (err: unknown): boolean => /^SQLITE_(BUSY|LOCKED)/.test((err as { code?: string }).code ?? '');
-
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class StoreWrites {
@@ -27,12 +24,15 @@ export class StoreWrites {
   private attempt = 0;
   private failure: { error: string; since: number } | undefined;
   private readonly clock: Clock;
+  private readonly isTransient: (err: unknown) => boolean;
 
+  /** `isTransient`: the store's own word on whether a failed write is worth retrying soon (another holds the lock). */
   constructor(
     private readonly log: Logger,
-    opts: { clock?: Clock } = {},
+    opts: { isTransient: (err: unknown) => boolean; clock?: Clock },
   ) {
     this.clock = opts.clock ?? systemClock;
+    this.isTransient = opts.isTransient;
   }
 
   /**
@@ -65,7 +65,7 @@ export class StoreWrites {
         return result;
       } catch (err) {
         this.failed(err);
-        if (!isBusy(err) || Date.now() >= deadline) throw err;
+        if (!this.isTransient(err) || Date.now() >= deadline) throw err;
         await sleep(Math.min(20 * 2 ** attempt, 250));
       }
     }

@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { afterEach, describe, expect, it } from 'vitest';
+import { Solo } from '../../src/cluster/solo.js';
 import { Supervisor, type SupervisorOptions } from '../../src/signal/supervisor.js';
 import { SqliteStore as Store } from '../../src/store/sqlite.js';
 import { type Connection } from '../../src/store/store.js';
@@ -46,7 +47,6 @@ async function harness(over: Partial<SupervisorOptions> = {}, url?: string, rand
     backoff: { baseMs: 1_000, capMs: 300_000 },
     healthyAfterMs: 60_000,
     ramp: { ratePerSecond: 100, concurrency: 50 },
-    storePollMs: 2_000,
     deliveryCheckIntervalMs: 3600_000,
     keepaliveTickMs: 1_000,
     leftBehindKeptMs: 7 * 86_400_000,
@@ -58,6 +58,7 @@ async function harness(over: Partial<SupervisorOptions> = {}, url?: string, rand
   // random() = 1 by default: every backoff delay is the whole step, so the schedule is exact.
   const sup = new Supervisor(options, {
     store,
+    ownership: new Solo(store, 2_000, clock, log), // the CLI's changes are seen within 2 s
     log,
     clock,
     random,
