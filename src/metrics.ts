@@ -27,15 +27,19 @@ export class Metrics implements HttpMetrics {
   readonly httpRequests: Counter<'endpoint' | 'method' | 'status'>;
   readonly httpDuration: Histogram<'endpoint' | 'method' | 'status'>;
 
+  private states: StateCounts;
+
   constructor(states: StateCounts = () => ({ connecting: 0, connected: 0, backoff: 0, forbidden: 0 })) {
+    this.states = states;
     const registers = [this.registry];
+    const read = (): ReturnType<StateCounts> => this.states();
     new Gauge({
       name: 'mollysocket_connections',
       help: 'Connections to Signal server',
       registers,
       collect() {
         // As MollySocket counts its connection loops: every connection not forbidden, reconnecting included.
-        const s = states();
+        const s = read();
         this.set(s.connecting + s.connected + s.backoff);
       },
     });
@@ -44,7 +48,7 @@ export class Metrics implements HttpMetrics {
       help: 'Forbidden connections to Signal server',
       registers,
       collect() {
-        this.set(states().forbidden);
+        this.set(read().forbidden);
       },
     });
     this.reconnections = new Counter({ name: 'mollysocket_reconnections', help: 'Reconnections since the start', registers });
@@ -83,6 +87,11 @@ export class Metrics implements HttpMetrics {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,
     });
+  }
+
+  /** Where the connection counts come from once the supervisor is built. */
+  watchStates(states: StateCounts): void {
+    this.states = states;
   }
 
   /** Gauges of work waiting: pushes sent and waiting for a slot, and handshakes waiting for the connect ramp. */

@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { redactedConfig, signalUrl, type Config } from './config.js';
+import { RelayEvents } from './events.js';
 import { HEARTBEAT_MS } from './heartbeat.js';
 import { linkUrl, qrTerminal } from './link.js';
 import { systemClock, type Clock } from './clock.js';
@@ -10,13 +11,14 @@ import type { Logger } from './log.js';
 import { packageRoot, version } from './paths.js';
 import { Metrics } from './metrics.js';
 import { isUuidAllowed, type Resolver } from './policy.js';
+import type { PushClient } from './push/client.js';
 import { Notifier } from './push/notifier.js';
 import { pushStack } from './push/setup.js';
 import type { ResolvedKey } from './push/vapid.js';
 import { ENDPOINT_GONE, Registrations } from './registrations.js';
 import { askSignal } from './signal/link.js';
 import { Supervisor, type SupervisorOptions } from './signal/supervisor.js';
-import { openStore } from './store/open.js';
+import { openStore, type Backend } from './store/open.js';
 import type { Connection, Store } from './store/store.js';
 import { StoreWrites } from './store/writes.js';
 import { buildApp, buildOpsApp, type Ops } from './web/app.js';
@@ -99,85 +101,96 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-/** Sends the wake-ups the last run could not deliver before it stopped, to connections still wanting them. */
-async function wakeOwed(owed: { uuid: string; deviceId: number }[], store: Store, notifier: Notifier, log: Logger): Promise<void> {
-  const wanted = (await Promise.all(owed.map((k) => store.get(k)))).filter((c): c is Connection => c !== undefined && !c.forbidden);
-  if (wanted.length === 0) return;
-  log.info({ count: wanted.length }, 'sending the wake-ups owed since the last shutdown');
-  for (const conn of wanted) notifier.urgent(conn);
+/** The parts of a server, built and wired, nothing running yet. */
+interface Parts {
+  config: Config;
+  log: Logger;
+  backend: Backend;
+  store: Store;
+  writes: StoreWrites;
+  key: ResolvedKey;
+  client: PushClient;
+  metrics: Metrics;
+  supervisor: Supervisor;
+  notifier: Notifier;
+  registrations: Registrations;
+  ops: Ops;
+}
+
+/** The parts running: what shutting down stops. */
+interface Running {
+  listeners: FastifyInstance[];
+  url: string | undefined;
+  opsUrl: string | undefined;
+  heartbeat: NodeJS.Timeout;
 }
 
 /** Assembles store, pusher, supervisor and web server, and starts them. */
 export async function startServer(config: Config, log: Logger, opts: ServerOptions = {}): Promise<RunningServer> {
   log.debug({ config: redactedConfig(config) }, 'configuration');
+  const parts = await build(config, log, opts);
+  const running = await run(parts);
+  return {
+    url: running.url,
+    opsUrl: running.opsUrl,
+    store: parts.store,
+    supervisor: parts.supervisor,
+    vapidPublicKey: parts.key.publicKey,
+    metrics: parts.metrics,
+    close: () => shutDown(parts, running),
+  };
+}
+
+/** Opens the store, settles the VAPID key, and builds every part; the supervisor and notifier meet through `events`. */
+async function build(config: Config, log: Logger, opts: ServerOptions): Promise<Parts> {
+  const clock = opts.clock ?? systemClock;
   const backend = await openStore(config.db, { busyTimeoutMs: SERVER_BUSY_TIMEOUT_MS, server: true });
-  const { store, report } = backend;
-  if (report.migratedFrom) {
-    log.warn({ db: config.db, backup: report.migratedFrom.backup }, "migrated MollySocket's database to this version's schema, after keeping a copy of it as it was");
+  const { store } = backend;
+  if (backend.report.migratedFrom) {
+    log.warn({ db: config.db, backup: backend.report.migratedFrom.backup }, "migrated MollySocket's database to this version's schema, after keeping a copy of it as it was");
   }
-  const writes = new StoreWrites(log, { isTransient: (err) => store.isTransient(err), ...(opts.clock && { clock: opts.clock }) });
-  const unclean = report.uncleanStop;
+  const writes = new StoreWrites(log, { isTransient: (err) => store.isTransient(err), clock });
   let key: ResolvedKey;
   try {
-    key = (await backend.vapidKey.resolve(config, { generate: true }))!;
+    key = await serverKey(config, backend, writes, log);
   } catch (err) {
     await store.close(); // an open PostgreSQL pool would keep the process from exiting
     throw err;
   }
-  if (key.source === 'generated') {
-    log.info({ file: key.path }, 'generated a VAPID key and kept it next to the database: back this file up with it');
-  }
-  const previousKey = await store.recordedVapidKey();
-  if (previousKey !== undefined && previousKey !== key.publicKey) {
-    log.warn({ was: previousKey, now: key.publicKey, source: key.source }, 'the VAPID key differs from the one this server used before: every Molly must scan the new QR code');
-  }
-  // The CLI compares its own key with this one, so that it never shows a QR code the server does not sign for.
-  await writes.now(() => store.recordVapidKey(key.publicKey)); // retried while a CLI command holds the lock
   const { policy, client } = pushStack(config, key.privateKey, opts.resolver);
-  const metrics = new Metrics(() => supervisor.counts());
-
-  const options = (opts.tune ?? ((o) => o))(supervisorOptions(config));
+  const metrics = new Metrics();
+  const events = new RelayEvents();
+  const timings = (opts.tune ?? ((o) => o))(supervisorOptions(config));
   const ownership = backend.ownership({
-    pollMs: options.storePollMs,
+    pollMs: timings.storePollMs,
     leaseSeconds: config.lease_seconds,
     name: config.instance_name || hostname(),
     version,
     reconcileMs: 30_000,
-    clock: opts.clock ?? systemClock,
+    clock,
     log,
     metrics,
   });
-  const supervisor: Supervisor = new Supervisor(options, {
-    ownership,
-    store,
-    log,
-    onUrgent: (c) => notifier.urgent(c),
-    onDeliveryCheck: (c) => notifier.deliveryCheck(c),
-    onChanged: (c) => notifier.update(c),
-    onRemoved: (k) => notifier.forget(k),
-    writes,
-    metrics,
-    ...(opts.clock && { clock: opts.clock }),
-  });
-  metrics.watchLoad(() => {
-    const pushes = client.load();
-    return { pushesInFlight: pushes.inFlight, pushesQueued: pushes.queued, connectQueue: supervisor.connectQueue };
-  });
+  const supervisor = new Supervisor(timings, { ownership, store, log, events, writes, metrics, clock });
   const notifier = new Notifier(
     {
       minIntervalMs: config.push_min_interval_ms,
       retry: { baseMs: 1_000, capMs: 5 * 60_000 },
       giveUpAfterMs: config.push_give_up_hours * 3600_000,
     },
-    {
-      client,
-      log,
-      metrics,
-      onGone: (c) => supervisor.forbid(c, ENDPOINT_GONE, { endpoint: c.endpoint }),
-      isActive: (c) => supervisor.wantsPushes(c),
-      ...(opts.clock && { clock: opts.clock }),
-    },
+    { client, log, metrics, events, isActive: (c) => supervisor.wantsPushes(c), clock },
   );
+  // The loop: what happens on the sockets reaches the pushes, and a push endpoint that is gone stops the socket.
+  events.on('urgent', (c) => notifier.urgent(c));
+  events.on('deliveryCheck', (c) => notifier.deliveryCheck(c));
+  events.on('changed', (c) => notifier.update(c));
+  events.on('removed', (k) => notifier.forget(k));
+  events.on('gone', (t) => supervisor.forbid(t, ENDPOINT_GONE, { endpoint: t.endpoint }));
+  metrics.watchStates(() => supervisor.counts());
+  metrics.watchLoad(() => {
+    const pushes = client.load();
+    return { pushesInFlight: pushes.inFlight, pushesQueued: pushes.queued, connectQueue: supervisor.connectQueue };
+  });
   const registrations = new Registrations(
     store,
     {
@@ -185,13 +198,11 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       checkEndpoint: (endpoint) => policy.check(endpoint),
       connectionChanged: (conn) => supervisor.sync(conn),
       sendTestPush: (conn) => notifier.test(conn),
-      askSignal: (creds) =>
-        askSignal(creds, { ...options.link, connectTimeoutMs: ASK_SIGNAL_TIMEOUT_MS, clock: opts.clock ?? systemClock, log }),
+      askSignal: (creds) => askSignal(creds, { ...timings.link, connectTimeoutMs: ASK_SIGNAL_TIMEOUT_MS, clock, log }),
     },
     log,
     { writes },
   );
-
   const ops: Ops = {
     version,
     counts: () => supervisor.counts(),
@@ -200,40 +211,57 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     metrics: () => metrics.registry.metrics(),
     metricsContentType: metrics.registry.contentType,
   };
+  return { config, log, backend, store, writes, key, client, metrics, supervisor, notifier, registrations, ops };
+}
+
+/**
+ * The key the server signs with (configured, kept, or generated and kept), recorded in the store: the CLI compares
+ * its own key with it, so that it never shows a QR code the server does not sign for.
+ */
+async function serverKey(config: Config, backend: Backend, writes: StoreWrites, log: Logger): Promise<ResolvedKey> {
+  const key = (await backend.vapidKey.resolve(config, { generate: true }))!;
+  if (key.source === 'generated') {
+    log.info({ file: key.path }, 'generated a VAPID key and kept it next to the database: back this file up with it');
+  }
+  const previousKey = await backend.store.recordedVapidKey();
+  if (previousKey !== undefined && previousKey !== key.publicKey) {
+    log.warn({ was: previousKey, now: key.publicKey, source: key.source }, 'the VAPID key differs from the one this server used before: every Molly must scan the new QR code');
+  }
+  await writes.now(() => backend.store.recordVapidKey(key.publicKey)); // retried while a CLI command holds the lock
+  return key;
+}
+
+/** Listens, starts every connection, sends what the last run owed, and publishes the server's state from then on. */
+async function run(parts: Parts): Promise<Running> {
+  const { config, log, backend, store, writes, supervisor, notifier } = parts;
   const listeners: FastifyInstance[] = [];
-  let url: string | undefined;
   let opsUrl: string | undefined;
   if (config.metrics_port !== undefined) {
-    const opsApp = buildOpsApp(ops, log, metrics);
+    const opsApp = buildOpsApp(parts.ops, log, parts.metrics);
     listeners.push(opsApp);
     opsUrl = await opsApp.listen({ host: config.metrics_host, port: config.metrics_port });
     log.info({ url: opsUrl }, 'health and metrics listening');
   }
+  let url: string | undefined;
   if (config.webserver) {
     const app = await buildApp({
-      registrations,
-      vapidPublicKey: key.publicKey,
+      registrations: parts.registrations,
+      vapidPublicKey: parts.key.publicKey,
       version,
       log,
       publicUrl: config.url,
       trustProxy: config.trust_proxy,
       rateLimitPerMinute: config.registration_rate_limit,
-      ops: config.metrics_port === undefined ? ops : undefined,
-      httpMetrics: metrics,
+      ops: config.metrics_port === undefined ? parts.ops : undefined,
+      httpMetrics: parts.metrics,
     });
     listeners.push(app);
     url = await app.listen({ host: config.host, port: config.port });
     log.info({ url, version }, 'web server listening');
   } else {
-    const link = linkUrl(key.publicKey, { type: 'airgapped' });
-    log.warn(
-      { link },
-      'the web server is off (webserver = false): air-gapped mode. Molly cannot update its registration by itself; ' +
-        'register with `mollysocket connection add`. Scan the code below with Molly.',
-    );
-    // Raw on stderr: inside a JSON log line the code's line breaks would be escaped and it could not be scanned.
-    process.stderr.write(`\n${await qrTerminal(link)}\n${link}\n\n`);
+    await showAirGappedLink(parts.key.publicKey, log);
   }
+  const unclean = backend.report.uncleanStop;
   if (unclean) {
     log.warn('the last run did not end cleanly: each connection gets one wake-up once connected, for messages it may have acknowledged without pushing');
   }
@@ -249,37 +277,55 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       const states = supervisor.statuses();
       writes.later('states', () => store.publishStates(states), () => (published = revision));
     }
+    const { heartbeats } = backend;
     const beat = { pid: process.pid, version, startedAt, seenAt: Date.now() };
-    if (backend.heartbeats) writes.later('heartbeat', () => backend.heartbeats!.beat(beat));
+    if (heartbeats) writes.later('heartbeat', () => heartbeats.beat(beat));
   };
   publish();
-  const heartbeat = setInterval(publish, HEARTBEAT_MS);
+  return { listeners, url, opsUrl, heartbeat: setInterval(publish, HEARTBEAT_MS) };
+}
 
-  return {
-    url,
-    opsUrl,
-    store,
-    supervisor,
-    vapidPublicKey: key.publicKey,
-    metrics,
-    async close() {
-      await Promise.all(listeners.map((l) => l.close()));
-      await supervisor.stop();
-      const stillOwed = await notifier.drain(PUSH_DRAIN_MS);
-      client.close();
-      clearInterval(heartbeat);
-      const unwritten = await writes.close();
-      if (unwritten > 0) log.error({ count: unwritten }, 'store writes still failing at shutdown are lost');
-      try {
-        await store.keepOwedWakeups(stillOwed);
-        if (stillOwed.length > 0) {
-          log.warn({ count: stillOwed.length }, 'wake-ups not delivered before shutdown: kept in the store, sent at the next start');
-        }
-        await store.clearLive(); // a clean shutdown
-      } catch (err) {
-        log.error({ err, owed: stillOwed.length }, 'cannot record the shutdown in the store: the next start treats it as unclean');
-      }
-      await store.close();
-    },
-  };
+/** Air-gapped mode: the link Molly scans, on stderr. */
+async function showAirGappedLink(publicKey: string, log: Logger): Promise<void> {
+  const link = linkUrl(publicKey, { type: 'airgapped' });
+  log.warn(
+    { link },
+    'the web server is off (webserver = false): air-gapped mode. Molly cannot update its registration by itself; ' +
+      'register with `mollysocket connection add`. Scan the code below with Molly.',
+  );
+  // Raw on stderr: inside a JSON log line the code's line breaks would be escaped and it could not be scanned.
+  process.stderr.write(`\n${await qrTerminal(link)}\n${link}\n\n`);
+}
+
+/** Sends the wake-ups the last run could not deliver before it stopped, to connections still wanting them. */
+async function wakeOwed(owed: { uuid: string; deviceId: number }[], store: Store, notifier: Notifier, log: Logger): Promise<void> {
+  const wanted = (await Promise.all(owed.map((k) => store.get(k)))).filter((c): c is Connection => c !== undefined && !c.forbidden);
+  if (wanted.length === 0) return;
+  log.info({ count: wanted.length }, 'sending the wake-ups owed since the last shutdown');
+  for (const conn of wanted) notifier.urgent(conn);
+}
+
+/**
+ * Stops taking registrations, closes every socket (handing devices over first, on PostgreSQL), gives pushes under way
+ * a moment, and records in the store what the next start must know: the wake-ups still owed, and a clean stop.
+ */
+async function shutDown(parts: Parts, running: Running): Promise<void> {
+  const { log, store, writes } = parts;
+  await Promise.all(running.listeners.map((l) => l.close()));
+  await parts.supervisor.stop();
+  const stillOwed = await parts.notifier.drain(PUSH_DRAIN_MS);
+  parts.client.close();
+  clearInterval(running.heartbeat);
+  const unwritten = await writes.close();
+  if (unwritten > 0) log.error({ count: unwritten }, 'store writes still failing at shutdown are lost');
+  try {
+    await store.keepOwedWakeups(stillOwed);
+    if (stillOwed.length > 0) {
+      log.warn({ count: stillOwed.length }, 'wake-ups not delivered before shutdown: kept in the store, sent at the next start');
+    }
+    await store.clearLive(); // a clean shutdown
+  } catch (err) {
+    log.error({ err, owed: stillOwed.length }, 'cannot record the shutdown in the store: the next start treats it as unclean');
+  }
+  await store.close();
 }

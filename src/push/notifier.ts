@@ -1,5 +1,6 @@
 import { backoffDelay, type BackoffOptions } from '../backoff.js';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
+import type { RelayEvents } from '../events.js';
 import type { Logger } from '../log.js';
 import { endpointOrigin, shortUuid } from '../log.js';
 import type { Metrics } from '../metrics.js';
@@ -17,8 +18,8 @@ export interface NotifierOptions {
 export interface NotifierDeps {
   client: Pick<PushClient, 'send'>;
   log: Logger;
-  /** The endpoint answered 404 or 410: the distributor unregistered it. */
-  onGone(target: PushTarget): void;
+  /** Where it says that an endpoint answered 404 or 410 (`gone`: the distributor unregistered it). */
+  events: RelayEvents;
   /** Whether a connection still wants pushes (not removed, not forbidden); asked before every retry. */
   isActive(conn: ConnectionKey): boolean;
   metrics?: Metrics;
@@ -232,7 +233,7 @@ export class Notifier {
         }
         this.deps.log.warn(fields, 'push endpoint gone: the connection is disabled until Molly registers a new one');
         this.forget(d.conn);
-        this.deps.onGone(d.conn);
+        this.deps.events.emit('gone', d.conn);
       } else this.deps.log.warn(fields, 'push refused: not retried (check allowed_endpoints and the VAPID key)');
       return;
     }

@@ -1,5 +1,6 @@
 import { backoffDelay, type BackoffOptions } from '../backoff.js';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
+import type { RelayEvents } from '../events.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { shortUuid } from '../log.js';
@@ -35,14 +36,8 @@ export interface SupervisorOptions {
 export interface SupervisorDeps {
   store: Store;
   log: Logger;
-  /** Called for every urgent envelope; must not block. */
-  onUrgent(conn: Connection): void;
-  /** Close code 4409 (the device connected elsewhere): a push that tells whether the endpoint still exists. */
-  onDeliveryCheck(conn: Connection): void;
-  /** A stored connection's endpoint or credentials changed, and it is still enabled: pending pushes must follow. */
-  onChanged?(conn: Connection): void;
-  /** A connection was removed, became forbidden or went to another instance: nothing may be pushed for it here. */
-  onRemoved?(key: ConnectionKey): void;
+  /** Where it says what the pushes must follow: urgent, deliveryCheck, changed, removed (see src/events.ts). */
+  events: RelayEvents;
   /** Where store writes go without blocking (default: a queue of its own). */
   writes?: StoreWrites;
   metrics?: Metrics;
@@ -137,8 +132,8 @@ export class Supervisor implements OwnedConnections {
       return;
     }
     const previous = entry ? this.halt(entry) : undefined;
-    if (entry && conn.forbidden) this.deps.onRemoved?.(conn);
-    else if (entry) this.deps.onChanged?.(conn);
+    if (entry && conn.forbidden) this.deps.events.emit('removed', conn);
+    else if (entry) this.deps.events.emit('changed', conn);
     const fresh: Entry = {
       conn,
       state: 'stopped',
@@ -171,7 +166,7 @@ export class Supervisor implements OwnedConnections {
     this.after(this.halt(entry), () => {});
     this.entries.delete(connectionKey(key));
     this.deliveryChecks.delete(connectionKey(key));
-    this.deps.onRemoved?.(key);
+    this.deps.events.emit('removed', key);
   }
 
   /** Another instance owns it now: keep the socket until Signal replaces it, or until the hand-over times out. */
@@ -375,12 +370,12 @@ export class Supervisor implements OwnedConnections {
           this.recovered();
           if (entry.wakeOnOpen) {
             entry.wakeOnOpen = false;
-            this.deps.onUrgent(entry.conn);
+            this.deps.events.emit('urgent', entry.conn);
           }
         },
         onEnvelope: (urgent) => {
           this.deps.metrics?.messages.inc();
-          if (urgent) this.deps.onUrgent(entry.conn);
+          if (urgent) this.deps.events.emit('urgent', entry.conn);
         },
       },
     );
@@ -423,7 +418,7 @@ export class Supervisor implements OwnedConnections {
       entry.halted = true;
       this.setState(entry, 'stopped', 'handed over');
       this.entries.delete(connectionKey(entry.conn));
-      this.deps.onRemoved?.(entry.conn); // its pushes are the new owner's now
+      this.deps.events.emit('removed', entry.conn); // its pushes are the new owner's now
       return;
     }
     if (end.kind === 'forbidden') {
@@ -450,7 +445,7 @@ export class Supervisor implements OwnedConnections {
     const last = this.deliveryChecks.get(key);
     if (last !== undefined && now - last < this.opts.deliveryCheckIntervalMs) return;
     this.deliveryChecks.set(key, now);
-    this.deps.onDeliveryCheck(conn);
+    this.deps.events.emit('deliveryCheck', conn);
   }
 }
 

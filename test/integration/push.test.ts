@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { RelayEvents } from '../../src/events.js';
 import { EndpointPolicy, type Resolver } from '../../src/policy.js';
 import { PushClient } from '../../src/push/client.js';
 import { Notifier } from '../../src/push/notifier.js';
@@ -48,7 +49,7 @@ describe('push client against a push server', () => {
     const conn = { uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', deviceId: 1, endpoint: push.endpoint() } as Connection;
     const notifier = new Notifier(
       { minIntervalMs: 1_000, retry: { baseMs: 1_000, capMs: 60_000 }, giveUpAfterMs: 3600_000 },
-      { client, log: memoryLogger().log, clock, random: () => 1, onGone: () => {}, isActive: () => true },
+      { client, log: memoryLogger().log, clock, random: () => 1, events: new RelayEvents(), isActive: () => true },
     );
     notifier.urgent(conn);
     for (const [n, delay] of [[1, 1_000], [2, 2_000], [3, 4_000]] as const) {

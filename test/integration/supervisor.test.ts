@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import WebSocket from 'ws';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Solo } from '../../src/cluster/solo.js';
+import { RelayEvents } from '../../src/events.js';
 import { Supervisor, type SupervisorOptions } from '../../src/signal/supervisor.js';
 import { SqliteStore as Store } from '../../src/store/sqlite.js';
 import { type Connection } from '../../src/store/store.js';
@@ -56,14 +57,16 @@ async function harness(over: Partial<SupervisorOptions> = {}, url?: string, rand
     ...over,
   };
   // random() = 1 by default: every backoff delay is the whole step, so the schedule is exact.
+  const events = new RelayEvents();
+  events.on('urgent', (c) => urgent.push(c));
+  events.on('deliveryCheck', (c) => checks.push(c));
   const sup = new Supervisor(options, {
     store,
     ownership: new Solo(store, 2_000, clock, log), // the CLI's changes are seen within 2 s
     log,
     clock,
     random,
-    onUrgent: (c) => urgent.push(c),
-    onDeliveryCheck: (c) => checks.push(c),
+    events,
   });
   const h = { signal, store, dbPath, clock, sup, urgent, checks, logs: lines };
   running.push(h);
