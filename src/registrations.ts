@@ -17,7 +17,7 @@ export interface RegistrationRequest {
 /** The five status strings Molly understands. */
 export type RegistrationStatus = 'ok' | 'forbidden' | 'invalid_uuid' | 'invalid_endpoint' | 'internal_error';
 
-export type RegistrationAction =
+type RegistrationAction =
   | 'none'
   /** Store a new connection and start it. */
   | 'create'
@@ -96,25 +96,6 @@ export function decide(
   }
   if (existing.forbidden) return onceSignalAccepts(verdict, { status: 'ok', action: 'replace_credentials', testPush: true }); // row 7
   return nothing('internal_error'); // row 8: a healthy connection is not taken over without its password
-}
-
-/**
- * Forbidden connections left behind by a re-link: those of an account whose newer device (registered here later)
- * is connected, once they have been forbidden for `keptSeconds`. Until then the row answers the old Molly's
- * re-registrations with `forbidden` without asking Signal, and `connection list` shows why it stopped. Pure.
- */
-export function leftBehind(
-  conns: readonly Connection[],
-  isConnected: (key: ConnectionKey) => boolean,
-  now: number,
-  keptSeconds: number,
-): Connection[] {
-  return conns.filter(
-    (old) =>
-      old.forbidden &&
-      now - (old.forbiddenAt ?? old.updatedAt) >= keptSeconds &&
-      conns.some((c) => c.uuid === old.uuid && c.deviceId !== old.deviceId && !c.forbidden && c.createdAt > old.createdAt && isConnected(c)),
-  );
 }
 
 /** What applying a registration needs from the rest of the server. */

@@ -10,7 +10,8 @@ import { systemClock, type Clock } from './clock.js';
 import type { Logger } from './log.js';
 import { packageRoot, version } from './paths.js';
 import { Metrics } from './metrics.js';
-import { isUuidAllowed, type Resolver } from './policy.js';
+import { isUuidAllowed } from './policy.js';
+import type { Resolver } from './resolver.js';
 import type { PushClient } from './push/client.js';
 import { Notifier } from './push/notifier.js';
 import { pushStack } from './push/setup.js';
@@ -36,10 +37,10 @@ function signalCa(config: Config): Buffer[] {
 }
 
 /** The supervisor's options, and how often a file is checked for the CLI's changes (its ownership follows them). */
-export type Timings = SupervisorOptions & { storePollMs: number };
+type Timings = SupervisorOptions & { storePollMs: number };
 
 /** Protocol timings (docs/protocol.md section 2) and the parts of the supervisor's behaviour set by the config. */
-export function supervisorOptions(config: Config): Timings {
+function supervisorOptions(config: Config): Timings {
   return {
     link: {
       url: signalUrl(config),

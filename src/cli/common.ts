@@ -10,7 +10,7 @@ import { openStore as openDatabase, type Backend } from '../store/open.js';
 import { StoreError, type OpenMode, type Store } from '../store/store.js';
 
 /** Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error. */
-export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
+const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
 
 /** A mistake in the command's arguments: one line that names the argument and the fix; exit 2. */
 export class UsageError extends Error {
@@ -22,13 +22,13 @@ export class FailureError extends Error {
   override name = 'FailureError';
 }
 
-export interface GlobalOptions {
+interface GlobalOptions {
   config?: string;
   verbose: number;
 }
 
 /** The root command's options (-c, -v), from any subcommand. */
-export function globals(cmd: Command): GlobalOptions {
+function globals(cmd: Command): GlobalOptions {
   let root = cmd;
   while (root.parent) root = root.parent;
   return root.opts<GlobalOptions>();
@@ -70,7 +70,7 @@ const dbSetting = (loaded: LoadedConfig): string => `db = ${JSON.stringify(loade
  * Opens the database as `mode` says. Only `create` makes a new file: any other command run where there is no
  * database (the wrong directory, another -c) stops with the path it looked at, instead of creating an empty one.
  */
-export async function openStore(loaded: LoadedConfig, mode: OpenMode): Promise<Backend> {
+async function openStore(loaded: LoadedConfig, mode: OpenMode): Promise<Backend> {
   const { db } = loaded.config;
   if (mode !== 'create' && !isPostgresUrl(db) && isMissing(db)) {
     throw new UsageError(
@@ -94,7 +94,7 @@ export async function withStore<T>(loaded: LoadedConfig, mode: OpenMode, fn: (st
 }
 
 /** Where a key came from, in the settings' words. */
-export function describeKey(key: ResolvedKey | undefined, loaded: LoadedConfig): string {
+function describeKey(key: ResolvedKey | undefined, loaded: LoadedConfig): string {
   if (key === undefined) return 'none (neither vapid_privkey nor vapid_key_file is set, and there is no kept vapid.key)';
   switch (key.source) {
     case 'vapid_key_file':

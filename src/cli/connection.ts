@@ -9,7 +9,7 @@ import type { Connection, Store } from '../store/store.js';
 import { FailureError, formatTime, jsonTime, loadFor, maskUuid, parseDeviceId, parseUuid, print, table, UsageError, vapidKey, withStore } from './common.js';
 
 /** How a push went, in words. */
-export function describeOutcome(o: PushOutcome): string {
+function describeOutcome(o: PushOutcome): string {
   switch (o.kind) {
     case 'delivered':
       return `delivered (${o.status})`;

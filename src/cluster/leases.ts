@@ -6,7 +6,8 @@ import { connectionKey, type Connection, type ConnectionKey } from '../store/sto
 import type {InstanceRow, PostgresStore} from '../store/postgres.js';
 import { LeaseClock } from './lease.js';
 import type { OwnedConnections, Ownership } from './ownership.js';
-import { assignBuckets, bucketOf, bucketsOf, handOvers, leaseTimings } from './shares.js';
+import { bucketOf } from '../buckets.js';
+import { assignBuckets, bucketsOf, handOvers, leaseTimings } from './shares.js';
 
 export interface LeasesOptions {
   leaseSeconds: number;

@@ -32,7 +32,7 @@ export type PushTarget = Pick<Connection, 'uuid' | 'deviceId' | 'endpoint'>;
 const targetOf = (c: PushTarget): PushTarget => ({ uuid: c.uuid, deviceId: c.deviceId, endpoint: c.endpoint });
 
 /** When the next urgent push of a connection may start. Pure. */
-export function nextUrgentPushAt(lastStartAt: number | undefined, blockedUntil: number, minIntervalMs: number): number {
+function nextUrgentPushAt(lastStartAt: number | undefined, blockedUntil: number, minIntervalMs: number): number {
   return Math.max(lastStartAt === undefined ? -Infinity : lastStartAt + minIntervalMs, blockedUntil);
 }
 
@@ -40,7 +40,7 @@ export function nextUrgentPushAt(lastStartAt: number | undefined, blockedUntil: 
  * What to do after an answer: stop, or try again after `delayMs`. Pure.
  * 429 waits exactly what the server asked (else backs off); 5xx, timeouts and network errors back off.
  */
-export function retryAfter(outcome: PushOutcome, attempt: number, retry: BackoffOptions, random: number): number | undefined {
+function retryAfter(outcome: PushOutcome, attempt: number, retry: BackoffOptions, random: number): number | undefined {
   if (outcome.kind === 'rate_limited') return outcome.retryAfterMs ?? backoffDelay(attempt, retry, random);
   if (outcome.kind === 'failed') return backoffDelay(attempt, retry, random, outcome.retryAfterMs);
   return undefined;

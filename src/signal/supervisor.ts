@@ -5,7 +5,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { shortUuid } from '../log.js';
 import type { OwnedConnections, Ownership } from '../cluster/ownership.js';
-import { leftBehind } from '../registrations.js';
+import { leftBehind } from '../leftBehind.js';
 import { connectionKey, type Connection, type ConnectionKey, type ForbiddenFor, type Store } from '../store/store.js';
 import { StoreWrites } from '../store/writes.js';
 import { SignalLink, type LinkEnd, type LinkOptions } from './link.js';

@@ -30,7 +30,7 @@ export interface Backend {
   readonly instances?: () => Promise<InstanceRow[]>;
 }
 
-export interface OpenReport {
+interface OpenReport {
   /** This open migrated MollySocket's file: the copy kept of it as it was. */
   migratedFrom: { backup: string } | undefined;
   /**
@@ -42,7 +42,7 @@ export interface OpenReport {
 }
 
 /** What an ownership driver needs from the server. */
-export interface OwnershipContext {
+interface OwnershipContext {
   /** How often a file is checked for changes made by another process (the CLI). */
   pollMs: number;
   leaseSeconds: number;
@@ -58,7 +58,7 @@ export interface OwnershipContext {
 
 type KeyConfig = Pick<Config, 'vapid_key_file' | 'vapid_privkey'>;
 
-export interface KeptVapidKey {
+interface KeptVapidKey {
   /**
    * The key a server or command signs with: the configured one, else the kept one; with `generate`, one is generated
    * and kept when there is none. On PostgreSQL every instance must sign with the same key: another one is refused.

@@ -1,9 +1,12 @@
 import pg from 'pg';
-import { bucketOf } from '../cluster/shares.js';
+import { bucketOf } from '../buckets.js';
 import { StoreError, connectionKey, type Connection, type ConnectionKey, type ForbiddenFor, type Heartbeat, type LiveState, type NewConnection, type OpenMode, type Store } from './store.js';
 import { redactUrl } from './location.js';
 
-/** The NOTIFY channel: payloads `changed:<uuid>.<device>` (a row to re-read) or `owners` (ownership moved). */
+/**
+ * The NOTIFY channel: payloads `changed:<uuid>.<device>` (a row to re-read) or `owners` (ownership moved).
+ * @public the lease listener reads it too
+ */
 export const CHANNEL = 'mollysocket';
 
 /** bigint columns (epochs, unix times) as numbers: they stay far below 2^53. */

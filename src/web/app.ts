@@ -54,14 +54,14 @@ export interface ClientLimits {
   checkIntervalMs: number;
 }
 
-export const CLIENT_LIMITS: ClientLimits = { requestTimeoutMs: 10_000, idleTimeoutMs: 30_000, maxConnections: 1024, checkIntervalMs: 1_000 };
+const CLIENT_LIMITS: ClientLimits = { requestTimeoutMs: 10_000, idleTimeoutMs: 30_000, maxConnections: 1024, checkIntervalMs: 1_000 };
 
 /** A host name or IP literal with an optional port, as a Host header must be; anything else is refused (400). */
 const HOST_HEADER = /^(?:[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*\.?|\[[0-9a-f:.]+\])(?::\d{1,5})?$/i;
 const MAX_HOST_LENGTH = 261; // 253 for the name, a port
 /** Far more than a real link needs, and a QR code that stays cheap to draw and easy to scan. */
 const MAX_LINK_LENGTH = 1_000;
-export const isValidHost = (host: string | undefined): boolean =>
+const isValidHost = (host: string | undefined): boolean =>
   host === undefined || (host.length <= MAX_HOST_LENGTH && HOST_HEADER.test(host));
 
 type Headers = Record<string, string | string[] | undefined>;
@@ -72,7 +72,7 @@ type Trust = (address: string, hop: number) => boolean;
  * `trust_proxy` as fastify's trustProxy function: true is one hop (the nearest proxy's view of the client), a
  * number that many, a list the proxies' addresses (proxy-addr). Undefined: believe no forwarded header.
  */
-export function proxyTrust(setting: Config['trust_proxy']): Trust | undefined {
+function proxyTrust(setting: Config['trust_proxy']): Trust | undefined {
   if (setting === false || setting === 0) return undefined;
   if (typeof setting === 'object') return proxyAddr.compile([...setting]); // the proxies' addresses
   const hops = setting === true ? 1 : setting;

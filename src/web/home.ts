@@ -24,7 +24,7 @@ const escapeHtml = (s: string): string =>
  * The host of a server URL when a phone cannot reach it: `localhost` names, and IP addresses that are not globally
  * routable (loopback, private ranges). Such a link works only on this machine or its LAN. Pure.
  */
-export function unreachableHost(url: string): string | undefined {
+function unreachableHost(url: string): string | undefined {
   const { hostname, host } = new URL(url);
   const ip = hostname.replace(/^\[(.*)\]$/, '$1');
   if (hostname === 'localhost' || hostname.endsWith('.localhost')) return host;

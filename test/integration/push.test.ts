@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { RelayEvents } from '../../src/events.js';
-import { EndpointPolicy, type Resolver } from '../../src/policy.js';
+import { EndpointPolicy } from '../../src/policy.js';
+import type { Resolver } from '../../src/resolver.js';
 import { PushClient } from '../../src/push/client.js';
 import { Notifier } from '../../src/push/notifier.js';
 import { parsePrivateKey, VapidSigner } from '../../src/push/vapid.js';

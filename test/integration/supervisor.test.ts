@@ -219,8 +219,8 @@ describe('outcomes', () => {
 
   it('a 403 for credentials another process replaced meanwhile forbids nothing: the new ones connect', async () => {
     const h = await harness();
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     await connected(h, A);
     // The CLI stores new credentials; before the next poll, the old socket ends and Signal refuses the old password.
     const relinked = { ...A, password: 'relinked' };
@@ -358,8 +358,8 @@ describe('recovery after an outage', () => {
       deviceId: 1,
       password: `pw${i}`,
     }));
-    for (const a of accounts) register(h, a);
-    h.sup.start();
+    for (const a of accounts) await register(h, a);
+    await h.sup.start();
     await eventually(() => accounts.every((a) => h.sup.state(a) === 'connected'), 'all connected');
 
     // Blackout: keepalives go unanswered, so every socket is given up; reconnects are refused for a while.
@@ -452,7 +452,7 @@ describe('forbidden connections left behind by a re-link', () => {
     await h.store.setForbidden(other, 'signal_403', { password: other.password }, now());
     h.signal.addAccount(relinked);
     await h.store.put({ ...relinked, endpoint: ENDPOINT }, now()); // registered here after the unlinked device
-    h.sup.start();
+    await h.sup.start();
     await connected(h, relinked);
 
     await passTime(h, 50_000);

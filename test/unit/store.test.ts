@@ -111,7 +111,7 @@ describe('Store: the SQLite file', () => {
 
   it('migrates a file with both spellings of a uuid to one lower-case row per account device, the newest registration', async () => {
     const path = join(tempDir(), 'v4.db');
-    Store.open(path).close();
+    await Store.open(path).close();
     const raw = new Database(path);
     const insert = raw.prepare(
       `INSERT INTO connections (uuid, device_id, password, endpoint, last_registration, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, 1)`,
