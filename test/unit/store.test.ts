@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
@@ -132,6 +132,32 @@ describe('Store: the SQLite file', () => {
     await store.close();
   });
 
+  it('tells the server opening it that the last server on the file stopped without clearing its heartbeat', async () => {
+    const path = join(tempDir(), 'h.db');
+    const first = await openStore(path, { server: true });
+    expect(first.report.uncleanStop).toBe(false);
+    await first.heartbeats!.beat({ pid: 1, version: 'v', startedAt: 1, seenAt: 2 });
+    await first.store.close(); // killed: no clearLive
+    const second = await openStore(path, { server: true });
+    expect(second.report.uncleanStop).toBe(true);
+    await second.store.clearLive();
+    await second.store.close();
+    const third = await openStore(path, { server: true });
+    expect(third.report.uncleanStop).toBe(false);
+    await third.store.close();
+  });
+
+  it('refuses to recreate for the server a file that vanished from beside its kept VAPID key', async () => {
+    const dir = tempDir();
+    const backend = await openStore(join(dir, 'v.db'), { server: true });
+    await backend.vapidKey.resolve({ vapid_privkey: undefined, vapid_key_file: undefined }, { generate: true });
+    await backend.store.close();
+    rmSync(join(dir, 'v.db'));
+    await expect(openStore(join(dir, 'v.db'), { server: true })).rejects.toThrow(/is missing, but the VAPID key kept beside it/);
+    expect(existsSync(join(dir, 'v.db'))).toBe(false);
+    await (await openStore(join(dir, 'v.db'))).store.close(); // a command that creates (connection add) may
+  });
+
   it('says which setting to fix when the file cannot be opened', () => {
     expect(() => Store.open('/nonexistent-dir/x.db')).toThrow(/cannot open the database \/nonexistent-dir\/x.db \(setting "db"\)/);
   });
@@ -260,7 +286,8 @@ describe.each(backends)('Store contract on %s', (_name, backend) => {
   const context = { pollMs: 20, leaseSeconds: 3, name: 'n1', version: 'v', reconcileMs: 30_000, clock: systemClock, log };
 
   it('keys connections by account and device, with forbidden reasons', async () => {
-    const store = await open();
+    const db = await backend.db();
+    const { store } = await openStore(db);
     await store.put({ uuid: UUID, deviceId: 1, password: 'a', endpoint: 'https://e/1' }, 10);
     const second = await store.put({ uuid: UUID, deviceId: 2, password: 'b', endpoint: 'https://e/2' }, 11);
     expect(second).toMatchObject({ uuid: UUID, deviceId: 2, password: 'b', forbidden: false, createdAt: 11 });
@@ -281,6 +308,7 @@ describe.each(backends)('Store contract on %s', (_name, backend) => {
     expect((await store.list()).map((c) => c.uuid)).toEqual([UUID2]);
     expect(await store.get({ uuid: UUID, deviceId: 1 })).toBeUndefined();
     expect(await store.healthy()).toBe(true);
+    expect(store.location).toBe(db); // a URL without a password shows as it is
     await store.close();
   });
 
@@ -325,6 +353,11 @@ describe.each(backends)('Store contract on %s', (_name, backend) => {
     const cli = (await openStore(db, { mode: 'write' })).store;
     await cli.put({ uuid: UUID, deviceId: 2, password: 'b', endpoint: 'https://e/2' }, 11);
     await eventually(() => target.running.has(`${UUID}.2`), "another process's new connection is followed");
+    // Where several instances share the database, `status` lists them and what each owns.
+    const reader = await openStore(db, { mode: 'read' });
+    const instances = await reader.instances?.();
+    await reader.store.close();
+    if (instances) expect(instances.map((i) => [i.name, i.live, i.owned])).toEqual([['n1', true, 2]]);
     await owner.stop(1_000);
     await Promise.all([store.close(), cli.close()]);
   });
