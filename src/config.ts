@@ -12,7 +12,7 @@ import { redactUrl } from './store/location.js';
  * Keys and defaults are those of MollySocket, plus a few of our own (marked "new").
  */
 
-export const SIGNAL_URLS = {
+const SIGNAL_URLS = {
   production: 'wss://chat.signal.org/v1/websocket/',
   staging: 'wss://chat.staging.signal.org/v1/websocket/',
 } as const;
@@ -21,7 +21,7 @@ export const SIGNAL_URLS = {
  * Signal's servers refuse clients they consider too old (499). The same agent as MollySocket 1.7.1 sends: never
  * older than it, or this relay would be refused before MollySocket is.
  */
-export const DEFAULT_USER_AGENT = 'Signal-Android/8.3.4 Android/36';
+const DEFAULT_USER_AGENT = 'Signal-Android/8.3.4 Android/36';
 
 export interface Config {
   host: string;
@@ -271,7 +271,7 @@ export function describeSource(source: Source): string {
 }
 
 /** Finds the config file: explicit -c, else MOLLY_CONF, else the first of the standard places that exists. */
-export function findConfigFile(explicit: string | undefined, env: NodeJS.ProcessEnv): string | undefined {
+function findConfigFile(explicit: string | undefined, env: NodeJS.ProcessEnv): string | undefined {
   const named = explicit ?? env.MOLLY_CONF;
   if (named !== undefined && named !== '') {
     if (!existsSync(named)) {

@@ -9,7 +9,7 @@ import type { Connection } from './store/store.js';
  */
 
 /** MollySocket 1.7's table, as its db.rs creates it. It never sets `user_version`, so its files hold 0. */
-export const MOLLYSOCKET_SCHEMA = `CREATE TABLE connections(
+const MOLLYSOCKET_SCHEMA = `CREATE TABLE connections(
     uuid TEXT UNIQUE ON CONFLICT REPLACE,
     device_id INTEGER,
     password TEXT,
@@ -19,7 +19,7 @@ export const MOLLYSOCKET_SCHEMA = `CREATE TABLE connections(
 )`;
 
 /** A connection that cannot go back, and the one of its account that does instead. */
-export interface LeftOut {
+interface LeftOut {
   conn: Connection;
   keptInstead: Connection;
   /** Why `keptInstead` was chosen: what makes it the device more likely in use. */

@@ -31,7 +31,7 @@ export function logLevel(verbosity: number, env: NodeJS.ProcessEnv = process.env
  * Secrets never logged: the code logs neither, and these paths are the backstop should an object carrying one be
  * logged whole by mistake.
  */
-export const REDACTED_PATHS = ['password', '*.password', 'vapid_privkey', '*.vapid_privkey', 'privateKey', '*.privateKey'];
+const REDACTED_PATHS = ['password', '*.password', 'vapid_privkey', '*.vapid_privkey', 'privateKey', '*.privateKey'];
 
 export type LogFormat = 'text' | 'json';
 

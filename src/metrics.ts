@@ -44,17 +44,21 @@ export class Metrics implements HttpMetrics {
   readonly httpRequests: Counter<'endpoint' | 'method' | 'status'>;
   readonly httpDuration: Histogram<'endpoint' | 'method' | 'status'>;
 
+  private states: StateCounts;
+
   constructor(states: StateCounts = () => ({ connecting: 0, connected: 0, backoff: 0, forbidden: 0 })) {
+    this.states = states;
     const registers = [this.registry];
     for (const metric of defaultMetrics()) this.registry.registerMetric(metric);
     new Gauge({ name: 'mollysocket_build_info', help: 'The version this server runs, as a label; always 1', labelNames: ['version'], registers }).set({ version }, 1);
+    const read = (): ReturnType<StateCounts> => this.states();
     new Gauge({
       name: 'mollysocket_connections',
       help: 'Connections to Signal server',
       registers,
       collect() {
         // As MollySocket counts its connection loops: every connection not forbidden, reconnecting included.
-        const s = states();
+        const s = read();
         this.set(s.connecting + s.connected + s.backoff);
       },
     });
@@ -63,7 +67,7 @@ export class Metrics implements HttpMetrics {
       help: 'Forbidden connections to Signal server',
       registers,
       collect() {
-        this.set(states().forbidden);
+        this.set(read().forbidden);
       },
     });
     // mollysocket_connections counts every connection this instance runs (stored, not forbidden), reconnecting ones
@@ -74,7 +78,7 @@ export class Metrics implements HttpMetrics {
       labelNames: ['state'],
       registers,
       collect() {
-        const s = states();
+        const s = read();
         for (const state of ['connecting', 'connected', 'backoff', 'forbidden'] as const) this.set({ state }, s[state]);
       },
     });
@@ -114,6 +118,11 @@ export class Metrics implements HttpMetrics {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,
     });
+  }
+
+  /** Where the connection counts come from once the supervisor is built. */
+  watchStates(states: StateCounts): void {
+    this.states = states;
   }
 
   /** Gauges of work waiting: pushes sent and waiting for a slot, and handshakes waiting for the connect ramp. */

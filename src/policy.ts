@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
 import { isGlobalAddress } from './addresses.js';
-import { systemResolver } from './resolver.js';
+import { systemResolver, type ResolvedAddress, type Resolver } from './resolver.js';
 
 /** Who may register, and which UnifiedPush endpoints may be pushed to, at which address (docs/protocol.md section 5). */
 
@@ -50,12 +50,6 @@ export function checkEndpoint(endpoint: string, allowed: readonly string[]): End
   if (allowed.includes('*')) return { allowed: true, explicit: false, url };
   return { allowed: false, reason: 'not in allowed_endpoints' };
 }
-
-export interface ResolvedAddress {
-  address: string;
-  family: 4 | 6;
-}
-export type Resolver = (host: string) => Promise<ResolvedAddress[]>;
 
 
 export type ResolvedEndpoint =

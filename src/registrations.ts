@@ -17,7 +17,7 @@ export interface RegistrationRequest {
 /** The five status strings Molly understands. */
 export type RegistrationStatus = 'ok' | 'forbidden' | 'invalid_uuid' | 'invalid_endpoint' | 'internal_error';
 
-export type RegistrationAction =
+type RegistrationAction =
   | 'none'
   /** Store a new connection and start it. */
   | 'create'
@@ -98,25 +98,6 @@ export function decide(
   return nothing('internal_error'); // row 8: a healthy connection is not taken over without its password
 }
 
-/**
- * Forbidden connections left behind by a re-link: those of an account whose newer device (registered here later)
- * is connected, once they have been forbidden for `keptSeconds`. Until then the row answers the old Molly's
- * re-registrations with `forbidden` without asking Signal, and `connection list` shows why it stopped. Pure.
- */
-export function leftBehind(
-  conns: readonly Connection[],
-  isConnected: (key: ConnectionKey) => boolean,
-  now: number,
-  keptSeconds: number,
-): Connection[] {
-  return conns.filter(
-    (old) =>
-      old.forbidden &&
-      now - (old.forbiddenAt ?? old.updatedAt) >= keptSeconds &&
-      conns.some((c) => c.uuid === old.uuid && c.deviceId !== old.deviceId && !c.forbidden && c.createdAt > old.createdAt && isConnected(c)),
-  );
-}
-
 /** What applying a registration needs from the rest of the server. */
 export interface RegistrationEffects {
   isUuidAllowed(uuid: string): boolean;
@@ -149,7 +130,7 @@ export class Registrations {
     opts: { now?: () => number; writes?: StoreWrites } = {},
   ) {
     this.now = opts.now ?? (() => Math.floor(Date.now() / 1000));
-    this.writes = opts.writes ?? new StoreWrites(log);
+    this.writes = opts.writes ?? new StoreWrites(log, { isTransient: (err) => store.isTransient(err) });
   }
 
   async register(sent: RegistrationRequest): Promise<RegistrationStatus> {
@@ -176,12 +157,11 @@ export class Registrations {
       // Answered `ok` only once stored, in a file that is still the database (not deleted under the server).
       const conn = !stores
         ? undefined
-        : await this.writes.now(async () => {
-            await this.store.assertPresent();
-            return decision.action === 'refresh'
+        : await this.writes.now(() =>
+            decision.action === 'refresh'
               ? this.store.touchRegistration(key, at)
-              : this.store.put(req, at); // create, update_endpoint, replace_credentials: the whole row, enabled
-          });
+              : this.store.put(req, at), // create, update_endpoint, replace_credentials: the whole row, enabled
+          );
       if (stores) {
         this.log.info({ uuid: shortUuid(req.uuid), device: req.deviceId, action: decision.action }, 'registration');
       } else {

@@ -3,7 +3,14 @@ import { readFile, stat } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { LRUCache } from 'lru-cache';
 import { systemClock, type Clock } from './clock.js';
-import type { ResolvedAddress, Resolver } from './policy.js';
+
+/** One address a name resolves to. */
+export interface ResolvedAddress {
+  address: string;
+  family: 4 | 6;
+}
+/** How a push endpoint's host name becomes addresses (tests map names to loopback). */
+export type Resolver = (host: string) => Promise<ResolvedAddress[]>;
 
 /**
  * Name resolution for push endpoints that no slow name can hold up. `dns.lookup` runs on libuv's four-thread pool,

@@ -1,31 +1,29 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { redactedConfig, signalUrl, type Config } from './config.js';
+import { RelayEvents } from './events.js';
 import { HEARTBEAT_MS } from './heartbeat.js';
 import { linkUrl, qrTerminal } from './link.js';
 import { systemClock, type Clock } from './clock.js';
 import { unmuted, type Logger } from './log.js';
 import { packageRoot, version } from './paths.js';
 import { Metrics } from './metrics.js';
-import { isUuidAllowed, type Resolver } from './policy.js';
+import { isUuidAllowed } from './policy.js';
+import type { Resolver } from './resolver.js';
+import type { PushClient } from './push/client.js';
 import { Notifier } from './push/notifier.js';
 import { pushStack } from './push/setup.js';
-import { clusterVapidKey, keptKeyPath, resolveVapidKey, type ResolvedKey } from './push/vapid.js';
+import type { ResolvedKey } from './push/vapid.js';
 import { ENDPOINT_GONE, Registrations } from './registrations.js';
 import { askSignal } from './signal/link.js';
-import { Supervisor, type SupervisorOptions } from './signal/supervisor.js';
-import { Leases } from './cluster/leases.js';
-import { PgLeaseStore } from './cluster/postgres-leases.js';
 import { probeSignal } from './cluster/signal-probe.js';
-import { isPostgresUrl } from './store/location.js';
-import { openStore } from './store/open.js';
-import { SqliteStore } from './store/sqlite.js';
-import { StoreError, type Connection, type Store } from './store/store.js';
+import { Supervisor, type SupervisorOptions } from './signal/supervisor.js';
+import { openStore, type Backend } from './store/open.js';
+import type { Connection, Store } from './store/store.js';
+import { StoreWrites } from './store/writes.js';
 import { Summary } from './summary.js';
-import {PostgresStore} from './store/postgres.js';
-import {StoreWrites} from './store/writes.js';
 import { buildApp, buildOpsApp, type Ops } from './web/app.js';
 
 /** CA certificates for the Signal websocket: signal_ca_file, else Signal's own two roots. */
@@ -40,8 +38,11 @@ function signalCa(config: Config): Buffer[] {
   return ['signal.pem', 'signal-ed25519.pem'].map((f) => readFileSync(join(packageRoot, 'certs', f)));
 }
 
+/** The supervisor's options, and how often a file is checked for the CLI's changes (its ownership follows them). */
+type Timings = SupervisorOptions & { storePollMs: number };
+
 /** Protocol timings (docs/protocol.md section 2) and the parts of the supervisor's behaviour set by the config. */
-export function supervisorOptions(config: Config): SupervisorOptions {
+function supervisorOptions(config: Config): Timings {
   return {
     link: {
       url: signalUrl(config),
@@ -83,27 +84,12 @@ const PUSH_DRAIN_MS = 2_000;
 /** How long one statement of the server may wait, blocking, for another process's lock; beyond it writes are retried. */
 const SERVER_BUSY_TIMEOUT_MS = 5;
 
-/**
- * A server ran here before (its kept VAPID key is beside the database) but the database is gone: starting would
- * silently create an empty one, and every registration would be lost for good.
- */
-function refuseVanishedDatabase(config: Config): void {
-  if (isPostgresUrl(config.db)) return;
-  const key = keptKeyPath(config);
-  if (existsSync(config.db) || !existsSync(key)) return;
-  throw new StoreError(
-    `the database ${config.db} (setting "db") is missing, but the VAPID key kept beside it (${key}) shows that a server ` +
-      `ran here: restore the database from your backup, or create an empty one on purpose with \`touch ${config.db}\``,
-  );
-}
-
-
 export interface ServerOptions {
   clock?: Clock;
   /** DNS for push endpoints (tests map names to loopback). */
   resolver?: Resolver;
   /** Adjusts the supervisor's options (tests shorten timings). */
-  tune?: (opts: SupervisorOptions) => SupervisorOptions;
+  tune?: (opts: Timings) => Timings;
 }
 
 export interface RunningServer {
@@ -118,97 +104,103 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-/** Sends the wake-ups the last run could not deliver before it stopped, to connections still wanting them. */
-async function wakeOwed(owed: { uuid: string; deviceId: number }[], store: Store, notifier: Notifier, log: Logger): Promise<void> {
-  const wanted = (await Promise.all(owed.map((k) => store.get(k)))).filter((c): c is Connection => c !== undefined && !c.forbidden);
-  if (wanted.length === 0) return;
-  log.info({ count: wanted.length }, 'sending the wake-ups owed since the last shutdown');
-  for (const conn of wanted) notifier.urgent(conn);
+/** The parts of a server, built and wired, nothing running yet. */
+interface Parts {
+  config: Config;
+  log: Logger;
+  backend: Backend;
+  store: Store;
+  writes: StoreWrites;
+  key: ResolvedKey;
+  client: PushClient;
+  metrics: Metrics;
+  supervisor: Supervisor;
+  notifier: Notifier;
+  registrations: Registrations;
+  ops: Ops;
+  summary: Summary;
+}
+
+/** The parts running: what shutting down stops. */
+interface Running {
+  listeners: FastifyInstance[];
+  url: string | undefined;
+  opsUrl: string | undefined;
+  heartbeat: NodeJS.Timeout;
 }
 
 /** Assembles store, pusher, supervisor and web server, and starts them. */
 export async function startServer(config: Config, log: Logger, opts: ServerOptions = {}): Promise<RunningServer> {
   log.debug({ config: redactedConfig(config) }, 'configuration');
-  refuseVanishedDatabase(config);
-  const store = await openStore(config.db, { busyTimeoutMs: SERVER_BUSY_TIMEOUT_MS });
-  if (store instanceof SqliteStore && store.migratedFrom) {
-    log.warn({ db: config.db, backup: store.migratedFrom.backup }, "migrated MollySocket's database to this version's schema, after keeping a copy of it as it was");
+  const parts = await build(config, log, opts);
+  const running = await run(parts);
+  return {
+    url: running.url,
+    opsUrl: running.opsUrl,
+    store: parts.store,
+    supervisor: parts.supervisor,
+    vapidPublicKey: parts.key.publicKey,
+    metrics: parts.metrics,
+    close: () => shutDown(parts, running),
+  };
+}
+
+/** Opens the store, settles the VAPID key, and builds every part; the supervisor and notifier meet through `events`. */
+async function build(config: Config, log: Logger, opts: ServerOptions): Promise<Parts> {
+  const clock = opts.clock ?? systemClock;
+  // The lease measures durations only: on a monotonic clock, so that a step of the wall clock cannot stretch it.
+  const leaseClock = opts.clock ?? { ...systemClock, now: () => performance.timeOrigin + performance.now() };
+  const backend = await openStore(config.db, { busyTimeoutMs: SERVER_BUSY_TIMEOUT_MS, server: true });
+  const { store } = backend;
+  if (backend.report.migratedFrom) {
+    log.warn({ db: config.db, backup: backend.report.migratedFrom.backup }, "migrated MollySocket's database to this version's schema, after keeping a copy of it as it was");
   }
-  const writes = new StoreWrites(log, opts.clock ? { clock: opts.clock } : {});
-  // A clean shutdown removes the heartbeat: one left behind means the last run ended without one. (Several instances
-  // on PostgreSQL: the devices of one that died are claimed as owed a wake-up instead.)
-  const unclean = store instanceof SqliteStore && (await store.heartbeat()) !== undefined;
+  const writes = new StoreWrites(log, { isTransient: (err) => store.isTransient(err), clock });
   let key: ResolvedKey;
   try {
-    key = store instanceof PostgresStore ? await clusterVapidKey(config, store) : resolveVapidKey(config, { generate: true });
+    key = await serverKey(config, backend, writes, log);
   } catch (err) {
     await store.close(); // an open PostgreSQL pool would keep the process from exiting
     throw err;
   }
-  if (key.source === 'generated') {
-    unmuted(log).info({ file: resolve(key.path!) }, 'generated a VAPID key and kept it next to the database: back this file up with it');
-  }
-  const previousKey = await store.recordedVapidKey();
-  if (previousKey !== undefined && previousKey !== key.publicKey) {
-    log.warn({ was: previousKey, now: key.publicKey, source: key.source }, 'the VAPID key differs from the one this server used before: every Molly must scan the new QR code');
-  }
-  // The CLI compares its own key with this one, so that it never shows a QR code the server does not sign for.
-  await writes.now(() => store.recordVapidKey(key.publicKey)); // retried while a CLI command holds the lock
   const { policy, client } = pushStack(config, key.privateKey, opts.resolver);
-  const metrics = new Metrics(() => supervisor.counts());
-
-  const options = (opts.tune ?? ((o) => o))(supervisorOptions(config));
-  // The lease measures durations only: on a monotonic clock, so that a step of the wall clock cannot stretch it.
-  const clock = opts.clock ?? { ...systemClock, now: () => performance.timeOrigin + performance.now() };
-  const ownership =
-    store instanceof PostgresStore
-      ? new Leases(
-          new PgLeaseStore(store, { answerMs: config.lease_seconds * 1000, ...(config.db_listen_url !== undefined && { listenUrl: config.db_listen_url }) }),
-          {
-            leaseSeconds: config.lease_seconds,
-            name: config.instance_name || hostname(),
-            version,
-            pid: process.pid,
-            reconcileMs: 30_000,
-            handOverTimeoutMs: options.handOverTimeoutMs,
-            probeSignal: () => probeSignal({ ...options.link, connectTimeoutMs: ASK_SIGNAL_TIMEOUT_MS }, clock),
-          },
-          clock,
-          log,
-          metrics,
-        )
-      : undefined;
-  const supervisor: Supervisor = new Supervisor(options, {
-    ...(ownership && { ownership }),
-    store,
+  const metrics = new Metrics();
+  const events = new RelayEvents();
+  const timings = (opts.tune ?? ((o) => o))(supervisorOptions(config));
+  const ownership = backend.ownership({
+    pollMs: timings.storePollMs,
+    leaseSeconds: config.lease_seconds,
+    name: config.instance_name || hostname(),
+    version,
+    pid: process.pid,
+    reconcileMs: 30_000,
+    handOverTimeoutMs: timings.handOverTimeoutMs,
+    listenUrl: config.db_listen_url,
+    probeSignal: () => probeSignal({ ...timings.link, connectTimeoutMs: ASK_SIGNAL_TIMEOUT_MS }, leaseClock),
+    clock: leaseClock,
     log,
-    onUrgent: (c) => notifier.urgent(c),
-    onDeliveryCheck: (c) => notifier.deliveryCheck(c),
-    onChanged: (c) => notifier.update(c),
-    onRemoved: (k) => notifier.forget(k),
-    writes,
     metrics,
-    ...(opts.clock && { clock: opts.clock }),
   });
-  metrics.watchLoad(() => {
-    const pushes = client.load();
-    return { pushesInFlight: pushes.inFlight, pushesQueued: pushes.queued, connectQueue: supervisor.connectQueue };
-  });
+  const supervisor = new Supervisor(timings, { ownership, store, log, events, writes, metrics, clock });
   const notifier = new Notifier(
     {
       minIntervalMs: config.push_min_interval_ms,
       retry: { baseMs: 1_000, capMs: 5 * 60_000 },
       giveUpAfterMs: config.push_give_up_hours * 3600_000,
     },
-    {
-      client,
-      log,
-      metrics,
-      onGone: (c) => supervisor.forbid(c, ENDPOINT_GONE, { endpoint: c.endpoint }),
-      isActive: (c) => supervisor.wantsPushes(c),
-      ...(opts.clock && { clock: opts.clock }),
-    },
+    { client, log, metrics, events, isActive: (c) => supervisor.wantsPushes(c), clock },
   );
+  // The loop: what happens on the sockets reaches the pushes, and a push endpoint that is gone stops the socket.
+  events.on('urgent', (c) => notifier.urgent(c));
+  events.on('deliveryCheck', (c) => notifier.deliveryCheck(c));
+  events.on('changed', (c) => notifier.update(c));
+  events.on('removed', (k) => notifier.forget(k));
+  events.on('gone', (t) => supervisor.forbid(t, ENDPOINT_GONE, { endpoint: t.endpoint }));
+  metrics.watchStates(() => supervisor.counts());
+  metrics.watchLoad(() => {
+    const pushes = client.load();
+    return { pushesInFlight: pushes.inFlight, pushesQueued: pushes.queued, connectQueue: supervisor.connectQueue };
+  });
   const registrations = new Registrations(
     store,
     {
@@ -216,13 +208,11 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       checkEndpoint: (endpoint) => policy.check(endpoint),
       connectionChanged: (conn) => supervisor.sync(conn),
       sendTestPush: (conn) => notifier.test(conn),
-      askSignal: (creds) =>
-        askSignal(creds, { ...options.link, connectTimeoutMs: ASK_SIGNAL_TIMEOUT_MS, clock: opts.clock ?? systemClock, log }),
+      askSignal: (creds) => askSignal(creds, { ...timings.link, connectTimeoutMs: ASK_SIGNAL_TIMEOUT_MS, clock, log }),
     },
     log,
     { writes },
   );
-
   const ops: Ops = {
     version,
     counts: () => supervisor.counts(),
@@ -231,46 +221,63 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
     metrics: () => metrics.registry.metrics(),
     metricsContentType: metrics.registry.contentType,
   };
+  const summary = new Summary({ log, clock, counts: () => supervisor.counts(), metrics });
+  return { config, log, backend, store, writes, key, client, metrics, supervisor, notifier, registrations, ops, summary };
+}
+
+/**
+ * The key the server signs with (configured, kept, or generated and kept), recorded in the store: the CLI compares
+ * its own key with it, so that it never shows a QR code the server does not sign for.
+ */
+async function serverKey(config: Config, backend: Backend, writes: StoreWrites, log: Logger): Promise<ResolvedKey> {
+  const key = (await backend.vapidKey.resolve(config, { generate: true }))!;
+  if (key.source === 'generated') {
+    unmuted(log).info({ file: resolve(key.path!) }, 'generated a VAPID key and kept it next to the database: back this file up with it');
+  }
+  const previousKey = await backend.store.recordedVapidKey();
+  if (previousKey !== undefined && previousKey !== key.publicKey) {
+    log.warn({ was: previousKey, now: key.publicKey, source: key.source }, 'the VAPID key differs from the one this server used before: every Molly must scan the new QR code');
+  }
+  await writes.now(() => backend.store.recordVapidKey(key.publicKey)); // retried while a CLI command holds the lock
+  return key;
+}
+
+/** Listens, starts every connection, sends what the last run owed, and publishes the server's state from then on. */
+async function run(parts: Parts): Promise<Running> {
+  const { config, log, backend, store, writes, supervisor, notifier } = parts;
   const listeners: FastifyInstance[] = [];
-  let url: string | undefined;
   let opsUrl: string | undefined;
   if (config.metrics_port !== undefined) {
-    const opsApp = buildOpsApp(ops, log, metrics);
+    const opsApp = buildOpsApp(parts.ops, log, parts.metrics);
     listeners.push(opsApp);
     opsUrl = await opsApp.listen({ host: config.metrics_host, port: config.metrics_port });
     log.info({ url: opsUrl }, 'health and metrics listening');
   }
+  let url: string | undefined;
   if (config.webserver) {
     const app = await buildApp({
-      registrations,
-      vapidPublicKey: key.publicKey,
+      registrations: parts.registrations,
+      vapidPublicKey: parts.key.publicKey,
       version,
       log,
       publicUrl: config.url,
       trustProxy: config.trust_proxy,
       rateLimitPerMinute: config.registration_rate_limit,
-      ops: config.metrics_port === undefined ? ops : undefined,
-      httpMetrics: metrics,
+      ops: config.metrics_port === undefined ? parts.ops : undefined,
+      httpMetrics: parts.metrics,
     });
     listeners.push(app);
     url = await app.listen({ host: config.host, port: config.port });
     log.info({ url, version }, 'web server listening');
   } else {
-    const link = linkUrl(key.publicKey, { type: 'airgapped' });
-    log.warn(
-      { link },
-      'the web server is off (webserver = false): air-gapped mode. Molly cannot update its registration by itself; ' +
-        'register with `mollysocket connection add`. Scan the code below with Molly.',
-    );
-    // Raw on stderr: inside a JSON log line the code's line breaks would be escaped and it could not be scanned.
-    process.stderr.write(`\n${await qrTerminal(link)}\n${link}\n\n`);
+    await showAirGappedLink(parts.key.publicKey, log);
   }
+  const unclean = backend.report.uncleanStop;
   if (unclean) {
     log.warn('the last run did not end cleanly: each connection gets one wake-up once connected, for messages it may have acknowledged without pushing');
   }
-  const summary = new Summary({ log, clock: opts.clock ?? systemClock, counts: () => supervisor.counts(), metrics });
   await supervisor.start({ wakeAfterConnect: unclean });
-  summary.start();
+  parts.summary.start();
   // Taken only now that the server runs: a start that failed earlier leaves them for the next one.
   await wakeOwed(await writes.now(() => store.takeOwedWakeups()), store, notifier, log);
   const startedAt = Date.now();
@@ -282,38 +289,56 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
       const states = supervisor.statuses();
       writes.later('states', () => store.publishStates(states), () => (published = revision));
     }
+    const { heartbeats } = backend;
     const beat = { pid: process.pid, version, startedAt, seenAt: Date.now() };
-    writes.later('heartbeat', () => store.beat(beat));
+    if (heartbeats) writes.later('heartbeat', () => heartbeats.beat(beat));
   };
   publish();
-  const heartbeat = setInterval(publish, HEARTBEAT_MS);
+  return { listeners, url, opsUrl, heartbeat: setInterval(publish, HEARTBEAT_MS) };
+}
 
-  return {
-    url,
-    opsUrl,
-    store,
-    supervisor,
-    vapidPublicKey: key.publicKey,
-    metrics,
-    async close() {
-      await Promise.all(listeners.map((l) => l.close()));
-      summary.stop();
-      await supervisor.stop();
-      const stillOwed = await notifier.drain(PUSH_DRAIN_MS);
-      client.close();
-      clearInterval(heartbeat);
-      const unwritten = await writes.close();
-      if (unwritten > 0) log.error({ count: unwritten }, 'store writes still failing at shutdown are lost');
-      try {
-        await store.keepOwedWakeups(stillOwed);
-        if (stillOwed.length > 0) {
-          log.warn({ count: stillOwed.length }, 'wake-ups not delivered before shutdown: kept in the store, sent at the next start');
-        }
-        await store.clearLive(); // a clean shutdown
-      } catch (err) {
-        log.error({ err, owed: stillOwed.length }, 'cannot record the shutdown in the store: the next start treats it as unclean');
-      }
-      await store.close();
-    },
-  };
+/** Air-gapped mode: the link Molly scans, on stderr. */
+async function showAirGappedLink(publicKey: string, log: Logger): Promise<void> {
+  const link = linkUrl(publicKey, { type: 'airgapped' });
+  log.warn(
+    { link },
+    'the web server is off (webserver = false): air-gapped mode. Molly cannot update its registration by itself; ' +
+      'register with `mollysocket connection add`. Scan the code below with Molly.',
+  );
+  // Raw on stderr: inside a JSON log line the code's line breaks would be escaped and it could not be scanned.
+  process.stderr.write(`\n${await qrTerminal(link)}\n${link}\n\n`);
+}
+
+/** Sends the wake-ups the last run could not deliver before it stopped, to connections still wanting them. */
+async function wakeOwed(owed: { uuid: string; deviceId: number }[], store: Store, notifier: Notifier, log: Logger): Promise<void> {
+  const wanted = (await Promise.all(owed.map((k) => store.get(k)))).filter((c): c is Connection => c !== undefined && !c.forbidden);
+  if (wanted.length === 0) return;
+  log.info({ count: wanted.length }, 'sending the wake-ups owed since the last shutdown');
+  for (const conn of wanted) notifier.urgent(conn);
+}
+
+/**
+ * Stops taking registrations, closes every socket (handing devices over first, on PostgreSQL), gives pushes under way
+ * a moment, and records in the store what the next start must know: the wake-ups still owed, and a clean stop.
+ */
+async function shutDown(parts: Parts, running: Running): Promise<void> {
+  const { log, store, writes } = parts;
+  await Promise.all(running.listeners.map((l) => l.close()));
+  parts.summary.stop();
+  await parts.supervisor.stop();
+  const stillOwed = await parts.notifier.drain(PUSH_DRAIN_MS);
+  parts.client.close();
+  clearInterval(running.heartbeat);
+  const unwritten = await writes.close();
+  if (unwritten > 0) log.error({ count: unwritten }, 'store writes still failing at shutdown are lost');
+  try {
+    await store.keepOwedWakeups(stillOwed);
+    if (stillOwed.length > 0) {
+      log.warn({ count: stillOwed.length }, 'wake-ups not delivered before shutdown: kept in the store, sent at the next start');
+    }
+    await store.clearLive(); // a clean shutdown
+  } catch (err) {
+    log.error({ err, owed: stillOwed.length }, 'cannot record the shutdown in the store: the next start treats it as unclean');
+  }
+  await store.close();
 }

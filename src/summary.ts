@@ -31,7 +31,7 @@ export interface Totals {
 }
 
 /** The fields of one summary line: the counts now, and what the totals grew by since the last line. Pure. */
-export function summaryFields(counts: ConnectionCounts, now: Totals, before: Totals, periodMs: number) {
+function summaryFields(counts: ConnectionCounts, now: Totals, before: Totals, periodMs: number) {
   return {
     connected: counts.connected,
     reconnecting: counts.connecting + counts.backoff,
@@ -45,7 +45,7 @@ export function summaryFields(counts: ConnectionCounts, now: Totals, before: Tot
 }
 
 /** The totals from the metrics: push requests by outcome (every kind), retries, registration requests (`POST /`). */
-export async function totalsOf(metrics: Metrics): Promise<Totals> {
+async function totalsOf(metrics: Metrics): Promise<Totals> {
   const results = (await metrics.pushResults.get()).values;
   const requests = (await metrics.httpRequests.get()).values;
   const sum = (values: { value: number }[]) => values.reduce((n, v) => n + v.value, 0);

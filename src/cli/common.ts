@@ -4,15 +4,13 @@ import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { ConfigError, describeSource, loadConfig, type LoadedConfig } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
 import { canonicalUuid, isUuid } from '../policy.js';
-import { clusterVapidKey, keptKeyPath, resolveVapidKey, VapidKeyError, type ResolvedKey } from '../push/vapid.js';
+import { keptKeyPath, resolveVapidKey, VapidKeyError, type ResolvedKey } from '../push/vapid.js';
 import { isPostgresUrl } from '../store/location.js';
-import { openStore as openDatabase } from '../store/open.js';
-import { SqliteStore } from '../store/sqlite.js';
+import { openStore as openDatabase, type Backend } from '../store/open.js';
 import { StoreError, type OpenMode, type Store } from '../store/store.js';
-import {PostgresStore} from '../store/postgres.js';
 
 /** Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error. */
-export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
+const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
 
 /** A mistake in the command's arguments: one line that names the argument and the fix; exit 2. */
 export class UsageError extends Error {
@@ -24,13 +22,13 @@ export class FailureError extends Error {
   override name = 'FailureError';
 }
 
-export interface GlobalOptions {
+interface GlobalOptions {
   config?: string;
   verbose: number;
 }
 
 /** The root command's options (-c, -v), from any subcommand. */
-export function globals(cmd: Command): GlobalOptions {
+function globals(cmd: Command): GlobalOptions {
   let root = cmd;
   while (root.parent) root = root.parent;
   return root.opts<GlobalOptions>();
@@ -72,33 +70,34 @@ const dbSetting = (loaded: LoadedConfig): string => `db = ${JSON.stringify(loade
  * Opens the database as `mode` says. Only `create` makes a new file: any other command run where there is no
  * database (the wrong directory, another -c) stops with the path it looked at, instead of creating an empty one.
  */
-export async function openStore(loaded: LoadedConfig, mode: OpenMode): Promise<Store> {
+async function openStore(loaded: LoadedConfig, mode: OpenMode): Promise<Backend> {
   const { db } = loaded.config;
   if (mode !== 'create' && !isPostgresUrl(db) && isMissing(db)) {
     throw new UsageError(
       `no database at ${resolve(db)} (${dbSetting(loaded)}): run this command where the server keeps its database, or point db, MOLLY_DB or -c at it`,
     );
   }
-  const store = await openDatabase(db, { mode });
-  if (store instanceof SqliteStore && store.migratedFrom) warn(`migrated the MollySocket database ${db} to this version's schema; the file as it was is kept as ${store.migratedFrom.backup}`);
-  return store;
+  const backend = await openDatabase(db, { mode });
+  const { migratedFrom } = backend.report;
+  if (migratedFrom) warn(`migrated the MollySocket database ${db} to this version's schema; the file as it was is kept as ${migratedFrom.backup}`);
+  return backend;
 }
 
 /** Whether the database `db` names is there to open: a PostgreSQL server always counts, a SQLite file only once it exists. */
 export const hasDatabase = (loaded: LoadedConfig): boolean => isPostgresUrl(loaded.config.db) || !isMissing(loaded.config.db);
 
-/** Runs `fn` with the store open as `mode` says, and closes it. */
-export async function withStore<T>(loaded: LoadedConfig, mode: OpenMode, fn: (store: Store) => T | Promise<T>): Promise<T> {
-  const store = await openStore(loaded, mode);
+/** Runs `fn` with the store open as `mode` says (and what its backend can do besides), and closes it. */
+export async function withStore<T>(loaded: LoadedConfig, mode: OpenMode, fn: (store: Store, backend: Backend) => T | Promise<T>): Promise<T> {
+  const backend = await openStore(loaded, mode);
   try {
-    return await fn(store);
+    return await fn(backend.store, backend);
   } finally {
-    await store.close();
+    await backend.store.close();
   }
 }
 
 /** Where a key came from, in the settings' words. */
-export function describeKey(key: ResolvedKey | undefined, loaded: LoadedConfig): string {
+function describeKey(key: ResolvedKey | undefined, loaded: LoadedConfig): string {
   if (key === undefined) return 'none (neither vapid_privkey nor vapid_key_file is set, and there is no kept vapid.key)';
   switch (key.source) {
     case 'vapid_key_file':
@@ -117,11 +116,10 @@ const shortKey = (publicKey: string): string => `${publicKey.slice(0, 12)}…`;
  * it at start): a QR code or a test push with another key would not work. Without a key of its own and with no server
  * recorded yet, the key is generated and kept where the server will find it, as the server itself would.
  */
-export async function vapidKey(loaded: LoadedConfig, store: Store): Promise<ResolvedKey> {
-  // Several instances on PostgreSQL share the key kept in the database (or the one configured on all of them).
-  if (store instanceof PostgresStore) return clusterVapidKey(loaded.config, store);
+export async function vapidKey(loaded: LoadedConfig, { store, vapidKey: kept }: Backend): Promise<ResolvedKey> {
   const recorded = await store.recordedVapidKey();
-  const key = resolveVapidKey(loaded.config, { generate: recorded === undefined });
+  // Several instances on PostgreSQL share the key kept in the database (or the one configured on all of them).
+  const key = await kept.resolve(loaded.config, { generate: recorded === undefined });
   if (recorded !== undefined && key?.publicKey !== recorded) {
     const own = key === undefined ? `this command has ${describeKey(key, loaded)}` : `this command's key is ${shortKey(key.publicKey)}, from ${describeKey(key, loaded)}`;
     throw new UsageError(
@@ -139,7 +137,7 @@ export async function vapidKey(loaded: LoadedConfig, store: Store): Promise<Reso
  * database, its key must be the one the server there signs with (see vapidKey).
  */
 export async function commandKey(loaded: LoadedConfig): Promise<ResolvedKey> {
-  if (hasDatabase(loaded)) return withStore(loaded, 'read', (store) => vapidKey(loaded, store));
+  if (hasDatabase(loaded)) return withStore(loaded, 'read', (_store, backend) => vapidKey(loaded, backend));
   const key = resolveVapidKey(loaded.config, { generate: false });
   if (key === undefined) {
     throw new UsageError(

@@ -35,7 +35,7 @@ export function registerConfig(program: Command): void {
  * comment; so is a secret, which is set but never printed (put it back by hand); a database URL keeps its place with
  * its password masked, so that a pasted file fails loudly at connect rather than fall back to a SQLite file.
  */
-export function tomlLine(key: ConfigKey, value: unknown, source: string): string {
+function tomlLine(key: ConfigKey, value: unknown, source: string): string {
   if (value === undefined) return `# ${key} = (unset)  # ${source}`;
   if (CONFIG_KEYS[key].secret) return `# ${key} = "..."  # ${source}: set, not printed`;
   const masked = key === 'db' ? redactUrl(value as string) : value;

@@ -12,7 +12,7 @@ import { nextTry } from './status.js';
 import { FailureError, formatTime, jsonTime, loadFor, maskUuid, parseDeviceId, parseUuid, print, table, UsageError, vapidKey, withStore } from './common.js';
 
 /** How a push went, in words. */
-export function describeOutcome(o: PushOutcome): string {
+function describeOutcome(o: PushOutcome): string {
   switch (o.kind) {
     case 'delivered':
       return `delivered (${o.status})`;
@@ -70,8 +70,8 @@ export function registerConnection(program: Command): void {
       const target = await new EndpointPolicy(config.allowed_endpoints).check(endpoint);
       if (!target.ok && target.transient) throw new FailureError(`cannot check the endpoint now: ${target.reason}`);
       if (!target.ok) throw new UsageError(`endpoint is not allowed: ${target.reason}`);
-      const { conn, key } = await withStore(loaded, 'create', async (store) => {
-        const key = await vapidKey(loaded, store); // before storing: a connection is not added with a key the server does not use
+      const { conn, key } = await withStore(loaded, 'create', async (store, backend) => {
+        const key = await vapidKey(loaded, backend); // before storing: a connection is not added with a key the server does not use
         return { conn: await store.put({ uuid, deviceId, password, endpoint }, Math.floor(Date.now() / 1000)), key };
       });
       print(`Connection for ${uuid} device ${deviceId} added: a running server connects it within a few seconds.`);
@@ -135,7 +135,7 @@ export function registerConnection(program: Command): void {
 
   onConnections('ping', 'send a test push to the endpoints of an account').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
       const loaded = loadFor(cmd);
-      const { conns, key } = await withStore(loaded, 'read', async (store) => ({ key: await vapidKey(loaded, store), conns: await selected(store, uuid, deviceId) }));
+      const { conns, key } = await withStore(loaded, 'read', async (store, backend) => ({ key: await vapidKey(loaded, backend), conns: await selected(store, uuid, deviceId) }));
       if (!(await ping(loaded.config, key, conns))) throw new FailureError('a test push was not delivered');
     });
 

@@ -1,35 +1,19 @@
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { planDowngrade, writeMollySocketDb } from '../downgrade.js';
-import { serverOn } from '../lock.js';
-import { keptKeyPath, parsePrivateKey, publicKeyOf, resolveVapidKey } from '../push/vapid.js';
-import { isPostgresUrl, redactUrl } from '../store/location.js';
-import { openStore } from '../store/open.js';
-import { type Store } from '../store/store.js';
-import {PostgresStore} from '../store/postgres.js';
+import { parsePrivateKey, publicKeyOf, resolveVapidKey } from '../push/vapid.js';
+import { isPostgresUrl } from '../store/location.js';
+import { openStore, type Backend } from '../store/open.js';
 import { ENDPOINT_GONE } from '../registrations.js';
 import { formatTime, loadFor, print, UsageError, withStore } from './common.js';
 
-/**
- * The server running on a database, in words, or undefined: SQLite, the one holding its lock; PostgreSQL, the live
- * instances.
- */
-async function runningServer(store: Store, db: string): Promise<string | undefined> {
-  if (store instanceof PostgresStore) {
-    const live = (await store.instances()).filter((i) => i.live);
-    return live.length === 0 ? undefined : `${live.length} instance(s) (${live.map((i) => `${i.name}, pid ${i.pid}`).join('; ')})`;
-  }
-  const running = serverOn(db);
-  return running && `a server${running.holder ? ` (pid ${running.holder.pid})` : ''}`;
-}
-
 /** A copy taken while a server runs misses whatever it writes afterwards (registrations, forbidden connections). */
-async function refuseWhileRunning(store: Store, db: string, force: boolean | undefined): Promise<string | undefined> {
-  const running = await runningServer(store, db);
+async function refuseWhileRunning(backend: Backend, force: boolean | undefined): Promise<string | undefined> {
+  const running = await backend.runningServer();
   if (running && !force) {
     throw new UsageError(
-      `${running} is running on ${store instanceof PostgresStore ? store.location : resolve(store.location)}: what it writes after the copy would be lost; stop it first, or pass --force to copy anyway`,
+      `${running} is running on ${backend.store.location}: what it writes after the copy would be lost; stop it first, or pass --force to copy anyway`,
     );
   }
   return running;
@@ -48,8 +32,8 @@ export function registerDb(program: Command): void {
       if (existsSync(output)) {
         throw new UsageError(`output-file ${output} already exists: downgrade never overwrites a file, name a new one`);
       }
-      const { plan, running } = await withStore(loaded, 'read', async (store) => {
-        const running = await refuseWhileRunning(store, config.db, opts.force);
+      const { plan, running } = await withStore(loaded, 'read', async (store, backend) => {
+        const running = await refuseWhileRunning(backend, opts.force);
         return { plan: planDowngrade(await store.list()), running };
       });
       writeMollySocketDb(output, plan.kept);
@@ -83,39 +67,6 @@ export function registerDb(program: Command): void {
   registerDbCopy(db);
 }
 
-/** The generated VAPID key a store's server uses: in the database (PostgreSQL) or in the file beside it (SQLite). */
-function keptKey(store: Store, db: string): Promise<string | undefined> | string | undefined {
-  if (store instanceof PostgresStore) return store.setting('vapid_private_key');
-  const path = keptKeyPath({ db });
-  return existsSync(path) ? readFileSync(path, 'utf8').trim() : undefined;
-}
-
-/** The VAPID key a target's server already has, if any: its public half. */
-async function targetKey(store: Store, db: string): Promise<string | undefined> {
-  if (store instanceof PostgresStore) return store.setting('vapid_public_key');
-  const path = keptKeyPath({ db });
-  return existsSync(path) ? publicKeyOf(parsePrivateKey(readFileSync(path, 'utf8').trim(), path)) : undefined;
-}
-
-/** Keeps `key` where the target's server looks for it; a different key already there wins (only with --force). */
-async function keepKey(store: Store, db: string, key: string): Promise<string> {
-  const publicKey = publicKeyOf(parsePrivateKey(key, 'the kept VAPID key'));
-  if (store instanceof PostgresStore) {
-    const kept = await store.setting('vapid_public_key', publicKey);
-    if (kept !== publicKey) return `VAPID key: ${redactUrl(db)} already has another one (${kept}); it was kept, so Molly users must scan a new code`;
-    await store.setting('vapid_private_key', key);
-    return `VAPID key: copied into ${redactUrl(db)}, where every instance finds it`;
-  }
-  const path = keptKeyPath({ db });
-  if (existsSync(path)) {
-    return readFileSync(path, 'utf8').trim() === key
-      ? `VAPID key: ${path} already holds it`
-      : `VAPID key: ${path} holds another one (${await targetKey(store, db)}); it was kept, so Molly users must scan a new code`;
-  }
-  writeFileSync(path, `${key}\n`, { mode: 0o600, flag: 'wx' });
-  return `VAPID key: copied to ${path}, beside the database, where the server finds it`;
-}
-
 /** `db copy`: every connection, and the generated VAPID key, from one store into an empty one. */
 function registerDbCopy(db: Command): void {
   db.command('copy')
@@ -130,34 +81,34 @@ function registerDbCopy(db: Command): void {
       try {
         const target = await openStore(to);
         try {
-          const present = (await target.list()).length;
+          const present = (await target.store.list()).length;
           if (present > 0) {
-            throw new UsageError(`to ${target.location} already holds ${present} connection(s): copy into an empty database`);
+            throw new UsageError(`to ${target.store.location} already holds ${present} connection(s): copy into an empty database`);
           }
-          await refuseWhileRunning(source, from, opts.force);
-          const key = await keptKey(source, from);
+          await refuseWhileRunning(source, opts.force);
+          const key = await source.vapidKey.read();
           // Checked before anything is written: Molly signs up with the source's key, so another one means a new code.
-          const theirs = key === undefined ? undefined : await targetKey(target, to);
+          const theirs = key === undefined ? undefined : await target.vapidKey.publicKey();
           const ours = key === undefined ? undefined : publicKeyOf(parsePrivateKey(key, 'the kept VAPID key'));
           if (theirs !== undefined && theirs !== ours && !opts.force) {
             throw new UsageError(
-              `to ${target.location} already has another VAPID key (public key ${theirs}) than from ${source.location} (public key ${ours}): ` +
+              `to ${target.store.location} already has another VAPID key (public key ${theirs}) than from ${source.store.location} (public key ${ours}): ` +
                 "Molly users would have to scan a new code; copy into a place without a key (move the target's vapid.key away), or pass --force to keep the target's key",
             );
           }
-          const conns = await source.list();
-          await target.importConnections(conns);
-          print(`Copied ${conns.length} connection(s) from ${source.location} to ${target.location}.`);
+          const conns = await source.store.list();
+          await target.store.importConnections(conns);
+          print(`Copied ${conns.length} connection(s) from ${source.store.location} to ${target.store.location}.`);
           print(
             key
-              ? await keepKey(target, to, key)
+              ? await target.vapidKey.keep(key)
               : 'VAPID key: none kept with the source (it is configured): configure the same vapid_privkey or vapid_key_file for the target',
           );
         } finally {
-          await target.close();
+          await target.store.close();
         }
       } finally {
-        await source.close();
+        await source.store.close();
       }
     });
 }

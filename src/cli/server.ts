@@ -1,6 +1,8 @@
+import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { handOverTimeoutMs, startServer, type RunningServer } from '../server.js';
-import { claimDatabase, type ServerLock } from '../lock.js';
+import type { ServerLock } from '../store/lock.js';
+import { claimServer } from '../store/open.js';
 import { isPostgresUrl } from '../store/location.js';
 import { loadForServer } from './common.js';
 
@@ -37,7 +39,7 @@ export function registerServer(program: Command): void {
         process.exit(1);
       });
       // One server per database, decided before the store is opened; the OS lets go of the lock when the process ends.
-      lock = await claimDatabase(loaded.config);
+      lock = await claimServer(loaded.config.db, loaded.config.instance_name || hostname(), loaded.config.lease_seconds * 1000);
       running = await startServer(loaded.config, log);
       if (stopping) stop(running);
     });

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { isFresh } from '../heartbeat.js';
 import { describeReason } from '../reasons.js';
 import { connectionKey } from '../store/store.js';
-import {PostgresStore, type InstanceRow} from '../store/postgres.js';
+import type { InstanceRow } from '../store/postgres.js';
 import { FailureError, formatTime, jsonTime, loadFor, maskUuid, print, table, withStore } from './common.js';
 
 export function registerStatus(program: Command): void {
@@ -14,12 +14,12 @@ export function registerStatus(program: Command): void {
     .option('--json', 'print JSON, for scripts')
     .action(async (opts: { anonymized?: boolean; json?: boolean }, cmd: Command) => {
       const now = Date.now();
-      const { heartbeat, conns, live, instances } = await withStore(loadFor(cmd), 'read', async (store) => ({
+      const { heartbeat, conns, live, instances } = await withStore(loadFor(cmd), 'read', async (store, backend) => ({
         heartbeat: await store.heartbeat(),
         conns: await store.list(),
         live: new Map((await store.liveStates()).map((s) => [connectionKey(s), s])),
         // Several instances: who is there, and who owns what.
-        instances: store instanceof PostgresStore ? await store.instances({ counts: true }) : undefined,
+        instances: await backend.instances?.(),
       }));
       const instanceName = new Map((instances ?? []).map((i) => [i.id, i.name]));
       const running = isFresh(heartbeat, now);
@@ -75,9 +75,7 @@ export function registerStatus(program: Command): void {
     .action(async (_o, cmd: Command) => {
       const loaded = loadFor(cmd);
       // Several instances: this container's or host's own, by its stable name.
-      const heartbeat = await withStore(loaded, 'read', (store) =>
-        store instanceof PostgresStore ? store.heartbeat(loaded.config.instance_name || hostname()) : store.heartbeat(),
-      );
+      const heartbeat = await withStore(loaded, 'read', (store) => store.heartbeat(loaded.config.instance_name || hostname()));
       const ageS = heartbeat && Math.round((Date.now() - heartbeat.seenAt) / 1000);
       if (!isFresh(heartbeat, Date.now())) {
         throw new FailureError(heartbeat ? `unhealthy: no heartbeat from the server for ${ageS} s` : 'unhealthy: no server is running on this database');

@@ -8,7 +8,8 @@ import { handOverStep } from './hand-over.js';
 import { LeaseClock } from './lease.js';
 import type { Claimed, InstanceRow, LeaseStore, NoteListener } from './lease-store.js';
 import type { OwnedConnections, Ownership } from './ownership.js';
-import { assignBuckets, bucketOf, bucketsOf, handOvers, leaseTimings, type Member } from './shares.js';
+import { bucketOf } from '../buckets.js';
+import { assignBuckets, bucketsOf, handOvers, leaseTimings, type Member } from './shares.js';
 import { signalMove } from './signal-health.js';
 
 export interface LeasesOptions {

@@ -3,7 +3,9 @@ import https from 'node:https';
 import type { LookupFunction } from 'node:net';
 import { LRUCache } from 'lru-cache';
 import pLimit, { type LimitFunction } from 'p-limit';
-import type { EndpointPolicy, ResolvedAddress } from '../policy.js';
+import { parseRetryAfter } from '../http.js';
+import type { EndpointPolicy } from '../policy.js';
+import type { ResolvedAddress } from '../resolver.js';
 
 /**
  * One POST to a UnifiedPush endpoint (docs/protocol.md section 3), its answer classified. It never retries, never
@@ -30,15 +32,7 @@ export type PushOutcome =
   /** 5xx, timeouts, network and DNS errors: worth retrying. */
   | { kind: 'failed'; status?: number; error?: string; retryAfterMs?: number };
 
-/** Parses Retry-After: delay-seconds or an HTTP date. */
-export function parseRetryAfter(value: string | undefined, nowMs: number): number | undefined {
-  if (value === undefined) return undefined;
-  if (/^\s*\d+\s*$/.test(value)) return Number(value) * 1000;
-  const at = Date.parse(value);
-  return Number.isNaN(at) ? undefined : Math.max(0, at - nowMs);
-}
-
-export function classify(status: number, retryAfter: string | undefined, nowMs: number): PushOutcome {
+function classify(status: number, retryAfter: string | undefined, nowMs: number): PushOutcome {
   if (status >= 200 && status < 300) return { kind: 'delivered', status };
   if (status === 404 || status === 410) return { kind: 'gone', status };
   if (status === 429) return { kind: 'rate_limited', status, retryAfterMs: parseRetryAfter(retryAfter, nowMs) };

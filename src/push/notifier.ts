@@ -1,5 +1,6 @@
 import { backoffDelay, type BackoffOptions } from '../backoff.js';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
+import type { RelayEvents } from '../events.js';
 import type { Logger } from '../log.js';
 import { endpointOrigin, shortUuid } from '../log.js';
 import type { Metrics } from '../metrics.js';
@@ -17,8 +18,8 @@ export interface NotifierOptions {
 export interface NotifierDeps {
   client: Pick<PushClient, 'send'>;
   log: Logger;
-  /** The endpoint answered 404 or 410: the distributor unregistered it. */
-  onGone(target: PushTarget): void;
+  /** Where it says that an endpoint answered 404 or 410 (`gone`: the distributor unregistered it). */
+  events: RelayEvents;
   /** Whether a connection still wants pushes (not removed, not forbidden); asked before every retry. */
   isActive(conn: ConnectionKey): boolean;
   metrics?: Metrics;
@@ -31,7 +32,7 @@ export type PushTarget = Pick<Connection, 'uuid' | 'deviceId' | 'endpoint'>;
 const targetOf = (c: PushTarget): PushTarget => ({ uuid: c.uuid, deviceId: c.deviceId, endpoint: c.endpoint });
 
 /** When the next urgent push of a connection may start. Pure. */
-export function nextUrgentPushAt(lastStartAt: number | undefined, blockedUntil: number, minIntervalMs: number): number {
+function nextUrgentPushAt(lastStartAt: number | undefined, blockedUntil: number, minIntervalMs: number): number {
   return Math.max(lastStartAt === undefined ? -Infinity : lastStartAt + minIntervalMs, blockedUntil);
 }
 
@@ -39,7 +40,7 @@ export function nextUrgentPushAt(lastStartAt: number | undefined, blockedUntil: 
  * What to do after an answer: stop, or try again after `delayMs`. Pure.
  * 429 waits exactly what the server asked (else backs off); 5xx, timeouts and network errors back off.
  */
-export function retryAfter(outcome: PushOutcome, attempt: number, retry: BackoffOptions, random: number): number | undefined {
+function retryAfter(outcome: PushOutcome, attempt: number, retry: BackoffOptions, random: number): number | undefined {
   if (outcome.kind === 'rate_limited') return outcome.retryAfterMs ?? backoffDelay(attempt, retry, random);
   if (outcome.kind === 'failed') return backoffDelay(attempt, retry, random, outcome.retryAfterMs);
   return undefined;
@@ -232,7 +233,7 @@ export class Notifier {
         }
         this.deps.log.warn(fields, 'push endpoint gone: the connection is disabled until Molly registers a new one');
         this.forget(d.conn);
-        this.deps.onGone(d.conn);
+        this.deps.events.emit('gone', d.conn);
       } else this.deps.log.warn(fields, 'push refused: not retried (check allowed_endpoints and the VAPID key)');
       return;
     }

@@ -1,5 +1,6 @@
 import type { Config } from '../config.js';
-import { EndpointPolicy, type Resolver } from '../policy.js';
+import { EndpointPolicy } from '../policy.js';
+import type { Resolver } from '../resolver.js';
 import { PushClient } from './client.js';
 import { VapidSigner } from './vapid.js';
 

@@ -2,7 +2,7 @@ import { createSecureContext, type SecureContext } from 'node:tls';
 import WebSocket from 'ws';
 import type { Clock, TimerHandle } from '../clock.js';
 import type { Logger } from '../log.js';
-import { parseRetryAfter } from '../push/client.js';
+import { parseRetryAfter } from '../http.js';
 import { decodeFrame, encodeRequest, encodeResponse, isUrgentEnvelope, type Request } from './protocol.js';
 
 /**

@@ -43,7 +43,7 @@ export interface Request {
   path: string;
   body: Uint8Array | undefined;
 }
-export interface Response {
+interface Response {
   id: string;
   status: number;
 }

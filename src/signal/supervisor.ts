@@ -1,15 +1,14 @@
 import { backoffDelay, type BackoffOptions } from '../backoff.js';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
+import type { RelayEvents } from '../events.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { shortUuid } from '../log.js';
 import type { OwnedConnections, Ownership } from '../cluster/ownership.js';
 import { SignalHealth } from '../cluster/signal-health.js';
-import { Solo } from '../cluster/solo.js';
-import { leftBehind } from '../registrations.js';
+import { leftBehind } from '../leftBehind.js';
 import { connectionKey, type Connection, type ConnectionKey, type ForbiddenFor, type Store } from '../store/store.js';
-import { SqliteStore } from '../store/sqlite.js';
-import {StoreWrites} from '../store/writes.js';
+import { StoreWrites } from '../store/writes.js';
 import { SignalLink, type LinkEnd, type LinkOptions } from './link.js';
 import { ConnectRamp, type RampOptions } from './ramp.js';
 
@@ -21,8 +20,6 @@ export interface SupervisorOptions {
   /** A socket open this long counts as healthy: the next failure starts the backoff again from the base. */
   healthyAfterMs: number;
   ramp: RampOptions;
-  /** How often the store is checked for changes made by another process (the CLI). */
-  storePollMs: number;
   /** After close code 4409, at most one delivery-check push per connection in this period. */
   deliveryCheckIntervalMs: number;
   /** How often every open link is asked whether a keepalive is due (their precision). */
@@ -40,21 +37,15 @@ export interface SupervisorOptions {
 export interface SupervisorDeps {
   store: Store;
   log: Logger;
-  /** Called for every urgent envelope; must not block. */
-  onUrgent(conn: Connection): void;
-  /** Close code 4409 (the device connected elsewhere): a push that tells whether the endpoint still exists. */
-  onDeliveryCheck(conn: Connection): void;
-  /** A stored connection's endpoint or credentials changed, and it is still enabled: pending pushes must follow. */
-  onChanged?(conn: Connection): void;
-  /** A connection was removed, became forbidden or went to another instance: nothing may be pushed for it here. */
-  onRemoved?(key: ConnectionKey): void;
+  /** Where it says what the pushes must follow: urgent, deliveryCheck, changed, removed (see src/events.ts). */
+  events: RelayEvents;
   /** Where store writes go without blocking (default: a queue of its own). */
   writes?: StoreWrites;
   metrics?: Metrics;
   clock?: Clock;
   random?: () => number;
-  /** Which connections this instance runs; by default all of a SQLite file's. */
-  ownership?: Ownership;
+  /** Which connections this instance runs (the store's opening provides it: see `Backend.ownership`). */
+  ownership: Ownership;
 }
 
 export interface ConnectionStatus {
@@ -119,8 +110,8 @@ export class Supervisor implements OwnedConnections {
     this.clock = deps.clock ?? systemClock;
     this.random = deps.random ?? Math.random;
     this.ramp = new ConnectRamp(opts.ramp, this.clock);
-    this.writes = deps.writes ?? new StoreWrites(deps.log, { clock: this.clock });
-    this.ownership = deps.ownership ?? soloOwnership(deps.store, opts.storePollMs, this.clock, deps.log);
+    this.writes = deps.writes ?? new StoreWrites(deps.log, { isTransient: (err) => deps.store.isTransient(err), clock: this.clock });
+    this.ownership = deps.ownership;
   }
 
   /**
@@ -147,8 +138,8 @@ export class Supervisor implements OwnedConnections {
       return;
     }
     const previous = entry ? this.halt(entry) : undefined;
-    if (entry && conn.forbidden) this.deps.onRemoved?.(conn);
-    else if (entry) this.deps.onChanged?.(conn);
+    if (entry && conn.forbidden) this.deps.events.emit('removed', conn);
+    else if (entry) this.deps.events.emit('changed', conn);
     const fresh: Entry = {
       conn,
       state: 'stopped',
@@ -183,7 +174,7 @@ export class Supervisor implements OwnedConnections {
     this.after(this.halt(entry), () => {});
     this.entries.delete(connectionKey(key));
     this.deliveryChecks.delete(connectionKey(key));
-    this.deps.onRemoved?.(key);
+    this.deps.events.emit('removed', key);
   }
 
   /** Another instance owns it now: keep the socket until Signal replaces it, or the ownership removes it. */
@@ -408,12 +399,12 @@ export class Supervisor implements OwnedConnections {
           this.recovered();
           if (entry.wakeOnOpen) {
             entry.wakeOnOpen = false;
-            this.deps.onUrgent(entry.conn);
+            this.deps.events.emit('urgent', entry.conn);
           }
         },
         onEnvelope: (urgent) => {
           this.deps.metrics?.messages.inc();
-          if (urgent) this.deps.onUrgent(entry.conn);
+          if (urgent) this.deps.events.emit('urgent', entry.conn);
         },
       },
     );
@@ -456,7 +447,7 @@ export class Supervisor implements OwnedConnections {
       entry.halted = true;
       this.setState(entry, 'stopped', 'handed over');
       this.entries.delete(connectionKey(entry.conn));
-      this.deps.onRemoved?.(entry.conn); // its pushes are the new owner's now
+      this.deps.events.emit('removed', entry.conn); // its pushes are the new owner's now
       return;
     }
     if (end.kind === 'forbidden') {
@@ -484,16 +475,11 @@ export class Supervisor implements OwnedConnections {
     const last = this.deliveryChecks.get(key);
     if (last !== undefined && now - last < this.opts.deliveryCheckIntervalMs) return;
     this.deliveryChecks.set(key, now);
-    this.deps.onDeliveryCheck(conn);
+    this.deps.events.emit('deliveryCheck', conn);
   }
 }
 
 const WAITING_FOR_LEASE = 'waiting for the lease';
-
-function soloOwnership(store: Store, pollMs: number, clock: Clock, log: Logger): Ownership {
-  if (!(store instanceof SqliteStore)) throw new Error('a PostgreSQL store needs lease ownership');
-  return new Solo(store, pollMs, clock, log);
-}
 
 /** An end that says Signal (or the way to it) was down, rather than something about this device. */
 function isOutage(end: LinkEnd): boolean {

@@ -1,12 +1,15 @@
 import pg from 'pg';
-import { bucketOf } from '../cluster/shares.js';
+import { bucketOf } from '../buckets.js';
 import { StoreError, connectionKey, type Connection, type ConnectionKey, type ForbiddenFor, type Heartbeat, type LiveState, type NewConnection, type OpenMode, type Store } from './store.js';
 import { redactUrl } from './location.js';
 import type { InstanceRow } from '../cluster/lease-store.js';
 
 export type { InstanceRow };
 
-/** The NOTIFY channel: payloads `changed:<uuid>.<device>` (a row to re-read) or `owners` (ownership moved). */
+/**
+ * The NOTIFY channel: payloads `changed:<uuid>.<device>` (a row to re-read) or `owners` (ownership moved).
+ * @public the lease listener reads it too
+ */
 export const CHANNEL = 'mollysocket';
 
 /** bigint columns (epochs, unix times) as numbers: they stay far below 2^53. */
@@ -379,10 +382,10 @@ export class PostgresStore implements Store {
     return rows.map((r) => ({ uuid: r.uuid, deviceId: r.device_id, state: r.state, reason: r.reason, since: r.since, ...(r.retry_at !== null && { retryAt: r.retry_at }) }));
   }
 
-  /** Nothing to write: an instance's lease renewal is its heartbeat (see `renew`). */
-  async beat(_h: Heartbeat): Promise<void> {}
-
-  /** The most recently renewed instance (of this name, if given); ages come from the database's clock. */
+  /**
+   * The most recently renewed instance (of this name, if given): an instance's lease renewal is its heartbeat. Ages come
+   * from the database's clock.
+   */
   async heartbeat(name?: string): Promise<Heartbeat | undefined> {
     const live = (await this.instances())
       .filter((i) => name === undefined || i.name === name)
@@ -390,8 +393,12 @@ export class PostgresStore implements Store {
     return live && { pid: live.pid, version: live.version, startedAt: live.startedAt, seenAt: Date.now() - live.renewedAgoMs };
   }
 
-  /** Every instance leaves its own rows when it stops (`leave`); nothing is shared to clear. */
-  async clearLive(): Promise<void> {}
+  /** This instance's published states (its lease row, its heartbeat, goes when it leaves). */
+  async clearLive(): Promise<void> {
+    if (this.instance === undefined) return; // never joined: it published nothing
+    await this.rows('DELETE FROM live_state WHERE instance = $1', [this.instance]);
+    this.published.clear();
+  }
 
   async healthy(): Promise<boolean> {
     try {
@@ -402,15 +409,22 @@ export class PostgresStore implements Store {
     }
   }
 
-  /** clusterVapidKey keeps the cluster's public key in settings, where commands read it. */
-  async recordVapidKey(): Promise<void> {}
+  /** In settings, where every instance and command reads it (clusterVapidKey refuses a key other than the one kept). */
+  async recordVapidKey(publicKey: string): Promise<void> {
+    await this.rows(`INSERT INTO settings (name, value) VALUES ('vapid_public_key', $1) ON CONFLICT (name) DO UPDATE SET value = excluded.value`, [publicKey]);
+  }
 
   async recordedVapidKey(): Promise<string | undefined> {
     return this.setting('vapid_public_key');
   }
 
-  /** A database server is not a file that can vanish under the program: a failure shows as a failing query. */
-  async assertPresent(): Promise<void> {}
+  /**
+   * Conflicts PostgreSQL resolves by aborting one side, worth trying again: serialization failure, deadlock, a lock
+   * not available in time.
+   */
+  isTransient(err: unknown): boolean {
+    return ['40001', '40P01', '55P03'].includes((err as { code?: string }).code ?? '');
+  }
 
   /** Owed wake-ups travel with the rows: whoever claims them next pushes once connected. */
   async keepOwedWakeups(keys: ConnectionKey[]): Promise<void> {
@@ -421,9 +435,17 @@ export class PostgresStore implements Store {
     );
   }
 
-  /** Nothing to take at start: rows owed a wake-up carry owed_wake, and their claim pushes (see `claim`). */
+  /**
+   * Rows owed a wake-up carry owed_wake: a claim takes it with the row (see `claim`); this takes it from the rows this
+   * instance owns without a claim (handed over to it by an instance that stopped owing them one).
+   */
   async takeOwedWakeups(): Promise<ConnectionKey[]> {
-    return [];
+    if (this.instance === undefined) return []; // never joined: it owns nothing
+    const rows = await this.rows<{ uuid: string; device_id: number }>(
+      'UPDATE connections SET owed_wake = false WHERE owner = $1 AND owed_wake RETURNING uuid, device_id',
+      [this.instance],
+    );
+    return rows.map((r) => ({ uuid: r.uuid, deviceId: r.device_id }));
   }
 
   /** A stored setting; `init` is stored first when there is none yet, and whatever is stored wins. */

@@ -3,25 +3,6 @@ import Database from 'better-sqlite3';
 import { StoreError, type Connection, type ConnectionKey, type ForbiddenFor, type Heartbeat, type LiveState, type NewConnection, type OpenMode, type Store } from './store.js';
 
 /**
- * Schema versions: 0 is MollySocket's (one row per uuid; it never sets user_version); 2 is ours (one row per account
- * device); 3 adds what the running server publishes for `status` and `health` (connection states, heartbeat); 4 keeps
- * the wake-ups a stopping server still owed; 5 stores every uuid lower-case; 6 the VAPID public key the server signs
- * with, so that the CLI can tell when its own key differs; 7 when a connection in backoff tries next (`status`).
- */
-const SCHEMA_VERSION = 7;
-
-const CREATE_V4 = `
-  CREATE TABLE owed_wakeups(
-    uuid TEXT NOT NULL,
-    device_id INTEGER NOT NULL,
-    PRIMARY KEY (uuid, device_id)
-  )`;
-
-const CREATE_V6 = `CREATE TABLE IF NOT EXISTS server_info(name TEXT PRIMARY KEY, value TEXT NOT NULL)`;
-
-const CREATE_V7 = `ALTER TABLE live_state ADD COLUMN retry_at INTEGER`;
-
-/**
  * MollySocket's rows in our columns (a table with its schema named `table`): for the migration and for reading its
  * file as it is. Its forbidden flag carries no reason.
  */
@@ -32,24 +13,7 @@ const mollySocketRows = (table: string): string => `
          COALESCE(last_registration, 0) AS last_registration
   FROM ${table} WHERE uuid IS NOT NULL`;
 
-const CREATE_V3 = `
-  CREATE TABLE live_state(
-    uuid TEXT NOT NULL,
-    device_id INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    since INTEGER NOT NULL,
-    PRIMARY KEY (uuid, device_id)
-  );
-  CREATE TABLE heartbeat(
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    pid INTEGER NOT NULL,
-    version TEXT NOT NULL,
-    started_at INTEGER NOT NULL,
-    seen_at INTEGER NOT NULL
-  )`;
-
-const CREATE_V2 = `
+const CREATE_CONNECTIONS = `
   CREATE TABLE connections(
     uuid TEXT NOT NULL,
     device_id INTEGER NOT NULL CHECK (device_id >= 1),
@@ -63,6 +27,103 @@ const CREATE_V2 = `
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (uuid, device_id)
   )`;
+
+/** A step of the schema: run in one transaction with the others a file needs, in order, then `user_version` is set. */
+interface Migration {
+  /** The schema version the file has after this step (`user_version`). */
+  version: number;
+  up(db: Database.Database): void;
+}
+
+/**
+ * The schema of the file, one source: every version in order. 0 is MollySocket's (one row per uuid; it never sets
+ * user_version); 1 was never used. A file is brought from its version through every later step.
+ */
+const MIGRATIONS: Migration[] = [
+  {
+    // One row per account device; MollySocket's rows (one per uuid) move in, forbidden flag included.
+    version: 2,
+    up: (db) => {
+      const fromMollySocket = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'connections'`).get() !== undefined;
+      if (fromMollySocket) db.exec('ALTER TABLE connections RENAME TO connections_v1');
+      db.exec(CREATE_CONNECTIONS);
+      if (!fromMollySocket) return;
+      const now = Math.floor(Date.now() / 1000);
+      db.prepare(
+        `INSERT OR REPLACE INTO connections
+           (uuid, device_id, password, endpoint, forbidden, forbidden_reason, forbidden_at, last_registration, created_at, updated_at)
+         SELECT *, @now, @now FROM (${mollySocketRows('connections_v1')})`,
+      ).run({ now });
+      db.exec('DROP TABLE connections_v1');
+    },
+  },
+  {
+    // What the running server publishes for `status` and `health`: connection states, heartbeat.
+    version: 3,
+    up: (db) =>
+      db.exec(`
+        CREATE TABLE live_state(
+          uuid TEXT NOT NULL,
+          device_id INTEGER NOT NULL,
+          state TEXT NOT NULL,
+          reason TEXT NOT NULL,
+          since INTEGER NOT NULL,
+          PRIMARY KEY (uuid, device_id)
+        );
+        CREATE TABLE heartbeat(
+          id INTEGER PRIMARY KEY CHECK (id = 1),
+          pid INTEGER NOT NULL,
+          version TEXT NOT NULL,
+          started_at INTEGER NOT NULL,
+          seen_at INTEGER NOT NULL
+        )`),
+  },
+  {
+    // The wake-ups a stopping server still owed.
+    version: 4,
+    up: (db) =>
+      db.exec(`
+        CREATE TABLE owed_wakeups(
+          uuid TEXT NOT NULL,
+          device_id INTEGER NOT NULL,
+          PRIMARY KEY (uuid, device_id)
+        )`),
+  },
+  {
+    /**
+     * One spelling per uuid (lower case), so that one account device is one row and one socket. Rows that differ only
+     * in the case of their uuid are merged: the newest registration stays (then the newest change, then the one already
+     * lower-case), the others are dropped. What the server published is dropped too: it publishes again.
+     */
+    version: 5,
+    up: (db) =>
+      db.exec(`
+        DELETE FROM connections WHERE rowid IN (
+          SELECT rowid FROM (
+            SELECT rowid, ROW_NUMBER() OVER (
+              PARTITION BY lower(uuid), device_id
+              ORDER BY last_registration DESC, updated_at DESC, uuid = lower(uuid) DESC, uuid
+            ) AS rank
+            FROM connections)
+          WHERE rank > 1);
+        UPDATE connections SET uuid = lower(uuid) WHERE uuid <> lower(uuid);
+        INSERT OR IGNORE INTO owed_wakeups SELECT lower(uuid), device_id FROM owed_wakeups WHERE uuid <> lower(uuid);
+        DELETE FROM owed_wakeups WHERE uuid <> lower(uuid);
+        DELETE FROM live_state;`),
+  },
+  {
+    // The VAPID public key the server signs with, so that the CLI can tell when its own key differs.
+    version: 6,
+    up: (db) => db.exec(`CREATE TABLE IF NOT EXISTS server_info(name TEXT PRIMARY KEY, value TEXT NOT NULL)`),
+  },
+  {
+    // When a connection in backoff tries next, for `status`.
+    version: 7,
+    up: (db) => db.exec('ALTER TABLE live_state ADD COLUMN retry_at INTEGER'),
+  },
+];
+
+const SCHEMA_VERSION = MIGRATIONS.at(-1)!.version;
 
 interface Row {
   uuid: string;
@@ -212,17 +273,8 @@ export class SqliteStore implements Store {
       .transaction(() => {
         const current = version();
         if (current === SCHEMA_VERSION) return; // another process did it meanwhile
-        if (!this.hasTable('connections')) this.db.exec(CREATE_V2);
-        else if (current < 2) {
-          this.fromMollySocket();
-          this.migratedFrom = { backup };
-        }
-        if (current < 3) this.db.exec(CREATE_V3);
-        if (current < 4) this.db.exec(CREATE_V4);
-        if (current < 5) this.canonicalUuids();
-        if (current < 6) this.db.exec(CREATE_V6);
-        const liveColumns = this.db.pragma('table_info(live_state)') as { name: string }[];
-        if (current < 7 && !liveColumns.some((c) => c.name === 'retry_at')) this.db.exec(CREATE_V7);
+        if (current < 2 && this.hasTable('connections')) this.migratedFrom = { backup }; // MollySocket's rows move in
+        for (const step of MIGRATIONS) if (current < step.version) step.up(this.db);
         this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
       })
       .immediate();
@@ -246,42 +298,6 @@ export class SqliteStore implements Store {
     }
   }
 
-  /** Moves every row of MollySocket's table (one per uuid) into ours (one per account device), forbidden flag included. */
-  private fromMollySocket(): void {
-    const now = Math.floor(Date.now() / 1000);
-    this.db.exec('ALTER TABLE connections RENAME TO connections_v1');
-    this.db.exec(CREATE_V2);
-    this.db
-      .prepare(
-        `INSERT OR REPLACE INTO connections
-           (uuid, device_id, password, endpoint, forbidden, forbidden_reason, forbidden_at, last_registration, created_at, updated_at)
-         SELECT *, @now, @now FROM (${mollySocketRows('connections_v1')})`,
-      )
-      .run({ now });
-    this.db.exec('DROP TABLE connections_v1');
-  }
-
-  /**
-   * One spelling per uuid (lower case), so that one account device is one row and one socket. Rows that differ only in
-   * the case of their uuid are merged: the newest registration stays (then the newest change, then the one already
-   * lower-case), the others are dropped. What the server published is dropped too: it publishes again.
-   */
-  private canonicalUuids(): void {
-    this.db.exec(`
-      DELETE FROM connections WHERE rowid IN (
-        SELECT rowid FROM (
-          SELECT rowid, ROW_NUMBER() OVER (
-            PARTITION BY lower(uuid), device_id
-            ORDER BY last_registration DESC, updated_at DESC, uuid = lower(uuid) DESC, uuid
-          ) AS rank
-          FROM connections)
-        WHERE rank > 1);
-      UPDATE connections SET uuid = lower(uuid) WHERE uuid <> lower(uuid);
-      INSERT OR IGNORE INTO owed_wakeups SELECT lower(uuid), device_id FROM owed_wakeups WHERE uuid <> lower(uuid);
-      DELETE FROM owed_wakeups WHERE uuid <> lower(uuid);
-      DELETE FROM live_state;`);
-  }
-
   async get(key: ConnectionKey): Promise<Connection | undefined> {
     const row = this.db
       .prepare(`SELECT * FROM ${this.connections} WHERE uuid = ? AND device_id = ?`)
@@ -300,6 +316,7 @@ export class SqliteStore implements Store {
   }
 
   async put(c: NewConnection, now: number): Promise<Connection> {
+    this.assertPresent();
     const row = this.db
       .prepare(
         `INSERT INTO connections (uuid, device_id, password, endpoint, forbidden, last_registration, created_at, updated_at)
@@ -314,6 +331,7 @@ export class SqliteStore implements Store {
   }
 
   async touchRegistration(key: ConnectionKey, now: number): Promise<Connection | undefined> {
+    this.assertPresent();
     const row = this.db
       .prepare('UPDATE connections SET last_registration = ? WHERE uuid = ? AND device_id = ? RETURNING *')
       .all(now, key.uuid, key.deviceId)[0] as Row | undefined;
@@ -374,6 +392,7 @@ export class SqliteStore implements Store {
     ).map((r) => ({ uuid: r.uuid, deviceId: r.device_id, state: r.state, reason: r.reason, since: r.since, ...(typeof r.retry_at === 'number' && { retryAt: r.retry_at }) }));
   }
 
+  /** The file's one server writes its heartbeat every few seconds (see `heartbeats` in open.ts). */
   async beat(h: Heartbeat): Promise<void> {
     this.db
       .prepare(
@@ -383,6 +402,7 @@ export class SqliteStore implements Store {
       .run(h);
   }
 
+  /** The one server of this file: no name needed. */
   async heartbeat(): Promise<Heartbeat | undefined> {
     if (!this.hasTable('heartbeat')) return undefined;
     const r = this.db.prepare('SELECT * FROM heartbeat WHERE id = 1').get() as
@@ -426,7 +446,13 @@ export class SqliteStore implements Store {
     }
   }
 
-  async assertPresent(): Promise<void> {
+  /** Answers SQLite gives while another connection holds the lock: worth waiting for. */
+  isTransient(err: unknown): boolean {
+    return /^SQLITE_(BUSY|LOCKED)/.test((err as { code?: string }).code ?? '');
+  }
+
+  /** Throws when what is written now would be lost (the file was deleted or replaced under the server). */
+  private assertPresent(): void {
     if (!this.present()) {
       throw new StoreError(`the database ${this.path} was deleted or replaced while the server runs: restore it and restart`);
     }

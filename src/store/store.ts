@@ -60,7 +60,8 @@ export class StoreError extends Error {
 
 /**
  * Where the backends meet: every query the server and the CLI make. SQLite (one machine, the default) and
- * PostgreSQL (several instances, src/store/postgres.ts) both implement it; PostgreSQL is asynchronous, so all of it is.
+ * PostgreSQL (several instances) both implement all of it; PostgreSQL is asynchronous, so all of it is. What only one
+ * backend can do is offered by its opening (src/store/open.ts), never as a method that does nothing on the other.
  */
 export interface Store {
   /** The file path, or the URL without its password. */
@@ -68,9 +69,13 @@ export interface Store {
   get(key: ConnectionKey): Promise<Connection | undefined>;
   /** Every connection, or those of one account, or of one of its devices. */
   list(filter?: { uuid?: string; deviceId?: number }): Promise<Connection[]>;
-  /** Inserts or fully replaces a connection, enabled, as a fresh registration at `now` (unix seconds). */
+  /**
+   * Inserts or fully replaces a connection, enabled, as a fresh registration at `now` (unix seconds). Throws when what
+   * is written would be lost (a file deleted or replaced under the server): a registration is answered `ok` only once
+   * it is stored.
+   */
   put(c: NewConnection, now: number): Promise<Connection>;
-  /** An identical registration: only remembers when it was seen. */
+  /** An identical registration: only remembers when it was seen (throws as `put` does). */
   touchRegistration(key: ConnectionKey, now: number): Promise<Connection | undefined>;
   /**
    * Marks an enabled connection forbidden, compare-and-set on what the decision was made for (the endpoint or the
@@ -89,22 +94,24 @@ export interface Store {
   /** The running server's connection states (all of them; a backend writes only what changed). */
   publishStates(states: LiveState[]): Promise<void>;
   liveStates(): Promise<LiveState[]>;
-  beat(h: Heartbeat): Promise<void>;
-  /** The running server's heartbeat (PostgreSQL: the freshest instance's). */
-  heartbeat(): Promise<Heartbeat | undefined>;
+  /**
+   * The running server's heartbeat: a file's one server, or the most recently renewed of several instances (of this
+   * `name`, when given: `health` asks about its own host's instance; a file has only one server to ask about).
+   */
+  heartbeat(name?: string): Promise<Heartbeat | undefined>;
   /** The server records the VAPID public key it signs with (commands check theirs against it). */
   recordVapidKey(publicKey: string): Promise<void>;
   /** The VAPID public key the server last started with; undefined when none ran on this database yet. */
   recordedVapidKey(): Promise<string | undefined>;
-  /** The server stopped: nothing it published is current any more. */
+  /** This server stopped cleanly: nothing it published (states, heartbeat) is current any more. */
   clearLive(): Promise<void>;
   /** Whether the database answers (and, for a file, is still the one opened). */
   healthy(): Promise<boolean>;
-  /** Throws when what is written now would be lost (the file was deleted or replaced under the server). */
-  assertPresent(): Promise<void>;
+  /** Whether a write failed only because another process holds a lock (worth retrying soon), by this backend's codes. */
+  isTransient(err: unknown): boolean;
   /** Keeps the connections a stopping server still owed a wake-up. */
   keepOwedWakeups(keys: ConnectionKey[]): Promise<void>;
-  /** The wake-ups owed since the last shutdown, forgotten as they are read. */
+  /** The wake-ups owed to the connections this server runs, forgotten as they are read. */
   takeOwedWakeups(): Promise<ConnectionKey[]>;
   close(): Promise<void>;
 }

@@ -14,8 +14,6 @@ interface Pending {
   then: (() => void) | undefined;
 }
 
-/** Answers SQLite gives while another connection holds the lock: worth waiting for. */
-const isBusy = (err: unknown): boolean => /^SQLITE_(BUSY|LOCKED)/.test((err as { code?: string }).code ?? '');
 
 export class StoreWrites {
   private readonly queue: Pending[] = [];
@@ -25,12 +23,15 @@ export class StoreWrites {
   private attempt = 0;
   private failure: { error: string; since: number } | undefined;
   private readonly clock: Clock;
+  private readonly isTransient: (err: unknown) => boolean;
 
+  /** `isTransient`: the store's own word on whether a failed write is worth retrying soon (another holds the lock). */
   constructor(
     private readonly log: Logger,
-    opts: { clock?: Clock } = {},
+    opts: { isTransient: (err: unknown) => boolean; clock?: Clock },
   ) {
     this.clock = opts.clock ?? systemClock;
+    this.isTransient = opts.isTransient;
   }
 
   /**
@@ -63,7 +64,7 @@ export class StoreWrites {
         return result;
       } catch (err) {
         this.failed(err);
-        if (!isBusy(err) || this.clock.now() >= deadline) throw err;
+        if (!this.isTransient(err) || this.clock.now() >= deadline) throw err;
         await new Promise<void>((resolve) => this.clock.setTimeout(resolve, Math.min(20 * 2 ** attempt, 250)));
       }
     }

@@ -77,7 +77,7 @@ const MAX_HOST_LENGTH = 261; // 253 for the name, a port
 /** Far more than a real link needs, and a QR code that stays cheap to draw and easy to scan. */
 const MAX_LINK_LENGTH = 1_000;
 /** A host name or IP literal with an optional port that makes a URL (`a:99999` and `[1.2.3.4]` look like one but do not). */
-export const isValidHost = (host: string | undefined): boolean =>
+const isValidHost = (host: string | undefined): boolean =>
   host === undefined || (host.length <= MAX_HOST_LENGTH && HOST_HEADER.test(host) && URL.canParse(`https://${host}/`));
 
 type Headers = Record<string, string | string[] | undefined>;

@@ -24,7 +24,7 @@ const escapeHtml = (s: string): string =>
  * The host of a server URL when a phone cannot reach it: `localhost` names, and IP addresses that are not globally
  * routable (loopback, private ranges). Such a link works only on this machine or its LAN. Pure.
  */
-export function unreachableHost(url: string): string | undefined {
+function unreachableHost(url: string): string | undefined {
   const { hostname, host } = new URL(url);
   const ip = hostname.replace(/^\[(.*)\]$/, '$1');
   if (hostname === 'localhost' || hostname.endsWith('.localhost')) return host;
@@ -72,7 +72,7 @@ const BREAKABLE_VALUES = new Set(['vapid', 'url']);
  * The link as markup a narrow screen breaks only where a person would: after `?`, `&` and `=` (`<wbr>`), and inside
  * the key and URL, which no screen of 360 px holds on one line. Its text is the link, unchanged. Pure.
  */
-export function linkMarkup(link: string): string {
+function linkMarkup(link: string): string {
   const at = link.indexOf('?');
   if (at < 0) return escapeHtml(link);
   const params = link.slice(at + 1).split('&').map((param) => {

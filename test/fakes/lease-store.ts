@@ -1,6 +1,6 @@
 import type { Clock } from '../../src/clock.js';
 import type { Claimed, HandOverState, InstanceRow, LeaseStore, NoteHandlers, NoteListener, Renewal } from '../../src/cluster/lease-store.js';
-import { bucketOf } from '../../src/cluster/shares.js';
+import { bucketOf } from '../../src/buckets.js';
 import { connectionKey, type Connection, type ConnectionKey, type NewConnection } from '../../src/store/store.js';
 
 interface InstanceData {

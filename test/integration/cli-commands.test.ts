@@ -214,7 +214,7 @@ describe('status and connection list', () => {
 describe('test endpoint and test uuid', () => {
   it('gives a verdict, with a non-zero exit when not valid', async () => {
     const w = workdir({ MOLLY_ALLOWED_UUIDS: `["${UUID}"]` });
-    w.createDb();
+    await w.createDb();
     const ok = await w.run('test', 'endpoint', push.endpoint());
     expect(ok.code).toBe(0);
     expect(ok.stdout).toMatch(/is valid \(pushed to 127\.0\.0\.1\)/);
@@ -233,7 +233,7 @@ describe('test endpoint and test uuid', () => {
 describe('vapid', () => {
   it('pub prints the public key of the configured key; test prints a header valid for the endpoint origin', async () => {
     const w = workdir({ MOLLY_VAPID_PRIVKEY: PRIV });
-    w.createDb();
+    await w.createDb();
     expect((await w.run('vapid', 'pub')).stdout).toBe(`${PUB}\n`);
     const header = (await w.run('vapid', 'test', 'https://push.example:8443/up/abc')).stdout.trim();
     expect(checkVapid(header, 'https://push.example:8443', Math.floor(Date.now() / 1000))).toMatchObject({ ok: true, publicKey: PUB });
@@ -242,7 +242,7 @@ describe('vapid', () => {
 
   it('pub keeps a generated key that the server then uses', async () => {
     const w = workdir();
-    w.createDb();
+    await w.createDb();
     const pub = (await w.run('vapid', 'pub')).stdout.trim();
     expect(pub).toMatch(/^[A-Za-z0-9_-]{87}$/);
     expect(existsSync(join(w.cwd, 'vapid.key'))).toBe(true);
@@ -264,7 +264,7 @@ describe('vapid', () => {
 describe('qr-code', () => {
   it('draws the link for a URL and for air-gapped mode with block characters', async () => {
     const w = workdir({ MOLLY_VAPID_PRIVKEY: PRIV });
-    w.createDb();
+    await w.createDb();
     const url = await w.run('qr-code', 'url', 'https://molly.example.org/push/');
     expect(url.code).toBe(0);
     expect(url.stdout).toMatch(/[█▀▄]/);
@@ -361,7 +361,7 @@ describe('global options', () => {
 
   it('reads the configuration from MOLLY_CONF', async () => {
     const cwd = tempDir();
-    Store.open(join(cwd, 'mollysocket.db')).close();
+    await Store.open(join(cwd, 'mollysocket.db')).close();
     const conf = join(cwd, 'elsewhere.toml');
     writeFileSync(conf, `vapid_privkey = "${PRIV}"\n`);
     expect((await runBin(['vapid', 'pub'], { cwd, env: { MOLLY_CONF: conf } })).stdout).toBe(`${PUB}\n`);

@@ -21,7 +21,7 @@ describe.skipIf(postgresMissing !== undefined)('read-only commands on PostgreSQL
       expect(r.code).toBe(2);
       expect(r.stderr).toMatch(/no mollysocket tables in the database postgres:\/\/postgres@127\.0\.0\.1:\d+\/t_\w+ \(setting "db"\): start the server on it first/);
     }
-    const store = await openStore(url, { mode: 'create' }); // the server would create them
+    const { store } = await openStore(url, { mode: 'create' }); // the server would create them
     expect(await store.list()).toEqual([]);
     await store.close();
     expect((await runBin(['connection', 'list'], { cwd: tempDir(), env: { MOLLY_DB: url } })).code).toBe(0);
@@ -49,7 +49,7 @@ describe.skipIf(postgresMissing !== undefined)('db copy', () => {
     expect(up.code).toBe(0);
     expect(up.stdout).toMatch(/^Copied 3 connection\(s\) from .*mollysocket.db to postgres:\/\/postgres@127.0.0.1:\d+\/t_\w+\.$/m);
     expect(up.stdout).toMatch(/VAPID key: copied into postgres/);
-    const pg = await openStore(url);
+    const { store: pg } = await openStore(url);
     expect(kept(await pg.list())).toEqual(kept(original));
     await pg.close();
     expect((await pub(url)).stdout.trim()).toBe(key); // every instance on PostgreSQL uses the same key
@@ -79,7 +79,7 @@ describe.skipIf(postgresMissing !== undefined)('db copy', () => {
   it('into a place that already holds another VAPID key: exits 2 naming both public keys and copies nothing, unless --force', async () => {
     const cwd = tempDir();
     const url = await freshDatabase();
-    const pg = await openStore(url, { mode: 'create' });
+    const { store: pg } = await openStore(url, { mode: 'create' });
     await pg.put({ uuid: A, deviceId: 1, password: 'pa', endpoint: 'https://push.example/up/a' }, 1_700_000_000);
     await pg.close();
     const pub = (db: string) => runBin(['vapid', 'pub'], { cwd, env: { MOLLY_DB: db } });

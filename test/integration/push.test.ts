@@ -1,5 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { EndpointPolicy, type Resolver } from '../../src/policy.js';
+import { RelayEvents } from '../../src/events.js';
+import { EndpointPolicy } from '../../src/policy.js';
+import type { Resolver } from '../../src/resolver.js';
 import { PushClient } from '../../src/push/client.js';
 import { Notifier } from '../../src/push/notifier.js';
 import { parsePrivateKey, VapidSigner } from '../../src/push/vapid.js';
@@ -51,7 +53,7 @@ describe('push client against a push server', () => {
     const counting = { send: (...args: Parameters<PushClient['send']>) => client.send(...args).finally(() => answers++) };
     const notifier = new Notifier(
       { minIntervalMs: 1_000, retry: { baseMs: 1_000, capMs: 60_000 }, giveUpAfterMs: 3600_000 },
-      { client: counting, log: memoryLogger().log, clock, random: () => 1, onGone: () => {}, isActive: () => true },
+      { client: counting, log: memoryLogger().log, clock, random: () => 1, events: new RelayEvents(), isActive: () => true },
     );
     notifier.urgent(conn);
     for (const [n, delay] of [[1, 1_000], [2, 2_000], [3, 4_000]] as const) {

@@ -2,6 +2,8 @@ import { join } from 'node:path';
 import WebSocket from 'ws';
 import { afterEach, describe, expect, it } from 'vitest';
 import { LINK_LIMITS } from '../../src/signal/link.js';
+import { Solo } from '../../src/cluster/solo.js';
+import { RelayEvents } from '../../src/events.js';
 import { Supervisor, type SupervisorOptions } from '../../src/signal/supervisor.js';
 import { SqliteStore as Store } from '../../src/store/sqlite.js';
 import { type Connection } from '../../src/store/store.js';
@@ -50,7 +52,6 @@ async function harness(over: Partial<SupervisorOptions> = {}, at?: string | ((si
     backoff: { baseMs: 1_000, capMs: 300_000 },
     healthyAfterMs: 60_000,
     ramp: { ratePerSecond: 100, concurrency: 50 },
-    storePollMs: 2_000,
     deliveryCheckIntervalMs: 3600_000,
     keepaliveTickMs: 1_000,
     leftBehindKeptMs: 7 * 86_400_000,
@@ -61,13 +62,16 @@ async function harness(over: Partial<SupervisorOptions> = {}, at?: string | ((si
     link: { ...LINK_OPTIONS, ...over.link, url: url ?? signal.url },
   };
   // random() = 1 by default: every backoff delay is the whole step, so the schedule is exact.
+  const events = new RelayEvents();
+  events.on('urgent', (c) => urgent.push(c));
+  events.on('deliveryCheck', (c) => checks.push(c));
   const sup = new Supervisor(options, {
     store,
+    ownership: new Solo(store, 2_000, clock, log), // the CLI's changes are seen within 2 s
     log,
     clock,
     random,
-    onUrgent: (c) => urgent.push(c),
-    onDeliveryCheck: (c) => checks.push(c),
+    events,
   });
   const h = { signal, store, dbPath, clock, sup, urgent, checks, logs: lines };
   running.push(h);
@@ -270,8 +274,8 @@ describe('outcomes', () => {
 
   it('a 403 for credentials another process replaced meanwhile forbids nothing: the new ones connect', async () => {
     const h = await harness();
-    register(h, A);
-    h.sup.start();
+    await register(h, A);
+    await h.sup.start();
     await connected(h, A);
     // The CLI stores new credentials; before the next poll, the old socket ends and Signal refuses the old password.
     const relinked = { ...A, password: 'relinked' };
@@ -413,8 +417,8 @@ describe('recovery after an outage', () => {
       deviceId: 1,
       password: `pw${i}`,
     }));
-    for (const a of accounts) register(h, a);
-    h.sup.start();
+    for (const a of accounts) await register(h, a);
+    await h.sup.start();
     await eventually(() => accounts.every((a) => h.sup.state(a) === 'connected'), 'all connected');
 
     // Blackout: keepalives go unanswered, so every socket is given up; reconnects are refused for a while.
@@ -507,7 +511,7 @@ describe('forbidden connections left behind by a re-link', () => {
     await h.store.setForbidden(other, 'signal_403', { password: other.password }, now());
     h.signal.addAccount(relinked);
     await h.store.put({ ...relinked, endpoint: ENDPOINT }, now()); // registered here after the unlinked device
-    h.sup.start();
+    await h.sup.start();
     await connected(h, relinked);
 
     await passTime(h, 50_000);

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { isGlobalAddress, isLocalNetworkAddress } from '../../src/addresses.js';
-import { EndpointPolicy, type Resolver } from '../../src/policy.js';
+import { EndpointPolicy } from '../../src/policy.js';
+import type { Resolver } from '../../src/resolver.js';
 
 describe('address classification', () => {
   it.each([

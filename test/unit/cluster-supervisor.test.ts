@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { OwnedConnections, Ownership } from '../../src/cluster/ownership.js';
+import { RelayEvents } from '../../src/events.js';
 import { Supervisor } from '../../src/signal/supervisor.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import type { Connection } from '../../src/store/store.js';
@@ -57,7 +58,6 @@ async function harness(allowed: boolean) {
       backoff: { baseMs: 1_000, capMs: 300_000 },
       healthyAfterMs: 60_000,
       ramp: { ratePerSecond: 100, concurrency: 50 },
-      storePollMs: 2_000,
       deliveryCheckIntervalMs: 3600_000,
       keepaliveTickMs: 1_000,
       leftBehindKeptMs: 7 * 86_400_000,
@@ -65,7 +65,7 @@ async function harness(allowed: boolean) {
       recoveryIntervalMs: 1_000,
       handOverTimeoutMs: 5_000,
     },
-    { store, log: memoryLogger().log, clock, random: () => 1, onUrgent: () => {}, onDeliveryCheck: () => {}, ownership },
+    { store, log: memoryLogger().log, clock, random: () => 1, events: new RelayEvents(), ownership },
   );
   running.push({ sup, signal, store });
   await sup.start();

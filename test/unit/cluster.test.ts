@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { LeaseClock } from '../../src/cluster/lease.js';
-import { assignBuckets, bucketOf, bucketsOf, BUCKETS, handOvers, leaseTimings } from '../../src/cluster/shares.js';
+import { bucketOf, BUCKETS } from '../../src/buckets.js';
+import { assignBuckets, bucketsOf, handOvers, leaseTimings } from '../../src/cluster/shares.js';
 
 const members = (...names: string[]) => names.map((name, i) => ({ id: `id-${name}-${i}`, name }));
 

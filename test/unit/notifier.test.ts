@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { RelayEvents } from '../../src/events.js';
 import { Metrics } from '../../src/metrics.js';
 import type { PushKind, PushOutcome } from '../../src/push/client.js';
 import { Notifier, type NotifierOptions } from '../../src/push/notifier.js';
@@ -46,9 +47,11 @@ function harness(opts: Partial<NotifierOptions> = {}, autoAnswer?: (n: number) =
         if (autoAnswer) resolve(autoAnswer(sent.length - 1));
       }),
   };
+  const events = new RelayEvents();
+  events.on('gone', (c) => gone.push(c));
   const notifier = new Notifier(
     { minIntervalMs: 1_000, retry: { baseMs: 1_000, capMs: 300_000 }, giveUpAfterMs: 24 * 3600_000, ...opts },
-    { client, log, metrics, clock, random: () => 1, onGone: (c) => gone.push(c), isActive: () => active },
+    { client, log, metrics, clock, random: () => 1, events, isActive: () => active },
   );
   return { clock, sent, gone, notifier, lines, metrics, deactivate: () => (active = false) };
 }

@@ -1,16 +1,20 @@
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import { packageRoot } from '../../src/paths.js';
 import { SqliteStore as Store } from '../../src/store/sqlite.js';
 import { openStore } from '../../src/store/open.js';
-import { type Store as AnyStore } from '../../src/store/store.js';
+import pg from 'pg';
+import { systemClock } from '../../src/clock.js';
+import type { OwnedConnections } from '../../src/cluster/ownership.js';
+import { parsePrivateKey, publicKeyOf } from '../../src/push/vapid.js';
+import { connectionKey, type Connection, type ConnectionKey, type Store as AnyStore } from '../../src/store/store.js';
 import { PostgresStore } from '../../src/store/postgres.js';
 import { PgLeaseStore } from '../../src/cluster/postgres-leases.js';
 import { freshDatabase, postgresMissing } from '../helpers/postgres.js';
-import { tempDir } from '../helpers/index.js';
+import { eventually, memoryLogger, tempDir, TEST_VAPID } from '../helpers/index.js';
 
 const UUID = '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e';
 const UUID2 = '0b6c2f4e-8d1a-4c3b-9e5f-7a6b5c4d3e2f';
@@ -108,7 +112,7 @@ describe('Store: the SQLite file', () => {
 
   it('migrates a file with both spellings of a uuid to one lower-case row per account device, the newest registration', async () => {
     const path = join(tempDir(), 'v4.db');
-    Store.open(path).close();
+    await Store.open(path).close();
     const raw = new Database(path);
     const insert = raw.prepare(
       `INSERT INTO connections (uuid, device_id, password, endpoint, last_registration, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, 1)`,
@@ -127,6 +131,32 @@ describe('Store: the SQLite file', () => {
       [UUID, 2, 'only'],
     ]);
     await store.close();
+  });
+
+  it('tells the server opening it that the last server on the file stopped without clearing its heartbeat', async () => {
+    const path = join(tempDir(), 'h.db');
+    const first = await openStore(path, { server: true });
+    expect(first.report.uncleanStop).toBe(false);
+    await first.heartbeats!.beat({ pid: 1, version: 'v', startedAt: 1, seenAt: 2 });
+    await first.store.close(); // killed: no clearLive
+    const second = await openStore(path, { server: true });
+    expect(second.report.uncleanStop).toBe(true);
+    await second.store.clearLive();
+    await second.store.close();
+    const third = await openStore(path, { server: true });
+    expect(third.report.uncleanStop).toBe(false);
+    await third.store.close();
+  });
+
+  it('refuses to recreate for the server a file that vanished from beside its kept VAPID key', async () => {
+    const dir = tempDir();
+    const backend = await openStore(join(dir, 'v.db'), { server: true });
+    await backend.vapidKey.resolve({ vapid_privkey: undefined, vapid_key_file: undefined }, { generate: true });
+    await backend.store.close();
+    rmSync(join(dir, 'v.db'));
+    await expect(openStore(join(dir, 'v.db'), { server: true })).rejects.toThrow(/is missing, but the VAPID key kept beside it/);
+    expect(existsSync(join(dir, 'v.db'))).toBe(false);
+    await (await openStore(join(dir, 'v.db'))).store.close(); // a command that creates (connection add) may
   });
 
   it('says which setting to fix when the file cannot be opened', () => {
@@ -187,16 +217,92 @@ describe('Store: the SQLite file', () => {
   });
 });
 
-/** The same contract on both backends: what the server, the CLI, `status` and `health` rely on. */
-// Without PostgreSQL (a laptop; CI fails instead) its cases are left out, as test/helpers/postgres.ts says.
-const backends: [string, () => Promise<AnyStore>][] = [
-  ['SQLite', async () => openStore(join(tempDir(), 'c.db'))],
-  ...(postgresMissing ? [] : [['PostgreSQL', async () => openStore(await freshDatabase())] as [string, () => Promise<AnyStore>]]),
-];
+/** A fake supervisor: what an ownership driver told it to run. */
+function ownedBy(): OwnedConnections & { running: Map<string, Connection>; owed: ConnectionKey[] } {
+  const running = new Map<string, Connection>();
+  const owed: ConnectionKey[] = [];
+  return {
+    running,
+    owed,
+    reconcile: (conns) => {
+      running.clear();
+      for (const c of conns) running.set(connectionKey(c), c);
+    },
+    sync: (c) => void running.set(connectionKey(c), c),
+    remove: (k) => void running.delete(connectionKey(k)),
+    handOver: (k) => void running.delete(connectionKey(k)),
+    handingOver: () => 0,
+    owePush: (k) => void owed.push({ uuid: k.uuid, deviceId: k.deviceId }),
+    leaseRegained: () => {},
+    reachesSignal: () => true,
+  };
+}
 
-describe.each(backends)('Store contract on %s', (_name, open) => {
+/** How each backend is reached, and how another client makes a write to it fail on a lock. */
+interface BackendUnderTest {
+  db: () => Promise<string>;
+  lockConflict: (db: string, store: AnyStore) => Promise<unknown>;
+}
+
+const sqlite: BackendUnderTest = {
+  db: async () => join(tempDir(), 'c.db'),
+  lockConflict: async (db, store) => {
+    const other = new Database(db);
+    other.exec('BEGIN IMMEDIATE');
+    try {
+      await store.put({ uuid: UUID, deviceId: 9, password: 'p', endpoint: 'https://e/9' }, 1);
+    } catch (err) {
+      return err;
+    } finally {
+      other.exec('ROLLBACK');
+      other.close();
+    }
+    throw new Error('the write did not wait for the lock');
+  },
+};
+
+const postgres: BackendUnderTest = {
+  db: freshDatabase,
+  lockConflict: async (db) => {
+    const [holder, waiter] = [new pg.Client(db), new pg.Client(db)];
+    await Promise.all([holder.connect(), waiter.connect()]);
+    try {
+      await holder.query('BEGIN; LOCK TABLE connections IN ACCESS EXCLUSIVE MODE');
+      await waiter.query(`SET lock_timeout = '10ms'; INSERT INTO settings VALUES ('x', 'y'); LOCK TABLE connections`);
+    } catch (err) {
+      return err;
+    } finally {
+      await Promise.all([holder.end(), waiter.end()]);
+    }
+    throw new Error('the lock did not conflict');
+  },
+};
+
+/** The same contract on both backends: what the server, the CLI, `status` and `health` rely on, every method of it. */
+// Without PostgreSQL (a laptop; CI fails instead) its cases are left out, as test/helpers/postgres.ts says.
+const backends: [string, BackendUnderTest][] = [['SQLite', sqlite], ...(postgresMissing ? [] : [['PostgreSQL', postgres] as [string, BackendUnderTest]])];
+
+describe.each(backends)('Store contract on %s', (_name, backend) => {
+  const open = async (): Promise<AnyStore> => (await openStore(await backend.db())).store;
+  const { log } = memoryLogger();
+  /** What the server gives the ownership driver; a lease of 3 s renews every second. */
+  const context = {
+    pollMs: 20,
+    leaseSeconds: 3,
+    name: 'n1',
+    version: 'v',
+    pid: process.pid,
+    reconcileMs: 30_000,
+    handOverTimeoutMs: 10_000,
+    listenUrl: undefined,
+    probeSignal: async () => true,
+    clock: systemClock,
+    log,
+  };
+
   it('keys connections by account and device, with forbidden reasons', async () => {
-    const store = await open();
+    const db = await backend.db();
+    const { store } = await openStore(db);
     await store.put({ uuid: UUID, deviceId: 1, password: 'a', endpoint: 'https://e/1' }, 10);
     const second = await store.put({ uuid: UUID, deviceId: 2, password: 'b', endpoint: 'https://e/2' }, 11);
     expect(second).toMatchObject({ uuid: UUID, deviceId: 2, password: 'b', forbidden: false, createdAt: 11 });
@@ -217,6 +323,7 @@ describe.each(backends)('Store contract on %s', (_name, open) => {
     expect((await store.list()).map((c) => c.uuid)).toEqual([UUID2]);
     expect(await store.get({ uuid: UUID, deviceId: 1 })).toBeUndefined();
     expect(await store.healthy()).toBe(true);
+    expect(store.location).toBe(db); // a URL without a password shows as it is
     await store.close();
   });
 
@@ -233,23 +340,118 @@ describe.each(backends)('Store contract on %s', (_name, open) => {
     await store.close();
   });
 
-  it('publishes live states and a heartbeat for status and health', async () => {
+  it('imports connections as they are, owned by nobody, and removes one only while it is forbidden', async () => {
+    const from = await open();
+    await from.put({ uuid: UUID, deviceId: 1, password: 'a', endpoint: 'https://e/1' }, 10);
+    await from.put({ uuid: UUID, deviceId: 2, password: 'b', endpoint: 'https://e/2' }, 11);
+    await from.setForbidden({ uuid: UUID, deviceId: 2 }, 'signal_403', { password: 'b' }, 12);
+    const conns = await from.list();
+    await from.close();
     const store = await open();
+    await store.importConnections(conns);
+    expect(await store.list()).toEqual(conns);
+    expect(await store.removeForbidden({ uuid: UUID, deviceId: 1 })).toBe(false); // enabled: kept
+    expect(await store.removeForbidden({ uuid: UUID, deviceId: 2 })).toBe(true);
+    expect((await store.list()).map((c) => c.deviceId)).toEqual([1]);
+    await store.close();
+  });
+
+  it('gives the ownership that runs every stored connection here (one server, or the only instance)', async () => {
+    const db = await backend.db();
+    const { store, ownership } = await openStore(db);
     await store.put({ uuid: UUID, deviceId: 1, password: 'a', endpoint: 'https://e/1' }, 10);
-    if (store instanceof PostgresStore) {
-      // An instance's lease row is its heartbeat; it publishes under its id.
-      await new PgLeaseStore(store, { answerMs: 5_000 }).join({ id: 'i1', name: 'one', pid: 42, version: 'v' }, 10_000);
-    }
-    await store.beat({ pid: 42, version: 'v', startedAt: 1, seenAt: Date.now() });
+    const target = ownedBy();
+    const owner = ownership(context);
+    await owner.start(target);
+    await eventually(() => target.running.has(`${UUID}.1`), 'the stored connection runs here');
+    expect(owner.canConnect(target.running.get(`${UUID}.1`)!)).toBe(true);
+    const cli = (await openStore(db, { mode: 'write' })).store;
+    await cli.put({ uuid: UUID, deviceId: 2, password: 'b', endpoint: 'https://e/2' }, 11);
+    await eventually(() => target.running.has(`${UUID}.2`), "another process's new connection is followed");
+    // Where several instances share the database, `status` lists them and what each owns.
+    const reader = await openStore(db, { mode: 'read' });
+    const instances = await reader.instances?.();
+    await reader.store.close();
+    if (instances) expect(instances.map((i) => [i.name, i.live, i.owned])).toEqual([['n1', true, 2]]);
+    await owner.stop(1_000);
+    await Promise.all([store.close(), cli.close()]);
+  });
+
+  it('publishes live states and a heartbeat while a server runs, and clears them when it stops', async () => {
+    const db = await backend.db();
+    const { store, ownership, heartbeats } = await openStore(db);
+    const owner = ownership(context);
+    await owner.start(ownedBy());
+    const startedAt = Date.now();
+    await heartbeats?.beat({ pid: process.pid, version: 'v', startedAt, seenAt: Date.now() }); // else the lease is the heartbeat
     await store.publishStates([{ uuid: UUID, deviceId: 1, state: 'connected', reason: 'open', since: 5 }]);
-    expect(await store.liveStates()).toEqual([{ uuid: UUID, deviceId: 1, state: 'connected', reason: 'open', since: 5 }]);
+    await store.put({ uuid: UUID, deviceId: 1, password: 'a', endpoint: 'https://e/1' }, 10);
+    const reader = (await openStore(db, { mode: 'read' })).store;
+    expect(await reader.liveStates()).toEqual([{ uuid: UUID, deviceId: 1, state: 'connected', reason: 'open', since: 5 }]);
     await store.publishStates([{ uuid: UUID, deviceId: 1, state: 'backoff', reason: 'closed 1006', since: 6, retryAt: 9 }]);
-    expect(await store.liveStates()).toEqual([{ uuid: UUID, deviceId: 1, state: 'backoff', reason: 'closed 1006', since: 6, retryAt: 9 }]);
+    expect(await reader.liveStates()).toEqual([{ uuid: UUID, deviceId: 1, state: 'backoff', reason: 'closed 1006', since: 6, retryAt: 9 }]);
     await store.publishStates([]);
-    expect(await store.liveStates()).toEqual([]);
-    const h = await store.heartbeat();
-    expect(h).toMatchObject({ pid: 42, version: 'v' });
-    expect(Math.abs(Date.now() - h!.seenAt)).toBeLessThan(5_000);
+    expect(await reader.liveStates()).toEqual([]);
+    await store.publishStates([{ uuid: UUID, deviceId: 1, state: 'connected', reason: 'open', since: 7 }]);
+    const h = await reader.heartbeat('n1');
+    expect(h).toMatchObject({ pid: process.pid, version: 'v' });
+    expect(Math.abs(Date.now() - h!.seenAt)).toBeLessThan(60_000);
+    await owner.stop(1_000);
+    await store.clearLive(); // a clean shutdown
+    expect([await reader.liveStates(), await reader.heartbeat('n1')]).toEqual([[], undefined]);
+    await Promise.all([store.close(), reader.close()]);
+  });
+
+  it("hands the wake-ups a stopping server owed to the next server on the database, once", async () => {
+    const db = await backend.db();
+    const first = await openStore(db);
+    const key = { uuid: UUID, deviceId: 1 };
+    await first.store.put({ ...key, password: 'a', endpoint: 'https://e/1' }, 10);
+    const firstOwner = first.ownership(context);
+    await firstOwner.start(ownedBy());
+    await firstOwner.stop(1_000);
+    await first.store.keepOwedWakeups([key]);
+    await first.store.close();
+    const next = await openStore(db);
+    const target = ownedBy();
+    const owner = next.ownership({ ...context, name: 'n2' });
+    await owner.start(target);
+    await eventually(() => target.running.size === 1, 'the next server runs the connection');
+    // Taken at start, or with the row when an instance claims it.
+    expect([...(await next.store.takeOwedWakeups()), ...target.owed]).toEqual([key]);
+    expect(await next.store.takeOwedWakeups()).toEqual([]);
+    await owner.stop(1_000);
+    await next.store.close();
+  });
+
+  it('keeps the VAPID key, and records the public key the server signs with', async () => {
+    const db = await backend.db();
+    const { store, vapidKey } = await openStore(db);
+    const none = { vapid_privkey: undefined, vapid_key_file: undefined }; // no key configured
+    expect([await store.recordedVapidKey(), await vapidKey.read()]).toEqual([undefined, undefined]);
+    expect(await vapidKey.resolve(none, { generate: false })).toBeUndefined();
+    const key = (await vapidKey.resolve(none, { generate: true }))!;
+    expect((await vapidKey.resolve(none, { generate: false }))?.publicKey).toBe(key.publicKey); // kept
+    const kept = (await vapidKey.read())!;
+    expect(publicKeyOf(parsePrivateKey(kept, 'kept'))).toBe(key.publicKey);
+    expect(await vapidKey.keep(TEST_VAPID.priv)).toMatch(/another one; it was kept/);
+    expect(await vapidKey.read()).toBe(kept);
+    await store.recordVapidKey(key.publicKey);
+    const reader = (await openStore(db, { mode: 'read' })).store;
+    expect(await reader.recordedVapidKey()).toBe(key.publicKey);
+    await Promise.all([store.close(), reader.close()]);
+    const empty = await openStore(await backend.db());
+    expect(await empty.vapidKey.keep(kept)).toMatch(/^VAPID key: copied/);
+    expect(await empty.vapidKey.read()).toBe(kept);
+    await empty.store.close();
+  });
+
+  it('tells a write that failed on a lock another client holds (worth retrying) from any other failure', async () => {
+    const db = await backend.db();
+    const { store } = await openStore(db, { busyTimeoutMs: 0 });
+    await store.put({ uuid: UUID, deviceId: 1, password: 'a', endpoint: 'https://e/1' }, 10);
+    expect(store.isTransient(await backend.lockConflict(db, store))).toBe(true);
+    expect(store.isTransient(new Error('disk full'))).toBe(false);
     await store.close();
   });
 });
@@ -257,14 +459,14 @@ describe.each(backends)('Store contract on %s', (_name, open) => {
 describe.skipIf(postgresMissing !== undefined)('Store on PostgreSQL: ownership', () => {
   it('creates its schema once when several instances open a new database at once', async () => {
     const url = await freshDatabase();
-    const stores = await Promise.all([1, 2, 3, 4].map(() => openStore(url)));
+    const stores = (await Promise.all([1, 2, 3, 4].map(() => openStore(url)))).map((b) => b.store);
     await stores[0]!.put({ uuid: UUID, deviceId: 1, password: 'a', endpoint: 'https://e/1' }, 1);
     for (const s of stores) expect(await s.list()).toHaveLength(1);
     await Promise.all(stores.map((s) => s.close()));
   });
 
   it('fences an owner\'s writes with its epoch, and frees a dead instance\'s devices only once its lease ran out', async () => {
-    const store = (await openStore(await freshDatabase())) as PostgresStore;
+    const store = await PostgresStore.open(await freshDatabase());
     const leases = new PgLeaseStore(store, { answerMs: 5_000 });
     const key = { uuid: UUID, deviceId: 1 };
     const put = await store.put({ ...key, password: 'a', endpoint: 'https://e/1' }, 1);

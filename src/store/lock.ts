@@ -1,12 +1,8 @@
 import Database from 'better-sqlite3';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { hostname } from 'node:os';
-import type { Config } from './config.js';
-import { isPostgresUrl, redactUrl } from './store/location.js';
-import { openStore } from './store/open.js';
-import type { PostgresStore } from './store/postgres.js';
-import { StoreError } from './store/store.js';
+import type { InstanceRow } from './postgres.js';
+import { StoreError } from './store.js';
 
 /**
  * One server per SQLite database. Two servers on one file would open two sockets per device, which Signal answers
@@ -19,7 +15,7 @@ import { StoreError } from './store/store.js';
  * timestamp, which a stalled but live server lets age; and Node has no flock of its own. In WAL mode other processes
  * can still read the committed row naming the holder while the write lock is held, so a refusal names its pid.
  */
-export const lockPath = (db: string): string => `${db}.lock`;
+const lockPath = (db: string): string => `${db}.lock`;
 
 /** Who holds the lock. */
 export interface LockHolder {
@@ -29,7 +25,7 @@ export interface LockHolder {
 }
 
 /** Another server runs on this database: exit 2, naming the database and the process. */
-export class DatabaseInUseError extends StoreError {
+class DatabaseInUseError extends StoreError {
   override name = 'DatabaseInUseError';
   constructor(db: string, holder: LockHolder | undefined, what = 'another mollysocket server', fix = 'one server per database: stop that one first, or give this one another db') {
     super(`${what} is running on the database ${db}${holder ? ` (pid ${holder.pid}, since ${new Date(holder.since).toISOString()})` : ' (starting)'}: ${fix}`);
@@ -123,29 +119,13 @@ export function serverOn(dbPath: string): { holder: LockHolder | undefined } | u
 }
 
 /**
- * Refuses to start a second server on this database, before it opens the store (so that it never takes a live
- * server's heartbeat for an unclean stop). SQLite: the lock, held until the process ends. PostgreSQL: no live instance
- * of the same `instance_name` (two would claim the same share of the devices).
- */
-export async function claimDatabase(config: Config): Promise<ServerLock | undefined> {
-  if (!isPostgresUrl(config.db)) return ServerLock.take(config.db);
-  const store = (await openStore(config.db)) as PostgresStore;
-  try {
-    await refuseLiveNamesake(store, config.instance_name || hostname(), config.lease_seconds * 1000, redactUrl(config.db));
-  } finally {
-    await store.close();
-  }
-  return undefined;
-}
-
-/**
  * A live lease row of the same name is either a running instance (it renews every third of a lease) or the row of
  * one killed a moment ago (kill -9: it stays live until its lease runs out, then the others reap it). It is watched
  * until it renews (running: refused) or its lease runs out (dead: the start goes on), so a restart after a crash is
  * never refused and waits at most one lease. Durations only, so the database's clock and ours need not agree.
  */
-export async function refuseLiveNamesake(store: Pick<PostgresStore, 'instances'>, name: string, leaseMs: number, db: string): Promise<void> {
-  const namesakes = async () => (await store.instances()).filter((i) => i.name === name && i.live && !i.leaving);
+export async function refuseLiveNamesake(instances: () => Promise<InstanceRow[]>, name: string, leaseMs: number, db: string): Promise<void> {
+  const namesakes = async () => (await instances()).filter((i) => i.name === name && i.live && !i.leaving);
   if ((await namesakes()).length === 0) return;
   const seenAt = Date.now();
   for (;;) {
