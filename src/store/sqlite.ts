@@ -1,4 +1,4 @@
-import { closeSync, existsSync, linkSync, openSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, linkSync, openSync, rmSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { StoreError, type Connection, type ConnectionKey, type ForbiddenFor, type Heartbeat, type LiveState, type NewConnection, type OpenMode, type Store } from './store.js';
 
@@ -205,7 +205,10 @@ export class SqliteStore implements Store {
       throw new StoreError(`the database ${this.path} has schema version ${version()}, newer than this program knows (${SCHEMA_VERSION}): upgrade mollysocket`);
     }
     const backup = SqliteStore.backupPath(this.path);
-    if (version() < 2 && this.hasTable('connections')) this.keepCopy(backup);
+    if (version() < 2 && this.hasTable('connections')) {
+      this.keepPrivate();
+      this.keepCopy(backup);
+    }
     this.db
       .transaction(() => {
         const current = version();
@@ -222,6 +225,23 @@ export class SqliteStore implements Store {
         this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
       })
       .immediate();
+  }
+
+  /**
+   * MollySocket's file is often readable by everyone (0644 under the usual umask) while it holds every password: once
+   * it is ours, only its owner may read it, as a file this program creates. SQLite gives its -wal and -shm files the
+   * database's mode. A file owned by another user (EPERM) keeps the mode that user chose.
+   */
+  private keepPrivate(): void {
+    for (const file of [this.path, `${this.path}-wal`, `${this.path}-shm`]) {
+      try {
+        const mode = statSync(file).mode & 0o777;
+        if (mode & 0o077) chmodSync(file, mode & 0o700);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'ENOENT' && code !== 'EPERM') throw err;
+      }
+    }
   }
 
   /**

@@ -40,17 +40,20 @@ describe('Store: the SQLite file', () => {
 
   it("migrates MollySocket's database in place, keeping every row and its forbidden flag, with a backup", async () => {
     const path = join(tempDir(), 'mollysocket.db');
+    const umask = process.umask(0o022); // MollySocket's file is 0644 then; the copy holds every password: 0600 whatever the umask lets through
     mollySocketDb(path);
-    const umask = process.umask(0o022); // the copy holds every password: 0600 whatever the umask lets through
+    expect(statSync(path).mode & 0o777).toBe(0o644);
     const store = Store.open(path);
     process.umask(umask);
     expect(await store.list()).toEqual([
       expect.objectContaining({ uuid: UUID2, deviceId: 1, password: 'pw2', endpoint: 'https://push.example/up/2', forbidden: true, lastRegistration: 0 }),
       expect.objectContaining({ uuid: UUID, deviceId: 3, password: 'pw1', endpoint: 'https://push.example/up/1', forbidden: false, lastRegistration: 1700000000 }),
     ]);
+    expect(statSync(`${path}-wal`).mode & 0o777).toBe(0o600);
     await store.close();
     expect(existsSync(`${path}.mollysocket.bak`)).toBe(true);
     expect(statSync(`${path}.mollysocket.bak`).mode & 0o777).toBe(0o600);
+    expect(statSync(path).mode & 0o777).toBe(0o600); // the migrated file holds every password too
     const reopened = Store.open(path); // a second open finds it migrated
     expect(await reopened.list()).toHaveLength(2);
     await reopened.close();
@@ -145,7 +148,7 @@ describe('Store: the SQLite file', () => {
 
   /** Opens the database from `n` processes at the same moment (the built store, as the server and the CLI do). */
   async function openConcurrently(path: string, n: number): Promise<(number | null)[]> {
-    const store = JSON.stringify(join(packageRoot, 'dist', 'store.js'));
+    const store = JSON.stringify(join(packageRoot, 'dist', 'store', 'sqlite.js'));
     const script = `import(${store}).then((m) => m.SqliteStore.open(${JSON.stringify(path)}).close())`;
     const runs = await Promise.all(
       Array.from({ length: n }, () =>
