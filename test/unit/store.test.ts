@@ -196,6 +196,57 @@ const backends: [string, () => Promise<AnyStore>][] = [
   ...(postgresMissing ? [] : [['PostgreSQL', async () => openStore(await freshDatabase())] as [string, () => Promise<AnyStore>]]),
 ];
 
+/** Runs SQL on the store's database behind its back (SQLite: another connection to the file). */
+async function rawExec(store: AnyStore, sql: string): Promise<void> {
+  if (store instanceof PostgresStore) {
+    await store.rows(sql);
+    return;
+  }
+  const db = new Database(store.location);
+  db.exec(sql);
+  db.close();
+}
+
+/** The text of every statement the store prepares or sends from now on, with its parameters' values. */
+function recordStatements(store: AnyStore): { sql: string; values: unknown[] }[] {
+  const seen: { sql: string; values: unknown[] }[] = [];
+  if (store instanceof PostgresStore) {
+    const rows = store.rows.bind(store);
+    store.rows = (text, values = [], timeoutMs) => {
+      seen.push({ sql: text, values });
+      return rows(text, values, timeoutMs);
+    };
+  } else {
+    const db = (store as unknown as { db: Database.Database }).db;
+    const prepare = db.prepare.bind(db);
+    db.prepare = ((sql: string) => {
+      seen.push({ sql, values: [] });
+      return prepare(sql);
+    }) as typeof db.prepare;
+  }
+  return seen;
+}
+
+/**
+ * The full scans of a table in a statement's plan: SQLite's `SCAN` (prepared as the store prepares it, before any
+ * value is known), PostgreSQL's `Seq Scan` (planned with sequential scans made as dear as they go).
+ */
+async function fullScans(store: AnyStore, statement: { sql: string; values: unknown[] }): Promise<string[]> {
+  if (store instanceof PostgresStore) {
+    const plan = await store['transaction'](async (c) => {
+      await c.query('SET LOCAL enable_seqscan = off');
+      return (await c.query<{ 'QUERY PLAN': string }>(`EXPLAIN ${statement.sql}`, statement.values)).rows.map((r) => r['QUERY PLAN']);
+    });
+    return plan.filter((line) => /Seq Scan/.test(line));
+  }
+  const db = (store as unknown as { db: Database.Database }).db;
+  const named = [...new Set(statement.sql.match(/@\w+/g) ?? [])].map((p) => p.slice(1));
+  const positional = (statement.sql.match(/\?/g) ?? []).length;
+  const explain = db.prepare(`EXPLAIN QUERY PLAN ${statement.sql}`);
+  const rows = (named.length > 0 ? explain.all(Object.fromEntries(named.map((n) => [n, null]))) : explain.all(...Array(positional).fill(null))) as { detail: string }[];
+  return rows.map((r) => r.detail).filter((d) => /^SCAN /.test(d));
+}
+
 describe.each(backends)('Store contract on %s', (_name, open) => {
   it('keys connections by account and device, with forbidden reasons', async () => {
     const store = await open();
@@ -253,6 +304,102 @@ describe.each(backends)('Store contract on %s', (_name, open) => {
     const h = await store.heartbeat();
     expect(h).toMatchObject({ pid: 42, version: 'v' });
     expect(Math.abs(Date.now() - h!.seenAt)).toBeLessThan(5_000);
+    await store.close();
+  });
+
+  it('publishes only the states that changed: the others are not written again', async () => {
+    const store = await open();
+    if (store instanceof PostgresStore) {
+      await store.join({ id: 'i1', name: 'one', pid: 42, version: 'v' }, 10_000);
+      store.instance = 'i1';
+    }
+    const states = Array.from({ length: 50 }, (_, i) => ({ uuid: UUID, deviceId: i + 1, state: 'connected', reason: 'open', since: 5 }));
+    await store.publishStates(states);
+    // Marks every published row behind the store's back: a row written again loses the mark.
+    await rawExec(store, `UPDATE live_state SET reason = 'untouched'`);
+    await store.publishStates([{ ...states[0]!, state: 'backoff', reason: 'closed 1006' }, ...states.slice(1, 49)]);
+    const live = (await store.liveStates()).sort((a, b) => a.deviceId - b.deviceId);
+    expect(live).toHaveLength(49);
+    expect(live[0]).toEqual({ uuid: UUID, deviceId: 1, state: 'backoff', reason: 'closed 1006', since: 5 });
+    expect(live.slice(1).every((s) => s.reason === 'untouched')).toBe(true);
+    await store.close();
+  });
+
+  it('stores a registration compare-and-set on what its decision was made on', async () => {
+    const store = await open();
+    const key = { uuid: UUID, deviceId: 1 };
+    const first = await store.putIf({ ...key, password: 'a', endpoint: 'https://e/1' }, 10, undefined);
+    expect(first).toMatchObject({ password: 'a', createdAt: 10 });
+    expect(await store.putIf({ ...key, password: 'b', endpoint: 'https://e/1' }, 11, undefined)).toBeUndefined(); // the row exists now
+    const stale = { ...first!, endpoint: 'https://e/other' };
+    expect(await store.putIf({ ...key, password: 'b', endpoint: 'https://e/2' }, 11, stale)).toBeUndefined();
+    expect(await store.touchIf(key, 11, stale)).toBeUndefined();
+    expect(await store.get(key)).toMatchObject({ password: 'a', lastRegistration: 10 });
+    expect(await store.touchIf(key, 12, first!)).toMatchObject({ password: 'a', lastRegistration: 12, updatedAt: 10 });
+    await store.setForbidden(key, 'signal_403', { password: 'a' }, 13);
+    expect(await store.putIf({ ...key, password: 'b', endpoint: 'https://e/2' }, 14, first!)).toBeUndefined(); // forbidden meanwhile
+    const forbidden = (await store.get(key))!;
+    expect(await store.putIf({ ...key, password: 'b', endpoint: 'https://e/2' }, 14, forbidden)).toMatchObject({
+      password: 'b',
+      endpoint: 'https://e/2',
+      forbidden: false,
+      forbiddenReason: null,
+      createdAt: 10,
+      lastRegistration: 14,
+    });
+    expect(await store.count()).toBe(1);
+    await store.close();
+  });
+
+  it('walks forbidden connections in batches, oldest refusal first, with the newer devices of their account', async () => {
+    const store = await open();
+    const forbid = async (uuid: string, deviceId: number, createdAt: number, at: number) => {
+      await store.put({ uuid, deviceId, password: 'p', endpoint: 'https://e/1' }, createdAt);
+      await store.setForbidden({ uuid, deviceId }, 'signal_403', { password: 'p' }, at);
+    };
+    await forbid(UUID, 1, 1, 20);
+    await store.put({ uuid: UUID, deviceId: 2, password: 'p', endpoint: 'https://e/2' }, 5); // newer, healthy
+    await store.put({ uuid: UUID, deviceId: 3, password: 'p', endpoint: 'https://e/3' }, 6); // newer, healthy
+    await forbid(UUID, 4, 7, 21); // newer than 1 but forbidden: no newer device of its own
+    await forbid(UUID2, 1, 1, 10); // another account's only row
+    await forbid(UUID2, 2, 1, 99); // forbidden too recently
+    const walked: [string, number, number[]][] = [];
+    let cursor;
+    for (;;) {
+      const batch = await store.forbiddenWithNewerDevices(50, cursor, 2);
+      walked.push(...batch.map((c): [string, number, number[]] => [c.conn.uuid, c.conn.deviceId, c.newerDevices.sort()]));
+      if (batch.length < 2) break;
+      cursor = batch.at(-1)!.cursor;
+    }
+    expect(walked).toEqual([
+      [UUID2, 1, []],
+      [UUID, 1, [2, 3]],
+      [UUID, 4, []],
+    ]);
+    expect(await store.removeForbiddenSince(20, 1)).toEqual([{ uuid: UUID2, deviceId: 1 }]);
+    expect(await store.removeForbiddenSince(20, 5)).toEqual([{ uuid: UUID, deviceId: 1 }]);
+    expect(await store.removeForbiddenSince(20, 5)).toEqual([]);
+    expect((await store.list()).map((c) => [c.uuid, c.deviceId])).toEqual([[UUID2, 2], [UUID, 2], [UUID, 3], [UUID, 4]]);
+    await store.close();
+  });
+
+  it('answers every query of a registration and of the sweeps from an index', async () => {
+    const store = await open();
+    const statements = recordStatements(store);
+    const key = { uuid: UUID, deviceId: 1 };
+    const stored = (await store.putIf({ ...key, password: 'a', endpoint: 'https://e/1' }, 1, undefined))!;
+    await store.get(key);
+    await store.list({ uuid: UUID });
+    await store.list({ uuid: UUID, deviceId: 1 });
+    await store.touchIf(key, 2, stored);
+    await store.putIf({ ...key, password: 'a', endpoint: 'https://e/2' }, 3, stored);
+    await store.setForbidden(key, 'signal_403', { password: 'a' }, 4);
+    await store.forbiddenWithNewerDevices(10, undefined, 100);
+    await store.forbiddenWithNewerDevices(10, { since: 1, uuid: UUID, deviceId: 1 }, 100);
+    await store.removeForbiddenSince(10, 100);
+    await store.removeForbidden(key);
+    expect(statements.length).toBeGreaterThanOrEqual(11);
+    for (const statement of [...statements]) expect({ sql: statement.sql, scans: await fullScans(store, statement) }).toEqual({ sql: statement.sql, scans: [] });
     await store.close();
   });
 });
