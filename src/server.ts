@@ -58,6 +58,7 @@ export function supervisorOptions(config: Config): SupervisorOptions {
     // `connection list` shows why it stopped, through a week away from the phone; then the row goes.
     leftBehindKeptMs: 7 * 24 * 3600_000,
     leftBehindSweepMs: 3600_000,
+    forbiddenRetentionMs: config.forbidden_retention_days * 86_400_000,
     recoveryIntervalMs: 1_000,
     handOverTimeoutMs: handOverTimeoutMs(config),
   };
@@ -201,7 +202,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
         askSignal(creds, { ...options.link, connectTimeoutMs: ASK_SIGNAL_TIMEOUT_MS, clock: opts.clock ?? systemClock, log }),
     },
     log,
-    { writes },
+    { writes, maxConnections: config.max_connections },
   );
 
   const ops: Ops = {

@@ -17,6 +17,17 @@ interface Pending {
 /** Answers SQLite gives while another connection holds the lock: worth waiting for. */
 const isBusy = (err: unknown): boolean => /^SQLITE_(BUSY|LOCKED)/.test((err as { code?: string }).code ?? '');
 
+/**
+ * Errors about the data of one write, not about the store: PostgreSQL's data exceptions (class 22: a NUL byte in text
+ * is 22021, an untranslatable character 22P05) and integrity violations (class 23), SQLite's constraint, size and type
+ * errors. Retrying cannot help, and the store is fine for everyone else.
+ */
+export function isDataError(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  if (typeof code !== 'string') return false;
+  return /^2[23][0-9A-Z]{3}$/.test(code) || /^SQLITE_(CONSTRAINT|TOOBIG|MISMATCH)/.test(code);
+}
+
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class StoreWrites {
@@ -54,7 +65,8 @@ export class StoreWrites {
 
   /**
    * A write whose caller waits for the outcome (a registration is answered `ok` only once stored): retried while the
-   * database is locked, up to `waitMs`, without blocking the event loop; any other failure is thrown at once.
+   * database is locked, up to `waitMs`, without blocking the event loop; any other failure is thrown at once. A failure
+   * for the write's own data (`isDataError`) is the caller's, and leaves the store's health as it was.
    */
   async now<T>(write: () => T | Promise<T>, waitMs = 5_000): Promise<T> {
     const deadline = Date.now() + waitMs;
@@ -64,6 +76,7 @@ export class StoreWrites {
         this.succeeded();
         return result;
       } catch (err) {
+        if (isDataError(err)) throw err;
         this.failed(err);
         if (!isBusy(err) || Date.now() >= deadline) throw err;
         await sleep(Math.min(20 * 2 ** attempt, 250));

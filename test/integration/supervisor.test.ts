@@ -51,6 +51,7 @@ async function harness(over: Partial<SupervisorOptions> = {}, url?: string, rand
     keepaliveTickMs: 1_000,
     leftBehindKeptMs: 7 * 86_400_000,
     leftBehindSweepMs: 3_600_000,
+    forbiddenRetentionMs: 30 * 86_400_000,
     recoveryIntervalMs: 1_000,
     handOverTimeoutMs: 30_000,
     ...over,
