@@ -314,7 +314,7 @@ export class Supervisor implements OwnedConnections {
 
   /**
    * Removes forbidden connections nobody needs any more, in batches of SWEEP_BATCH rows found from an index, yielding
-   * to the event loop between them: whatever the size of the table, sockets and requests wait one short statement.
+   * to the event loop before each: whatever the size of the table, sockets and requests wait one short statement.
    */
   private async sweep(): Promise<void> {
     const now = Math.floor(this.clock.now() / 1000);
@@ -330,6 +330,7 @@ export class Supervisor implements OwnedConnections {
   private async removeLeftBehind(before: number): Promise<void> {
     let cursor: ForbiddenCursor | undefined;
     for (;;) {
+      await nextTurn();
       const batch = await this.deps.store.forbiddenWithNewerDevices(before, cursor, SWEEP_BATCH);
       for (const old of leftBehind(batch, (k) => this.state(k) === 'connected')) {
         if (!(await this.deps.store.removeForbidden(old))) continue;
@@ -341,7 +342,6 @@ export class Supervisor implements OwnedConnections {
       }
       if (batch.length < SWEEP_BATCH || this.stopping) return;
       cursor = batch.at(-1)!.cursor;
-      await nextTurn();
     }
   }
 
@@ -349,11 +349,11 @@ export class Supervisor implements OwnedConnections {
   private async removeForbiddenSince(before: number): Promise<void> {
     let total = 0;
     for (;;) {
+      await nextTurn();
       const removed = await this.deps.store.removeForbiddenSince(before, SWEEP_BATCH);
       for (const key of removed) this.remove(key);
       total += removed.length;
       if (removed.length < SWEEP_BATCH || this.stopping) break;
-      await nextTurn();
     }
     if (total > 0) this.deps.log.info({ count: total, days: this.opts.forbiddenRetentionMs / 86_400_000 }, 'removed connections forbidden for longer than forbidden_retention_days');
   }
