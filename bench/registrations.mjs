@@ -7,7 +7,7 @@
 import { spawn } from 'node:child_process';
 import { mkdirSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import Database from 'better-sqlite3';
@@ -142,7 +142,7 @@ signal.close();
 push.close();
 wss.close();
 const out = join(here, 'results', 'registrations.json');
-writeFileSync(out, `${JSON.stringify({ date: new Date().toISOString(), dist: DIST, count: COUNT, results }, null, 2)}\n`);
+writeFileSync(out, `${JSON.stringify({ date: new Date().toISOString(), dist: relative(join(here, '..'), DIST), count: COUNT, results }, null, 2)}\n`);
 console.log('| stored rows | start (s) | routine p50 / p99 (ms) | new device p50 / p99 (ms) | refused uuid p50 / p99 (ms) | routine, 16 in flight: p50 / p99 (ms), per s |');
 console.log('|---|---|---|---|---|---|');
 for (const r of results) {
