@@ -169,7 +169,6 @@ export class Registrations {
         const decision = decide(req, { uuidAllowed, endpointAllowed, full }, stored, verdict);
         if (decision.action === 'ask_signal') {
           verdict = await this.askSignal(req, clientAddress);
-          this.log.info({ ...who, verdict }, 'new credentials checked with Signal');
           continue; // decided again on what is stored now, with Signal's verdict
         }
         if (decision.action === 'none') {
@@ -221,12 +220,16 @@ export class Registrations {
 
   /** Signal's verdict; `unreachable` (Molly tries again later) while no place is free for this question. */
   private async askSignal(req: RegistrationRequest, clientAddress: string | undefined): Promise<SignalVerdict> {
+    const who = { uuid: shortUuid(req.uuid), device: req.deviceId };
     const admission = this.questions.admit(req.uuid, clientAddress);
-    if (admission.kind === 'busy') return 'unreachable';
-    if (admission.kind === 'cooling') return 'refused'; // Signal refused this account's credentials again and again
+    if (admission.kind !== 'ask') {
+      this.log.info({ ...who, why: admission.kind }, 'new credentials not checked with Signal now');
+      return admission.kind === 'busy' ? 'unreachable' : 'refused'; // cooling: Signal refused this account again and again
+    }
     let verdict: SignalVerdict = 'unreachable';
     try {
       verdict = await this.effects.askSignal(req);
+      this.log.info({ ...who, verdict }, 'new credentials checked with Signal');
       return verdict;
     } finally {
       admission.answered(verdict);
