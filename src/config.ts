@@ -47,6 +47,8 @@ export interface Config {
   push_give_up_hours: number;
   allowed_endpoints: readonly string[];
   allowed_uuids: readonly string[];
+  max_connections: number;
+  forbidden_retention_days: number;
   db: string;
   db_listen_url: string | undefined;
   lease_seconds: number;
@@ -207,6 +209,20 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
     doc: 'UnifiedPush endpoints allowed: URLs (scheme, host, port and userinfo must match) or "*". An entry that is not an http(s) URL never matches.',
   },
   allowed_uuids: { kind: { type: 'list' }, default: ['*'], doc: 'Account UUIDs allowed to register, or "*".' },
+  max_connections: {
+    kind: { type: 'int', min: 0, max: 100_000_000 },
+    default: 0,
+    doc:
+      'New: the most connections stored (0: no limit). Beyond it, registrations of new devices answer internal_error, ' +
+      'so that Molly tries again later, and the log says why.',
+  },
+  forbidden_retention_days: {
+    kind: { type: 'int', min: 1, max: 36_500 },
+    default: 30,
+    doc:
+      'New: a connection forbidden this many days (Signal refused its credentials, or its push endpoint was gone) and ' +
+      'not registered again since is removed; Molly registering it again later starts afresh.',
+  },
   db: {
     kind: { type: 'string' },
     default: './mollysocket.db',

@@ -1,9 +1,10 @@
-import type { Connection, ConnectionKey, Store } from './store/store.js';
+import type { Connection, ConnectionKey, LeftBehindCandidate, Store } from './store/store.js';
 import type { Logger } from './log.js';
 import { endpointOrigin, shortUuid } from './log.js';
 import { canonicalUuid, type ResolvedEndpoint } from './policy.js';
 import type { SignalVerdict } from './signal/link.js';
-import {StoreWrites} from './store/writes.js';
+import { SignalQuestions } from './signal/questions.js';
+import { StoreWrites } from './store/writes.js';
 
 /** What Molly sends in `POST /`. */
 export interface RegistrationRequest {
@@ -39,19 +40,11 @@ export interface Decision {
 /** Forbidden because the push endpoint was unregistered: a new endpoint is the fix, the credentials are fine. */
 export const ENDPOINT_GONE = 'endpoint_gone';
 
-/** What the store holds for the account of a registration. */
-export interface StoredAccount {
-  /** The connection of this account device. */
-  device: Connection | undefined;
-  /** Whether another device of the account has a connection that is not forbidden. */
-  otherDeviceHealthy: boolean;
-}
-
 const nothing = (status: RegistrationStatus): Decision => ({ status, action: 'none', testPush: false });
 
 /**
- * Credentials that would change what an account already has are taken only once Signal accepted them: refused
- * ones answer `forbidden`, and a Signal that cannot be asked `internal_error`, so that Molly tries again later.
+ * Credentials that would change what is stored are taken only once Signal accepted them: refused ones answer
+ * `forbidden`, and a Signal that cannot be asked `internal_error`, so that Molly tries again later.
  */
 function onceSignalAccepts(verdict: SignalVerdict | undefined, decision: Decision): Decision {
   switch (verdict) {
@@ -66,23 +59,28 @@ function onceSignalAccepts(verdict: SignalVerdict | undefined, decision: Decisio
   }
 }
 
+/** What a registration is checked against before the stored row: the policy, and room for a new connection. */
+export interface RegistrationChecks {
+  uuidAllowed: boolean;
+  endpointAllowed: boolean;
+  /** `max_connections` connections are stored already (asked only for a new device). */
+  full?: boolean;
+}
+
 /**
  * The registration decision table; first match wins. Pure. MollySocket's table is keyed by uuid alone; this one
- * by (uuid, device id), so that a re-linked Molly (a new device id) is not locked out, and rows 3b and 7 ask Signal
- * first so that nobody who merely knows a uuid can add to or take over an account. `verdict` is Signal's answer,
- * once asked.
+ * by (uuid, device id), so that a re-linked Molly (a new device id) is not locked out, and rows 3 and 7 ask Signal
+ * first, so that nobody who merely knows a uuid (or nothing at all) can add to or take over an account, or have a
+ * row stored and a test push sent. `verdict` is Signal's answer, once asked.
  */
-export function decide(
-  req: RegistrationRequest,
-  checks: { uuidAllowed: boolean; endpointAllowed: boolean },
-  stored: StoredAccount,
-  verdict?: SignalVerdict,
-): Decision {
+export function decide(req: RegistrationRequest, checks: RegistrationChecks, existing: Connection | undefined, verdict?: SignalVerdict): Decision {
   if (!checks.uuidAllowed) return nothing('invalid_uuid'); // row 1
   if (!checks.endpointAllowed) return nothing('invalid_endpoint'); // row 2
-  const existing = stored.device;
-  const create: Decision = { status: 'ok', action: 'create', testPush: true };
-  if (!existing) return stored.otherDeviceHealthy ? onceSignalAccepts(verdict, create) : create; // rows 3b, 3
+  if (!existing) {
+    // A full store asks nobody: internal_error, and Molly tries again later (the operator sees why in the log).
+    if (checks.full) return nothing('internal_error'); // row 3, full
+    return onceSignalAccepts(verdict, { status: 'ok', action: 'create', testPush: true }); // row 3
+  }
   if (existing.password === req.password) {
     if (existing.forbidden) {
       // Beyond MollySocket: a connection forbidden only because its endpoint was gone comes back with a new one.
@@ -110,31 +108,38 @@ export interface RegistrationEffects {
   askSignal(creds: Pick<RegistrationRequest, 'uuid' | 'deviceId' | 'password'>): Promise<SignalVerdict>;
 }
 
-/**
- * Questions to Signal in progress at once, at most. Each is a login attempt from this server's address: a flood of
- * made-up credentials must not turn into a flood of failed logins that gets the address throttled for every account.
- */
-const MAX_QUESTIONS_TO_SIGNAL = 8;
+/** A registration's write lost a race this many times (another one changed the row each time): internal_error. */
+const MAX_TRIES = 3;
 
 /** The one place that applies the decision table: to the store, then to the running connections. */
 export class Registrations {
   private readonly now: () => number;
   private readonly writes: StoreWrites;
-  private asking = 0;
+  private readonly questions: SignalQuestions;
+  private readonly maxConnections: number;
+  /** The store was found full: said once in the log, until there is room again. */
+  private full = false;
 
   constructor(
     private readonly store: Store,
     private readonly effects: RegistrationEffects,
     private readonly log: Logger,
-    /** `now` in unix seconds; `writes`: the server's, so that /health sees registrations failing. */
-    opts: { now?: () => number; writes?: StoreWrites } = {},
+    /**
+     * `now` in unix seconds; `writes`: the server's, so that /health sees registrations failing; `maxConnections`: the
+     * cap on stored connections (0: none); `questions`: who may ask Signal when.
+     */
+    opts: { now?: () => number; writes?: StoreWrites; maxConnections?: number; questions?: SignalQuestions } = {},
   ) {
     this.now = opts.now ?? (() => Math.floor(Date.now() / 1000));
-    this.writes = opts.writes ?? new StoreWrites(log, { isTransient: (err) => store.isTransient(err) });
+    this.writes = opts.writes ?? new StoreWrites(log, { errors: store });
+    this.maxConnections = opts.maxConnections ?? 0;
+    this.questions = opts.questions ?? new SignalQuestions();
   }
 
-  async register(sent: RegistrationRequest): Promise<RegistrationStatus> {
+  /** `clientAddress`: where the registration came from, so that no one client takes every question to Signal. */
+  async register(sent: RegistrationRequest, clientAddress?: string): Promise<RegistrationStatus> {
     const req = { ...sent, uuid: canonicalUuid(sent.uuid) };
+    const who = { uuid: shortUuid(req.uuid), device: req.deviceId };
     try {
       const uuidAllowed = this.effects.isUuidAllowed(req.uuid);
       const endpoint = uuidAllowed ? await this.effects.checkEndpoint(req.endpoint) : undefined;
@@ -145,52 +150,78 @@ export class Registrations {
       }
       const endpointAllowed = endpoint?.ok === true;
       const key = { uuid: req.uuid, deviceId: req.deviceId };
-      const checks = { uuidAllowed, endpointAllowed };
-      let decision = decide(req, checks, await this.stored(key));
-      if (decision.action === 'ask_signal') {
-        const verdict = await this.askSignal(req);
-        this.log.info({ uuid: shortUuid(req.uuid), device: req.deviceId, verdict }, 'new credentials checked with Signal');
-        decision = decide(req, checks, await this.stored(key), verdict); // what is stored may have changed meanwhile
+      let verdict: SignalVerdict | undefined;
+      // Read, decide, write compare-and-set on what was read: a registration that changed the row meanwhile makes this
+      // one decide again, so that concurrent ones get the answers they would get one after the other.
+      for (let tries = 1; ; tries++) {
+        const stored = await this.store.get(key);
+        const full = stored === undefined && endpointAllowed && uuidAllowed && (await this.isFull());
+        const decision = decide(req, { uuidAllowed, endpointAllowed, full }, stored, verdict);
+        if (decision.action === 'ask_signal') {
+          verdict = await this.askSignal(req, clientAddress);
+          continue; // decided again on what is stored now, with Signal's verdict
+        }
+        if (decision.action === 'none') {
+          this.log.info({ ...who, status: decision.status }, 'registration refused');
+          return decision.status;
+        }
+        const at = this.now();
+        // Answered `ok` only once stored, in a file that is still the database (not deleted under the server).
+        const conn = await this.writes.now(() =>
+          decision.action === 'refresh'
+            ? this.store.touchIf(key, at, stored!)
+            : this.store.putIf(req, at, stored), // create, update_endpoint, replace_credentials: the whole row, enabled
+        );
+        if (!conn) {
+          if (tries < MAX_TRIES) continue;
+          this.log.warn(who, 'registration not stored: the connection kept changing meanwhile');
+          return 'internal_error';
+        }
+        this.log.info({ ...who, action: decision.action }, 'registration');
+        if (decision.action !== 'refresh') this.effects.connectionChanged(conn);
+        if (decision.testPush) this.effects.sendTestPush(conn);
+        return decision.status;
       }
-      const at = this.now();
-      const stores = decision.action !== 'none' && decision.action !== 'ask_signal'; // after Signal's verdict, never ask_signal
-      // Answered `ok` only once stored, in a file that is still the database (not deleted under the server).
-      const conn = !stores
-        ? undefined
-        : await this.writes.now(() =>
-            decision.action === 'refresh'
-              ? this.store.touchRegistration(key, at)
-              : this.store.put(req, at), // create, update_endpoint, replace_credentials: the whole row, enabled
-          );
-      if (stores) {
-        this.log.info({ uuid: shortUuid(req.uuid), device: req.deviceId, action: decision.action }, 'registration');
-      } else {
-        this.log.info({ uuid: shortUuid(req.uuid), device: req.deviceId, status: decision.status }, 'registration refused');
-      }
-      if (conn && decision.action !== 'refresh') this.effects.connectionChanged(conn);
-      if (conn && decision.testPush) this.effects.sendTestPush(conn);
-      return decision.status;
     } catch (err) {
-      this.log.error({ err, uuid: shortUuid(req.uuid) }, 'registration failed');
+      if (this.store.isDataError(err)) {
+        // What this request sent cannot be stored (PostgreSQL refuses a NUL byte in text): its error, one line.
+        this.log.warn({ ...who, code: (err as { code?: string }).code }, 'registration refused: the database cannot store what it sent');
+      } else {
+        this.log.error({ err, uuid: who.uuid }, 'registration failed');
+      }
       return 'internal_error';
     }
   }
 
-  /** Signal's verdict; `unreachable` (Molly tries again later) while too many questions are in progress. */
-  private async askSignal(req: RegistrationRequest): Promise<SignalVerdict> {
-    if (this.asking >= MAX_QUESTIONS_TO_SIGNAL) return 'unreachable';
-    this.asking++;
-    try {
-      return await this.effects.askSignal(req);
-    } finally {
-      this.asking--;
+  /** Whether `max_connections` are stored (never, without a cap); says so in the log when it becomes full. */
+  private async isFull(): Promise<boolean> {
+    if (this.maxConnections <= 0) return false;
+    const full = (await this.store.count()) >= this.maxConnections;
+    if (full && !this.full) {
+      this.log.warn(
+        { max_connections: this.maxConnections },
+        'max_connections connections are stored: registrations of new devices answer internal_error (Molly tries again later) until there is room',
+      );
     }
+    this.full = full;
+    return full;
   }
 
-  private async stored(key: ConnectionKey): Promise<StoredAccount> {
-    return {
-      device: await this.store.get(key),
-      otherDeviceHealthy: (await this.store.list({ uuid: key.uuid })).some((c) => c.deviceId !== key.deviceId && !c.forbidden),
-    };
+  /** Signal's verdict; `unreachable` (Molly tries again later) while no place is free for this question. */
+  private async askSignal(req: RegistrationRequest, clientAddress: string | undefined): Promise<SignalVerdict> {
+    const who = { uuid: shortUuid(req.uuid), device: req.deviceId };
+    const admission = this.questions.admit(req.uuid, clientAddress);
+    if (admission.kind !== 'ask') {
+      this.log.info({ ...who, why: admission.kind }, 'new credentials not checked with Signal now');
+      return admission.kind === 'busy' ? 'unreachable' : 'refused'; // cooling: Signal refused this account again and again
+    }
+    let verdict: SignalVerdict = 'unreachable';
+    try {
+      verdict = await this.effects.askSignal(req);
+      this.log.info({ ...who, verdict }, 'new credentials checked with Signal');
+      return verdict;
+    } finally {
+      admission.answered(verdict);
+    }
   }
 }

@@ -62,6 +62,7 @@ function supervisorOptions(config: Config): Timings {
     // `connection list` shows why it stopped, through a week away from the phone; then the row goes.
     leftBehindKeptMs: 7 * 24 * 3600_000,
     leftBehindSweepMs: 3600_000,
+    forbiddenRetentionMs: config.forbidden_retention_days * 86_400_000,
     recoveryIntervalMs: 1_000,
     handOverTimeoutMs: handOverTimeoutMs(config),
   };
@@ -155,7 +156,7 @@ async function build(config: Config, log: Logger, opts: ServerOptions): Promise<
   if (backend.report.migratedFrom) {
     log.warn({ db: config.db, backup: backend.report.migratedFrom.backup }, "migrated MollySocket's database to this version's schema, after keeping a copy of it as it was");
   }
-  const writes = new StoreWrites(log, { isTransient: (err) => store.isTransient(err), clock });
+  const writes = new StoreWrites(log, { errors: store, clock });
   let key: ResolvedKey;
   try {
     key = await serverKey(config, backend, writes, log);
@@ -211,7 +212,7 @@ async function build(config: Config, log: Logger, opts: ServerOptions): Promise<
       askSignal: (creds) => askSignal(creds, { ...timings.link, connectTimeoutMs: ASK_SIGNAL_TIMEOUT_MS, clock, log }),
     },
     log,
-    { writes },
+    { writes, maxConnections: config.max_connections },
   );
   const ops: Ops = {
     version,

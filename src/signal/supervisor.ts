@@ -7,7 +7,7 @@ import { shortUuid } from '../log.js';
 import type { OwnedConnections, Ownership } from '../cluster/ownership.js';
 import { SignalHealth } from '../cluster/signal-health.js';
 import { leftBehind } from '../leftBehind.js';
-import { connectionKey, type Connection, type ConnectionKey, type ForbiddenFor, type Store } from '../store/store.js';
+import { connectionKey, type Connection, type ConnectionKey, type ForbiddenCursor, type ForbiddenFor, type Store } from '../store/store.js';
 import { StoreWrites } from '../store/writes.js';
 import { SignalLink, type LinkEnd, type LinkOptions } from './link.js';
 import { ConnectRamp, type RampOptions } from './ramp.js';
@@ -28,8 +28,10 @@ export interface SupervisorOptions {
   handOverTimeoutMs: number;
   /** A forbidden connection whose account has a newer device connected is removed after this long. */
   leftBehindKeptMs: number;
-  /** How often forbidden connections left behind are looked for. */
+  /** How often forbidden connections left behind, or kept beyond `forbiddenRetentionMs`, are looked for. */
   leftBehindSweepMs: number;
+  /** Any forbidden connection that nothing enabled again is removed after this long (`forbidden_retention_days`). */
+  forbiddenRetentionMs: number;
   /** After an outage, once one socket opens again, the others waiting in backoff retry at once: at most this often. */
   recoveryIntervalMs: number;
 }
@@ -110,7 +112,7 @@ export class Supervisor implements OwnedConnections {
     this.clock = deps.clock ?? systemClock;
     this.random = deps.random ?? Math.random;
     this.ramp = new ConnectRamp(opts.ramp, this.clock);
-    this.writes = deps.writes ?? new StoreWrites(deps.log, { isTransient: (err) => deps.store.isTransient(err), clock: this.clock });
+    this.writes = deps.writes ?? new StoreWrites(deps.log, { errors: deps.store, clock: this.clock });
     this.ownership = deps.ownership;
   }
 
@@ -323,17 +325,32 @@ export class Supervisor implements OwnedConnections {
 
   private scheduleSweep(): void {
     this.sweepTimer = this.clock.setTimeout(() => {
-      void this.removeLeftBehind();
+      void this.sweep();
       if (!this.stopping) this.scheduleSweep();
     }, this.opts.leftBehindSweepMs);
   }
 
-  /** Removes the forbidden connections a re-link left behind (see `leftBehind`), unless enabled meanwhile. */
-  private async removeLeftBehind(): Promise<void> {
+  /**
+   * Removes forbidden connections nobody needs any more, in batches of SWEEP_BATCH rows found from an index, yielding
+   * to the event loop before each: whatever the size of the table, sockets and requests wait one short statement.
+   */
+  private async sweep(): Promise<void> {
+    const now = Math.floor(this.clock.now() / 1000);
     try {
-      const now = Math.floor(this.clock.now() / 1000);
-      const keptSeconds = this.opts.leftBehindKeptMs / 1000;
-      for (const old of leftBehind(await this.deps.store.list(), (k) => this.state(k) === 'connected', now, keptSeconds)) {
+      await this.removeLeftBehind(now - this.opts.leftBehindKeptMs / 1000);
+      await this.removeForbiddenSince(now - this.opts.forbiddenRetentionMs / 1000);
+    } catch (err) {
+      this.deps.log.warn({ err }, 'cannot remove forbidden connections now: tried again at the next sweep');
+    }
+  }
+
+  /** The forbidden connections a re-link left behind (see `leftBehind`), forbidden since `before`, unless enabled meanwhile. */
+  private async removeLeftBehind(before: number): Promise<void> {
+    let cursor: ForbiddenCursor | undefined;
+    for (;;) {
+      await nextTurn();
+      const batch = await this.deps.store.forbiddenWithNewerDevices(before, cursor, SWEEP_BATCH);
+      for (const old of leftBehind(batch, (k) => this.state(k) === 'connected')) {
         if (!(await this.deps.store.removeForbidden(old))) continue;
         this.remove(old);
         this.deps.log.info(
@@ -341,9 +358,22 @@ export class Supervisor implements OwnedConnections {
           'removed a forbidden connection: a newer device of the account is connected',
         );
       }
-    } catch (err) {
-      this.deps.log.warn({ err }, 'cannot remove forbidden connections left behind now: tried again at the next sweep');
+      if (batch.length < SWEEP_BATCH || this.stopping) return;
+      cursor = batch.at(-1)!.cursor;
     }
+  }
+
+  /** Every connection forbidden since `before` (Signal refused it, or its endpoint was gone, and nothing enabled it since). */
+  private async removeForbiddenSince(before: number): Promise<void> {
+    let total = 0;
+    for (;;) {
+      await nextTurn();
+      const removed = await this.deps.store.removeForbiddenSince(before, SWEEP_BATCH);
+      for (const key of removed) this.remove(key);
+      total += removed.length;
+      if (removed.length < SWEEP_BATCH || this.stopping) break;
+    }
+    if (total > 0) this.deps.log.info({ count: total, days: this.opts.forbiddenRetentionMs / 86_400_000 }, 'removed connections forbidden for longer than forbidden_retention_days');
   }
 
   private setState(entry: Entry, state: ConnectionState, reason: string, extra: Record<string, unknown> = {}): void {
@@ -480,6 +510,12 @@ export class Supervisor implements OwnedConnections {
 }
 
 const WAITING_FOR_LEASE = 'waiting for the lease';
+
+/** Rows a sweep reads or removes in one statement. */
+const SWEEP_BATCH = 500;
+
+/** Lets the event loop run what waits (sockets, requests, timers) before going on. */
+const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 /** An end that says Signal (or the way to it) was down, rather than something about this device. */
 function isOutage(end: LinkEnd): boolean {

@@ -1,6 +1,19 @@
 import pg from 'pg';
 import { bucketOf } from '../buckets.js';
-import { StoreError, connectionKey, type Connection, type ConnectionKey, type ForbiddenFor, type Heartbeat, type LiveState, type NewConnection, type OpenMode, type Store } from './store.js';
+import {
+  StoreError,
+  connectionKey,
+  type Connection,
+  type ConnectionKey,
+  type ForbiddenCursor,
+  type ForbiddenFor,
+  type Heartbeat,
+  type LeftBehindCandidate,
+  type LiveState,
+  type NewConnection,
+  type OpenMode,
+  type Store,
+} from './store.js';
 import { redactUrl } from './location.js';
 import type { InstanceRow } from '../cluster/lease-store.js';
 
@@ -63,7 +76,12 @@ const MIGRATIONS = [
   `ALTER TABLE instances ADD COLUMN reaches_signal BOOLEAN NOT NULL DEFAULT true`,
   // When a connection in backoff tries next, for `status`.
   `ALTER TABLE live_state ADD COLUMN retry_at BIGINT`,
+  // Forbidden connections by the time they became forbidden, for the sweeps that remove them.
+  'CREATE INDEX connections_forbidden_since ON connections((COALESCE(forbidden_at, updated_at)), uuid, device_id) WHERE forbidden',
 ];
+
+/** Since when a forbidden connection is forbidden: unknown for a row forbidden in MollySocket, then its last change. */
+const FORBIDDEN_SINCE = 'COALESCE(forbidden_at, updated_at)';
 
 /** A `connections` row as selected. */
 export interface Row {
@@ -80,6 +98,11 @@ export interface Row {
   owner: string | null;
   epoch: number;
 }
+
+/** Compare-and-set on what a registration's decision was made on, its parameters from `$first` on (see `decidedFor`). */
+const UNCHANGED = (first: number): string =>
+  `password = $${first} AND endpoint = $${first + 1} AND forbidden = $${first + 2} AND forbidden_reason IS NOT DISTINCT FROM $${first + 3}::text`;
+const decidedFor = (c: Connection): unknown[] => [c.password, c.endpoint, c.forbidden, c.forbiddenReason];
 
 export const fromRow = (r: Row): Connection => ({
   uuid: r.uuid,
@@ -224,13 +247,24 @@ export class PostgresStore implements Store {
     return row && fromRow(row);
   }
 
+  /** One statement per filter shape, each answered from the primary key (the CLI's whole list aside). */
   async list(filter: { uuid?: string; deviceId?: number } = {}): Promise<Connection[]> {
-    const rows = await this.rows<Row>(
-      `SELECT * FROM connections WHERE ($1::text IS NULL OR uuid = $1) AND ($2::int IS NULL OR device_id = $2)
-       ORDER BY uuid COLLATE "C", device_id`,
-      [filter.uuid ?? null, filter.deviceId ?? null],
-    );
+    const { uuid, deviceId } = filter;
+    const order = 'ORDER BY uuid COLLATE "C", device_id';
+    const rows =
+      uuid !== undefined && deviceId !== undefined
+        ? await this.rows<Row>('SELECT * FROM connections WHERE uuid = $1 AND device_id = $2', [uuid, deviceId])
+        : uuid !== undefined
+          ? await this.rows<Row>(`SELECT * FROM connections WHERE uuid = $1 ${order}`, [uuid])
+          : deviceId !== undefined
+            ? await this.rows<Row>(`SELECT * FROM connections WHERE device_id = $1 ${order}`, [deviceId])
+            : await this.rows<Row>(`SELECT * FROM connections ${order}`);
     return rows.map(fromRow);
+  }
+
+  async count(): Promise<number> {
+    const [row] = await this.rows<{ n: number }>('SELECT count(*) AS n FROM connections');
+    return row!.n;
   }
 
   /** Written and announced in one statement: the owner (or the bucket's owner, for a new row) applies it at once. */
@@ -248,12 +282,34 @@ export class PostgresStore implements Store {
     return fromRow(row!);
   }
 
-  async touchRegistration(key: ConnectionKey, now: number): Promise<Connection | undefined> {
-    const [row] = await this.rows<Row>('UPDATE connections SET last_registration = $1 WHERE uuid = $2 AND device_id = $3 RETURNING *', [
-      now,
-      key.uuid,
-      key.deviceId,
-    ]);
+
+  async putIf(c: NewConnection, now: number, decidedOn: Connection | undefined): Promise<Connection | undefined> {
+    const [write, values] =
+      decidedOn === undefined
+        ? [
+            `INSERT INTO connections (uuid, device_id, password, endpoint, forbidden, last_registration, created_at, updated_at, bucket)
+             VALUES ($1, $2, $3, $4, false, $5, $5, $5, $6)
+             ON CONFLICT (uuid, device_id) DO NOTHING RETURNING *`,
+            [bucketOf(c.uuid, c.deviceId)],
+          ]
+        : [
+            `UPDATE connections SET password = $3, endpoint = $4, forbidden = false, forbidden_reason = NULL, forbidden_at = NULL,
+               last_registration = $5, updated_at = $5
+             WHERE uuid = $1 AND device_id = $2 AND ${UNCHANGED(6)} RETURNING *`,
+            decidedFor(decidedOn),
+          ];
+    const [row] = await this.rows<Row>(
+      `WITH r AS (${write}) SELECT r.*, pg_notify('${CHANNEL}', 'changed:' || r.uuid || '.' || r.device_id) FROM r`,
+      [c.uuid, c.deviceId, c.password, c.endpoint, now, ...values],
+    );
+    return row && fromRow(row);
+  }
+
+  async touchIf(key: ConnectionKey, now: number, decidedOn: Connection): Promise<Connection | undefined> {
+    const [row] = await this.rows<Row>(
+      `UPDATE connections SET last_registration = $1 WHERE uuid = $2 AND device_id = $3 AND ${UNCHANGED(4)} RETURNING *`,
+      [now, key.uuid, key.deviceId, ...decidedFor(decidedOn)],
+    );
     return row && fromRow(row);
   }
 
@@ -333,6 +389,35 @@ export class PostgresStore implements Store {
       [key.uuid, key.deviceId],
     );
     return rows.length > 0;
+  }
+
+  async forbiddenWithNewerDevices(before: number, after: ForbiddenCursor | undefined, limit: number): Promise<LeftBehindCandidate[]> {
+    const start = after ?? { since: -1, uuid: '', deviceId: 0 };
+    const rows = await this.rows<Row & { since: number; newer: number[] | null }>(
+      `SELECT o.*, ${FORBIDDEN_SINCE} AS since,
+         (SELECT array_agg(n.device_id) FROM connections n
+          WHERE n.uuid = o.uuid AND n.device_id <> o.device_id AND NOT n.forbidden AND n.created_at > o.created_at) AS newer
+       FROM connections o
+       WHERE o.forbidden AND ${FORBIDDEN_SINCE} <= $1 AND (${FORBIDDEN_SINCE}, o.uuid, o.device_id) > ($2, $3, $4)
+       ORDER BY ${FORBIDDEN_SINCE}, o.uuid, o.device_id LIMIT $5`,
+      [before, start.since, start.uuid, start.deviceId, limit],
+    );
+    return rows.map((r) => ({ conn: fromRow(r), cursor: { since: r.since, uuid: r.uuid, deviceId: r.device_id }, newerDevices: r.newer ?? [] }));
+  }
+
+  /** Removes and announces them; a row that a registration enables meanwhile is skipped (the lock re-checks it). */
+  async removeForbiddenSince(before: number, limit: number): Promise<ConnectionKey[]> {
+    const rows = await this.rows<{ uuid: string; device_id: number }>(
+      `WITH r AS (
+         DELETE FROM connections WHERE (uuid, device_id) IN (
+           SELECT uuid, device_id FROM connections WHERE forbidden AND ${FORBIDDEN_SINCE} <= $1
+           ORDER BY ${FORBIDDEN_SINCE} LIMIT $2 FOR UPDATE SKIP LOCKED)
+         AND forbidden
+         RETURNING uuid, device_id)
+       SELECT uuid, device_id, pg_notify('${CHANNEL}', 'changed:' || uuid || '.' || device_id) FROM r`,
+      [before, limit],
+    );
+    return rows.map((r) => ({ uuid: r.uuid, deviceId: r.device_id }));
   }
 
   /** Writes only the states that changed since the last call, and deletes those no longer there. */
@@ -424,6 +509,11 @@ export class PostgresStore implements Store {
    */
   isTransient(err: unknown): boolean {
     return ['40001', '40P01', '55P03'].includes((err as { code?: string }).code ?? '');
+  }
+
+  /** Data exceptions (class 22: a NUL byte in text is 22021, an untranslatable character 22P05) and integrity violations (23). */
+  isDataError(err: unknown): boolean {
+    return /^2[23][0-9A-Z]{3}$/.test((err as { code?: string }).code ?? '');
   }
 
   /** Owed wake-ups travel with the rows: whoever claims them next pushes once connected. */

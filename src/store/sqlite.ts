@@ -1,6 +1,23 @@
-import { closeSync, existsSync, linkSync, openSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, linkSync, openSync, rmSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
-import { StoreError, type Connection, type ConnectionKey, type ForbiddenFor, type Heartbeat, type LiveState, type NewConnection, type OpenMode, type Store } from './store.js';
+import {
+  StoreError,
+  connectionKey,
+  type Connection,
+  type ConnectionKey,
+  type ForbiddenCursor,
+  type ForbiddenFor,
+  type Heartbeat,
+  type LeftBehindCandidate,
+  type LiveState,
+  type NewConnection,
+  type OpenMode,
+  type Store,
+} from './store.js';
+
+/**
+/** Since when a forbidden connection is forbidden: unknown for a row forbidden in MollySocket, then its last change. */
+const FORBIDDEN_SINCE = 'COALESCE(forbidden_at, updated_at)';
 
 /**
  * MollySocket's rows in our columns (a table with its schema named `table`): for the migration and for reading its
@@ -121,6 +138,11 @@ const MIGRATIONS: Migration[] = [
     version: 7,
     up: (db) => db.exec('ALTER TABLE live_state ADD COLUMN retry_at INTEGER'),
   },
+  {
+    // Forbidden connections by the time they became forbidden, for the sweeps that remove them.
+    version: 8,
+    up: (db) => db.exec(`CREATE INDEX IF NOT EXISTS connections_forbidden_since ON connections(${FORBIDDEN_SINCE}, uuid, device_id) WHERE forbidden = 1`),
+  },
 ];
 
 const SCHEMA_VERSION = MIGRATIONS.at(-1)!.version;
@@ -137,6 +159,14 @@ interface Row {
   created_at: number;
   updated_at: number;
 }
+
+/** The parameters of a compare-and-set on what a registration's decision was made on (all NULL: no row). */
+const decidedFor = (c: Connection | undefined): Record<string, unknown> => ({
+  oldPassword: c?.password ?? null,
+  oldEndpoint: c?.endpoint ?? null,
+  forbidden: c === undefined ? null : c.forbidden ? 1 : 0,
+  forbiddenReason: c?.forbiddenReason ?? null,
+});
 
 const fromRow = (r: Row): Connection => ({
   uuid: r.uuid,
@@ -178,6 +208,8 @@ export class SqliteStore implements Store {
   migratedFrom: { backup: string } | undefined;
   /** Where connections are read from: our table, or MollySocket's rows seen in our columns (read mode). */
   private connections = 'connections';
+  /** What this process last published to live_state (undefined: nothing yet, whatever is there is an earlier run's). */
+  private published: Map<string, string> | undefined;
 
   private constructor(
     private readonly db: Database.Database,
@@ -268,7 +300,10 @@ export class SqliteStore implements Store {
       throw new StoreError(`the database ${this.path} has schema version ${version()}, newer than this program knows (${SCHEMA_VERSION}): upgrade mollysocket`);
     }
     const backup = SqliteStore.backupPath(this.path);
-    if (version() < 2 && this.hasTable('connections')) this.keepCopy(backup);
+    if (version() < 2 && this.hasTable('connections')) {
+      this.keepPrivate();
+      this.keepCopy(backup);
+    }
     this.db
       .transaction(() => {
         const current = version();
@@ -278,6 +313,23 @@ export class SqliteStore implements Store {
         this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
       })
       .immediate();
+  }
+
+  /**
+   * MollySocket's file is often readable by everyone (0644 under the usual umask) while it holds every password: once
+   * it is ours, only its owner may read it, as a file this program creates. SQLite gives its -wal and -shm files the
+   * database's mode. A file owned by another user (EPERM) keeps the mode that user chose.
+   */
+  private keepPrivate(): void {
+    for (const file of [this.path, `${this.path}-wal`, `${this.path}-shm`]) {
+      try {
+        const mode = statSync(file).mode & 0o777;
+        if (mode & 0o077) chmodSync(file, mode & 0o700);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'ENOENT' && code !== 'EPERM') throw err;
+      }
+    }
   }
 
   /**
@@ -305,14 +357,25 @@ export class SqliteStore implements Store {
     return row && fromRow(row);
   }
 
+  /** One statement per filter shape: a filter SQLite cannot fold at prepare time (`? IS NULL OR …`) scans the table. */
   async list(filter: { uuid?: string; deviceId?: number } = {}): Promise<Connection[]> {
-    const rows = this.db
-      .prepare(
-        `SELECT * FROM ${this.connections} WHERE (@uuid IS NULL OR uuid = @uuid) AND (@deviceId IS NULL OR device_id = @deviceId)
-         ORDER BY uuid, device_id`,
-      )
-      .all({ uuid: filter.uuid ?? null, deviceId: filter.deviceId ?? null }) as Row[];
+    const { uuid, deviceId } = filter;
+    const from = `SELECT * FROM ${this.connections}`;
+    const order = 'ORDER BY uuid, device_id';
+    const rows = (
+      uuid !== undefined && deviceId !== undefined
+        ? this.db.prepare(`${from} WHERE uuid = ? AND device_id = ?`).all(uuid, deviceId)
+        : uuid !== undefined
+          ? this.db.prepare(`${from} WHERE uuid = ? ${order}`).all(uuid)
+          : deviceId !== undefined
+            ? this.db.prepare(`${from} WHERE device_id = ? ${order}`).all(deviceId)
+            : this.db.prepare(`${from} ${order}`).all()
+    ) as Row[];
     return rows.map(fromRow);
+  }
+
+  async count(): Promise<number> {
+    return (this.db.prepare(`SELECT count(*) AS n FROM ${this.connections}`).get() as { n: number }).n;
   }
 
   async put(c: NewConnection, now: number): Promise<Connection> {
@@ -330,11 +393,33 @@ export class SqliteStore implements Store {
     return fromRow(row);
   }
 
-  async touchRegistration(key: ConnectionKey, now: number): Promise<Connection | undefined> {
+
+  /** What a registration's decision was made on: no row, or one with these credentials, endpoint and forbidden state. */
+  private static readonly UNCHANGED = `password = @oldPassword AND endpoint = @oldEndpoint AND forbidden = @forbidden
+    AND forbidden_reason IS @forbiddenReason`;
+
+  async putIf(c: NewConnection, now: number, decidedOn: Connection | undefined): Promise<Connection | undefined> {
     this.assertPresent();
     const row = this.db
-      .prepare('UPDATE connections SET last_registration = ? WHERE uuid = ? AND device_id = ? RETURNING *')
-      .all(now, key.uuid, key.deviceId)[0] as Row | undefined;
+      .prepare(
+        decidedOn === undefined
+          ? `INSERT INTO connections (uuid, device_id, password, endpoint, forbidden, last_registration, created_at, updated_at)
+             VALUES (@uuid, @deviceId, @password, @endpoint, 0, @now, @now, @now)
+             ON CONFLICT (uuid, device_id) DO NOTHING RETURNING *`
+          : `UPDATE connections SET password = @password, endpoint = @endpoint, forbidden = 0, forbidden_reason = NULL,
+               forbidden_at = NULL, last_registration = @now, updated_at = @now
+             WHERE uuid = @uuid AND device_id = @deviceId AND ${SqliteStore.UNCHANGED} RETURNING *`,
+      )
+      // all(), not get(): it steps to the end, where a failing commit (a full disk) is reported
+      .all({ uuid: c.uuid, deviceId: c.deviceId, password: c.password, endpoint: c.endpoint, now, ...decidedFor(decidedOn) })[0] as Row | undefined;
+    return row && fromRow(row);
+  }
+
+  async touchIf(key: ConnectionKey, now: number, decidedOn: Connection): Promise<Connection | undefined> {
+    this.assertPresent();
+    const row = this.db
+      .prepare(`UPDATE connections SET last_registration = @now WHERE uuid = @uuid AND device_id = @deviceId AND ${SqliteStore.UNCHANGED} RETURNING *`)
+      .all({ uuid: key.uuid, deviceId: key.deviceId, now, ...decidedFor(decidedOn) })[0] as Row | undefined;
     return row && fromRow(row);
   }
 
@@ -377,12 +462,30 @@ export class SqliteStore implements Store {
       : this.db.prepare('DELETE FROM connections WHERE uuid = ? AND device_id = ?').run(key.uuid, key.deviceId).changes;
   }
 
+  /**
+   * Writes only the states that changed since the last call, and deletes those no longer there; the first call of a
+   * run replaces whatever an earlier run left.
+   */
   async publishStates(states: LiveState[]): Promise<void> {
+    const next = new Map(states.map((s) => [connectionKey(s), JSON.stringify([s.state, s.reason, s.since, s.retryAt])]));
+    const published = this.published;
+    const changed = states.filter((s) => published?.get(connectionKey(s)) !== next.get(connectionKey(s)));
+    const gone = published ? [...published.keys()].filter((k) => !next.has(k)) : [];
+    if (published && changed.length === 0 && gone.length === 0) return;
     this.db.transaction(() => {
-      this.db.exec('DELETE FROM live_state');
-      const insert = this.db.prepare('INSERT INTO live_state (uuid, device_id, state, reason, since, retry_at) VALUES (?, ?, ?, ?, ?, ?)');
-      for (const s of states) insert.run(s.uuid, s.deviceId, s.state, s.reason, s.since, s.retryAt ?? null);
+      if (!published) this.db.exec('DELETE FROM live_state');
+      const upsert = this.db.prepare(
+        `INSERT INTO live_state (uuid, device_id, state, reason, since, retry_at) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (uuid, device_id) DO UPDATE SET state = excluded.state, reason = excluded.reason, since = excluded.since, retry_at = excluded.retry_at`,
+      );
+      for (const s of changed) upsert.run(s.uuid, s.deviceId, s.state, s.reason, s.since, s.retryAt ?? null);
+      const remove = this.db.prepare('DELETE FROM live_state WHERE uuid = ? AND device_id = ?');
+      for (const k of gone) {
+        const dot = k.lastIndexOf('.');
+        remove.run(k.slice(0, dot), Number(k.slice(dot + 1)));
+      }
     })();
+    this.published = next;
   }
 
   async liveStates(): Promise<LiveState[]> {
@@ -425,6 +528,7 @@ export class SqliteStore implements Store {
 
   /** The server stopped: nothing it published is current any more. */
   async clearLive(): Promise<void> {
+    this.published = undefined;
     this.db.transaction(() => {
       this.db.exec('DELETE FROM live_state');
       this.db.exec('DELETE FROM heartbeat');
@@ -449,6 +553,11 @@ export class SqliteStore implements Store {
   /** Answers SQLite gives while another connection holds the lock: worth waiting for. */
   isTransient(err: unknown): boolean {
     return /^SQLITE_(BUSY|LOCKED)/.test((err as { code?: string }).code ?? '');
+  }
+
+  /** Constraint, size and type errors: about what was written, not about the file. */
+  isDataError(err: unknown): boolean {
+    return /^SQLITE_(CONSTRAINT|TOOBIG|MISMATCH)/.test((err as { code?: string }).code ?? '');
   }
 
   /** Throws when what is written now would be lost (the file was deleted or replaced under the server). */
@@ -486,6 +595,35 @@ export class SqliteStore implements Store {
 
   async removeForbidden(key: ConnectionKey): Promise<boolean> {
     return this.db.prepare('DELETE FROM connections WHERE uuid = ? AND device_id = ? AND forbidden = 1').run(key.uuid, key.deviceId).changes > 0;
+  }
+
+  async forbiddenWithNewerDevices(before: number, after: ForbiddenCursor | undefined, limit: number): Promise<LeftBehindCandidate[]> {
+    const rows = this.db
+      .prepare(
+        `SELECT o.*, ${FORBIDDEN_SINCE} AS since,
+           (SELECT group_concat(n.device_id) FROM connections n
+            WHERE n.uuid = o.uuid AND n.device_id <> o.device_id AND n.forbidden = 0 AND n.created_at > o.created_at) AS newer
+         FROM connections o
+         WHERE o.forbidden = 1 AND ${FORBIDDEN_SINCE} <= @before AND (${FORBIDDEN_SINCE}, o.uuid, o.device_id) > (@since, @uuid, @deviceId)
+         ORDER BY ${FORBIDDEN_SINCE}, o.uuid, o.device_id LIMIT @limit`,
+      )
+      .all({ before, limit, ...(after ?? { since: -1, uuid: '', deviceId: 0 }) }) as (Row & { since: number; newer: string | null })[];
+    return rows.map((r) => ({
+      conn: fromRow(r),
+      cursor: { since: r.since, uuid: r.uuid, deviceId: r.device_id },
+      newerDevices: r.newer === null ? [] : r.newer.split(',').map(Number),
+    }));
+  }
+
+  async removeForbiddenSince(before: number, limit: number): Promise<ConnectionKey[]> {
+    const rows = this.db
+      .prepare(
+        `DELETE FROM connections WHERE rowid IN (
+           SELECT rowid FROM connections WHERE forbidden = 1 AND ${FORBIDDEN_SINCE} <= ? ORDER BY ${FORBIDDEN_SINCE} LIMIT ?)
+         RETURNING uuid, device_id`,
+      )
+      .all(before, limit) as { uuid: string; device_id: number }[];
+    return rows.map((r) => ({ uuid: r.uuid, deviceId: r.device_id }));
   }
 
   /** Changes whenever another connection (the CLI) commits to the file. */

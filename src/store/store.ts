@@ -36,6 +36,20 @@ export const connectionKey = (c: ConnectionKey): string => `${c.uuid}.${c.device
  */
 export type OpenMode = 'create' | 'write' | 'read';
 
+/** Where a walk over forbidden connections (oldest refusal first) got to. */
+export interface ForbiddenCursor {
+  since: number;
+  uuid: string;
+  deviceId: number;
+}
+
+/** A forbidden connection, and the devices of its account registered here later that are not forbidden. */
+export interface LeftBehindCandidate {
+  conn: Connection;
+  newerDevices: number[];
+  cursor: ForbiddenCursor;
+}
+
 /** A connection's state as the running server last published it (times in ms). */
 export interface LiveState {
   uuid: string;
@@ -75,8 +89,16 @@ export interface Store {
    * it is stored.
    */
   put(c: NewConnection, now: number): Promise<Connection>;
-  /** An identical registration: only remembers when it was seen (throws as `put` does). */
-  touchRegistration(key: ConnectionKey, now: number): Promise<Connection | undefined>;
+  /** How many connections are stored (the `max_connections` cap). */
+  count(): Promise<number>;
+  /**
+   * A registration's write, compare-and-set on what its decision was made on (`decidedOn`: no row, or a row with these
+   * credentials, endpoint and forbidden state): as `put`, but undefined, and nothing written, when the stored row is
+   * no longer that (a concurrent registration, the CLI or the server changed it): decide again.
+   */
+  putIf(c: NewConnection, now: number, decidedOn: Connection | undefined): Promise<Connection | undefined>;
+  /** An identical registration: only remembers when it was seen; compare-and-set as `putIf`. */
+  touchIf(key: ConnectionKey, now: number, decidedOn: Connection): Promise<Connection | undefined>;
   /**
    * Marks an enabled connection forbidden, compare-and-set on what the decision was made for (the endpoint or the
    * password). `fence` (the owner's view of the row) makes it a write of the owner: on PostgreSQL it changes nothing
@@ -91,6 +113,13 @@ export interface Store {
   importConnections(conns: Connection[]): Promise<void>;
   /** Removes a connection only if it is (still) forbidden; whether it did. */
   removeForbidden(key: ConnectionKey): Promise<boolean>;
+  /**
+   * At most `limit` connections forbidden since `before` (unix seconds) or earlier, after `after` in the order of their
+   * refusal, each with its account's newer devices: one batch of the walk that finds rows left behind by a re-link.
+   */
+  forbiddenWithNewerDevices(before: number, after: ForbiddenCursor | undefined, limit: number): Promise<LeftBehindCandidate[]>;
+  /** Removes at most `limit` connections forbidden since `before` (unix seconds) or earlier, oldest first; their keys. */
+  removeForbiddenSince(before: number, limit: number): Promise<ConnectionKey[]>;
   /** The running server's connection states (all of them; a backend writes only what changed). */
   publishStates(states: LiveState[]): Promise<void>;
   liveStates(): Promise<LiveState[]>;
@@ -109,6 +138,11 @@ export interface Store {
   healthy(): Promise<boolean>;
   /** Whether a write failed only because another process holds a lock (worth retrying soon), by this backend's codes. */
   isTransient(err: unknown): boolean;
+  /**
+   * Whether a write failed for its own data (what one request sent cannot be stored), by this backend's codes: that
+   * request's error, never the store's health, and retrying cannot help.
+   */
+  isDataError(err: unknown): boolean;
   /** Keeps the connections a stopping server still owed a wake-up. */
   keepOwedWakeups(keys: ConnectionKey[]): Promise<void>;
   /** The wake-ups owed to the connections this server runs, forgotten as they are read. */

@@ -1,6 +1,7 @@
 import { backoffDelay } from '../backoff.js';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { Logger } from '../log.js';
+import type { Store } from './store.js';
 
 /**
  * How the running server writes to the store without ever making the event loop wait on it. The database can be
@@ -23,15 +24,15 @@ export class StoreWrites {
   private attempt = 0;
   private failure: { error: string; since: number } | undefined;
   private readonly clock: Clock;
-  private readonly isTransient: (err: unknown) => boolean;
+  private readonly errors: Pick<Store, 'isTransient' | 'isDataError'>;
 
-  /** `isTransient`: the store's own word on whether a failed write is worth retrying soon (another holds the lock). */
+  /** `errors`: the store's own word on a failed write, worth retrying soon (another holds the lock) or its data's fault. */
   constructor(
     private readonly log: Logger,
-    opts: { isTransient: (err: unknown) => boolean; clock?: Clock },
+    opts: { errors: Pick<Store, 'isTransient' | 'isDataError'>; clock?: Clock },
   ) {
     this.clock = opts.clock ?? systemClock;
-    this.isTransient = opts.isTransient;
+    this.errors = opts.errors;
   }
 
   /**
@@ -53,7 +54,8 @@ export class StoreWrites {
 
   /**
    * A write whose caller waits for the outcome (a registration is answered `ok` only once stored): retried while the
-   * database is locked, up to `waitMs`, without blocking the event loop; any other failure is thrown at once.
+   * database is locked, up to `waitMs`, without blocking the event loop; any other failure is thrown at once. A failure
+   * for the write's own data (`isDataError`) is the caller's, and leaves the store's health as it was.
    */
   async now<T>(write: () => T | Promise<T>, waitMs = 5_000): Promise<T> {
     const deadline = this.clock.now() + waitMs;
@@ -63,8 +65,9 @@ export class StoreWrites {
         this.succeeded();
         return result;
       } catch (err) {
+        if (this.errors.isDataError(err)) throw err;
         this.failed(err);
-        if (!this.isTransient(err) || this.clock.now() >= deadline) throw err;
+        if (!this.errors.isTransient(err) || this.clock.now() >= deadline) throw err;
         await new Promise<void>((resolve) => this.clock.setTimeout(resolve, Math.min(20 * 2 ** attempt, 250)));
       }
     }

@@ -344,7 +344,7 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
       password: b.password,
       endpoint: b.endpoint,
       ping: b.ping ?? false,
-    });
+    }, req.ip);
     return { mollysocket: { version: deps.version, status } };
   });
 

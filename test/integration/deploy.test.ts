@@ -11,6 +11,7 @@ import { packageRoot } from '../../src/paths.js';
 import { startServer, type RunningServer } from '../../src/server.js';
 import { FakePushServer } from '../fakes/push-server.js';
 import { BIN } from '../helpers/bin.js';
+import { FakeSignalServer } from '../fakes/signal-server.js';
 import { eventually, httpGet, memoryLogger, tempDir } from '../helpers/index.js';
 import { execWords, unitEntries, unitEnvironment, unitValues } from '../helpers/systemd.js';
 import { linkIn } from '../helpers/web.js';
@@ -156,13 +157,16 @@ async function nginxInFront(upstream: string): Promise<{ url: string; stop: () =
 describe.skipIf(!nginx)('behind nginx on a sub-path, with the sample from deploy/nginx', () => {
   let server: RunningServer;
   let push: FakePushServer;
+  let signal: FakeSignalServer;
   let proxy: { url: string; stop: () => void };
   let proxyUrl: string;
 
   beforeAll(async () => {
     push = await FakePushServer.start();
+    signal = await FakeSignalServer.start({ tls: false });
+    signal.addAccount({ uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', deviceId: 2, password: 'pw' }); // a new device is asked to Signal first
     const { config } = loadConfig({
-      env: { XDG_CONFIG_HOME: '/nonexistent', MOLLY_PORT: '0', MOLLY_DB: join(tempDir(), 'm.db'), MOLLY_ALLOWED_ENDPOINTS: `["${push.origin}"]`, MOLLY_SIGNAL_URL: 'ws://127.0.0.1:1/' },
+      env: { XDG_CONFIG_HOME: '/nonexistent', MOLLY_PORT: '0', MOLLY_DB: join(tempDir(), 'm.db'), MOLLY_ALLOWED_ENDPOINTS: `["${push.origin}"]`, MOLLY_SIGNAL_URL: signal.url },
     });
     server = await startServer(config, memoryLogger().log);
     proxy = await nginxInFront(new URL(server.url!).host);
@@ -173,6 +177,7 @@ describe.skipIf(!nginx)('behind nginx on a sub-path, with the sample from deploy
     proxy?.stop();
     await server?.close();
     await push?.close();
+    await signal?.close();
   });
 
   it('shows the public URL in the homepage link', async () => {

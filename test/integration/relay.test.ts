@@ -53,6 +53,14 @@ describe('the relay end to end', () => {
     return { http: res.status, json: (await res.json()) as { mollysocket: { version: string; status: string } } };
   };
   const molly = { uuid: account.uuid, device_id: account.deviceId, password: account.password };
+  /** A connection stored while Signal accepted it, then unlinked: Signal answers its reconnection with 403. */
+  const unlinked = async (endpoint: string) => {
+    expect((await register({ ...molly, endpoint })).json.mollysocket.status).toBe('ok');
+    await signal.until(() => server.supervisor.state(account) === 'connected', 'connected');
+    signal.removeAccount(account);
+    signal.open(account.uuid, account.deviceId)[0]!.ws.close(4401, 'Reauthenticate');
+    await signal.until(() => server.supervisor.state(account) === 'forbidden', 'forbidden');
+  };
 
   it('registers, connects with Basic credentials, and turns every urgent envelope into a signed push', async () => {
     const endpoint = push.endpoint('token-1');
@@ -112,7 +120,8 @@ describe('the relay end to end', () => {
     expect((await register({ ...molly, endpoint, ping: true })).json.mollysocket.status).toBe('ok');
     await push.until(() => push.requests.length === 2, 'the ping');
     expect(push.bodies()).toEqual(['{"test":true}', '{"test":true}']);
-    expect(signal.sessions).toHaveLength(1);
+    expect(signal.sessions).toHaveLength(2); // the question to Signal at the first registration, and the connection
+    expect(signal.open(account.uuid, 2)).toHaveLength(1);
   });
 
   it('answers Molly with the status strings of the decision table', async () => {
@@ -176,9 +185,7 @@ describe('the relay end to end', () => {
     });
 
     it('a new password for a forbidden connection (MollySocket row 7): replaced only when Signal accepts it', async () => {
-      signal.removeAccount(account);
-      await register({ ...molly, endpoint: push.endpoint('victim') });
-      await signal.until(() => server.supervisor.state(account) === 'forbidden', 'forbidden');
+      await unlinked(push.endpoint('victim'));
       const stranger = await register({ ...molly, password: 'c3RyYW5nZXI=', endpoint: push.endpoint('stranger') });
       expect(stranger.json.mollysocket.status).toBe('forbidden');
       expect(await server.store.get(account)).toMatchObject({ password: account.password, endpoint: push.endpoint('victim'), forbidden: true });
@@ -199,11 +206,18 @@ describe('the relay end to end', () => {
     });
   });
 
-  it('marks the connection forbidden when Signal answers 403, and stops trying', async () => {
+  it('stores nothing and pushes nothing for a new account device that Signal refuses: forbidden', async () => {
     signal.removeAccount(account);
-    await register({ ...molly, endpoint: push.endpoint() });
-    await signal.until(() => signal.upgrades.some((u) => u.status === 403), 'a 403');
-    await signal.until(() => server.supervisor.state(account) === 'forbidden', 'forbidden state');
+    expect((await register({ ...molly, endpoint: push.endpoint() })).json.mollysocket.status).toBe('forbidden');
+    expect(signal.upgrades).toEqual([{ uuid: account.uuid, status: 403 }]); // the question, and no connection
+    expect(await server.store.list()).toEqual([]);
+    expect(server.supervisor.counts().total).toBe(0);
+    expect(push.requests).toEqual([]);
+  });
+
+  it('marks the connection forbidden when Signal answers 403, and stops trying', async () => {
+    await unlinked(push.endpoint());
+    expect(signal.upgrades.at(-1)).toEqual({ uuid: account.uuid, status: 403 });
     expect(await server.store.get(account)).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403' });
     expect((await register({ ...molly, endpoint: push.endpoint() })).json.mollysocket.status).toBe('forbidden');
     const attempts = signal.upgrades.length;
@@ -257,9 +271,9 @@ describe('the relay end to end', () => {
     await register({ ...molly, endpoint: push.endpoint() });
     await signal.until(() => signal.open(account.uuid, 2).length === 1, 'a session');
     signal.open(account.uuid, 2)[0]!.ws.close(1011, 'server restart');
-    await signal.until(() => signal.sessions.length === 2 && signal.open(account.uuid, 2).length === 1, 'a second session');
+    await signal.until(() => signal.sessions.length === 3 && signal.open(account.uuid, 2).length === 1, 'a second session');
     await signal.until(() => server.supervisor.state(account) === 'connected', 'connected state');
-    expect(signal.upgrades.filter((u) => u.status === 101)).toHaveLength(2);
+    expect(signal.upgrades.filter((u) => u.status === 101)).toHaveLength(3); // the question, the connection, the reconnection
   });
 
   it('4409: sends a delivery check, and a 410 answer disables the connection until Molly registers a new endpoint', async () => {

@@ -5,6 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import { createResolver, parseHosts } from '../../src/resolver.js';
 import { startServer } from '../../src/server.js';
+import { FakeSignalServer } from '../fakes/signal-server.js';
 import { FakePushServer } from '../fakes/push-server.js';
 import { memoryLogger, tempDir } from '../helpers/index.js';
 
@@ -53,13 +54,15 @@ describe('resolving push endpoint names', () => {
 
   it('lets a registration through while others wait on a name server that never answers', async () => {
     const push = await FakePushServer.start();
+    const signal = await FakeSignalServer.start({ tls: false });
+    signal.addAccount({ uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', deviceId: 1, password: 'pw' });
     const port = new URL(push.origin).port;
     const { config } = loadConfig({
       env: {
         XDG_CONFIG_HOME: '/nonexistent',
         MOLLY_PORT: '0',
         MOLLY_DB: join(tempDir(), 'mollysocket.db'),
-        MOLLY_SIGNAL_URL: 'wss://127.0.0.1:9/v1/websocket/',
+        MOLLY_SIGNAL_URL: signal.url,
         MOLLY_ALLOWED_ENDPOINTS: JSON.stringify(['*', `http://push.test:${port}`]),
       },
     });
@@ -87,6 +90,7 @@ describe('resolving push endpoint names', () => {
     } finally {
       await server.close();
       await push.close();
+      await signal.close();
     }
   });
 });

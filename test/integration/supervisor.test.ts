@@ -56,6 +56,7 @@ async function harness(over: Partial<SupervisorOptions> = {}, at?: string | ((si
     keepaliveTickMs: 1_000,
     leftBehindKeptMs: 7 * 86_400_000,
     leftBehindSweepMs: 3_600_000,
+    forbiddenRetentionMs: 30 * 86_400_000,
     recoveryIntervalMs: 1_000,
     handOverTimeoutMs: 30_000,
     ...over,
@@ -524,6 +525,65 @@ describe('forbidden connections left behind by a re-link', () => {
     expect(await h.store.get(other)).toMatchObject({ forbidden: true });
     expect(h.logs().join('')).toContain('removed a forbidden connection: a newer device of the account is connected');
   });
+
+  it('sweep 30,000 forbidden rows in batches, yielding between them: left behind and past forbidden_retention_days removed, the rest kept', async () => {
+    const DAY = 86_400;
+    const h = await harness({ leftBehindKeptMs: 7 * DAY * 1000, leftBehindSweepMs: 10_000, forbiddenRetentionMs: 30 * DAY * 1000 });
+    const now = Math.floor(h.clock.now() / 1000);
+    const row = (uuid: string, deviceId: number, forbiddenAt: number | null, createdAt: number): Connection => ({
+      uuid,
+      deviceId,
+      password: 'made-up',
+      endpoint: ENDPOINT,
+      forbidden: forbiddenAt !== null,
+      forbiddenReason: forbiddenAt !== null ? 'signal_403' : null,
+      forbiddenAt,
+      lastRegistration: createdAt,
+      createdAt,
+      updatedAt: forbiddenAt ?? createdAt,
+      owner: null,
+      epoch: 0,
+    });
+    const stranger = (i: number) => `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`;
+    // What a registration flood leaves: made-up accounts refused by Signal, 31 days (gone) or 8 days ago (kept).
+    const flood = Array.from({ length: 30_000 }, (_, i) => row(stranger(i), 1, now - (i % 2 === 0 ? 31 : 8) * DAY, now - 40 * DAY));
+    const unlinked = row(A.uuid, 1, now - 8 * DAY, now - 100 * DAY); // left behind by a re-link to device 2
+    await h.store.importConnections([...flood, unlinked]);
+    h.signal.addAccount(A);
+    await h.store.put({ ...A, endpoint: ENDPOINT }, now - 2 * DAY); // device 2, registered after device 1, connected
+    const steps: string[] = [];
+    for (const name of ['forbiddenWithNewerDevices', 'removeForbiddenSince'] as const) {
+      const original = h.store[name].bind(h.store) as (...args: unknown[]) => Promise<unknown>;
+      (h.store as unknown as Record<string, unknown>)[name] = (...args: unknown[]) => {
+        steps.push(name);
+        return original(...args);
+      };
+    }
+    await h.sup.start();
+    await connected(h, A);
+    let turning = true;
+    const turn = (): void => {
+      if (steps.at(-1) !== 'turn') steps.push('turn');
+      if (turning) setImmediate(turn);
+    };
+    turn();
+    h.clock.advance(10_000); // keepalives are not due yet: device 2 stays connected
+    await eventually(() => h.logs().some((l) => l.includes('forbidden_retention_days')), 'the end of the sweep', 60_000, 50);
+    turning = false;
+
+    const kept = await h.store.list();
+    expect(kept).toHaveLength(15_001);
+    expect(kept.filter((c) => c.uuid === A.uuid).map((c) => c.deviceId)).toEqual([2]);
+    expect(kept.filter((c) => c.forbidden).every((c) => c.forbiddenAt === now - 8 * DAY)).toBe(true);
+    expect(h.sup.state(unlinked)).toBeUndefined();
+    expect(h.sup.state({ uuid: stranger(0), deviceId: 1 })).toBeUndefined();
+    expect(h.sup.state({ uuid: stranger(1), deviceId: 1 })).toBe('forbidden');
+    // Every batch is one short statement: the event loop ran between any two.
+    const batches = steps.filter((s) => s !== 'turn').length;
+    expect(batches).toBeGreaterThanOrEqual(30_001 / 500 + 15_000 / 500);
+    expect(steps.some((s, i) => s !== 'turn' && steps[i + 1] !== undefined && steps[i + 1] !== 'turn')).toBe(false);
+    expect(h.logs().join('')).toContain('"count":15000');
+  }, 120_000);
 });
 
 describe('state', () => {

@@ -62,6 +62,7 @@ async function harness(allowed: boolean) {
       keepaliveTickMs: 1_000,
       leftBehindKeptMs: 7 * 86_400_000,
       leftBehindSweepMs: 3_600_000,
+      forbiddenRetentionMs: 30 * 86_400_000,
       recoveryIntervalMs: 1_000,
       handOverTimeoutMs: 5_000,
     },

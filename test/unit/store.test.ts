@@ -45,17 +45,20 @@ describe('Store: the SQLite file', () => {
 
   it("migrates MollySocket's database in place, keeping every row and its forbidden flag, with a backup", async () => {
     const path = join(tempDir(), 'mollysocket.db');
+    const umask = process.umask(0o022); // MollySocket's file is 0644 then; the copy holds every password: 0600 whatever the umask lets through
     mollySocketDb(path);
-    const umask = process.umask(0o022); // the copy holds every password: 0600 whatever the umask lets through
+    expect(statSync(path).mode & 0o777).toBe(0o644);
     const store = Store.open(path);
     process.umask(umask);
     expect(await store.list()).toEqual([
       expect.objectContaining({ uuid: UUID2, deviceId: 1, password: 'pw2', endpoint: 'https://push.example/up/2', forbidden: true, lastRegistration: 0 }),
       expect.objectContaining({ uuid: UUID, deviceId: 3, password: 'pw1', endpoint: 'https://push.example/up/1', forbidden: false, lastRegistration: 1700000000 }),
     ]);
+    expect(statSync(`${path}-wal`).mode & 0o777).toBe(0o600);
     await store.close();
     expect(existsSync(`${path}.mollysocket.bak`)).toBe(true);
     expect(statSync(`${path}.mollysocket.bak`).mode & 0o777).toBe(0o600);
+    expect(statSync(path).mode & 0o777).toBe(0o600); // the migrated file holds every password too
     const reopened = Store.open(path); // a second open finds it migrated
     expect(await reopened.list()).toHaveLength(2);
     await reopened.close();
@@ -238,11 +241,24 @@ function ownedBy(): OwnedConnections & { running: Map<string, Connection>; owed:
   };
 }
 
-/** How each backend is reached, and how another client makes a write to it fail on a lock. */
+/** A statement the store prepared or sent, with its parameters' values. */
+type Statement = { sql: string; values: unknown[] };
+
+/**
+ * How each backend is reached, and what a test needs to see behind the contract: how another client makes a write
+ * fail on a lock, SQL run behind the store's back, the statements it sends, and the full table scans in a plan.
+ */
 interface BackendUnderTest {
   db: () => Promise<string>;
   lockConflict: (db: string, store: AnyStore) => Promise<unknown>;
+  rawExec: (store: AnyStore, sql: string) => Promise<void>;
+  /** The statements the store sends from now on. */
+  recordStatements: (store: AnyStore) => Statement[];
+  fullScans: (store: AnyStore, statement: Statement) => Promise<string[]>;
 }
+
+/** The SQLite store's own connection, for tests that look behind the contract. */
+const sqliteDb = (store: AnyStore): Database.Database => (store as unknown as { db: Database.Database }).db;
 
 const sqlite: BackendUnderTest = {
   db: async () => join(tempDir(), 'c.db'),
@@ -258,6 +274,29 @@ const sqlite: BackendUnderTest = {
       other.close();
     }
     throw new Error('the write did not wait for the lock');
+  },
+  rawExec: async (store, sql) => {
+    const db = new Database(store.location); // another connection to the file
+    db.exec(sql);
+    db.close();
+  },
+  recordStatements: (store) => {
+    const seen: Statement[] = [];
+    const db = sqliteDb(store);
+    const prepare = db.prepare.bind(db);
+    db.prepare = ((sql: string) => {
+      seen.push({ sql, values: [] });
+      return prepare(sql);
+    }) as typeof db.prepare;
+    return seen;
+  },
+  // SQLite's `SCAN`, prepared as the store prepares it, before any value is known.
+  fullScans: async (store, statement) => {
+    const named = [...new Set(statement.sql.match(/@\w+/g) ?? [])].map((p) => p.slice(1));
+    const positional = (statement.sql.match(/\?/g) ?? []).length;
+    const explain = sqliteDb(store).prepare(`EXPLAIN QUERY PLAN ${statement.sql}`);
+    const rows = (named.length > 0 ? explain.all(Object.fromEntries(named.map((n) => [n, null]))) : explain.all(...Array(positional).fill(null))) as { detail: string }[];
+    return rows.map((r) => r.detail).filter((d) => /^SCAN /.test(d));
   },
 };
 
@@ -275,6 +314,25 @@ const postgres: BackendUnderTest = {
       await Promise.all([holder.end(), waiter.end()]);
     }
     throw new Error('the lock did not conflict');
+  },
+  rawExec: async (store, sql) => void (await (store as PostgresStore).rows(sql)),
+  recordStatements: (store) => {
+    const seen: Statement[] = [];
+    const pgStore = store as PostgresStore;
+    const rows = pgStore.rows.bind(pgStore);
+    pgStore.rows = (text, values = [], timeoutMs) => {
+      seen.push({ sql: text, values });
+      return rows(text, values, timeoutMs);
+    };
+    return seen;
+  },
+  // PostgreSQL's `Seq Scan`, planned with sequential scans made as dear as they go.
+  fullScans: async (store, statement) => {
+    const plan = await (store as PostgresStore).transaction(async (c) => {
+      await c.query('SET LOCAL enable_seqscan = off');
+      return (await c.query<{ 'QUERY PLAN': string }>(`EXPLAIN ${statement.sql}`, statement.values)).rows.map((r) => r['QUERY PLAN']);
+    });
+    return plan.filter((line) => /Seq Scan/.test(line));
   },
 };
 
@@ -316,8 +374,9 @@ describe.each(backends)('Store contract on %s', (_name, backend) => {
     await store.setForbidden({ uuid: UUID, deviceId: 1 }, 'endpoint_gone', { endpoint: 'https://e/1' }, 14);
     await store.enable({ uuid: UUID, deviceId: 1 }, 15);
     expect(await store.get({ uuid: UUID, deviceId: 1 })).toMatchObject({ forbidden: false, forbiddenReason: null, forbiddenAt: null, updatedAt: 15 });
-    expect(await store.touchRegistration({ uuid: UUID, deviceId: 1 }, 16)).toMatchObject({ lastRegistration: 16, updatedAt: 15 });
-    expect(await store.touchRegistration({ uuid: UUID, deviceId: 9 }, 16)).toBeUndefined();
+    const enabled = (await store.get({ uuid: UUID, deviceId: 1 }))!;
+    expect(await store.touchIf({ uuid: UUID, deviceId: 1 }, 16, enabled)).toMatchObject({ lastRegistration: 16, updatedAt: 15 });
+    expect(await store.touchIf({ uuid: UUID, deviceId: 1 }, 17, { ...enabled, password: 'other' })).toBeUndefined(); // decided on another row
     expect(await store.remove({ uuid: UUID, deviceId: 2 })).toBe(1);
     expect(await store.remove({ uuid: UUID })).toBe(1);
     expect((await store.list()).map((c) => c.uuid)).toEqual([UUID2]);
@@ -452,6 +511,101 @@ describe.each(backends)('Store contract on %s', (_name, backend) => {
     await store.put({ uuid: UUID, deviceId: 1, password: 'a', endpoint: 'https://e/1' }, 10);
     expect(store.isTransient(await backend.lockConflict(db, store))).toBe(true);
     expect(store.isTransient(new Error('disk full'))).toBe(false);
+    await store.close();
+  });
+
+  it('publishes only the states that changed: the others are not written again', async () => {
+    const { store, ownership } = await openStore(await backend.db());
+    const owner = ownership(context); // on PostgreSQL, states are published under the instance's id
+    await owner.start(ownedBy());
+    const states = Array.from({ length: 50 }, (_, i) => ({ uuid: UUID, deviceId: i + 1, state: 'connected', reason: 'open', since: 5 }));
+    await store.publishStates(states);
+    // Marks every published row behind the store's back: a row written again loses the mark.
+    await backend.rawExec(store, `UPDATE live_state SET reason = 'untouched'`);
+    await store.publishStates([{ ...states[0]!, state: 'backoff', reason: 'closed 1006' }, ...states.slice(1, 49)]);
+    const live = (await store.liveStates()).sort((a, b) => a.deviceId - b.deviceId);
+    expect(live).toHaveLength(49);
+    expect(live[0]).toEqual({ uuid: UUID, deviceId: 1, state: 'backoff', reason: 'closed 1006', since: 5 });
+    expect(live.slice(1).every((s) => s.reason === 'untouched')).toBe(true);
+    await owner.stop(1_000);
+    await store.close();
+  });
+
+  it('stores a registration compare-and-set on what its decision was made on', async () => {
+    const store = await open();
+    const key = { uuid: UUID, deviceId: 1 };
+    const first = await store.putIf({ ...key, password: 'a', endpoint: 'https://e/1' }, 10, undefined);
+    expect(first).toMatchObject({ password: 'a', createdAt: 10 });
+    expect(await store.putIf({ ...key, password: 'b', endpoint: 'https://e/1' }, 11, undefined)).toBeUndefined(); // the row exists now
+    const stale = { ...first!, endpoint: 'https://e/other' };
+    expect(await store.putIf({ ...key, password: 'b', endpoint: 'https://e/2' }, 11, stale)).toBeUndefined();
+    expect(await store.touchIf(key, 11, stale)).toBeUndefined();
+    expect(await store.get(key)).toMatchObject({ password: 'a', lastRegistration: 10 });
+    expect(await store.touchIf(key, 12, first!)).toMatchObject({ password: 'a', lastRegistration: 12, updatedAt: 10 });
+    await store.setForbidden(key, 'signal_403', { password: 'a' }, 13);
+    expect(await store.putIf({ ...key, password: 'b', endpoint: 'https://e/2' }, 14, first!)).toBeUndefined(); // forbidden meanwhile
+    const forbidden = (await store.get(key))!;
+    expect(await store.putIf({ ...key, password: 'b', endpoint: 'https://e/2' }, 14, forbidden)).toMatchObject({
+      password: 'b',
+      endpoint: 'https://e/2',
+      forbidden: false,
+      forbiddenReason: null,
+      createdAt: 10,
+      lastRegistration: 14,
+    });
+    expect(await store.count()).toBe(1);
+    await store.close();
+  });
+
+  it('walks forbidden connections in batches, oldest refusal first, with the newer devices of their account', async () => {
+    const store = await open();
+    const forbid = async (uuid: string, deviceId: number, createdAt: number, at: number) => {
+      await store.put({ uuid, deviceId, password: 'p', endpoint: 'https://e/1' }, createdAt);
+      await store.setForbidden({ uuid, deviceId }, 'signal_403', { password: 'p' }, at);
+    };
+    await forbid(UUID, 1, 1, 20);
+    await store.put({ uuid: UUID, deviceId: 2, password: 'p', endpoint: 'https://e/2' }, 5); // newer, healthy
+    await store.put({ uuid: UUID, deviceId: 3, password: 'p', endpoint: 'https://e/3' }, 6); // newer, healthy
+    await forbid(UUID, 4, 7, 21); // newer than 1 but forbidden: no newer device of its own
+    await forbid(UUID2, 1, 1, 10); // another account's only row
+    await forbid(UUID2, 2, 1, 99); // forbidden too recently
+    const walked: [string, number, number[]][] = [];
+    let cursor;
+    for (;;) {
+      const batch = await store.forbiddenWithNewerDevices(50, cursor, 2);
+      walked.push(...batch.map((c): [string, number, number[]] => [c.conn.uuid, c.conn.deviceId, c.newerDevices.sort()]));
+      if (batch.length < 2) break;
+      cursor = batch.at(-1)!.cursor;
+    }
+    expect(walked).toEqual([
+      [UUID2, 1, []],
+      [UUID, 1, [2, 3]],
+      [UUID, 4, []],
+    ]);
+    expect(await store.removeForbiddenSince(20, 1)).toEqual([{ uuid: UUID2, deviceId: 1 }]);
+    expect(await store.removeForbiddenSince(20, 5)).toEqual([{ uuid: UUID, deviceId: 1 }]);
+    expect(await store.removeForbiddenSince(20, 5)).toEqual([]);
+    expect((await store.list()).map((c) => [c.uuid, c.deviceId])).toEqual([[UUID2, 2], [UUID, 2], [UUID, 3], [UUID, 4]]);
+    await store.close();
+  });
+
+  it('answers every query of a registration and of the sweeps from an index', async () => {
+    const store = await open();
+    const statements = backend.recordStatements(store);
+    const key = { uuid: UUID, deviceId: 1 };
+    const stored = (await store.putIf({ ...key, password: 'a', endpoint: 'https://e/1' }, 1, undefined))!;
+    await store.get(key);
+    await store.list({ uuid: UUID });
+    await store.list({ uuid: UUID, deviceId: 1 });
+    await store.touchIf(key, 2, stored);
+    await store.putIf({ ...key, password: 'a', endpoint: 'https://e/2' }, 3, stored);
+    await store.setForbidden(key, 'signal_403', { password: 'a' }, 4);
+    await store.forbiddenWithNewerDevices(10, undefined, 100);
+    await store.forbiddenWithNewerDevices(10, { since: 1, uuid: UUID, deviceId: 1 }, 100);
+    await store.removeForbiddenSince(10, 100);
+    await store.removeForbidden(key);
+    expect(statements.length).toBeGreaterThanOrEqual(11);
+    for (const statement of [...statements]) expect({ sql: statement.sql, scans: await backend.fullScans(store, statement) }).toEqual({ sql: statement.sql, scans: [] });
     await store.close();
   });
 });
