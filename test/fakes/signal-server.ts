@@ -44,6 +44,15 @@ export interface Session {
   acked: number;
 }
 
+/** An envelope Signal holds for a device until a socket of it acknowledges it (see `queue`, `deliver`). */
+export interface QueuedEnvelope {
+  device: string;
+  /** When it was last sent to a socket (performance.now()), if it was. */
+  sentAt: number | undefined;
+  /** When a socket acknowledged it (200), if one did. */
+  ackedAt: number | undefined;
+}
+
 export interface EnvelopeOptions {
   /** undefined: the field is left out, which means urgent. */
   urgent?: boolean;
@@ -64,9 +73,11 @@ export class FakeSignalServer {
   readonly upgrades: { uuid: string | undefined; status: number }[] = [];
   /** Answers to the next upgrades, consumed one per attempt. */
   readonly refusals: UpgradeRefusal[] = [];
-  /** Envelopes waiting for an account device (`<uuid>.<device>`), as Signal keeps them: sent as soon as it
-   * connects, and kept until a session acknowledges them. */
+  /** Envelopes not yet acknowledged, per account device (`<uuid>.<device>`), as Signal keeps them: sent to every
+   * socket of the device that opens, and kept until a session acknowledges them. */
   readonly queued = new Map<string, number>();
+  /** Every envelope given to `queue` or `deliver`, acknowledged or not. */
+  readonly envelopes: QueuedEnvelope[] = [];
   /** When true, keepalive requests get no answer. */
   silentKeepalive = false;
   /** In order: `open <uuid>.<device>` and `close <uuid>.<device> <code>` (the code the client closed with). */
@@ -180,9 +191,37 @@ export class FakeSignalServer {
   }
 
   /** Queues envelopes for an account device, delivered on its next connection (see `queued`). */
-  queue(account: Pick<Account, 'uuid' | 'deviceId'>, count = 1): void {
-    const name = `${account.uuid}.${account.deviceId}`;
-    this.queued.set(name, (this.queued.get(name) ?? 0) + count);
+  queue(account: Pick<Account, 'uuid' | 'deviceId'>, count = 1): QueuedEnvelope[] {
+    const device = `${account.uuid}.${account.deviceId}`;
+    const added = Array.from({ length: count }, (): QueuedEnvelope => ({ device, sentAt: undefined, ackedAt: undefined }));
+    this.envelopes.push(...added);
+    this.queued.set(device, (this.queued.get(device) ?? 0) + count);
+    return added;
+  }
+
+  /** An envelope for an account device, as Signal delivers one: now to its open socket, if any, else (or if that
+   * socket goes away before acknowledging it) to its next socket. */
+  deliver(account: Pick<Account, 'uuid' | 'deviceId'>): QueuedEnvelope {
+    const [envelope] = this.queue(account) as [QueuedEnvelope];
+    const session = this.open(account.uuid, account.deviceId).at(-1);
+    if (session) this.sendQueued(session, envelope);
+    return envelope;
+  }
+
+  /** The server closes a socket (with 1011, as Signal does when it restarts a node). */
+  drop(session: Session, code = 1011): void {
+    session.ws.close(code, 'Server going away');
+  }
+
+  private sendQueued(session: Session, envelope: QueuedEnvelope): void {
+    envelope.sentAt = performance.now();
+    void this.sendEnvelope(session).then((answer) => {
+      if (answer.status !== 200 || envelope.ackedAt !== undefined) return;
+      envelope.ackedAt = performance.now();
+      session.acked++;
+      this.queued.set(envelope.device, (this.queued.get(envelope.device) ?? 1) - 1);
+      this.notify();
+    });
   }
 
   /** Open sessions of an account device. */
@@ -268,14 +307,7 @@ export class FakeSignalServer {
         this.events.push(`close ${name} ${code}`);
         this.notify();
       });
-      for (let i = 0; i < (this.queued.get(name) ?? 0); i++) {
-        void this.sendEnvelope(session).then((answer) => {
-          if (answer.status !== 200) return;
-          session.acked++;
-          this.queued.set(name, (this.queued.get(name) ?? 1) - 1);
-          this.notify();
-        });
-      }
+      for (const envelope of this.envelopes) if (envelope.device === name && envelope.ackedAt === undefined) this.sendQueued(session, envelope);
       this.notify();
     });
   }
