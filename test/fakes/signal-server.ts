@@ -88,8 +88,11 @@ export class FakeSignalServer {
   private readonly waiters = new EventWaiters('fake Signal server');
   private readonly server: Server;
   private readonly extra: Server[] = [];
-  /** Per device: how many sockets are open, since when none (after its first), and its gaps without a socket. */
-  private readonly devices = new Map<string, { open: number; noneSince: number | undefined; gaps: number[] }>();
+  /** Per device: how many sockets are open, since when none (after its first), its gaps without a socket, and how
+   * long each gap lasted until the connection that ended it reached this server (before its TLS handshake). */
+  private readonly devices = new Map<string, { open: number; noneSince: number | undefined; gaps: number[]; waits: number[] }>();
+  /** When each client connection (by its port) reached a listener, before TLS: when the client tried. */
+  private readonly arrivals = new Map<number, number>();
   /** Every 4409 this server sent: which listener's socket was replaced by which, when. */
   readonly kicks: { device: string; from: string; to: string; at: number }[] = [];
   /** Kicks back and forth: a socket opened by a listener whose socket of that device was replaced in the 10 s before. */
@@ -104,6 +107,11 @@ export class FakeSignalServer {
     const pki = testPki();
     const server = this.tls ? createHttpsServer({ key: pki.key, cert: pki.cert }) : createHttpServer();
     server.on('upgrade', (req, socket, head) => this.upgrade(req, socket as Socket, head, tag));
+    server.on('connection', (socket: Socket) => {
+      const port = socket.remotePort!;
+      this.arrivals.set(port, performance.now());
+      socket.once('close', () => this.arrivals.delete(port));
+    });
     return server;
   }
 
@@ -118,7 +126,22 @@ export class FakeSignalServer {
 
   /** Forgets the gaps recorded so far (a device without a socket right now stays counted from when it lost it). */
   resetGaps(): void {
-    for (const d of this.devices.values()) d.gaps = [];
+    for (const d of this.devices.values()) {
+      d.gaps = [];
+      d.waits = [];
+    }
+  }
+
+  /**
+   * The longest time any device went without a socket until an instance *tried* connecting it (its connection
+   * reached this server): the gap less the handshake, which a loaded machine slows whatever the relay does. Gaps
+   * still going count in full.
+   */
+  longestWait(): number {
+    const now = performance.now();
+    let worst = 0;
+    for (const d of this.devices.values()) for (const w of [...d.waits, d.noneSince === undefined ? 0 : now - d.noneSince]) worst = Math.max(worst, w);
+    return worst;
   }
 
   /** The longest time any device went without a socket (since `resetGaps`), gaps still going included. */
@@ -148,11 +171,14 @@ export class FakeSignalServer {
     return counts;
   }
 
-  private opened(account: Account, tag: string): void {
+  private opened(account: Account, tag: string, arrivedAt: number): void {
     const name = `${account.uuid}.${account.deviceId}`;
-    const d = this.devices.get(name) ?? { open: 0, noneSince: undefined, gaps: [] };
+    const d = this.devices.get(name) ?? { open: 0, noneSince: undefined, gaps: [], waits: [] };
     this.devices.set(name, d);
-    if (d.noneSince !== undefined) d.gaps.push(performance.now() - d.noneSince);
+    if (d.noneSince !== undefined) {
+      d.gaps.push(performance.now() - d.noneSince);
+      d.waits.push(Math.max(0, arrivedAt - d.noneSince));
+    }
     d.noneSince = undefined;
     d.open++;
     const now = performance.now();
@@ -295,7 +321,7 @@ export class FakeSignalServer {
     this.wss.handleUpgrade(req, socket, head, (ws) => {
       this.upgrades.push({ uuid, status: 101 });
       const name = `${account.uuid}.${account.deviceId}`;
-      this.opened(account, tag);
+      this.opened(account, tag, this.arrivals.get(socket.remotePort!) ?? performance.now());
       // As Signal does: the newest socket of a device wins, the older one is closed with 4409.
       for (const older of this.open(account.uuid, account.deviceId)) older.ws.close(4409, 'Connected elsewhere');
       const session: Session = { account, tag, headers: req.headers, ws, requests: [], acked: 0 };

@@ -48,7 +48,8 @@ export class TestCluster {
   readonly signalProxies = new Map<string, TcpProxy>();
   /** Every process started, stopped ones included: their logs explain a failure. */
   private readonly all: [string, BinProcess][] = [];
-  private readonly cwd = tempDir();
+  /** The instances' working directory (and the CLI's). */
+  readonly cwd = tempDir();
   private admin: pg.Client;
 
   private constructor(
@@ -237,6 +238,13 @@ export class TestCluster {
   async wakeUps(timeoutMs = 30_000): Promise<{ unacknowledged: number; lost: string[] }> {
     await eventually(() => this.unacknowledged() === 0 && this.lostWakeUps().length === 0, 'every envelope acknowledged and pushed', timeoutMs, 100).catch(() => {});
     return { unacknowledged: this.unacknowledged(), lost: this.lostWakeUps() };
+  }
+
+  /** Waits until `predicate` holds, asked every 100 ms; on timeout, the error shows the instances' logs. */
+  async eventually(predicate: () => Promise<boolean>, what: string, timeoutMs = 10 * this.leaseMs): Promise<void> {
+    await eventually(predicate, what, timeoutMs, 100).catch((err: Error) => {
+      throw new Error(`${err.message}\n${this.logs()}`);
+    });
   }
 
   /** A query on the cluster's database, directly (not through any proxy). */
