@@ -49,8 +49,9 @@ export interface QueuedEnvelope {
   device: string;
   /** When it was last sent to a socket (performance.now()), if it was. */
   sentAt: number | undefined;
-  /** When a socket acknowledged it (200), if one did. */
+  /** When a socket acknowledged it (200), if one did, and that socket's listener tag. */
   ackedAt: number | undefined;
+  ackedBy?: string;
 }
 
 export interface EnvelopeOptions {
@@ -244,6 +245,7 @@ export class FakeSignalServer {
     void this.sendEnvelope(session).then((answer) => {
       if (answer.status !== 200 || envelope.ackedAt !== undefined) return;
       envelope.ackedAt = performance.now();
+      envelope.ackedBy = session.tag;
       session.acked++;
       this.queued.set(envelope.device, (this.queued.get(envelope.device) ?? 1) - 1);
       this.notify();

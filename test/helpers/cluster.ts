@@ -226,6 +226,15 @@ export class TestCluster {
     return [...lastSent].filter(([device, sent]) => (lastPush.get(device) ?? -1) < sent).map(([device]) => device);
   }
 
+  /** What happened to a device: envelopes, pushes, sockets replaced, and what each instance logged about it. */
+  deviceStory(device: string): string {
+    const envelopes = this.signal.envelopes.filter((e) => e.device === device).map((e) => `envelope sent ${Math.round(e.sentAt ?? -1)} acked ${Math.round(e.ackedAt ?? -1)} by ${e.ackedBy}`);
+    const pushes = this.push.requests.filter((r) => r.path === `/up/${device}`).map((r) => `push ${Math.round(r.at)}`);
+    const kicks = this.signal.kicks.filter((k) => k.device === device).map((k) => `4409 ${k.from}->${k.to} at ${Math.round(k.at)}`);
+    const logs = this.all.map(([tag, p]) => `--- ${tag}\n${p.stderr.split('\n').filter((l) => l.includes(device.slice(0, 8))).join('\n')}`);
+    return [device, ...envelopes, ...pushes, ...kicks, ...logs].join('\n');
+  }
+
   /** Envelopes no socket has acknowledged yet. */
   unacknowledged(): number {
     return this.signal.envelopes.filter((e) => e.ackedAt === undefined).length;

@@ -81,7 +81,7 @@ describe.skipIf(postgresMissing !== undefined)('several instances under faults',
     expect(c.signal.longestGap(), c.worstGapStory()).toBeLessThan(gapBoundMs);
     expect(c.signal.fights, c.fightStory()).toBe(0);
     const wake = await c.wakeUps();
-    expect(wake, c.logs()).toEqual({ unacknowledged: 0, lost: [] });
+    expect(wake, wake.lost.map((d) => c.deviceStory(d)).join('\n') || c.logs()).toEqual({ unacknowledged: 0, lost: [] });
   }
 
   it.each(['fast', 'immediate', 'terminate'] as const)(
