@@ -194,17 +194,27 @@ export class PostgresStore implements Store {
     });
   }
 
-  private async transaction<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` in a transaction on one client of the pool. While a client is checked out the pool does not listen for
+   * its errors: the server going away between two statements (a restart, pg_terminate_backend) would be an uncaught
+   * exception. Listened for here instead; the statement under way fails, as in an outage.
+   */
+  async transaction<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
     const c = await this.pool.connect();
+    let broken: Error | undefined;
+    const onError = (err: Error): void => void (broken ??= err);
+    c.on('error', onError);
     try {
       await c.query('BEGIN');
       const result = await fn(c);
       await c.query('COMMIT');
-      c.release();
+      c.off('error', onError);
+      c.release(broken); // a client that lost its server is not reused
       return result;
     } catch (err) {
-      await c.query('ROLLBACK').catch(() => {});
-      c.release(err as Error); // a broken client is not reused
+      if (!broken) await c.query('ROLLBACK').catch(() => {});
+      c.off('error', onError);
+      c.release(broken ?? (err as Error));
       throw err;
     }
   }

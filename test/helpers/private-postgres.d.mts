@@ -6,8 +6,8 @@ export interface PrivatePostgres {
   readonly pid: number;
   /** The user the server runs as, when the tests run as root (PostgreSQL refuses root). */
   ids: { uid: number; gid: number } | undefined;
-  /** `pg_ctl restart -m <mode>`: resolves once the server accepts connections again. */
-  restart(mode: 'smart' | 'fast' | 'immediate'): Promise<void>;
+  /** `pg_ctl restart -m <mode>` (default fast): every session ends; resolves once the server accepts connections again. */
+  restart(mode?: 'smart' | 'fast' | 'immediate'): Promise<void>;
   stop(): void;
 }
 

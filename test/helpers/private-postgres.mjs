@@ -57,10 +57,12 @@ export async function startPostgres() {
       return pid;
     },
     ids,
-    restart: (mode) =>
+    /** `pg_ctl restart -m <mode>`: every session ends (fast: terminated; immediate: cut without a word). */
+    restart: (mode = 'fast') =>
       new Promise((resolve, reject) => {
         // Asynchronous, so that the caller's fakes keep answering while PostgreSQL goes down and comes back.
-        const child = spawn(join(bin, 'pg_ctl'), ['-D', data, '-m', mode, '-w', 'restart'], { ...ids, stdio: 'pipe', cwd: dir });
+        const args = ['-D', data, '-l', join(dir, 'log'), '-o', serverOpts, '-m', mode, '-w', 'restart'];
+        const child = spawn(join(bin, 'pg_ctl'), args, { ...ids, stdio: 'pipe', cwd: dir });
         let err = '';
         child.stderr.on('data', (d) => (err += d));
         child.on('error', reject);

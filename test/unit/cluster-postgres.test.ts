@@ -1,0 +1,92 @@
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { PostgresStore } from '../../src/store/postgres.js';
+import { eventually } from '../helpers/index.js';
+import { freshDatabase, postgresMissing } from '../helpers/postgres.js';
+import { startPostgres, type PrivatePostgres } from '../helpers/private-postgres.mjs';
+
+const UUID = '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e';
+const conn = (i: number) => ({ uuid: UUID, deviceId: i + 1, password: `pw-${i}`, endpoint: `https://e/${i}` });
+
+/**
+ * The PostgreSQL clients survive the server going away: whatever PostgreSQL does to a session, a query fails (as in an
+ * outage) and the next one works; nothing becomes an uncaught exception, which would end the server.
+ */
+describe.skipIf(postgresMissing !== undefined)('PostgreSQL clients when the server goes away', () => {
+  const uncaught: unknown[] = [];
+  const record = (err: unknown) => void uncaught.push(err);
+  beforeEach(() => {
+    uncaught.length = 0;
+    process.on('uncaughtException', record);
+  });
+  afterEach(() => void process.off('uncaughtException', record));
+
+  it('a transaction whose session is terminated (pg_terminate_backend) between its statements fails; the next works', async () => {
+    const url = await freshDatabase();
+    const store = await PostgresStore.open(url);
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    try {
+      // The import waits on the lock after its BEGIN: terminated there, in the middle of its transaction.
+      await admin.query('BEGIN');
+      await admin.query('LOCK TABLE connections IN ACCESS EXCLUSIVE MODE');
+      const blocked = store.importConnections([{ ...conn(0), forbidden: false, forbiddenReason: null, forbiddenAt: null, lastRegistration: 1, createdAt: 1, updatedAt: 1, owner: null, epoch: 0 }]);
+      const outcome = blocked.then(() => 'stored', (err: Error) => err.message);
+      let pid: number | undefined;
+      await eventually(async () => {
+        pid = (await admin.query<{ pid: number }>(`SELECT pid FROM pg_stat_activity WHERE application_name = 'mollysocket' AND wait_event_type = 'Lock'`)).rows[0]?.pid;
+        return pid !== undefined;
+      }, 'the import waiting for the lock');
+      await admin.query('SELECT pg_terminate_backend($1)', [pid]);
+      await admin.query('ROLLBACK');
+      expect(await outcome).toMatch(/terminat/);
+      await new Promise((r) => setTimeout(r, 100)); // the socket's end arrives after the query's error
+      expect(await store.put(conn(1), 2)).toMatchObject({ deviceId: 2 });
+      expect(uncaught).toEqual([]);
+    } finally {
+      await admin.end();
+      await store.close();
+    }
+  });
+
+  describe('restarts under traffic', () => {
+    let server: PrivatePostgres;
+    beforeAll(async () => {
+      server = (await startPostgres())!; // its own server: restarted here
+    });
+    afterAll(() => server?.stop());
+
+    for (const mode of ['fast', 'immediate'] as const) {
+      it(`pg_ctl restart -m ${mode} while writes and transactions run: they fail or succeed, nothing throws, and afterwards all work`, async () => {
+        const store = await PostgresStore.open(await freshDatabase(server.url));
+        await store.rows(`INSERT INTO instances (id, name, pid, version, lease_until) VALUES ('i1', 'one', 1, 'v', now() + interval '1 hour')`);
+        store.instance = 'i1';
+        let running = true;
+        let done = 0;
+        const traffic = (async () => {
+          for (let i = 0; running; i++) {
+            const states = [{ uuid: UUID, deviceId: 1 + (i % 5), state: 'connected', reason: String(i), since: i }];
+            await Promise.allSettled([store.put(conn(i % 5), i), store.publishStates(states), store.list(), store.healthy()]);
+            done++;
+          }
+        })();
+        try {
+          await eventually(() => done > 5, 'traffic');
+          await server.restart(mode);
+          const after = done;
+          await eventually(() => done > after + 5, 'traffic after the restart', 10_000);
+        } finally {
+          running = false;
+          await traffic;
+        }
+        // Every client of the pool sees the new server: a burst as wide as the pool works.
+        const burst = await Promise.all([0, 1, 2, 3, 4, 5].map((i) => store.put(conn(i), 1_000 + i)));
+        expect(burst).toHaveLength(6);
+        await store.publishStates([{ uuid: UUID, deviceId: 1, state: 'backoff', reason: 'x', since: 1 }]);
+        expect(await store.liveStates()).toEqual([{ uuid: UUID, deviceId: 1, state: 'backoff', reason: 'x', since: 1 }]);
+        expect(uncaught).toEqual([]);
+        await store.close();
+      });
+    }
+  });
+});
