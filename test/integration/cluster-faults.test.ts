@@ -227,7 +227,8 @@ describe.skipIf(postgresMissing !== undefined)('several instances under faults',
     await expectNoHarm(c, TWO_LEASES_MS);
   }, 240_000);
 
-  it.skipIf(!PGBOUNCER)('a rolling SIGTERM through PgBouncer (transaction pooling, no NOTIFY): hand-overs and removals within two leases', async () => {
+  // In CI a missing pgbouncer fails the test (.ci/run installs it), as a missing PostgreSQL does.
+  it.skipIf(!PGBOUNCER && !process.env.CI)('a rolling SIGTERM through PgBouncer (transaction pooling, no NOTIFY): hand-overs and removals within two leases', async () => {
     const bouncer = await startPgBouncer(server);
     try {
       const db = (direct: string): string => bouncer.url(new URL(direct).pathname.slice(1));
