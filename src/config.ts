@@ -48,6 +48,7 @@ export interface Config {
   allowed_endpoints: readonly string[];
   allowed_uuids: readonly string[];
   db: string;
+  db_listen_url: string | undefined;
   lease_seconds: number;
   instance_name: string;
   log_format: 'text' | 'json';
@@ -210,6 +211,12 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
     kind: { type: 'string' },
     default: './mollysocket.db',
     doc: 'Path of the SQLite database; new: a postgres:// or postgresql:// URL selects PostgreSQL, shared by several instances.',
+  },
+  db_listen_url: {
+    kind: { type: 'string', check: checkUrl(['postgres', 'postgresql']) },
+    default: undefined,
+    example: 'postgres://mollysocket@db.internal:5432/mollysocket',
+    doc: 'New, PostgreSQL only: a direct connection for the instances\' notifications (LISTEN), when db goes through PgBouncer in transaction mode, which drops them; unset: db.',
   },
   lease_seconds: {
     kind: { type: 'int', min: 2, max: 600 },
@@ -415,7 +422,7 @@ export function redactedConfig(config: Config): Record<string, unknown> {
   return Object.fromEntries(
     Object.entries(config).map(([key, value]) => [
       key,
-      CONFIG_KEYS[key as ConfigKey].secret && value !== undefined ? '(redacted)' : key === 'db' ? redactUrl(value as string) : value,
+      CONFIG_KEYS[key as ConfigKey].secret && value !== undefined ? '(redacted)' : (key === 'db' || key === 'db_listen_url') && value !== undefined ? redactUrl(value as string) : value,
     ]),
   );
 }

@@ -95,6 +95,21 @@ export class Metrics implements HttpMetrics {
     gauge('mollysocket_connect_queue', 'Connections to Signal waiting for the connect ramp', (l) => l.connectQueue);
   }
 
+  /**
+   * How long this instance's lease still holds by its last confirmed renewal (several instances on PostgreSQL;
+   * negative: lapsed that long ago). An alert on it going low catches a slow database or a starved event loop.
+   */
+  watchLease(remainingSeconds: () => number): void {
+    void new Gauge({
+      name: 'mollysocket_lease_remaining_seconds',
+      help: "Seconds this instance's lease still holds, by its last renewal the database confirmed",
+      registers: [this.registry],
+      collect() {
+        this.set(remainingSeconds());
+      },
+    });
+  }
+
   /** Records one push request and its answer. `mollysocket_pushs` counts urgent wake-ups, as MollySocket does. */
   pushed(kind: PushKind, outcome: PushOutcome, seconds: number, retry: boolean): void {
     if (kind === 'urgent' && !retry) this.pushes.inc();

@@ -17,6 +17,8 @@ import { ENDPOINT_GONE, Registrations } from './registrations.js';
 import { askSignal } from './signal/link.js';
 import { Supervisor, type SupervisorOptions } from './signal/supervisor.js';
 import { Leases } from './cluster/leases.js';
+import { PgLeaseStore } from './cluster/postgres-leases.js';
+import { probeSignal } from './cluster/signal-probe.js';
 import { isPostgresUrl } from './store/location.js';
 import { openStore } from './store/open.js';
 import { SqliteStore } from './store/sqlite.js';
@@ -155,9 +157,24 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   const metrics = new Metrics(() => supervisor.counts());
 
   const options = (opts.tune ?? ((o) => o))(supervisorOptions(config));
+  const clock = opts.clock ?? systemClock;
   const ownership =
     store instanceof PostgresStore
-      ? new Leases(store, { leaseSeconds: config.lease_seconds, name: config.instance_name || hostname(), version, reconcileMs: 30_000 }, log, metrics)
+      ? new Leases(
+          new PgLeaseStore(store, { answerMs: config.lease_seconds * 1000, ...(config.db_listen_url !== undefined && { listenUrl: config.db_listen_url }) }),
+          {
+            leaseSeconds: config.lease_seconds,
+            name: config.instance_name || hostname(),
+            version,
+            pid: process.pid,
+            reconcileMs: 30_000,
+            handOverTimeoutMs: options.handOverTimeoutMs,
+            probeSignal: () => probeSignal(options.link, clock),
+          },
+          clock,
+          log,
+          metrics,
+        )
       : undefined;
   const supervisor: Supervisor = new Supervisor(options, {
     ...(ownership && { ownership }),

@@ -1,55 +1,99 @@
 import { randomUUID } from 'node:crypto';
+import type { Clock, TimerHandle } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { shortUuid } from '../log.js';
 import { connectionKey, type Connection, type ConnectionKey } from '../store/store.js';
-import type {InstanceRow, PostgresStore} from '../store/postgres.js';
+import { handOverStep } from './hand-over.js';
 import { LeaseClock } from './lease.js';
+import type { Claimed, InstanceRow, LeaseStore, NoteListener } from './lease-store.js';
 import type { OwnedConnections, Ownership } from './ownership.js';
-import { assignBuckets, bucketOf, bucketsOf, handOvers, leaseTimings } from './shares.js';
+import { assignBuckets, bucketOf, bucketsOf, handOvers, leaseTimings, type Member } from './shares.js';
+import { signalMove } from './signal-health.js';
 
 export interface LeasesOptions {
   leaseSeconds: number;
   /** Stable across restarts (setting instance_name). */
   name: string;
   version: string;
+  pid: number;
   /** How often the whole owned set is read again, in case a notification was missed. */
   reconcileMs: number;
+  /** A handed-over socket whose new owner is gone (its lease lapsed) is closed after this long. */
+  handOverTimeoutMs: number;
+  /** Whether Signal answers from here: asked while this instance stays away for want of it. */
+  probeSignal(): Promise<boolean>;
 }
+
+/** Renewals under way at once: one more may go out while an answer is late, so that a slow link keeps the lease. */
+const RENEWALS_IN_FLIGHT = 2;
+/** Renewals in a row whose self-notification did not arrive before notifications count as lost. */
+const PINGS_MISSED = 2;
+/** Ticks in a row that find Signal unreachable from here only, before leaving: the others publish theirs meanwhile. */
+const UNREACHABLE_TICKS = 2;
 
 /**
  * Ownership on PostgreSQL: this instance's lease row, renewed every third of a lease; its fair share of the devices
  * (rendezvous buckets over the live instances); devices of dead instances taken once their lease ran out by the
- * database's clock; hand-over to a newcomer, or to the others at shutdown, make-before-break. The decisions are in
- * lease.ts and shares.ts; this is their I/O.
+ * database's clock; hand-over to a newcomer, to the others at shutdown, or when this instance cannot reach Signal,
+ * make-before-break. The decisions are in lease.ts, shares.ts, hand-over.ts and signal-health.ts; the queries behind
+ * `LeaseStore`; this is the I/O between them, on the injected clock.
+ *
+ * Renewals run on their own timer, never behind a slow tick, and each confirmed one counts from when it was sent,
+ * however late its answer. Whenever an answer is uncertain (a query failed: it may have committed), the next tick
+ * reads again everything this instance owns.
  */
 export class Leases implements Ownership {
-  readonly id = randomUUID();
+  readonly id: string;
   private readonly t: ReturnType<typeof leaseTimings>;
   private readonly lease: LeaseClock;
   /** The devices this instance owns, and their buckets. */
   private readonly owned = new Map<string, number>();
-  /** Devices given to another instance, and when: the old socket here is expected to close with 4409. */
+  /** Devices given to another instance, and when: the old socket here stays until the new owner's is open. */
   private readonly handedOver = new Map<string, number>();
-  private live: InstanceRow[] = [];
+  /** Buckets of a hand-over sent and not answered yet: the new owner may connect before the answer comes. */
+  private readonly handingOver = new Set<number>();
+  private live: Member[] = [];
   private target: OwnedConnections | undefined;
-  private listener: ReturnType<PostgresStore['listener']> | undefined;
-  private timer: NodeJS.Timeout | undefined;
-  private soon: NodeJS.Timeout | undefined;
-  private renewedAt = 0;
+  private listener: NoteListener | undefined;
+  private renewTimer: TimerHandle | undefined;
+  private soon: TimerHandle | undefined;
   private joinedAt = 0;
   private lastFullRead = -Infinity;
   private running: Promise<void> | undefined;
   private rerun: 'tick' | 'full' | undefined;
   private stopping = false;
+  private closed = false;
   private renewFailing = false;
+  private renewalsInFlight = 0;
+  /** Raised at every join: an answer about an earlier row is ignored. */
+  private generation = 0;
+  private joining: Promise<void> | undefined;
+  private needsJoin = false;
+  /** Some answer was lost (it may have committed): read the owned set again at the next tick. */
+  private uncertain = false;
+  // Whether notifications arrive: each renewal notifies this instance itself.
+  private pingSent = 0;
+  private pingConfirmed = 0;
+  private pingSeen = 0;
+  private pingsMissed = 0;
+  private notesLost = false;
+  private notesWarned = false;
+  private listening = false;
+  // Left for want of Signal (marked leaving), and what the last probe said.
+  private away = false;
+  private probeOk = false;
+  private unreachableTicks = 0;
 
   constructor(
-    private readonly store: PostgresStore,
+    private readonly store: LeaseStore,
     private readonly opts: LeasesOptions,
+    private readonly clock: Clock,
     private readonly log: Logger,
     private readonly metrics?: Metrics,
+    id: string = randomUUID(),
   ) {
+    this.id = id;
     this.t = leaseTimings(opts.leaseSeconds);
     this.lease = new LeaseClock(this.t);
   }
@@ -57,34 +101,132 @@ export class Leases implements Ownership {
   async start(target: OwnedConnections): Promise<void> {
     this.target = target;
     await this.join();
-    this.listener = this.store.listener(
-      (payload) => this.onNote(payload),
-      () => this.request('full'), // (re)listening: whatever was announced meanwhile is read now
-      (err) => this.log.warn({ err: err.message }, 'the PostgreSQL listener was lost; reconnecting'),
-    );
+    this.listener = this.store.listen({
+      onNote: (payload) => this.onNote(payload),
+      onListening: () => {
+        this.listening = true;
+        this.request('full'); // whatever was announced meanwhile is read now
+      },
+      onLost: (err) => {
+        this.listening = false;
+        this.log.warn({ err: err.message }, 'the PostgreSQL listener was lost; reconnecting');
+      },
+    });
+    this.metrics?.watchLease(() => this.lease.remainingMs(this.clock.now()) / 1000);
     await this.run('full');
-    this.schedule();
+    this.scheduleRenewal();
   }
 
   private async join(): Promise<void> {
-    const sentAt = performance.now();
-    await this.store.join({ id: this.id, name: this.opts.name, pid: process.pid, version: this.opts.version }, this.t.leaseMs);
-    this.store.instance = this.id;
-    this.joinedAt = performance.now();
-    this.renewedAt = this.joinedAt;
+    const sentAt = this.clock.now();
+    await this.store.join({ id: this.id, name: this.opts.name, pid: this.opts.pid, version: this.opts.version }, this.t.leaseMs);
+    this.generation++;
+    this.joinedAt = this.clock.now();
     this.lease.renewed(sentAt, this.joinedAt);
+    this.away = false;
     this.log.info({ instance: this.id, name: this.opts.name, leaseSeconds: this.opts.leaseSeconds }, 'joined the cluster');
   }
 
-  private schedule(): void {
-    this.timer = setTimeout(() => {
-      this.request('tick');
-      if (!this.stopping) this.schedule();
+  /** Joins again with the same id (the reap deleted the row and freed its devices in one transaction). */
+  private rejoin(): void {
+    if (this.joining || this.stopping) return;
+    this.needsJoin = false;
+    this.joining = this.join().then(
+      () => {
+        this.joining = undefined;
+        this.target?.leaseRegained();
+        this.request('full');
+      },
+      (err: Error) => {
+        this.joining = undefined;
+        this.needsJoin = true; // tried again at the next renewal
+        this.log.warn({ err: err.message }, 'cannot join the cluster again yet');
+      },
+    );
+  }
+
+  private scheduleRenewal(): void {
+    this.renewTimer = this.clock.setTimeout(() => {
+      if (this.closed) return;
+      if (this.needsJoin) this.rejoin();
+      else this.renew();
+      this.scheduleRenewal();
     }, this.t.renewMs);
+  }
+
+  /** Sends a renewal, without waiting for the one before (at most `RENEWALS_IN_FLIGHT` under way). */
+  private renew(): void {
+    if (this.joining || this.renewalsInFlight >= RENEWALS_IN_FLIGHT) return;
+    const sentAt = this.clock.now();
+    const generation = this.generation;
+    const ping = ++this.pingSent;
+    this.renewalsInFlight++;
+    this.store
+      .renew(this.id, this.t.leaseMs, { reachesSignal: this.reachesSignal(), ping: `ping:${this.id}:${ping}` })
+      .then(
+        (held) => {
+          this.renewalsInFlight--;
+          if (generation === this.generation) this.renewed(held, sentAt, ping);
+        },
+        (err: Error) => {
+          this.renewalsInFlight--;
+          this.renewFailed(err);
+        },
+      )
+      .catch((err: Error) => this.log.error({ err }, 'lease renewal step failed'));
+  }
+
+  private renewed(held: boolean, sentAt: number, ping: number): void {
+    const now = this.clock.now();
+    if (!held) return this.reaped();
+    const wasValid = this.lease.valid(now);
+    this.lease.renewed(sentAt, now);
+    if (this.renewFailing) this.log.info('PostgreSQL answers again: lease renewed');
+    this.renewFailing = false;
+    this.checkNotes(ping);
+    if (!wasValid && this.lease.valid(now)) this.target?.leaseRegained();
+    this.request('tick');
+  }
+
+  private renewFailed(err: Error): void {
+    this.lease.failed();
+    if (!this.renewFailing) {
+      this.log.warn({ err }, 'cannot renew the lease: keeping the open sockets, opening no new ones once it lapses, until PostgreSQL answers');
+    }
+    this.renewFailing = true;
+  }
+
+  /** Reaped: the others judged this instance dead. Its sockets stay until the new owners' replace them. */
+  private reaped(): void {
+    if (this.joining) return;
+    this.lease.lost();
+    this.log.warn({ devices: this.owned.size }, 'the lease ran out and the others took these devices over; joining again');
+    this.metrics?.leases.inc({ event: 'lost' }, this.owned.size);
+    for (const key of [...this.owned.keys()]) this.givenAway(keyOf(key));
+    this.rejoin();
+  }
+
+  /**
+   * The self-notification of the renewal confirmed before this one should have arrived by now; when it has not
+   * twice in a row (PgBouncer in transaction mode drops them), changes are polled at every renewal instead.
+   */
+  private checkNotes(ping: number): void {
+    const expected = this.pingConfirmed;
+    this.pingConfirmed = Math.max(this.pingConfirmed, ping);
+    if (expected === 0 || this.pingSeen >= expected) return;
+    if (++this.pingsMissed < PINGS_MISSED || this.notesLost) return;
+    this.notesLost = true;
+    if (this.notesWarned) return;
+    this.notesWarned = true;
+    this.log.warn(
+      'notifications from PostgreSQL do not arrive (LISTEN through PgBouncer in transaction mode, say): set db_listen_url to a direct ' +
+        'connection; meanwhile every renewal reads the owned devices again, so hand-overs and changes wait up to a renewal period',
+    );
   }
 
   /** Runs a tick now, or right after the one under way (ticks never overlap). */
   private request(kind: 'tick' | 'full'): void {
+    if (this.stopping) return;
     if (this.running) {
       if (this.rerun !== 'full') this.rerun = kind;
       return;
@@ -93,106 +235,146 @@ export class Leases implements Ownership {
   }
 
   private async run(kind: 'tick' | 'full'): Promise<void> {
-    this.running = this.tick(kind === 'full').catch((err: Error) => this.log.warn({ err: err.message }, 'lease tick failed'));
+    this.running = this.tick(kind === 'full').catch((err: Error) => {
+      this.uncertain = true; // it may have committed: read everything again next time
+      this.log.warn({ err: err.message }, 'lease tick failed');
+    });
     await this.running;
     this.running = undefined;
     const again = this.rerun;
     this.rerun = undefined;
-    if (again) void this.run(again);
+    if (again) this.request(again);
   }
 
   private async tick(full: boolean): Promise<void> {
-    if (!(await this.renew())) return;
-    if (this.stopping) return;
-    const qt = this.t.queryTimeoutMs;
-    this.listener?.ping(qt).catch(() => {}); // a dead listener reconnects, then reads everything again
-    const instances = await this.store.instances({ timeoutMs: qt });
-    const now = performance.now();
+    if (this.stopping || this.joining || this.needsJoin) return;
+    this.listener?.ping().catch(() => {}); // a dead listener reconnects, then reads everything again
+    const instances = await this.store.instances();
+    const now = this.clock.now();
     if (instances.some((i) => !i.live) && this.lease.mayReap(now)) {
-      const reaped = await this.store.reap(qt);
+      const reaped = await this.store.reap();
       if (reaped.length > 0) this.log.warn({ instances: reaped }, 'took over from instances whose lease ran out');
     }
-    // The members that share the devices: live, and not stopping (this one counts itself while it runs).
-    this.live = instances.filter((i) => i.live && !i.leaving && i.id !== this.id).concat(instances.filter((i) => i.id === this.id));
+    const others = instances.filter((i) => i.live && !i.leaving && i.id !== this.id);
+    await this.followSignal(others);
+    // The members that share the devices: live, and not leaving (this one counts itself unless it left).
+    this.live = this.away ? others : [...others, { id: this.id, name: this.opts.name }];
     // A peer's lease running out before the next tick: look again right then, so that failover does not wait a tick.
-    const nextExpiry = Math.min(...this.live.filter((i) => i.id !== this.id).map((i) => i.leaseLeftMs));
+    const nextExpiry = Math.min(...others.map((i) => i.leaseLeftMs));
     if (nextExpiry < this.t.renewMs) this.later(Math.max(0, nextExpiry) + 50);
 
-    const owners = assignBuckets(this.live);
+    if (this.live.length > 0) {
+      const owners = assignBuckets(this.live);
+      await this.handOverTo(owners);
+      // Right after joining, give the others one renewal period to notice this instance, so that of several starting
+      // together the first one up does not take everything only to hand most of it over again.
+      const settled = now - this.joinedAt >= this.t.renewMs;
+      if (settled && !this.away && this.lease.valid(this.clock.now())) await this.claim(bucketsOf(owners, this.id));
+    }
+    await this.checkHandOvers();
+    const polling = this.notesLost || !this.listening;
+    if (full || polling || this.uncertain || this.clock.now() - this.lastFullRead >= this.opts.reconcileMs) await this.readOwned();
+  }
+
+  private async handOverTo(owners: readonly string[]): Promise<number> {
+    let handed = 0;
     for (const [to, buckets] of handOvers(owners, this.id, new Set(this.owned.values()))) {
-      const moved = await this.store.handOver(this.id, to, buckets, qt);
+      for (const b of buckets) this.handingOver.add(b);
+      let moved: ConnectionKey[];
+      try {
+        moved = await this.store.handOver(this.id, to, buckets);
+      } finally {
+        for (const b of buckets) this.handingOver.delete(b);
+      }
       for (const key of moved) this.givenAway(key);
+      handed += moved.length;
       if (moved.length > 0) {
         this.metrics?.leases.inc({ event: 'handed_over' }, moved.length);
         this.log.info({ to, devices: moved.length }, 'handed devices over to another instance');
         this.log.debug({ to, devices: moved.map((k) => shortKey(connectionKey(k))) }, 'handed over');
       }
     }
-    // Right after joining, give the others one renewal period to notice this instance, so that of several starting
-    // together the first one up does not take everything only to hand most of it over again.
-    const settled = now - this.joinedAt >= this.t.renewMs;
-    if (settled && this.lease.valid(performance.now())) {
-      const claimed = await this.store.claim(this.id, bucketsOf(owners, this.id), qt);
-      if (claimed.length > 0) {
-        this.metrics?.leases.inc({ event: 'claimed' }, claimed.length);
-        this.log.info({ devices: claimed.length }, 'claimed devices');
-        this.log.debug({ devices: claimed.map((c) => shortKey(connectionKey(c.conn))) }, 'claimed');
-      }
-      for (const { conn, owedWake } of claimed) {
-        this.take(conn);
-        if (owedWake) this.target?.owePush(conn);
-      }
-    }
-    if (full || now - this.lastFullRead >= this.opts.reconcileMs) await this.readOwned();
+    return handed;
   }
 
-  /** Renews the lease; false when this tick can do nothing more (the database did not answer). */
-  private async renew(): Promise<boolean> {
-    const sentAt = performance.now();
-    let held: boolean;
-    try {
-      held = await this.store.renew(this.id, this.t.leaseMs, this.t.queryTimeoutMs);
-    } catch (err) {
-      this.lease.failed();
-      if (!this.renewFailing) {
-        this.log.warn({ err }, 'cannot renew the lease: keeping the open sockets, opening no new ones until PostgreSQL answers');
-      }
-      this.renewFailing = true;
-      return false;
+  private async claim(buckets: number[]): Promise<void> {
+    const claimed = await this.store.claim(this.id, buckets);
+    if (claimed.length === 0) return;
+    this.metrics?.leases.inc({ event: 'claimed' }, claimed.length);
+    this.log.info({ devices: claimed.length }, 'claimed devices');
+    this.log.debug({ devices: claimed.map((c) => shortKey(connectionKey(c.conn))) }, 'claimed');
+    for (const { conn } of claimed) this.take(conn);
+    await this.owe(claimed);
+  }
+
+  /**
+   * Leaves when this instance's sockets cannot reach Signal while another's can (its devices go to them,
+   * make-before-break, as at shutdown), and comes back once a probe reaches Signal again.
+   */
+  private async followSignal(others: readonly InstanceRow[]): Promise<void> {
+    if (this.away) {
+      this.probeOk = await this.opts.probeSignal().catch(() => false);
+      if (signalMove(true, this.probeOk, others) !== 'return') return;
+      await this.store.setLeaving(this.id, false);
+      this.away = false;
+      this.unreachableTicks = 0;
+      this.log.warn('Signal answers again: taking a share of the devices again');
+      return;
     }
-    if (this.renewFailing) this.log.info('PostgreSQL answers again: lease renewed');
-    this.renewFailing = false;
-    if (held) {
-      this.renewedAt = performance.now();
-      this.lease.renewed(sentAt, this.renewedAt);
-      return true;
+    const move = signalMove(false, this.target?.reachesSignal() ?? true, others);
+    this.unreachableTicks = move === 'leave' ? this.unreachableTicks + 1 : 0;
+    if (this.unreachableTicks < UNREACHABLE_TICKS) return;
+    await this.store.setLeaving(this.id, true);
+    this.away = true;
+    this.probeOk = false;
+    this.log.warn(
+      { devices: this.owned.size, reaching: others.filter((o) => o.reachesSignal).length },
+      'cannot reach Signal while other instances can: handing the devices over to them until Signal answers here again',
+    );
+  }
+
+  /** Closes the old sockets of handed-over devices whose new owner has its own open, or is gone (see `handOverStep`). */
+  private async checkHandOvers(): Promise<void> {
+    if (this.handedOver.size === 0) return;
+    const states = await this.store.handOverStates([...this.handedOver.keys()].map(keyOf));
+    const now = this.clock.now();
+    for (const state of states) {
+      const key = connectionKey(state.key);
+      const at = this.handedOver.get(key);
+      if (at === undefined) continue;
+      const step = handOverStep(state, this.id, now - at, this.opts.handOverTimeoutMs);
+      if (step === 'wait') continue;
+      this.handedOver.delete(key);
+      if (step === 'take') this.uncertain = true; // ours again: the full read takes it back
+      else this.target?.remove(state.key);
     }
-    // Reaped: the others judged this instance dead. Its sockets stay until the new owners' replace them.
-    this.lease.lost();
-    this.log.warn({ devices: this.owned.size }, 'the lease ran out and the others took these devices over; joining again');
-    this.metrics?.leases.inc({ event: 'lost' }, this.owned.size);
-    for (const key of [...this.owned.keys()]) this.givenAway(keyOf(key));
-    if (this.stopping) return false;
-    await this.join();
-    return true;
   }
 
   private async readOwned(): Promise<void> {
-    const owned = await this.store.owned(this.id, this.t.queryTimeoutMs);
-    this.lastFullRead = performance.now();
-    // A hand-over is over within a few leases (the socket closed, or the supervisor gave up on it): forget it then.
-    const remembered = Math.max(HAND_OVER_REMEMBERED_MS, 4 * this.opts.leaseSeconds * 1000);
-    for (const [key, at] of this.handedOver) if (this.lastFullRead - at > remembered) this.handedOver.delete(key);
-    const now = new Set(owned.map(connectionKey));
-    const gone = [...this.owned.keys()].filter((key) => !now.has(key));
-    const added = [...now].filter((key) => !this.owned.has(key));
-    if (gone.length + added.length > 0) this.log.debug({ gone: gone.map(shortKey), added: added.map(shortKey) }, 'owned devices read');
-    for (const key of gone) this.owned.delete(key);
-    for (const c of owned) {
-      this.owned.set(connectionKey(c), bucketOf(c.uuid, c.deviceId));
-      this.handedOver.delete(connectionKey(c));
+    const rows = await this.store.owned(this.id);
+    this.lastFullRead = this.clock.now();
+    this.uncertain = false;
+    const now = new Set(rows.map((r) => connectionKey(r.conn)));
+    // Moved (or removed) without this instance hearing of it: its socket stays until the hand-over check decides.
+    for (const key of [...this.owned.keys()]) if (!now.has(key)) this.givenAway(keyOf(key));
+    const added = rows.filter((r) => !this.owned.has(connectionKey(r.conn)));
+    if (added.length > 0) this.log.debug({ added: added.map((r) => shortKey(connectionKey(r.conn))) }, 'owned devices read');
+    for (const { conn } of rows) {
+      this.owned.set(connectionKey(conn), bucketOf(conn.uuid, conn.deviceId));
+      this.handedOver.delete(connectionKey(conn));
     }
-    this.target?.reconcile(owned);
+    this.target?.reconcile(rows.map((r) => r.conn));
+    await this.owe(added);
+  }
+
+  /**
+   * One wake-up push, once connected, for each newly owned row whose former owner died: the row keeps the debt until
+   * this instance has recorded it, so an answer lost on the way loses no wake-up.
+   */
+  private async owe(rows: Claimed[]): Promise<void> {
+    const owed = rows.filter((r) => r.owedWake).map((r) => r.conn);
+    for (const conn of owed) this.target?.owePush(conn);
+    if (owed.length > 0) await this.store.woken(this.id, owed.map((c) => ({ uuid: c.uuid, deviceId: c.deviceId })));
   }
 
   private take(conn: Connection): void {
@@ -204,21 +386,33 @@ export class Leases implements Ownership {
 
   private givenAway(key: ConnectionKey): void {
     this.owned.delete(connectionKey(key));
-    this.handedOver.set(connectionKey(key), performance.now());
+    this.handedOver.set(connectionKey(key), this.clock.now());
     this.target?.handOver(key);
   }
 
   private later(ms: number): void {
     if (this.soon !== undefined) return;
-    this.soon = setTimeout(() => {
+    this.soon = this.clock.setTimeout(() => {
       this.soon = undefined;
-      if (!this.stopping) this.request('tick');
+      this.request('tick');
     }, ms);
   }
 
-  /** `changed:<uuid>.<device>`: re-read that row; anything else (`owners`): ownership moved, read it all again. */
+  /**
+   * `changed:<uuid>.<device>`: re-read that row; `ping:<instance>:<n>`: a renewal's self-notification; anything
+   * else (`owners`): ownership moved, read it all again.
+   */
   private onNote(payload: string): void {
     if (this.stopping) return;
+    const ping = /^ping:(.+):(\d+)$/.exec(payload);
+    if (ping) {
+      if (ping[1] !== this.id) return;
+      this.pingSeen = Math.max(this.pingSeen, Number(ping[2]));
+      this.pingsMissed = 0;
+      if (this.notesLost) this.log.info('notifications from PostgreSQL arrive again');
+      this.notesLost = false;
+      return;
+    }
     const m = /^changed:(.+)\.(\d+)$/.exec(payload);
     if (!m) return this.request('full');
     const key = { uuid: m[1]!, deviceId: Number(m[2]) };
@@ -239,11 +433,17 @@ export class Leases implements Ownership {
   }
 
   canConnect(conn: Connection): boolean {
-    return this.owned.has(connectionKey(conn)) && this.lease.valid(performance.now());
+    return this.owned.has(connectionKey(conn)) && this.lease.valid(this.clock.now());
   }
 
   expectsReplacement(key: ConnectionKey): boolean {
-    return this.handedOver.has(connectionKey(key)) || !this.lease.valid(performance.now());
+    const k = connectionKey(key);
+    return this.handedOver.has(k) || this.handingOver.has(this.owned.get(k) ?? -1) || !this.lease.valid(this.clock.now());
+  }
+
+  /** What this instance says of Signal at its renewals: its sockets' view, or while away the last probe's. */
+  private reachesSignal(): boolean {
+    return this.away ? this.probeOk : (this.target?.reachesSignal() ?? true);
   }
 
   /**
@@ -252,32 +452,29 @@ export class Leases implements Ownership {
    */
   async stop(timeoutMs: number): Promise<void> {
     this.stopping = true;
+    this.clock.clearTimeout(this.soon);
     await this.running;
-    const deadline = performance.now() + timeoutMs;
+    const deadline = this.clock.now() + timeoutMs;
     try {
-      await this.store.leaving(this.id);
-      const others = (await this.store.instances({ timeoutMs: this.t.queryTimeoutMs })).filter((i) => i.live && !i.leaving && i.id !== this.id);
+      await this.store.setLeaving(this.id, true);
+      const others = (await this.store.instances()).filter((i) => i.live && !i.leaving && i.id !== this.id);
       if (others.length > 0 && this.owned.size > 0) {
-        const owners = assignBuckets(others);
-        let handed = 0;
-        for (const [to, buckets] of handOvers(owners, this.id, new Set(this.owned.values()))) {
-          const moved = await this.store.handOver(this.id, to, buckets, this.t.queryTimeoutMs);
-          for (const key of moved) this.givenAway(key);
-          this.metrics?.leases.inc({ event: 'handed_over' }, moved.length);
-          handed += moved.length;
-        }
+        const handed = await this.handOverTo(assignBuckets(others));
         this.log.info({ devices: handed, instances: others.length }, 'handing every device over before stopping');
-        // Keep the lease meanwhile: a lapse here would look like a crash to the others.
-        while ((this.target?.handingOver() ?? 0) > 0 && performance.now() < deadline) {
-          if (performance.now() - this.renewedAt >= this.t.renewMs) await this.renew();
-          await new Promise((r) => setTimeout(r, 50));
+        // The renewals go on meanwhile: a lapse here would look like a crash to the others.
+        let checkedAt = this.clock.now();
+        while ((this.target?.handingOver() ?? 0) > 0 && this.clock.now() < deadline) {
+          await new Promise((r) => this.clock.setTimeout(() => r(undefined), 50));
+          if (this.clock.now() - checkedAt < this.t.renewMs) continue;
+          checkedAt = this.clock.now();
+          await this.checkHandOvers().catch(() => {});
         }
       }
     } catch (err) {
       this.log.warn({ err }, 'cannot hand the devices over; the others take them when this lease is gone');
     }
-    clearTimeout(this.timer);
-    clearTimeout(this.soon);
+    this.closed = true;
+    this.clock.clearTimeout(this.renewTimer);
     await this.listener?.close();
     try {
       await this.store.leave(this.id);
@@ -291,9 +488,6 @@ export class Leases implements Ownership {
     return { instance: this.id, owned: this.owned.size, liveInstances: this.live.length };
   }
 }
-
-/** Far longer than any hand-over takes (the supervisor gives up on one after two leases, at least 10 s); at least four leases. */
-const HAND_OVER_REMEMBERED_MS = 10 * 60_000;
 
 const keyOf = (key: string): ConnectionKey => {
   const dot = key.lastIndexOf('.');

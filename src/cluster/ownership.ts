@@ -8,12 +8,16 @@ export interface OwnedConnections {
   sync(conn: Connection): void;
   /** This instance no longer runs it: stop its socket. */
   remove(key: ConnectionKey): void;
-  /** Another instance owns it now: keep the socket until Signal replaces it (4409) or a while has passed. */
+  /** Another instance owns it now: keep the socket until Signal replaces it (4409), or the ownership says to close it (`remove`). */
   handOver(key: ConnectionKey): void;
   /** How many handed-over sockets are still open. */
   handingOver(): number;
   /** Send one wake-up push once its socket is open (its former owner died, perhaps owing one). */
   owePush(key: ConnectionKey): void;
+  /** The lease holds again: connections that waited for it connect now. */
+  leaseRegained(): void;
+  /** Whether the sockets reach Signal (see SignalHealth). */
+  reachesSignal(): boolean;
 }
 
 /**

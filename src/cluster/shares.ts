@@ -78,8 +78,8 @@ export function handOvers(owners: readonly string[], me: string, myBuckets: Iter
 }
 
 /** What the lease timings come to, from `lease_seconds`. */
-export function leaseTimings(leaseSeconds: number): { leaseMs: number; renewMs: number; marginMs: number; queryTimeoutMs: number } {
+export function leaseTimings(leaseSeconds: number): { leaseMs: number; renewMs: number; marginMs: number } {
   const leaseMs = leaseSeconds * 1000;
   const renewMs = Math.max(200, Math.round(leaseMs / 3)); // two renewals may fail before the lease runs out
-  return { leaseMs, renewMs, marginMs: Math.round(leaseMs / 8), queryTimeoutMs: Math.max(200, Math.round(renewMs / 2)) };
+  return { leaseMs, renewMs, marginMs: Math.round(leaseMs / 8) };
 }

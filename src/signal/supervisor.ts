@@ -4,6 +4,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { shortUuid } from '../log.js';
 import type { OwnedConnections, Ownership } from '../cluster/ownership.js';
+import { SignalHealth } from '../cluster/signal-health.js';
 import { Solo } from '../cluster/solo.js';
 import { leftBehind } from '../registrations.js';
 import { connectionKey, type Connection, type ConnectionKey, type ForbiddenFor, type Store } from '../store/store.js';
@@ -26,7 +27,7 @@ export interface SupervisorOptions {
   deliveryCheckIntervalMs: number;
   /** How often every open link is asked whether a keepalive is due (their precision). */
   keepaliveTickMs: number;
-  /** A handed-over socket that the new owner's has not replaced by then is closed. */
+  /** How long a stopping instance waits for the new owners' sockets to replace its handed-over ones. */
   handOverTimeoutMs: number;
   /** A forbidden connection whose account has a newer device connected is removed after this long. */
   leftBehindKeptMs: number;
@@ -105,6 +106,7 @@ export class Supervisor implements OwnedConnections {
   private readonly writes: StoreWrites;
   /** Forbidden here, not yet written to the store: the store's older row must not bring them back meanwhile. */
   private readonly forbidding = new Map<string, Connection>();
+  private readonly signalHealth = new SignalHealth();
 
   constructor(
     private readonly opts: SupervisorOptions,
@@ -171,6 +173,7 @@ export class Supervisor implements OwnedConnections {
   /** Stops the socket of a removed connection. */
   remove(key: ConnectionKey): void {
     const entry = this.entries.get(connectionKey(key));
+    this.signalHealth.forget(connectionKey(key));
     if (!entry) return;
     this.after(this.halt(entry), () => {});
     this.entries.delete(connectionKey(key));
@@ -178,7 +181,7 @@ export class Supervisor implements OwnedConnections {
     this.deps.onRemoved?.(key);
   }
 
-  /** Another instance owns it now: keep the socket until Signal replaces it, or until the hand-over times out. */
+  /** Another instance owns it now: keep the socket until Signal replaces it, or the ownership removes it. */
   handOver(key: ConnectionKey): void {
     const entry = this.entries.get(connectionKey(key));
     if (!entry) return;
@@ -188,9 +191,6 @@ export class Supervisor implements OwnedConnections {
     }
     entry.handedOver = true;
     this.clock.clearTimeout(entry.retryTimer);
-    entry.retryTimer = this.clock.setTimeout(() => {
-      if (entry.handedOver && this.entries.get(connectionKey(key)) === entry) this.remove(key);
-    }, this.opts.handOverTimeoutMs);
     this.setState(entry, 'connected', 'handed over');
   }
 
@@ -203,6 +203,20 @@ export class Supervisor implements OwnedConnections {
   owePush(key: ConnectionKey): void {
     const entry = this.entries.get(connectionKey(key));
     if (entry) entry.wakeOnOpen = true;
+  }
+
+  leaseRegained(): void {
+    for (const entry of this.entries.values()) {
+      if (entry.state !== 'backoff' || entry.reason !== WAITING_FOR_LEASE) continue;
+      this.clock.clearTimeout(entry.retryTimer);
+      entry.retryTimer = undefined;
+      this.queueConnect(entry, 'retry');
+    }
+  }
+
+  reachesSignal(): boolean {
+    const counts = this.counts();
+    return this.signalHealth.reaching(counts.connected, counts.total - counts.forbidden);
   }
 
   /**
@@ -358,9 +372,9 @@ export class Supervisor implements OwnedConnections {
       entry.cancelQueued = undefined;
       if (entry.halted) release();
       else if (!this.ownership.canConnect(entry.conn)) {
-        release(); // no valid lease (PostgreSQL unreachable), or no longer ours: ask again later
+        release(); // no valid lease (PostgreSQL unreachable), or no longer ours: again once it holds (leaseRegained), or later
         const delayMs = backoffDelay(entry.attempt++, this.opts.backoff, this.random());
-        this.setState(entry, 'backoff', 'waiting for the lease', { retryInMs: delayMs });
+        this.setState(entry, 'backoff', WAITING_FOR_LEASE, { retryInMs: delayMs });
         entry.retryTimer = this.clock.setTimeout(() => this.queueConnect(entry, 'retry'), delayMs);
       } else this.connect(entry, release);
     });
@@ -375,6 +389,7 @@ export class Supervisor implements OwnedConnections {
         onOpen: () => {
           release();
           entry.openedAt = this.clock.now();
+          this.signalHealth.opened();
           this.setState(entry, 'connected', 'open');
           this.recovered();
           if (entry.wakeOnOpen) {
@@ -443,6 +458,7 @@ export class Supervisor implements OwnedConnections {
     }
     const retryAfterMs = 'retryAfterMs' in end ? end.retryAfterMs : undefined;
     entry.outage = isOutage(end) && retryAfterMs === undefined;
+    if (isOutage(end)) this.signalHealth.failed(connectionKey(entry.conn));
     const delayMs = backoffDelay(entry.attempt++, this.opts.backoff, this.random(), retryAfterMs);
     this.setState(entry, 'backoff', describeEnd(end), { retryInMs: delayMs });
     entry.retryTimer = this.clock.setTimeout(() => this.queueConnect(entry, 'retry'), delayMs);
@@ -457,6 +473,8 @@ export class Supervisor implements OwnedConnections {
     this.deps.onDeliveryCheck(conn);
   }
 }
+
+const WAITING_FOR_LEASE = 'waiting for the lease';
 
 function soloOwnership(store: Store, pollMs: number, clock: Clock, log: Logger): Ownership {
   if (!(store instanceof SqliteStore)) throw new Error('a PostgreSQL store needs lease ownership');

@@ -2,6 +2,9 @@ import pg from 'pg';
 import { bucketOf } from '../cluster/shares.js';
 import { StoreError, connectionKey, type Connection, type ConnectionKey, type ForbiddenFor, type Heartbeat, type LiveState, type NewConnection, type OpenMode, type Store } from './store.js';
 import { redactUrl } from './location.js';
+import type { InstanceRow } from '../cluster/lease-store.js';
+
+export type { InstanceRow };
 
 /** The NOTIFY channel: payloads `changed:<uuid>.<device>` (a row to re-read) or `owners` (ownership moved). */
 export const CHANNEL = 'mollysocket';
@@ -53,9 +56,12 @@ const MIGRATIONS = [
      PRIMARY KEY (instance, uuid, device_id)
    );
    CREATE TABLE settings(name TEXT PRIMARY KEY, value TEXT NOT NULL)`,
+  // Whether an instance's sockets reach Signal: one that cannot while others can gives its devices up.
+  `ALTER TABLE instances ADD COLUMN reaches_signal BOOLEAN NOT NULL DEFAULT true`,
 ];
 
-interface Row {
+/** A `connections` row as selected. */
+export interface Row {
   uuid: string;
   device_id: number;
   password: string;
@@ -70,7 +76,7 @@ interface Row {
   epoch: number;
 }
 
-const fromRow = (r: Row): Connection => ({
+export const fromRow = (r: Row): Connection => ({
   uuid: r.uuid,
   deviceId: r.device_id,
   password: r.password,
@@ -84,31 +90,6 @@ const fromRow = (r: Row): Connection => ({
   owner: r.owner,
   epoch: r.epoch,
 });
-
-/** A live or expired instance, as its lease row says (ages by the database's clock). */
-export interface InstanceRow {
-  id: string;
-  name: string;
-  pid: number;
-  version: string;
-  startedAt: number;
-  /** Whether its lease is still valid by the database's clock. */
-  live: boolean;
-  /** It is stopping and handing its devices over: it takes none. */
-  leaving: boolean;
-  /** How long until the lease runs out (negative: ran out that long ago). */
-  leaseLeftMs: number;
-  /** Milliseconds since it last renewed. */
-  renewedAgoMs: number;
-  /** How many devices it owns (when asked for). */
-  owned: number | undefined;
-}
-
-/** A claimed row, and whether its former owner died owing it a wake-up push. */
-export interface Claimed {
-  conn: Connection;
-  owedWake: boolean;
-}
 
 
 /**
@@ -125,13 +106,22 @@ const QUERY_TIMEOUT_MS = 5_000;
 export class PostgresStore implements Store {
   /** What this instance last published, to write only what changed. */
   private published = new Map<string, string>();
-  /** The instance whose states `publishStates` writes (set by the lease driver once it has joined). */
-  instance: string | undefined;
+  private publishing: string | undefined;
 
   private constructor(
     private readonly pool: pg.Pool,
     readonly url: string,
   ) {}
+
+  /** The instance whose states `publishStates` writes (set by the leases once joined): a new row has none yet. */
+  get instance(): string | undefined {
+    return this.publishing;
+  }
+
+  set instance(id: string | undefined) {
+    this.publishing = id;
+    this.published.clear();
+  }
 
   get location(): string {
     return redactUrl(this.url);
@@ -432,28 +422,6 @@ export class PostgresStore implements Store {
     return (await this.rows<{ value: string }>('SELECT value FROM settings WHERE name = $1', [name]))[0]?.value;
   }
 
-  // ---- Leases and ownership (src/cluster/leases.ts drives these) ----
-
-  /** Adds this instance's lease row, valid for `leaseMs` from the database's now. */
-  async join(inst: { id: string; name: string; pid: number; version: string }, leaseMs: number): Promise<void> {
-    this.published.clear(); // a new row: the states published under an old one went with it
-    await this.rows(
-      `INSERT INTO instances (id, name, pid, version, lease_until) VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')`,
-      [inst.id, inst.name, inst.pid, inst.version, leaseMs],
-    );
-    await this.notify('owners');
-  }
-
-  /** Extends the lease; false when the row is gone (the others found it expired and reaped it). Fails fast. */
-  async renew(id: string, leaseMs: number, timeoutMs: number): Promise<boolean> {
-    const rows = await this.rows(
-      `UPDATE instances SET lease_until = now() + $2 * interval '1 millisecond', renewed_at = now() WHERE id = $1 RETURNING 1`,
-      [id, leaseMs],
-      timeoutMs,
-    );
-    return rows.length > 0;
-  }
-
   /**
    * Every instance row, live or expired; with `counts`, how many devices each owns (for `status`: it reads every row,
    * so the lease tick, whose cost must not grow with the devices, leaves it out).
@@ -467,12 +435,13 @@ export class PostgresStore implements Store {
       started_ms: number;
       live: boolean;
       leaving: boolean;
+      reaches_signal: boolean;
       left_ms: number;
       renewed_ago_ms: number;
       owned: number | null;
     }>(
       `SELECT i.id, i.name, i.pid, i.version, (extract(epoch FROM i.started_at) * 1000)::int8 AS started_ms,
-              i.lease_until > now() AS live, i.leaving,
+              i.lease_until > now() AS live, i.leaving, i.reaches_signal,
               (extract(epoch FROM i.lease_until - now()) * 1000)::int8 AS left_ms,
               (extract(epoch FROM now() - i.renewed_at) * 1000)::int8 AS renewed_ago_ms,
               CASE WHEN $1 THEN (SELECT count(*) FROM connections c WHERE c.owner = i.id) END AS owned
@@ -488,136 +457,11 @@ export class PostgresStore implements Store {
       startedAt: r.started_ms,
       live: r.live,
       leaving: r.leaving,
+      reachesSignal: r.reaches_signal,
       leaseLeftMs: r.left_ms,
       renewedAgoMs: r.renewed_ago_ms,
       owned: r.owned ?? undefined,
     }));
-  }
-
-  /**
-   * Deletes the instances whose lease ran out by the database's clock, freeing their devices, each marked as owed a
-   * wake-up push (the dead instance may have acknowledged envelopes it never pushed). Their rows are locked first, so a
-   * late renewal waits and then finds its row gone. Returns the reaped ids.
-   */
-  async reap(timeoutMs: number): Promise<string[]> {
-    return this.transaction(async (c) => {
-      const dead = (await c.query<{ id: string }>({ text: 'SELECT id FROM instances WHERE lease_until < now() FOR UPDATE SKIP LOCKED', query_timeout: timeoutMs } as pg.QueryConfig)).rows.map((r) => r.id);
-      if (dead.length === 0) return [];
-      await c.query('UPDATE connections SET owner = NULL, owed_wake = true WHERE owner = ANY($1)', [dead]);
-      await c.query('DELETE FROM instances WHERE id = ANY($1)', [dead]);
-      await c.query(`SELECT pg_notify('${CHANNEL}', 'owners')`);
-      return dead;
-    });
-  }
-
-  /** Takes the unowned devices of these buckets, skipping rows another instance is claiming at the same moment. */
-  async claim(me: string, buckets: number[], timeoutMs: number): Promise<Claimed[]> {
-    const rows = await this.rows<Row & { woken: boolean }>(
-      `WITH c AS (
-         SELECT uuid, device_id, owed_wake FROM connections
-         WHERE owner IS NULL AND bucket = ANY($2) FOR UPDATE SKIP LOCKED)
-       UPDATE connections t SET owner = $1, epoch = t.epoch + 1, owed_wake = false
-       FROM c WHERE t.uuid = c.uuid AND t.device_id = c.device_id
-         AND EXISTS (SELECT 1 FROM instances WHERE id = $1 AND lease_until > now())
-       RETURNING t.*, c.owed_wake AS woken`,
-      [me, buckets],
-      timeoutMs,
-    );
-    return rows.map((r) => ({ conn: fromRow(r), owedWake: r.woken }));
-  }
-
-  /** Gives this instance's devices in these buckets to a live instance, and tells it. Returns the moved rows. */
-  async handOver(me: string, to: string, buckets: number[], timeoutMs: number): Promise<ConnectionKey[]> {
-    const rows = await this.rows<{ uuid: string; device_id: number }>(
-      `WITH m AS (
-         UPDATE connections SET owner = $2, epoch = epoch + 1
-         WHERE owner = $1 AND bucket = ANY($3)
-           AND EXISTS (SELECT 1 FROM instances WHERE id = $2 AND lease_until > now() AND NOT leaving)
-         RETURNING uuid, device_id)
-       SELECT m.uuid, m.device_id, pg_notify('${CHANNEL}', 'owners') FROM m`,
-      [me, to, buckets],
-      timeoutMs,
-    );
-    return rows.map((r) => ({ uuid: r.uuid, deviceId: r.device_id }));
-  }
-
-  /** The devices this instance owns. */
-  async owned(me: string, timeoutMs?: number): Promise<Connection[]> {
-    return (await this.rows<Row>('SELECT * FROM connections WHERE owner = $1', [me], timeoutMs)).map(fromRow);
-  }
-
-  /** This instance is stopping: the others stop counting it in their shares, and hand it nothing. */
-  async leaving(me: string): Promise<void> {
-    await this.rows(`WITH r AS (UPDATE instances SET leaving = true WHERE id = $1 RETURNING id) SELECT pg_notify('${CHANNEL}', 'owners') FROM r`, [me]);
-  }
-
-  /** Removes this instance's lease row: whatever it still owns is free for the others at once. */
-  async leave(me: string): Promise<void> {
-    await this.transaction(async (c) => {
-      await c.query('DELETE FROM instances WHERE id = $1', [me]);
-      await c.query(`SELECT pg_notify('${CHANNEL}', 'owners')`);
-    });
-  }
-
-  async notify(payload: string): Promise<void> {
-    await this.rows(`SELECT pg_notify('${CHANNEL}', $1)`, [payload]);
-  }
-
-  /**
-   * A dedicated client (LISTEN needs one session; behind PgBouncer it must be a direct or session-mode connection)
-   * that hands every notification to `onNote`. It reconnects by itself; `onListening` runs after each (re)LISTEN,
-   * when notifications may have been missed. `ping` proves it still works: a dead listener can stay silent.
-   */
-  listener(onNote: (payload: string) => void, onListening: () => void, onError: (err: Error) => void): { ping(timeoutMs: number): Promise<void>; close(): Promise<void> } {
-    let client: pg.Client | undefined;
-    let closed = false;
-    let retry: NodeJS.Timeout | undefined;
-    const drop = (c: pg.Client, err: Error): void => {
-      if (client !== c) return;
-      client = undefined;
-      c.removeAllListeners();
-      c.on('error', () => {});
-      void c.end().catch(() => {});
-      if (closed) return;
-      onError(err);
-      retry = setTimeout(connect, 1_000);
-    };
-    const connect = (): void => {
-      if (closed) return;
-      const c = new pg.Client({ connectionString: this.url, keepAlive: true, connectionTimeoutMillis: 5_000, application_name: 'mollysocket-listen' });
-      client = c;
-      c.on('notification', (n) => n.channel === CHANNEL && onNote(n.payload ?? ''));
-      c.on('error', (err) => drop(c, err));
-      c.on('end', () => drop(c, new Error('connection ended')));
-      c.connect()
-        .then(() => c.query(`LISTEN ${CHANNEL}`))
-        .then(() => client === c && onListening())
-        .catch((err: Error) => drop(c, err));
-    };
-    connect();
-    return {
-      ping: async (timeoutMs) => {
-        const c = client;
-        if (!c) throw new Error('not listening');
-        try {
-          await c.query({ text: 'SELECT 1', query_timeout: timeoutMs } as pg.QueryConfig);
-        } catch (err) {
-          drop(c, err as Error);
-          throw err;
-        }
-      },
-      close: async () => {
-        closed = true;
-        clearTimeout(retry);
-        const c = client;
-        client = undefined;
-        if (c) {
-          c.removeAllListeners();
-          c.on('error', () => {});
-          await c.end().catch(() => {});
-        }
-      },
-    };
   }
 
   async close(): Promise<void> {

@@ -46,7 +46,7 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
     const url = await signal.listen(tag);
     const p = new BinProcess(['-v', 'server'], { cwd, env: env(tag, url) });
     instances.set(tag, p);
-    await p.waitFor(/joined the cluster/);
+    await p.waitFor(/joined the cluster/, 30_000); // three processes starting at once on a busy machine
     return p;
   }
 
@@ -95,6 +95,7 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
   });
 
   afterAll(async () => {
+    if (process.env.DUMP_LOGS) for (const [tag, p] of instances) (await import('node:fs')).writeFileSync(`/tmp/inst-${tag}.log`, p.stderr);
     await Promise.all([...instances.values()].map((p) => (p.child.exitCode === null ? p.stop('SIGKILL') : undefined)));
     await signal?.close();
     await push?.close();

@@ -8,6 +8,7 @@ import { SqliteStore as Store } from '../../src/store/sqlite.js';
 import { openStore } from '../../src/store/open.js';
 import { type Store as AnyStore } from '../../src/store/store.js';
 import { PostgresStore } from '../../src/store/postgres.js';
+import { PgLeaseStore } from '../../src/cluster/postgres-leases.js';
 import { freshDatabase, postgresMissing } from '../helpers/postgres.js';
 import { tempDir } from '../helpers/index.js';
 
@@ -237,8 +238,7 @@ describe.each(backends)('Store contract on %s', (_name, open) => {
     await store.put({ uuid: UUID, deviceId: 1, password: 'a', endpoint: 'https://e/1' }, 10);
     if (store instanceof PostgresStore) {
       // An instance's lease row is its heartbeat; it publishes under its id.
-      await store.join({ id: 'i1', name: 'one', pid: 42, version: 'v' }, 10_000);
-      store.instance = 'i1';
+      await new PgLeaseStore(store, { answerMs: 5_000 }).join({ id: 'i1', name: 'one', pid: 42, version: 'v' }, 10_000);
     }
     await store.beat({ pid: 42, version: 'v', startedAt: 1, seenAt: Date.now() });
     await store.publishStates([{ uuid: UUID, deviceId: 1, state: 'connected', reason: 'open', since: 5 }]);
@@ -265,34 +265,35 @@ describe.skipIf(postgresMissing !== undefined)('Store on PostgreSQL: ownership',
 
   it('fences an owner\'s writes with its epoch, and frees a dead instance\'s devices only once its lease ran out', async () => {
     const store = (await openStore(await freshDatabase())) as PostgresStore;
+    const leases = new PgLeaseStore(store, { answerMs: 5_000 });
     const key = { uuid: UUID, deviceId: 1 };
     const put = await store.put({ ...key, password: 'a', endpoint: 'https://e/1' }, 1);
     expect(put).toMatchObject({ owner: null, epoch: 0 });
-    await store.join({ id: 'a', name: 'a', pid: 1, version: 'v' }, 60_000);
-    await store.join({ id: 'b', name: 'b', pid: 2, version: 'v' }, 60_000);
+    await leases.join({ id: 'a', name: 'a', pid: 1, version: 'v' }, 60_000);
+    await leases.join({ id: 'b', name: 'b', pid: 2, version: 'v' }, 60_000);
     const all = Array.from({ length: 4096 }, (_, b) => b);
-    const [claimed] = await store.claim('a', all, 1_000);
+    const [claimed] = await leases.claim('a', all);
     expect(claimed).toMatchObject({ conn: { owner: 'a', epoch: 1 }, owedWake: false });
-    expect(await store.claim('b', all, 1_000)).toEqual([]); // owned: nothing to take
-    expect(await store.reap(1_000)).toEqual([]); // a's lease still holds
+    expect(await leases.claim('b', all)).toEqual([]); // owned: nothing to take
+    expect(await leases.reap()).toEqual([]); // a's lease still holds
     // a hands it to b: the epoch moves on, and a's stale write changes nothing
-    expect(await store.handOver('a', 'b', all, 1_000)).toEqual([key]);
+    expect(await leases.handOver('a', 'b', all)).toEqual([key]);
     expect(await store.setForbidden(key, 'signal_403', { password: 'a' }, 2, { epoch: 1 })).toBe(false);
     expect(await store.get(key)).toMatchObject({ owner: 'b', epoch: 2, forbidden: false });
     expect(await store.setForbidden(key, 'signal_403', { password: 'a' }, 2, { epoch: 2 })).toBe(true);
     // b stops renewing; a renews. Once b's lease is over by the database's clock, its devices are free and owed a push.
     await store.enable(key, 3);
-    await store.join({ id: 'c', name: 'c', pid: 3, version: 'v' }, 60_000);
-    await store.handOver('b', 'c', all, 1_000);
+    await leases.join({ id: 'c', name: 'c', pid: 3, version: 'v' }, 60_000);
+    await leases.handOver('b', 'c', all);
     const expire = (id: string) => store.rows(`UPDATE instances SET lease_until = now() - interval '1 millisecond' WHERE id = $1`, [id]);
     await expire('a');
-    expect(await store.reap(1_000)).toEqual(['a']);
-    expect(await store.renew('a', 1_000, 1_000)).toBe(false); // gone: a must join again
+    expect(await leases.reap()).toEqual(['a']);
+    expect(await leases.renew('a', 1_000, { reachesSignal: true, ping: 'ping:a:1' })).toBe(false); // gone: a must join again
     expect(await store.get(key)).toMatchObject({ owner: 'c' }); // c's lease holds
     await expire('c');
-    expect(await store.reap(1_000)).toEqual(['c']);
+    expect(await leases.reap()).toEqual(['c']);
     expect(await store.get(key)).toMatchObject({ owner: null, epoch: 3 });
-    const [taken] = await store.claim('b', all, 1_000);
+    const [taken] = await leases.claim('b', all);
     expect(taken).toMatchObject({ conn: { owner: 'b', epoch: 4 }, owedWake: true });
     expect((await store.instances({ counts: true })).map((i) => [i.id, i.live, i.owned])).toEqual([['b', true, 1]]);
     await store.close();
