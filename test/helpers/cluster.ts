@@ -46,6 +46,11 @@ export class TestCluster {
   readonly frozen = new Set<string>();
   readonly dbProxies = new Map<string, TcpProxy>();
   readonly signalProxies = new Map<string, TcpProxy>();
+  /**
+   * The fake Signal server's tag for each instance's current process: its name for the first, then `a#2`, `a#3`...
+   * A restarted instance is another process, so its taking a device back is not a fight.
+   */
+  readonly tags = new Map<string, string>();
   /** Every process started, stopped ones included: their logs explain a failure. */
   private readonly all: [string, BinProcess][] = [];
   /** The instances' working directory (and the CLI's). */
@@ -106,7 +111,9 @@ export class TestCluster {
 
   /** Starts instance `tag` (its own listener on the fake Signal server); resolves once it joined. */
   async start(tag: string, route: Route = {}): Promise<BinProcess> {
-    let signalUrl = await this.signal.listen(tag);
+    const starts = this.all.filter(([name]) => name === tag).length;
+    this.tags.set(tag, starts === 0 ? tag : `${tag}#${starts + 1}`);
+    let signalUrl = await this.signal.listen(this.tags.get(tag)!);
     if (route.signalProxy) {
       const { proxy, url } = await TcpProxy.before(signalUrl);
       this.signalProxies.set(tag, proxy);
@@ -161,8 +168,9 @@ export class TestCluster {
   async isSettled(): Promise<boolean> {
     if (!this.accounts.every((a) => this.signal.open(a.uuid, a.deviceId).length === 1)) return false;
     const perTag = this.signal.openPerTag();
-    for (const tag of this.instances.keys()) if (!this.frozen.has(tag) && (await this.health(tag)).owned !== (perTag.get(tag) ?? 0)) return false;
-    return [...perTag.keys()].every((tag) => this.instances.has(tag));
+    for (const tag of this.instances.keys()) if (!this.frozen.has(tag) && (await this.health(tag)).owned !== (perTag.get(this.tags.get(tag)!) ?? 0)) return false;
+    const current = [...this.instances.keys()].map((tag) => this.tags.get(tag));
+    return [...perTag.keys()].every((tag) => current.includes(tag));
   }
 
   async settled(what: string, timeoutMs = 30_000): Promise<void> {
@@ -313,9 +321,14 @@ export class TestCluster {
     return `worst gap ${Math.round(ms)} ms: ${device}\n${[...events, ...kicks].join('\n')}\n${logs.join('\n')}`;
   }
 
-  /** Fights at the fake Signal server (a device reopened by an instance within 10 s of being replaced), with detail. */
+  /**
+   * Fights at the fake Signal server (a device reopened by an instance within 10 s of being replaced): every
+   * replacement (device, from, to, when), and what the instances warned about meanwhile.
+   */
   fightStory(): string {
-    return this.signal.kicks.map((k) => `${k.device.slice(0, 8)} ${k.from}->${k.to} ${Math.round(k.at)}`).join('\n');
+    const kicks = this.signal.kicks.map((k) => `${k.device.slice(0, 8)} ${k.from}->${k.to} ${Math.round(k.at)}`);
+    const warnings = this.all.map(([tag, p]) => `--- ${tag}\n${p.stderr.split('\n').filter((l) => /WARN|claimed|handed|joined/.test(l)).join('\n')}`);
+    return [...kicks, ...warnings].join('\n');
   }
 
   /** Every instance's log, the last lines of each. */

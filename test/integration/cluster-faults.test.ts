@@ -243,6 +243,12 @@ describe.skipIf(postgresMissing !== undefined)('several instances under faults',
       }
       await traffic.stop();
       await expectNoHarm(c, TWO_LEASES_MS);
+      // Each noticed that notifications do not come through, and said so once.
+      for (const tag of TAGS) {
+        const p = c.instances.get(tag)!;
+        await p.waitFor(/WARN.*notifications from PostgreSQL do not arrive/, 10 * c.leaseMs);
+        expect(p.stderr.match(/WARN.*notifications from PostgreSQL do not arrive/g), tag).toHaveLength(1);
+      }
       // A removal through the bouncer reaches the owner without a notification.
       const gone = c.accounts.pop()!;
       const removed = await runBin(['connection', 'remove', gone.uuid], { cwd: c.cwd, env: { MOLLY_DB: db(c.db) } });
