@@ -1,9 +1,9 @@
 // npm run bench:cluster [-- --n 10000] [-- --lease 15] [-- --steady-seconds 60] [-- --skip join,rolling]
-// Several instances on one PostgreSQL (a private server, started here) against a fake Signal server that knows which
-// instance holds each socket (bench/cluster-signal.mjs): cold start of 3 instances, steady-state load on PostgreSQL
-// and memory, kill -9 of one, a fourth joining, and a rolling restart of all four (`--skip` leaves out the last two).
-// Writes bench/results/cluster-n<N>.json.
-import { execFileSync, fork, spawn } from 'node:child_process';
+// Several instances on one PostgreSQL (a private server, started here) against a fake Signal server, one process per
+// instance (bench/cluster-signal.mjs) with the newest-wins rule kept across them (bench/signal-ledger.mjs): cold start
+// of 3 instances, steady-state load on PostgreSQL and memory, kill -9 of one, a fourth joining, and a rolling restart
+// of all four (`--skip` leaves out the last two). Writes bench/results/cluster-n<N>.json.
+import { fork, spawn } from 'node:child_process';
 import { mkdirSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
@@ -13,6 +13,7 @@ import pg from 'pg';
 import { PostgresStore } from '../dist/store/postgres.js';
 import { startPostgres } from '../test/helpers/private-postgres.mjs';
 import { now, pki, rpc, rss, sleep, until } from './lib.mjs';
+import { signalLedger } from './signal-ledger.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values: args } = parseArgs({
@@ -50,6 +51,7 @@ process.on('exit', () => {
   children.forEach((c) => c.kill('SIGKILL'));
   postgres.stop();
 });
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(130)); // stops the children and PostgreSQL too
 const track = (child) => {
   children.add(child);
   child.once('exit', () => children.delete(child));
@@ -62,13 +64,21 @@ async function fake(script, env) {
   return { child, call: rpc(child), ...ready };
 }
 
-const signal = await fake('cluster-signal.mjs', { ACCOUNTS_FILE: accountsFile, KEY_FILE: certs.keyFile, CERT_FILE: certs.certFile });
-// The fake Signal server holds every socket of every instance: more descriptors than a shell's usual limit.
-const descriptors = Math.max(65_536, 2 * N + 1_024);
-try {
-  execFileSync('prlimit', ['--pid', String(signal.child.pid), `--nofile=${descriptors}:${descriptors}`], { stdio: 'pipe' });
-} catch (err) {
-  log(`cannot raise the fake Signal server's descriptor limit to ${descriptors} (${err.stderr?.toString().trim() || err.message}): run as root or raise ulimit -n`);
+// The fake Signal server: a process per relay process (each holds that relay's sockets, within a process's descriptor
+// limit), their sockets put together by the ledger.
+const signals = new Map();
+const ledger = signalLedger((tag, id) => signals.get(tag)?.send({ kick: id }));
+async function signalFor(tag) {
+  const child = track(
+    fork(join(here, 'cluster-signal.mjs'), {
+      env: { ...process.env, ACCOUNTS_FILE: accountsFile, KEY_FILE: certs.keyFile, CERT_FILE: certs.certFile, TAG: tag },
+      stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+    }),
+  );
+  const { port } = await new Promise((resolve) => child.once('message', resolve));
+  child.on('message', (m) => m.ev && ledger.note(m));
+  signals.set(tag, child);
+  return port;
 }
 const push = await fake('push-server.mjs', {});
 const pushOrigin = `http://127.0.0.1:${push.port}`;
@@ -91,7 +101,7 @@ const instances = new Map();
 let starts = 0;
 async function startInstance(name) {
   const tag = `${name}${++starts}`;
-  const port = await signal.call('listen', { tag });
+  const port = await signalFor(tag);
   const child = track(
     spawn(process.execPath, [join(here, '..', 'dist', 'cli', 'main.js'), 'server'], {
       cwd: work,
@@ -114,7 +124,7 @@ async function startInstance(name) {
 
 /** Every device has exactly one socket, held by the running instance that owns it in the database; each owns some. */
 async function settled(names) {
-  const s = await signal.call('stats');
+  const s = ledger.stats(now());
   if (s.open !== N || s.withoutSocket > 0 || s.doubled > 0) return false;
   const owned = await store.rows(`SELECT coalesce(i.name, '') AS name, count(*)::int AS n FROM connections c LEFT JOIN instances i ON i.id = c.owner GROUP BY 1`);
   const byName = Object.fromEntries(owned.map((r) => [r.name, r.n]));
@@ -130,7 +140,7 @@ let t0 = now();
 for (const name of ['a', 'b', 'c']) await startInstance(name);
 await waitSettled(['a', 'b', 'c'], 'a cold start');
 results.coldStartSeconds = (now() - t0) / 1000;
-let stats = await signal.call('stats');
+let stats = ledger.stats(now());
 const shares = ['a', 'b', 'c'].map((name) => stats.perTag[instances.get(name).tag]);
 results.shares = Object.fromEntries(['a', 'b', 'c'].map((tag, i) => [tag, shares[i]]));
 results.largestShareOverMean = Math.max(...shares) / (N / 3);
@@ -151,7 +161,7 @@ results.rssKBPerDevice = Object.fromEntries(['a', 'b', 'c'].map((name) => [name,
 log(`steady ${results.steadyStatementsPerSecond.toFixed(2)} statements/s; RSS ${Object.values(results.rssMB).map((m) => m.toFixed(0)).join('/')} MB, ${Object.values(results.rssKBPerDevice).map((k) => k.toFixed(1)).join('/')} KB per device`);
 
 // 3. kill -9 of one instance: ownership back, and every socket back.
-await signal.call('reset');
+ledger.reset();
 const victim = (await sql(`SELECT id FROM instances WHERE name = 'c'`)).id;
 t0 = now();
 instances.get('c').child.kill('SIGKILL');
@@ -159,7 +169,7 @@ await until(async () => Number((await sql(`SELECT count(*) AS n FROM connections
 results.failoverOwnershipSeconds = (now() - t0) / 1000;
 await waitSettled(['a', 'b'], 'the failover');
 results.failoverSocketsSeconds = (now() - t0) / 1000;
-stats = await signal.call('stats');
+stats = ledger.stats(now());
 results.failoverWorstGapSeconds = stats.worstGapMs / 1000;
 results.failoverFights = stats.fights;
 log(`kill -9: ownership back in ${results.failoverOwnershipSeconds.toFixed(1)} s, sockets in ${results.failoverSocketsSeconds.toFixed(1)} s`);
@@ -168,12 +178,12 @@ if (!skip.has('join')) {
   // c comes back (its share returns to it), then a fourth joins.
   await startInstance('c');
   await waitSettled(['a', 'b', 'c'], 'c back');
-  await signal.call('reset');
+  ledger.reset();
   t0 = now();
   await startInstance('d');
   await waitSettled(['a', 'b', 'c', 'd'], 'd joined');
   results.joinSettledSeconds = (now() - t0) / 1000;
-  stats = await signal.call('stats');
+  stats = ledger.stats(now());
   results.joinMoved = stats.kicks;
   results.joinMovedIdeal = N / 4;
   results.joinWorstGapSeconds = stats.worstGapMs / 1000;
@@ -183,7 +193,7 @@ if (!skip.has('join')) {
 
 if (!skip.has('join') && !skip.has('rolling')) {
   // 4. Rolling restart of all four, one after the other.
-  await signal.call('reset');
+  ledger.reset();
   t0 = now();
   results.rollingExitCodes = [];
   results.rollingStopSeconds = [];
@@ -199,7 +209,7 @@ if (!skip.has('join') && !skip.has('rolling')) {
     await waitSettled(TAGS, `${tag} back`);
   }
   results.rollingSeconds = (now() - t0) / 1000;
-  stats = await signal.call('stats');
+  stats = ledger.stats(now());
   results.rollingWorstGapSeconds = stats.worstGapMs / 1000;
   results.rollingFights = stats.fights;
   results.rollingMoves = stats.kicks;
