@@ -93,12 +93,12 @@ describe.skipIf(postgresMissing !== undefined)('several instances under faults',
       if (mode === 'terminate') await c.sql(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database()`);
       else await server.restart(mode);
       // Signal restarts a node meanwhile: these reconnect while the instances' connections to PostgreSQL come back.
-      const dropped = ['a', 'b', 'c'].flatMap((tag) => dropSockets(c, tag, 2));
+      const dropped = TAGS.flatMap((tag) => dropSockets(c, tag, 2));
       // Each renewed for another lease since (time for anything to go wrong), none of them reaped.
       await c.renewedFor(ids, c.leaseMs);
       await traffic.stop();
       await c.settled('one socket per device again');
-      expect(c.running().sort(), c.logs()).toEqual(['a', 'b', 'c']);
+      expect(c.running().sort(), c.logs()).toEqual(TAGS);
       for (const tag of c.running()) expect(c.instances.get(tag)!.stderr).not.toMatch(/uncaught|unhandled/i);
       expect(dropped.every((d) => c.signal.openPerDevice().get(d) === 1)).toBe(true);
       await expectNoHarm(c, TWO_LEASES_MS);
