@@ -38,14 +38,15 @@ describe.skipIf(postgresMissing !== undefined)('several instances under faults',
   let server: PrivatePostgres;
   let cluster: TestCluster | undefined;
 
+  // Hooks with room for a machine busy with other work (initdb alone can take many seconds then).
   beforeAll(async () => {
     server = (await startPostgres())!; // its own: these tests restart it
-  });
+  }, 120_000);
   afterAll(() => server?.stop());
   afterEach(async () => {
     await cluster?.close();
     cluster = undefined;
-  });
+  }, 60_000);
 
   /**
    * Three instances `a`, `b`, `c` sharing the devices, each device with one socket. `routes`: how each reaches
