@@ -131,7 +131,9 @@ async function settled(names) {
   const tags = names.map((name) => instances.get(name).tag);
   return names.every((name, i) => byName[name] > 0 && byName[name] === s.perTag[tags[i]]) && Object.keys(s.perTag).every((tag) => tags.includes(tag));
 }
-const waitSettled = (tags, what) => until(() => settled(tags), what, 10 * 60_000, 250);
+// Generous: on a machine shared with other work, 30,000 handshakes can take many times the ramp's 100 s.
+const SETTLE_TIMEOUT_MS = Math.max(10 * 60_000, N * 100);
+const waitSettled = (tags, what) => until(() => settled(tags), what, SETTLE_TIMEOUT_MS, 250);
 
 const results = { n: N, leaseSeconds: LEASE_S };
 
