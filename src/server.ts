@@ -157,7 +157,8 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
   const metrics = new Metrics(() => supervisor.counts());
 
   const options = (opts.tune ?? ((o) => o))(supervisorOptions(config));
-  const clock = opts.clock ?? systemClock;
+  // The lease measures durations only: on a monotonic clock, so that a step of the wall clock cannot stretch it.
+  const clock = opts.clock ?? { ...systemClock, now: () => performance.timeOrigin + performance.now() };
   const ownership =
     store instanceof PostgresStore
       ? new Leases(
@@ -169,7 +170,7 @@ export async function startServer(config: Config, log: Logger, opts: ServerOptio
             pid: process.pid,
             reconcileMs: 30_000,
             handOverTimeoutMs: options.handOverTimeoutMs,
-            probeSignal: () => probeSignal(options.link, clock),
+            probeSignal: () => probeSignal({ ...options.link, connectTimeoutMs: ASK_SIGNAL_TIMEOUT_MS }, clock),
           },
           clock,
           log,

@@ -29,8 +29,6 @@ export interface LeasesOptions {
 const RENEWALS_IN_FLIGHT = 2;
 /** Renewals in a row whose self-notification did not arrive before notifications count as lost. */
 const PINGS_MISSED = 2;
-/** Ticks in a row that find Signal unreachable from here only, before leaving: the others publish theirs meanwhile. */
-const UNREACHABLE_TICKS = 2;
 
 /**
  * Ownership on PostgreSQL: this instance's lease row, renewed every third of a lease; its fair share of the devices
@@ -80,10 +78,14 @@ export class Leases implements Ownership {
   private notesLost = false;
   private notesWarned = false;
   private listening = false;
+  /** The first self-notification sent since the listener last (re)started: earlier ones cannot have been heard. */
+  private pingListenedFrom = Infinity;
   // Left for want of Signal (marked leaving), and what the last probe said.
   private away = false;
   private probeOk = false;
-  private unreachableTicks = 0;
+  private probing = false;
+  /** Since when Signal is out of reach from here only: one renewal period later it leaves (the others publish theirs meanwhile). */
+  private unreachableSince: number | undefined;
 
   constructor(
     private readonly store: LeaseStore,
@@ -105,11 +107,13 @@ export class Leases implements Ownership {
       onNote: (payload) => this.onNote(payload),
       onListening: () => {
         this.listening = true;
+        this.pingListenedFrom = this.pingSent + 1;
         this.request('full'); // whatever was announced meanwhile is read now
       },
       onLost: (err) => {
+        // Once per loss: it retries every second while PostgreSQL is away.
+        if (this.listening) this.log.warn({ err: err.message }, 'the PostgreSQL listener was lost; reconnecting (changes are read at every renewal meanwhile)');
         this.listening = false;
-        this.log.warn({ err: err.message }, 'the PostgreSQL listener was lost; reconnecting');
       },
     });
     this.metrics?.watchLease(() => this.lease.remainingMs(this.clock.now()) / 1000);
@@ -213,7 +217,7 @@ export class Leases implements Ownership {
   private checkNotes(ping: number): void {
     const expected = this.pingConfirmed;
     this.pingConfirmed = Math.max(this.pingConfirmed, ping);
-    if (expected === 0 || this.pingSeen >= expected) return;
+    if (!this.listening || expected < this.pingListenedFrom || this.pingSeen >= expected) return;
     if (++this.pingsMissed < PINGS_MISSED || this.notesLost) return;
     this.notesLost = true;
     if (this.notesWarned) return;
@@ -271,9 +275,9 @@ export class Leases implements Ownership {
       const settled = now - this.joinedAt >= this.t.renewMs;
       if (settled && !this.away && this.lease.valid(this.clock.now())) await this.claim(bucketsOf(owners, this.id));
     }
-    await this.checkHandOvers();
     const polling = this.notesLost || !this.listening;
     if (full || polling || this.uncertain || this.clock.now() - this.lastFullRead >= this.opts.reconcileMs) await this.readOwned();
+    await this.checkHandOvers();
   }
 
   private async handOverTo(owners: readonly string[]): Promise<number> {
@@ -313,17 +317,21 @@ export class Leases implements Ownership {
    */
   private async followSignal(others: readonly InstanceRow[]): Promise<void> {
     if (this.away) {
-      this.probeOk = await this.opts.probeSignal().catch(() => false);
+      this.probe();
       if (signalMove(true, this.probeOk, others) !== 'return') return;
       await this.store.setLeaving(this.id, false);
       this.away = false;
-      this.unreachableTicks = 0;
+      this.unreachableSince = undefined;
       this.log.warn('Signal answers again: taking a share of the devices again');
       return;
     }
-    const move = signalMove(false, this.target?.reachesSignal() ?? true, others);
-    this.unreachableTicks = move === 'leave' ? this.unreachableTicks + 1 : 0;
-    if (this.unreachableTicks < UNREACHABLE_TICKS) return;
+    const now = this.clock.now();
+    if (signalMove(false, this.target?.reachesSignal() ?? true, others) !== 'leave') {
+      this.unreachableSince = undefined;
+      return;
+    }
+    this.unreachableSince ??= now;
+    if (now - this.unreachableSince < this.t.renewMs) return;
     await this.store.setLeaving(this.id, true);
     this.away = true;
     this.probeOk = false;
@@ -331,6 +339,20 @@ export class Leases implements Ownership {
       { devices: this.owned.size, reaching: others.filter((o) => o.reachesSignal).length },
       'cannot reach Signal while other instances can: handing the devices over to them until Signal answers here again',
     );
+  }
+
+  /** Asks whether Signal answers from here, in the background (an unanswered probe must not hold up the ticks). */
+  private probe(): void {
+    if (this.probing) return;
+    this.probing = true;
+    void this.opts
+      .probeSignal()
+      .catch(() => false)
+      .then((ok) => {
+        this.probing = false;
+        this.probeOk = ok;
+        if (ok && this.away) this.request('tick');
+      });
   }
 
   /** Closes the old sockets of handed-over devices whose new owner has its own open, or is gone (see `handOverStep`). */

@@ -1,5 +1,6 @@
 import type { Clock, TimerHandle } from '../../src/clock.js';
 import { Leases } from '../../src/cluster/leases.js';
+import type { Metrics } from '../../src/metrics.js';
 import type { OwnedConnections } from '../../src/cluster/ownership.js';
 import { SignalHealth } from '../../src/cluster/signal-health.js';
 import { connectionKey, type Connection, type ConnectionKey } from '../../src/store/store.js';
@@ -108,8 +109,8 @@ export class ClusterWorld {
     return result.value;
   }
 
-  async start(name: string, opts: { connectDelayMs?: number } = {}): Promise<Node> {
-    const node = new Node(this, name, opts.connectDelayMs ?? 20);
+  async start(name: string, opts: { connectDelayMs?: number; metrics?: Metrics } = {}): Promise<Node> {
+    const node = new Node(this, name, opts.connectDelayMs ?? 20, opts.metrics);
     this.nodes.set(name, node);
     await this.settle(node.leases.start(node));
     return node;
@@ -137,10 +138,10 @@ export class ClusterWorld {
     this.noneSince.set(key, this.clock.now());
   }
 
-  /** The longest time any device went without a socket since `resetGaps`, gaps still going included. */
+  /** The longest time any stored device went without a socket since `resetGaps`, gaps still going included. */
   gap(): number {
     const now = this.clock.now();
-    return Math.max(this.worstGap, ...[...this.noneSince.values()].map((since) => now - since));
+    return Math.max(this.worstGap, ...[...this.noneSince].filter(([key]) => this.db.rows.has(key)).map(([, since]) => now - since));
   }
 
   resetGaps(): void {
@@ -182,6 +183,7 @@ export class Node implements OwnedConnections {
     private readonly world: ClusterWorld,
     readonly name: string,
     public connectDelayMs: number,
+    metrics?: Metrics,
   ) {
     this.clock = new ProcessClock(world.clock);
     this.link = world.db.link();
@@ -199,7 +201,7 @@ export class Node implements OwnedConnections {
       },
       this.clock,
       this.logs.log,
-      undefined,
+      metrics,
       `${name}-id`,
     );
   }

@@ -105,8 +105,14 @@ export class MemoryLeaseStore implements LeaseStore {
   /** Notifications never arrive (PgBouncer in transaction mode). */
   notesDropped = false;
   private held: (() => void)[] | undefined;
+  private readonly loseNextOf = new Map<string, (result: unknown) => boolean>();
 
   constructor(readonly db: MemoryDatabase) {}
+
+  /** The next answer of this method (that `when` picks) is lost: the statement commits, the caller sees an error. */
+  loseNext(method: keyof LeaseStore, when: (result: unknown) => boolean = () => true): void {
+    this.loseNextOf.set(method, when);
+  }
 
   /** Freezes (true) or thaws (false) what this link hands to its instance. */
   hold(on: boolean): void {
@@ -122,7 +128,7 @@ export class MemoryLeaseStore implements LeaseStore {
     this.db.clock.setTimeout(() => (this.held ? this.held.push(fn) : fn()), 1);
   }
 
-  private call<T>(op: () => T): Promise<T> {
+  private call<T>(method: keyof LeaseStore, op: () => T): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const exec = (): void => {
         if (this.down) return this.deliver(() => reject(new Error('connect ECONNREFUSED')));
@@ -133,7 +139,7 @@ export class MemoryLeaseStore implements LeaseStore {
         } catch (err) {
           return this.deliver(() => reject(err as Error));
         }
-        const lost = this.loseAnswers;
+        const lost = this.loseAnswers || (this.loseNextOf.get(method)?.(result) === true && this.loseNextOf.delete(method));
         const answer = (): void => this.deliver(() => (lost ? reject(new Error('Connection terminated unexpectedly')) : resolve(result)));
         if (this.answerDelayMs > 0) this.db.clock.setTimeout(answer, this.answerDelayMs);
         else answer();
@@ -144,7 +150,7 @@ export class MemoryLeaseStore implements LeaseStore {
   }
 
   join(inst: { id: string; name: string; pid: number; version: string }, leaseMs: number): Promise<void> {
-    return this.call(() => {
+    return this.call('join', () => {
       const now = this.db.clock.now();
       const old = this.db.instances.get(inst.id);
       this.db.instances.set(inst.id, { ...inst, startedAt: old?.startedAt ?? now, leaseUntil: now + leaseMs, renewedAt: now, leaving: false, reachesSignal: old?.reachesSignal ?? true });
@@ -153,7 +159,7 @@ export class MemoryLeaseStore implements LeaseStore {
   }
 
   renew(id: string, leaseMs: number, renewal: Renewal): Promise<boolean> {
-    return this.call(() => {
+    return this.call('renew', () => {
       const row = this.db.instances.get(id);
       if (!row) return false;
       const now = this.db.clock.now();
@@ -164,11 +170,11 @@ export class MemoryLeaseStore implements LeaseStore {
   }
 
   instances(): Promise<InstanceRow[]> {
-    return this.call(() => this.db.instanceRows());
+    return this.call('instances', () => this.db.instanceRows());
   }
 
   reap(): Promise<string[]> {
-    return this.call(() => {
+    return this.call('reap', () => {
       const now = this.db.clock.now();
       const dead = [...this.db.instances.values()].filter((i) => i.leaseUntil < now).map((i) => i.id);
       if (dead.length === 0) return [];
@@ -188,7 +194,7 @@ export class MemoryLeaseStore implements LeaseStore {
   }
 
   claim(me: string, buckets: number[]): Promise<Claimed[]> {
-    return this.call(() => {
+    return this.call('claim', () => {
       if (!this.db.live(me)) return [];
       const wanted = new Set(buckets);
       const taken: Claimed[] = [];
@@ -202,7 +208,7 @@ export class MemoryLeaseStore implements LeaseStore {
   }
 
   handOver(me: string, to: string, buckets: number[]): Promise<ConnectionKey[]> {
-    return this.call(() => {
+    return this.call('handOver', () => {
       const target = this.db.instances.get(to);
       if (!target || !this.db.live(to) || target.leaving) return [];
       const wanted = new Set(buckets);
@@ -218,11 +224,11 @@ export class MemoryLeaseStore implements LeaseStore {
   }
 
   owned(me: string): Promise<Claimed[]> {
-    return this.call(() => [...this.db.rows.values()].filter((r) => r.conn.owner === me).map((r) => ({ conn: r.conn, owedWake: r.owedWake })));
+    return this.call('owned', () => [...this.db.rows.values()].filter((r) => r.conn.owner === me).map((r) => ({ conn: r.conn, owedWake: r.owedWake })));
   }
 
   woken(me: string, keys: ConnectionKey[]): Promise<void> {
-    return this.call(() => {
+    return this.call('woken', () => {
       for (const k of keys) {
         const row = this.db.rows.get(connectionKey(k));
         if (row?.conn.owner === me) row.owedWake = false;
@@ -231,11 +237,11 @@ export class MemoryLeaseStore implements LeaseStore {
   }
 
   get(key: ConnectionKey): Promise<Connection | undefined> {
-    return this.call(() => this.db.rows.get(connectionKey(key))?.conn);
+    return this.call('get', () => this.db.rows.get(connectionKey(key))?.conn);
   }
 
   handOverStates(keys: ConnectionKey[]): Promise<HandOverState[]> {
-    return this.call(() =>
+    return this.call('handOverStates', () =>
       keys.map((key) => {
         const row = this.db.rows.get(connectionKey(key));
         const owner = row?.conn.owner ?? null;
@@ -251,7 +257,7 @@ export class MemoryLeaseStore implements LeaseStore {
   }
 
   setLeaving(me: string, leaving: boolean): Promise<void> {
-    return this.call(() => {
+    return this.call('setLeaving', () => {
       const row = this.db.instances.get(me);
       if (!row) return;
       row.leaving = leaving;
@@ -260,7 +266,7 @@ export class MemoryLeaseStore implements LeaseStore {
   }
 
   leave(me: string): Promise<void> {
-    return this.call(() => {
+    return this.call('leave', () => {
       if (!this.db.instances.delete(me)) return;
       for (const row of this.db.rows.values()) if (row.conn.owner === me) row.conn = { ...row.conn, owner: null };
       for (const k of [...this.db.liveStates.keys()]) if (k.startsWith(`${me} `)) this.db.liveStates.delete(k);
@@ -272,7 +278,7 @@ export class MemoryLeaseStore implements LeaseStore {
     const stop = this.db.listen(this, handlers);
     this.deliver(() => handlers.onListening());
     return {
-      ping: () => this.call(() => undefined),
+      ping: () => this.call('listen', () => undefined),
       close: async () => void stop(),
     };
   }

@@ -1,12 +1,13 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createConnection } from 'node:net';
-import { freePort, type PrivatePostgres } from './private-postgres.mjs';
+import { freePort } from './private-postgres.mjs';
 
-/** Debian's pgbouncer, if installed (.ci/run installs it). */
-export const PGBOUNCER = ['/usr/sbin/pgbouncer', '/usr/bin/pgbouncer'].find((p) => existsSync(p));
+/** Debian's pgbouncer (.ci/run installs it). */
+export const PGBOUNCER = '/usr/sbin/pgbouncer';
+export const pgbouncerMissing = existsSync(PGBOUNCER) ? undefined : 'PgBouncer is not installed (apt-get install pgbouncer)';
 
 export interface PgBouncer {
   /** The URL of `database` on the PostgreSQL server, through the bouncer. */
@@ -17,53 +18,50 @@ export interface PgBouncer {
 }
 
 /**
- * PgBouncer in front of a private PostgreSQL, in transaction pooling mode (what many PostgreSQL hosts put in front:
- * a server connection per transaction, so LISTEN and session state do not work through it), on a free loopback port.
- * It refuses to run as root: then it runs as the user PostgreSQL runs as.
+ * PgBouncer in front of a PostgreSQL server (`url`: its admin URL), on a free loopback port, in transaction pooling
+ * mode unless told (what many PostgreSQL hosts put in front: a server connection per transaction, so LISTEN and
+ * session state do not work through it). It refuses to run as root: then the `postgres` user runs it.
  */
-export async function startPgBouncer(postgres: PrivatePostgres): Promise<PgBouncer> {
-  if (!PGBOUNCER) throw new Error('pgbouncer is not installed (apt-get install pgbouncer)');
+export async function startPgBouncer(url: string, poolMode: 'transaction' | 'session' = 'transaction'): Promise<PgBouncer> {
+  if (pgbouncerMissing) throw new Error(pgbouncerMissing);
+  const server = new URL(url);
   const dir = mkdtempSync(join(tmpdir(), 'ms-pgbouncer-'));
+  const ids = process.getuid?.() === 0 ? { uid: Number(execFileSync('id', ['-u', 'postgres']).toString()), gid: Number(execFileSync('id', ['-g', 'postgres']).toString()) } : undefined;
+  if (ids) chownSync(dir, ids.uid, ids.gid);
   const port = await freePort();
-  const file = (name: string, text: string): string => {
-    writeFileSync(join(dir, name), text);
-    if (postgres.ids) chownSync(join(dir, name), postgres.ids.uid, postgres.ids.gid);
-    return join(dir, name);
-  };
-  if (postgres.ids) chownSync(dir, postgres.ids.uid, postgres.ids.gid);
-  const logFile = file('pgbouncer.log', '');
-  const config = file(
-    'pgbouncer.ini',
+  const logFile = join(dir, 'pgbouncer.log');
+  writeFileSync(join(dir, 'users.txt'), `"${server.username}" ""\n`); // trust: the user must still be listed
+  writeFileSync(
+    join(dir, 'pgbouncer.ini'),
     [
       '[databases]',
-      `* = host=127.0.0.1 port=${postgres.port} user=postgres`,
+      `* = host=${server.hostname} port=${server.port}`,
       '[pgbouncer]',
       'listen_addr = 127.0.0.1',
       `listen_port = ${port}`,
       'unix_socket_dir =',
-      'auth_type = trust', // the test server trusts loopback too; the user must still be listed
-      `auth_file = ${file('users.txt', '"postgres" ""\n')}`,
-      'pool_mode = transaction',
-      'max_client_conn = 1000',
+      'auth_type = trust',
+      `auth_file = ${join(dir, 'users.txt')}`,
+      `pool_mode = ${poolMode}`,
       'default_pool_size = 20',
+      'max_client_conn = 1000',
       `logfile = ${logFile}`,
       `pidfile = ${join(dir, 'pgbouncer.pid')}`,
       'ignore_startup_parameters = extra_float_digits,options,statement_timeout',
       '',
     ].join('\n'),
   );
-  const child: ChildProcess = spawn(PGBOUNCER, [config], { ...postgres.ids, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child: ChildProcess = spawn(PGBOUNCER, [join(dir, 'pgbouncer.ini')], { ...ids, stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const log = (): string => `${stderr}${existsSync(logFile) ? readFileSync(logFile, 'utf8') : ''}`;
-  // Ready once it accepts connections.
-  for (const deadline = Date.now() + 10_000; !(await accepts(port)); ) {
+  for (const deadline = Date.now() + 10_000; !(await accepting(port)); ) {
     if (child.exitCode !== null || Date.now() > deadline) throw new Error(`pgbouncer did not start:\n${log()}`);
-    await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 25));
   }
   return {
-    url: (database) => `postgres://postgres@127.0.0.1:${port}/${database}`,
+    url: (database) => `postgres://${server.username}@127.0.0.1:${port}/${database}`,
     log,
     stop: async () => {
       if (child.exitCode === null) {
@@ -75,11 +73,9 @@ export async function startPgBouncer(postgres: PrivatePostgres): Promise<PgBounc
   };
 }
 
-const accepts = (port: number): Promise<boolean> =>
+const accepting = (port: number): Promise<boolean> =>
   new Promise((resolve) => {
-    const s = createConnection({ host: '127.0.0.1', port }, () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.on('error', () => resolve(false));
+    const socket = connect(port, '127.0.0.1');
+    socket.once('connect', () => resolve(socket.end() !== undefined));
+    socket.once('error', () => resolve(false));
   });

@@ -2,7 +2,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { cpuHogs } from '../fakes/cpu-hog.js';
 import { runBin } from '../helpers/bin.js';
 import { TestCluster, deviceName, type Route } from '../helpers/cluster.js';
-import { PGBOUNCER, startPgBouncer } from '../helpers/pgbouncer.js';
+import { pgbouncerMissing, startPgBouncer } from '../helpers/pgbouncer.js';
 import { postgresMissing } from '../helpers/postgres.js';
 import { startPostgres, type PrivatePostgres } from '../helpers/private-postgres.mjs';
 
@@ -229,8 +229,8 @@ describe.skipIf(postgresMissing !== undefined)('several instances under faults',
   }, 240_000);
 
   // In CI a missing pgbouncer fails the test (.ci/run installs it), as a missing PostgreSQL does.
-  it.skipIf(!PGBOUNCER && !process.env.CI)('a rolling SIGTERM through PgBouncer (transaction pooling, no NOTIFY): hand-overs and removals within two leases', async () => {
-    const bouncer = await startPgBouncer(server);
+  it.skipIf(pgbouncerMissing !== undefined && !process.env.CI)('a rolling SIGTERM through PgBouncer (transaction pooling, no NOTIFY): hand-overs and removals within two leases', async () => {
+    const bouncer = await startPgBouncer(server.url);
     try {
       const db = (direct: string): string => bouncer.url(new URL(direct).pathname.slice(1));
       const c = await threeInstances({ db });

@@ -46,7 +46,7 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
     const url = await signal.listen(tag);
     const p = new BinProcess(['-v', 'server'], { cwd, env: env(tag, url) });
     instances.set(tag, p);
-    await p.waitFor(/joined the cluster/, 30_000); // three processes starting at once on a busy machine
+    await p.waitFor(/joined the cluster/, 30_000);
     return p;
   }
 
@@ -95,7 +95,6 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
   });
 
   afterAll(async () => {
-    if (process.env.DUMP_LOGS) for (const [tag, p] of instances) (await import('node:fs')).writeFileSync(`/tmp/inst-${tag}.log`, p.stderr);
     await Promise.all([...instances.values()].map((p) => (p.child.exitCode === null ? p.stop('SIGKILL') : undefined)));
     await signal?.close();
     await push?.close();
@@ -123,7 +122,7 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
     const stranger = await runBin(['server'], { cwd, env: { ...env('x', signal.url), MOLLY_VAPID_PRIVKEY: generatePrivateKey() } });
     expect(stranger.code).toBe(2);
     expect(stranger.stderr.trim()).toMatch(/^mollysocket: the configured VAPID key \(vapid_privkey\) is not the one the other instances on this database use/);
-  });
+  }, 60_000); // three processes starting at once, on a busy machine
 
   it('applies CLI changes on any instance at once: added devices connect, removed ones close', async () => {
     const added: Account = { uuid: 'aaaaaaaa-0000-4000-8000-000000000000', deviceId: 1, password: 'pw-added' };

@@ -1,8 +1,10 @@
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { PgLeaseStore } from '../../src/cluster/postgres-leases.js';
 import { PostgresStore } from '../../src/store/postgres.js';
 import { eventually } from '../helpers/index.js';
-import { freshDatabase, postgresMissing } from '../helpers/postgres.js';
+import { pgbouncerMissing, startPgBouncer } from '../helpers/pgbouncer.js';
+import { freshDatabase, postgres, postgresMissing } from '../helpers/postgres.js';
 import { startPostgres, type PrivatePostgres } from '../helpers/private-postgres.mjs';
 
 const UUID = '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e';
@@ -88,5 +90,77 @@ describe.skipIf(postgresMissing !== undefined)('PostgreSQL clients when the serv
         await store.close();
       });
     }
+  });
+});
+
+describe.skipIf(postgresMissing !== undefined || pgbouncerMissing !== undefined)('the lease statements on PostgreSQL, and through PgBouncer', () => {
+  let bouncer: Awaited<ReturnType<typeof startPgBouncer>>;
+  beforeAll(async () => {
+    bouncer = await startPgBouncer('url' in postgres ? postgres.url : '');
+  });
+  afterAll(() => bouncer?.stop());
+
+  /** Renews with a self-notification and says whether the listener heard it. */
+  async function pingHeard(leases: PgLeaseStore, id: string): Promise<boolean> {
+    const heard: string[] = [];
+    let listening!: () => void;
+    const ready = new Promise<void>((r) => (listening = r));
+    const listener = leases.listen({ onNote: (p) => heard.push(p), onListening: () => listening(), onLost: () => {} });
+    await ready;
+    expect(await leases.renew(id, 60_000, { reachesSignal: false, ping: `ping:${id}:1` })).toBe(true);
+    // A statement on the listening client after the commit: a listening session receives the notification first.
+    await listener.ping();
+    await listener.close();
+    return heard.includes(`ping:${id}:1`);
+  }
+
+  it('through PgBouncer in transaction mode the lease statements work, notifications are lost; a direct db_listen_url hears them', async () => {
+    const database = new URL(await freshDatabase()).pathname.slice(1);
+    const direct = ('url' in postgres ? postgres.url : '').replace(/\/postgres$/, `/${database}`);
+    const store = await PostgresStore.open(bouncer.url(database));
+    try {
+      const viaBouncer = new PgLeaseStore(store, { answerMs: 5_000 });
+      await viaBouncer.join({ id: 'a', name: 'a', pid: 1, version: 'v' }, 60_000);
+      expect((await viaBouncer.instances()).map((i) => [i.id, i.live, i.reachesSignal])).toEqual([['a', true, true]]);
+      expect(await pingHeard(viaBouncer, 'a')).toBe(false); // LISTEN through the bouncer: silently nothing
+      expect((await viaBouncer.instances()).map((i) => i.reachesSignal)).toEqual([false]); // the renewal said so
+      expect(await pingHeard(new PgLeaseStore(store, { answerMs: 5_000, listenUrl: direct }), 'a')).toBe(true);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('keeps an owed wake-up on the row until its owner recorded it, and tells where a handed-over device stands', async () => {
+    const store = await PostgresStore.open(await freshDatabase());
+    const leases = new PgLeaseStore(store, { answerMs: 5_000 });
+    const all = Array.from({ length: 4096 }, (_, b) => b);
+    const [k1, k2, k3] = [0, 1, 2].map((i) => ({ uuid: UUID, deviceId: i + 1 }));
+    for (const [i, k] of [k1!, k2!, k3!].entries()) await store.put({ ...k, password: `p${i}`, endpoint: `https://e/${i}` }, 1);
+    await leases.join({ id: 'a', name: 'a', pid: 1, version: 'v' }, 60_000);
+    await leases.join({ id: 'b', name: 'b', pid: 2, version: 'v' }, 60_000);
+    await leases.claim('a', all);
+    await store.rows(`UPDATE instances SET lease_until = now() - interval '1 millisecond' WHERE id = 'a'`);
+    expect(await leases.reap()).toEqual(['a']);
+    expect((await leases.claim('b', all)).map((c) => c.owedWake)).toEqual([true, true, true]);
+    expect((await leases.owned('b')).map((c) => c.owedWake)).toEqual([true, true, true]); // a lost answer loses nothing
+    await leases.woken('b', [k1!]);
+    expect((await leases.owned('b')).filter((c) => c.owedWake).map((c) => c.conn.deviceId).sort()).toEqual([2, 3]);
+    // b hands k1..k3 to c; c connects k1 (published), k2 is removed, k3 waits.
+    await leases.join({ id: 'c', name: 'c', pid: 3, version: 'v' }, 60_000);
+    await leases.handOver('b', 'c', all);
+    store.instance = 'c';
+    await store.publishStates([{ ...k1!, state: 'connected', reason: 'open', since: 1 }, { ...k3!, state: 'connecting', reason: 'started', since: 1 }]);
+    await store.remove(k2!);
+    const states = await leases.handOverStates([k1!, k2!, k3!]);
+    expect(states.map((s) => [s.key.deviceId, s.exists, s.owner, s.ownerLive, s.ownerConnected]).sort()).toEqual([
+      [1, true, 'c', true, true],
+      [2, false, null, false, false],
+      [3, true, 'c', true, false],
+    ]);
+    await leases.setLeaving('c', true);
+    expect((await leases.instances()).find((i) => i.id === 'c')?.leaving).toBe(true);
+    await leases.join({ id: 'c', name: 'c', pid: 3, version: 'v' }, 60_000); // idempotent: a join sent again
+    expect((await leases.instances()).find((i) => i.id === 'c')?.leaving).toBe(false);
+    await store.close();
   });
 });
