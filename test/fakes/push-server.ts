@@ -16,6 +16,8 @@ export interface PushRequest {
   vapid: VapidCheck;
   /** The client's port: the same for requests over one kept-alive connection. */
   remotePort: number | undefined;
+  /** When it arrived (performance.now()). */
+  at: number;
 }
 
 export type VapidCheck =
@@ -88,6 +90,7 @@ export class FakePushServer {
           body: Buffer.concat(chunks).toString(),
           vapid: checkVapid(req.headers.authorization, fake.origin, Math.floor(Date.now() / 1000)),
           remotePort: req.socket.remotePort,
+          at: performance.now(),
         });
         fake.waiters.notify();
         const answer = fake.script.shift() ?? { status: fake.defaultStatus };

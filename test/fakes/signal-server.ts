@@ -47,6 +47,16 @@ export interface Session {
   acked: number;
 }
 
+/** An envelope Signal holds for a device until a socket of it acknowledges it (see `queue`, `deliver`). */
+export interface QueuedEnvelope {
+  device: string;
+  /** When it was last sent to a socket (performance.now()), if it was. */
+  sentAt: number | undefined;
+  /** When a socket acknowledged it (200), if one did, and that socket's listener tag. */
+  ackedAt: number | undefined;
+  ackedBy?: string;
+}
+
 export interface EnvelopeOptions {
   /** undefined: the field is left out, which means urgent. */
   urgent?: boolean;
@@ -67,9 +77,11 @@ export class FakeSignalServer {
   readonly upgrades: { uuid: string | undefined; status: number }[] = [];
   /** Answers to the next upgrades, consumed one per attempt. */
   readonly refusals: UpgradeRefusal[] = [];
-  /** Envelopes waiting for an account device (`<uuid>.<device>`), as Signal keeps them: sent as soon as it
-   * connects, and kept until a session acknowledges them. */
+  /** Envelopes not yet acknowledged, per account device (`<uuid>.<device>`), as Signal keeps them: sent to every
+   * socket of the device that opens, and kept until a session acknowledges them. */
   readonly queued = new Map<string, number>();
+  /** Every envelope given to `queue` or `deliver`, acknowledged or not. */
+  readonly envelopes: QueuedEnvelope[] = [];
   /** When true, keepalive requests get no answer. */
   silentKeepalive = false;
   /** In order: `open <uuid>.<device>` and `close <uuid>.<device> <code>` (the code the client closed with). */
@@ -80,8 +92,11 @@ export class FakeSignalServer {
   private readonly waiters = new EventWaiters('fake Signal server');
   private readonly server: Server;
   private readonly extra: Server[] = [];
-  /** Per device: how many sockets are open, since when none (after its first), and its gaps without a socket. */
-  private readonly devices = new Map<string, { open: number; noneSince: number | undefined; gaps: number[] }>();
+  /** Per device: how many sockets are open, since when none (after its first), its gaps without a socket, and how
+   * long each gap lasted until the connection that ended it reached this server (before its TLS handshake). */
+  private readonly devices = new Map<string, { open: number; noneSince: number | undefined; gaps: number[]; waits: number[] }>();
+  /** When each client connection (by its port) reached a listener, before TLS: when the client tried. */
+  private readonly arrivals = new Map<number, number>();
   /** Every 4409 this server sent: which listener's socket was replaced by which, when. */
   readonly kicks: { device: string; from: string; to: string; at: number }[] = [];
   /** Kicks back and forth: a socket opened by a listener whose socket of that device was replaced in the 10 s before. */
@@ -96,6 +111,11 @@ export class FakeSignalServer {
     const pki = testPki();
     const server = this.tls ? createHttpsServer({ key: pki.key, cert: pki.cert }) : createHttpServer();
     server.on('upgrade', (req, socket, head) => this.upgrade(req, socket as Socket, head, tag));
+    server.on('connection', (socket: Socket) => {
+      const port = socket.remotePort!;
+      this.arrivals.set(port, performance.now());
+      socket.once('close', () => this.arrivals.delete(port));
+    });
     return server;
   }
 
@@ -122,7 +142,22 @@ export class FakeSignalServer {
 
   /** Forgets the gaps recorded so far (a device without a socket right now stays counted from when it lost it). */
   resetGaps(): void {
-    for (const d of this.devices.values()) d.gaps = [];
+    for (const d of this.devices.values()) {
+      d.gaps = [];
+      d.waits = [];
+    }
+  }
+
+  /**
+   * The longest time any device went without a socket until an instance *tried* connecting it (its connection
+   * reached this server): the gap less the handshake, which a loaded machine slows whatever the relay does. Gaps
+   * still going count in full.
+   */
+  longestWait(): number {
+    const now = performance.now();
+    let worst = 0;
+    for (const d of this.devices.values()) for (const w of [...d.waits, d.noneSince === undefined ? 0 : now - d.noneSince]) worst = Math.max(worst, w);
+    return worst;
   }
 
   /** The longest time any device went without a socket (since `resetGaps`), gaps still going included. */
@@ -152,11 +187,14 @@ export class FakeSignalServer {
     return counts;
   }
 
-  private opened(account: Account, tag: string): void {
+  private opened(account: Account, tag: string, arrivedAt: number): void {
     const name = `${account.uuid}.${account.deviceId}`;
-    const d = this.devices.get(name) ?? { open: 0, noneSince: undefined, gaps: [] };
+    const d = this.devices.get(name) ?? { open: 0, noneSince: undefined, gaps: [], waits: [] };
     this.devices.set(name, d);
-    if (d.noneSince !== undefined) d.gaps.push(performance.now() - d.noneSince);
+    if (d.noneSince !== undefined) {
+      d.gaps.push(performance.now() - d.noneSince);
+      d.waits.push(Math.max(0, arrivedAt - d.noneSince));
+    }
     d.noneSince = undefined;
     d.open++;
     const now = performance.now();
@@ -195,9 +233,38 @@ export class FakeSignalServer {
   }
 
   /** Queues envelopes for an account device, delivered on its next connection (see `queued`). */
-  queue(account: Pick<Account, 'uuid' | 'deviceId'>, count = 1): void {
-    const name = `${account.uuid}.${account.deviceId}`;
-    this.queued.set(name, (this.queued.get(name) ?? 0) + count);
+  queue(account: Pick<Account, 'uuid' | 'deviceId'>, count = 1): QueuedEnvelope[] {
+    const device = `${account.uuid}.${account.deviceId}`;
+    const added = Array.from({ length: count }, (): QueuedEnvelope => ({ device, sentAt: undefined, ackedAt: undefined }));
+    this.envelopes.push(...added);
+    this.queued.set(device, (this.queued.get(device) ?? 0) + count);
+    return added;
+  }
+
+  /** An envelope for an account device, as Signal delivers one: now to its open socket, if any, else (or if that
+   * socket goes away before acknowledging it) to its next socket. */
+  deliver(account: Pick<Account, 'uuid' | 'deviceId'>): QueuedEnvelope {
+    const [envelope] = this.queue(account) as [QueuedEnvelope];
+    const session = this.open(account.uuid, account.deviceId).at(-1);
+    if (session) this.sendQueued(session, envelope);
+    return envelope;
+  }
+
+  /** The server closes a socket (with 1011, as Signal does when it restarts a node). */
+  drop(session: Session, code = 1011): void {
+    session.ws.close(code, 'Server going away');
+  }
+
+  private sendQueued(session: Session, envelope: QueuedEnvelope): void {
+    envelope.sentAt = performance.now();
+    void this.sendEnvelope(session).then((answer) => {
+      if (answer.status !== 200 || envelope.ackedAt !== undefined) return;
+      envelope.ackedAt = performance.now();
+      envelope.ackedBy = session.tag;
+      session.acked++;
+      this.queued.set(envelope.device, (this.queued.get(envelope.device) ?? 1) - 1);
+      this.notify();
+    });
   }
 
   /** Open sessions of an account device. */
@@ -288,7 +355,7 @@ export class FakeSignalServer {
     this.wss.handleUpgrade(req, socket, head, (ws) => {
       this.upgrades.push({ uuid, status: 101 });
       const name = `${account.uuid}.${account.deviceId}`;
-      this.opened(account, tag);
+      this.opened(account, tag, this.arrivals.get(socket.remotePort!) ?? performance.now());
       // As Signal does: the newest socket of a device wins, the older one is closed with 4409.
       for (const older of this.open(account.uuid, account.deviceId)) older.ws.close(4409, 'Connected elsewhere');
       const session: Session = { account, tag, headers: req.headers, ws, requests: [], acked: 0 };
@@ -300,14 +367,7 @@ export class FakeSignalServer {
         this.events.push(`close ${name} ${code}`);
         this.notify();
       });
-      for (let i = 0; i < (this.queued.get(name) ?? 0); i++) {
-        void this.sendEnvelope(session).then((answer) => {
-          if (answer.status !== 200) return;
-          session.acked++;
-          this.queued.set(name, (this.queued.get(name) ?? 1) - 1);
-          this.notify();
-        });
-      }
+      for (const envelope of this.envelopes) if (envelope.device === name && envelope.ackedAt === undefined) this.sendQueued(session, envelope);
       this.notify();
     });
   }

@@ -1,40 +1,36 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, connect } from 'node:net';
+import { chownSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort } from './private-postgres.mjs';
 
+/** Debian's pgbouncer (.ci/run installs it). */
 export const PGBOUNCER = '/usr/sbin/pgbouncer';
 export const pgbouncerMissing = existsSync(PGBOUNCER) ? undefined : 'PgBouncer is not installed (apt-get install pgbouncer)';
 
-const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-
-const accepting = (port: number): Promise<boolean> =>
-  new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1');
-    socket.once('connect', () => resolve(socket.end() !== undefined));
-    socket.once('error', () => resolve(false));
-  });
+export interface PgBouncer {
+  /** The URL of `database` on the PostgreSQL server, through the bouncer. */
+  url(database: string): string;
+  /** Its log, to explain a failure. */
+  log(): string;
+  stop(): Promise<void>;
+}
 
 /**
- * PgBouncer in front of a PostgreSQL server (`url`: its admin URL), in transaction pooling mode unless told: the
- * URL of the same database through it. It refuses to run as root: then the `postgres` user runs it.
+ * PgBouncer in front of a PostgreSQL server (`url`: its admin URL), on a free loopback port, in transaction pooling
+ * mode unless told (what many PostgreSQL hosts put in front: a server connection per transaction, so LISTEN and
+ * session state do not work through it). It refuses to run as root: then the `postgres` user runs it.
  */
-export async function startPgBouncer(url: string, poolMode: 'transaction' | 'session' = 'transaction'): Promise<{ url: (database: string) => string; stop(): void }> {
+export async function startPgBouncer(url: string, poolMode: 'transaction' | 'session' = 'transaction'): Promise<PgBouncer> {
+  if (pgbouncerMissing) throw new Error(pgbouncerMissing);
   const server = new URL(url);
-  const dir = mkdtempSync(join(tmpdir(), 'ms-pgb-'));
+  const dir = mkdtempSync(join(tmpdir(), 'ms-pgbouncer-'));
   const ids = process.getuid?.() === 0 ? { uid: Number(execFileSync('id', ['-u', 'postgres']).toString()), gid: Number(execFileSync('id', ['-g', 'postgres']).toString()) } : undefined;
   if (ids) chownSync(dir, ids.uid, ids.gid);
   const port = await freePort();
-  writeFileSync(join(dir, 'users.txt'), `"${server.username}" ""\n`);
+  const logFile = join(dir, 'pgbouncer.log');
+  writeFileSync(join(dir, 'users.txt'), `"${server.username}" ""\n`); // trust: the user must still be listed
   writeFileSync(
     join(dir, 'pgbouncer.ini'),
     [
@@ -47,19 +43,39 @@ export async function startPgBouncer(url: string, poolMode: 'transaction' | 'ses
       'auth_type = trust',
       `auth_file = ${join(dir, 'users.txt')}`,
       `pool_mode = ${poolMode}`,
-      'default_pool_size = 5',
-      'max_client_conn = 200',
-      `logfile = ${join(dir, 'log')}`,
-      'ignore_startup_parameters = extra_float_digits',
+      'default_pool_size = 20',
+      'max_client_conn = 1000',
+      `logfile = ${logFile}`,
+      `pidfile = ${join(dir, 'pgbouncer.pid')}`,
+      'ignore_startup_parameters = extra_float_digits,options,statement_timeout',
+      '',
     ].join('\n'),
   );
-  const child: ChildProcess = spawn(PGBOUNCER, [join(dir, 'pgbouncer.ini')], { ...ids, stdio: 'ignore' });
-  for (let i = 0; i < 200 && !(await accepting(port)); i++) await new Promise((r) => setTimeout(r, 25));
+  const child: ChildProcess = spawn(PGBOUNCER, [join(dir, 'pgbouncer.ini')], { ...ids, stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const log = (): string => `${stderr}${existsSync(logFile) ? readFileSync(logFile, 'utf8') : ''}`;
+  for (const deadline = Date.now() + 10_000; !(await accepting(port)); ) {
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`pgbouncer did not start:\n${log()}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
   return {
     url: (database) => `postgres://${server.username}@127.0.0.1:${port}/${database}`,
-    stop: () => {
-      child.kill('SIGTERM');
+    log,
+    stop: async () => {
+      if (child.exitCode === null) {
+        child.kill('SIGINT'); // at once, not waiting for clients
+        await exited;
+      }
       rmSync(dir, { recursive: true, force: true });
     },
   };
 }
+
+const accepting = (port: number): Promise<boolean> =>
+  new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1');
+    socket.once('connect', () => resolve(socket.end() !== undefined));
+    socket.once('error', () => resolve(false));
+  });

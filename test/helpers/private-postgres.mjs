@@ -1,6 +1,6 @@
 // A private PostgreSQL server in a temporary directory, on a free loopback port: for the test run (globalSetup) and
 // the cluster benchmark. Plain JavaScript so that both can use it.
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -14,7 +14,8 @@ function binDir() {
   return versions[0] && join(root, versions[0], 'bin');
 }
 
-const freePort = () =>
+/** A free TCP port on loopback. */
+export const freePort = () =>
   new Promise((resolve, reject) => {
     const s = createServer();
     s.once('error', reject);
@@ -51,14 +52,26 @@ export async function startPostgres() {
   let pid = postmaster();
   return {
     url: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    port,
     get pid() {
       return pid;
     },
+    ids,
     /** `pg_ctl restart -m <mode>`: every session ends (fast: terminated; immediate: cut without a word). */
-    restart: (mode = 'fast') => {
-      run('pg_ctl', ['-D', data, '-l', join(dir, 'log'), '-o', serverOpts, '-m', mode, '-w', 'restart']);
-      pid = postmaster();
-    },
+    restart: (mode = 'fast') =>
+      new Promise((resolve, reject) => {
+        // Asynchronous, so that the caller's fakes keep answering while PostgreSQL goes down and comes back.
+        const args = ['-D', data, '-l', join(dir, 'log'), '-o', serverOpts, '-m', mode, '-w', 'restart'];
+        const child = spawn(join(bin, 'pg_ctl'), args, { ...ids, stdio: 'pipe', cwd: dir });
+        let err = '';
+        child.stderr.on('data', (d) => (err += d));
+        child.on('error', reject);
+        child.on('exit', (code) => {
+          if (code !== 0) return reject(new Error(`pg_ctl restart -m ${mode} failed: ${err}`));
+          pid = postmaster();
+          resolve();
+        });
+      }),
     stop: () => {
       process.kill(pid, 'SIGCONT'); // in case it was left frozen
       spawnSync(join(bin, 'pg_ctl'), ['-D', data, '-m', 'immediate', '-w', 'stop'], { ...ids, stdio: 'pipe' });

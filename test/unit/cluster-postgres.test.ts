@@ -74,7 +74,7 @@ describe.skipIf(postgresMissing !== undefined)('PostgreSQL clients when the serv
         })();
         try {
           await eventually(() => done > 5, 'traffic');
-          server.restart(mode);
+          await server.restart(mode);
           const after = done;
           await eventually(() => done > after + 5, 'traffic after the restart', 10_000);
         } finally {
