@@ -3,7 +3,7 @@ import type { Connection, ConnectionKey } from './store/store.js';
 
 /**
  * What the supervisor (sockets to Signal) and the notifier (pushes to endpoints) tell each other: the relay's loop,
- * named in one place. The supervisor emits the first four and the notifier follows them; the notifier emits `gone` and
+ * named in one place. The supervisor emits the first five and the notifier follows them; the notifier emits `gone` and
  * the supervisor forbids the connection. Listeners run synchronously and must not block.
  */
 export interface RelayEventMap {
@@ -13,8 +13,10 @@ export interface RelayEventMap {
   deliveryCheck: [conn: Connection];
   /** A stored connection's endpoint or credentials changed, and it is still enabled: pending pushes follow. */
   changed: [conn: Connection];
-  /** Removed, forbidden, or gone to another instance: nothing may be pushed for it here any more. */
+  /** Removed or forbidden: nothing may be pushed for it any more. */
   removed: [key: ConnectionKey];
+  /** Another instance runs it now: what was owed for envelopes acknowledged here still goes out, nothing new. */
+  handedOver: [key: ConnectionKey];
   /** The push endpoint answered 404 or 410: the distributor unregistered it. */
   gone: [target: Pick<Connection, 'uuid' | 'deviceId' | 'endpoint'>];
 }

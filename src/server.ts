@@ -196,6 +196,7 @@ async function build(config: Config, log: Logger, opts: ServerOptions): Promise<
   events.on('deliveryCheck', (c) => notifier.deliveryCheck(c));
   events.on('changed', (c) => notifier.update(c));
   events.on('removed', (k) => notifier.forget(k));
+  events.on('handedOver', (k) => notifier.release(k));
   events.on('gone', (t) => supervisor.forbid(t, ENDPOINT_GONE, { endpoint: t.endpoint }));
   metrics.watchStates(() => supervisor.counts());
   metrics.watchLoad(() => {

@@ -67,6 +67,11 @@ interface Lane {
   /** A trailing push is scheduled: every envelope so far will be followed by a push. */
   trailing: TimerHandle | undefined;
   current: Delivery | undefined;
+  /**
+   * Another instance runs the connection now: what this one owed for envelopes it acknowledged still goes out, retried
+   * as ever, although the supervisor here no longer wants pushes for it.
+   */
+  released: boolean;
 }
 
 /**
@@ -92,6 +97,7 @@ export class Notifier {
 
   urgent(conn: PushTarget): void {
     const lane = this.lane(conn);
+    lane.released = false; // running here again
     if (lane.trailing !== undefined) return; // the scheduled push starts after this envelope
     const now = this.clock.now();
     const at = nextUrgentPushAt(lane.lastStartAt, lane.blockedUntil, this.opts.minIntervalMs);
@@ -142,16 +148,22 @@ export class Notifier {
   }
 
   /**
+   * Another instance runs the connection now (a hand-over): the trailing push owed for envelopes this one acknowledged
+   * starts at once rather than never, and a push under way keeps its retries; nothing new comes for it here.
+   */
+  release(key: ConnectionKey): void {
+    const lane = this.lanes.get(connectionKey(key));
+    if (!lane) return;
+    lane.released = true;
+    this.startTrailingNow(lane);
+  }
+
+  /**
    * At shutdown: sends the trailing pushes now rather than never, then waits for pushes under way, at most `ms`.
    * Returns the connections whose wake-up is still not delivered.
    */
   async drain(ms: number): Promise<ConnectionKey[]> {
-    for (const lane of this.lanes.values()) {
-      if (lane.trailing === undefined) continue;
-      this.clock.clearTimeout(lane.trailing);
-      lane.trailing = undefined;
-      this.startUrgent(lane);
-    }
+    for (const lane of this.lanes.values()) this.startTrailingNow(lane);
     let timer: TimerHandle | undefined;
     const deadline = new Promise<void>((resolve) => (timer = this.clock.setTimeout(resolve, ms)));
     await Promise.race([Promise.allSettled([...this.inFlight]), deadline]);
@@ -164,11 +176,18 @@ export class Notifier {
     return owed;
   }
 
+  private startTrailingNow(lane: Lane): void {
+    if (lane.trailing === undefined) return;
+    this.clock.clearTimeout(lane.trailing);
+    lane.trailing = undefined;
+    this.startUrgent(lane);
+  }
+
   private lane(conn: PushTarget): Lane {
     const key = connectionKey(conn);
     let lane = this.lanes.get(key);
     if (!lane) {
-      lane = { conn: targetOf(conn), lastStartAt: undefined, blockedUntil: 0, trailing: undefined, current: undefined };
+      lane = { conn: targetOf(conn), lastStartAt: undefined, blockedUntil: 0, trailing: undefined, current: undefined, released: false };
       this.lanes.set(key, lane);
     }
     if (lane.conn.endpoint !== conn.endpoint) lane.conn = targetOf(conn); // the newest endpoint
@@ -245,7 +264,7 @@ export class Notifier {
       if (lane?.current === d) lane.current = undefined;
       return;
     }
-    if (!this.deps.isActive(d.conn)) {
+    if (!lane?.released && !this.deps.isActive(d.conn)) {
       this.pending.delete(d);
       return;
     }

@@ -168,15 +168,15 @@ export class Supervisor implements OwnedConnections {
     else this.queueConnect(fresh, reason);
   }
 
-  /** Stops the socket of a removed connection. */
-  remove(key: ConnectionKey): void {
+  /** Stops the socket of a removed connection, or of one another instance runs now (`handedOver`). */
+  remove(key: ConnectionKey, why: 'removed' | 'handedOver' = 'removed'): void {
     const entry = this.entries.get(connectionKey(key));
     this.signalHealth.forget(connectionKey(key));
     if (!entry) return;
     this.after(this.halt(entry), () => {});
     this.entries.delete(connectionKey(key));
     this.deliveryChecks.delete(connectionKey(key));
-    this.deps.events.emit('removed', key);
+    this.deps.events.emit(why, key);
   }
 
   /** Another instance owns it now: keep the socket until Signal replaces it, or the ownership removes it. */
@@ -184,7 +184,7 @@ export class Supervisor implements OwnedConnections {
     const entry = this.entries.get(connectionKey(key));
     if (!entry) return;
     if (entry.state !== 'connected') {
-      this.remove(key); // no open socket to keep; one still connecting would replace the new owner's
+      this.remove(key, 'handedOver'); // no open socket to keep; one still connecting would replace the new owner's
       return;
     }
     entry.handedOver = true;
@@ -477,7 +477,7 @@ export class Supervisor implements OwnedConnections {
       entry.halted = true;
       this.setState(entry, 'stopped', 'handed over');
       this.entries.delete(connectionKey(entry.conn));
-      this.deps.events.emit('removed', entry.conn); // its pushes are the new owner's now
+      this.deps.events.emit('handedOver', entry.conn); // new envelopes are the new owner's; what was acked here still goes out
       return;
     }
     if (end.kind === 'forbidden') {

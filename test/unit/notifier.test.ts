@@ -263,6 +263,21 @@ describe('retries', () => {
     for (const kind of ['urgent', 'test', 'delivery_check']) expect(results).toContain(`kind="${kind}",outcome="delivered"} 1`);
   });
 
+  it('at a hand-over, sends the trailing push owed for envelopes acknowledged here at once, and keeps retrying it', async () => {
+    const answers = [delivered, failed503, delivered];
+    const h = harness({}, (n) => answers[n]!);
+    h.notifier.urgent(conn); // t = 0: pushed at once
+    h.clock.advance(100);
+    h.notifier.urgent(conn); // within the interval: a trailing push is due at t = 1000
+    h.notifier.release(conn); // another instance runs it now; the supervisor here wants no more pushes for it
+    h.deactivate();
+    await flushPromises();
+    expect(h.sent.map((s) => s.at)).toEqual([0, 100]); // not dropped, and not left waiting for the interval
+    h.clock.advance(1_000); // its 503 is retried although the connection is no longer active here
+    await flushPromises();
+    expect(h.sent.map((s) => s.at)).toEqual([0, 100, 1_100]);
+  });
+
   it('sends a pending trailing push at shutdown instead of dropping it', async () => {
     const h = harness({}, () => delivered);
     h.notifier.urgent(conn);
