@@ -136,7 +136,11 @@ const MIGRATIONS: Migration[] = [
   {
     // When a connection in backoff tries next, for `status`.
     version: 7,
-    up: (db) => db.exec('ALTER TABLE live_state ADD COLUMN retry_at INTEGER'),
+    up: (db) => {
+      // A file set back to an older version by hand may have it already.
+      const columns = db.pragma('table_info(live_state)') as { name: string }[];
+      if (!columns.some((c) => c.name === 'retry_at')) db.exec('ALTER TABLE live_state ADD COLUMN retry_at INTEGER');
+    },
   },
   {
     // Forbidden connections by the time they became forbidden, for the sweeps that remove them.
@@ -542,7 +546,7 @@ export class SqliteStore implements Store {
 
   private present(): boolean {
     try {
-      this.db.prepare(`SELECT 1 FROM ${this.connections} LIMIT 1`).get();
+      this.db.pragma('schema_version'); // the file answers (a read of its header, no table scanned)
       const { dev, ino } = statSync(this.path);
       return dev === this.identity.dev && ino === this.identity.ino;
     } catch {

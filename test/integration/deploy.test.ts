@@ -308,12 +308,16 @@ async function caddyInFront(upstream: string): Promise<{ ask: (site: string, pat
 describe.skipIf(!caddy)("behind Caddy speaking h2c, with the sample from deploy/caddy (MollySocket's own)", () => {
   let server: RunningServer;
   let push: FakePushServer;
+  let signal: FakeSignalServer;
   let proxy: Awaited<ReturnType<typeof caddyInFront>>;
 
   beforeAll(async () => {
     push = await FakePushServer.start();
+    signal = await FakeSignalServer.start({ tls: false });
+    // A new device is asked to Signal first.
+    for (const uuid of ['0b6c2f4e-8d1a-4c3b-9e5f-7a6b5c4d3e2f', '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e']) signal.addAccount({ uuid, deviceId: 2, password: 'pw' });
     const { config } = loadConfig({
-      env: { XDG_CONFIG_HOME: '/nonexistent', MOLLY_PORT: '0', MOLLY_DB: join(tempDir(), 'm.db'), MOLLY_ALLOWED_ENDPOINTS: `["${push.origin}"]`, MOLLY_SIGNAL_URL: 'ws://127.0.0.1:1/' },
+      env: { XDG_CONFIG_HOME: '/nonexistent', MOLLY_PORT: '0', MOLLY_DB: join(tempDir(), 'm.db'), MOLLY_ALLOWED_ENDPOINTS: `["${push.origin}"]`, MOLLY_SIGNAL_URL: signal.url },
     });
     server = await startServer(config, memoryLogger().log);
     proxy = await caddyInFront(new URL(server.url!).host);
@@ -323,6 +327,7 @@ describe.skipIf(!caddy)("behind Caddy speaking h2c, with the sample from deploy/
     await proxy?.stop();
     await server?.close();
     await push?.close();
+    await signal?.close();
   });
 
   it.each([
