@@ -138,7 +138,7 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
     expect(status).toMatch(/instances: 3 live/);
     expect(status).toMatch(/^NAME\s+ID\s+PID\s+VERSION\s+STATE\s+LEASE LEFT\s+DEVICES$/m);
     const owner = [...signal.open(added.uuid, 1)][0]!.tag;
-    expect(status).toMatch(new RegExp(`^${added.uuid}\\s+1\\s+connected\\s+open\\s+\\S+ \\S+\\s+${owner}$`, 'm'));
+    expect(status).toMatch(new RegExp(`^${added.uuid}\\s+1\\s+connected\\s+socket open\\s+\\S+ \\S+\\s+${owner}$`, 'm'));
 
     expect((await runBin(['connection', 'remove', added.uuid], { cwd, env: { MOLLY_DB: db } })).code).toBe(0);
     await signal.until(() => signal.open(added.uuid, 1).length === 0, 'the removed device closed', 15_000);
