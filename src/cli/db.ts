@@ -11,9 +11,10 @@ import { formatTime, loadFor, print, UsageError, withStore } from './common.js';
 /** A copy taken while a server runs misses whatever it writes afterwards (registrations, forbidden connections). */
 async function refuseWhileRunning(backend: Backend, force: boolean | undefined): Promise<string | undefined> {
   const running = await backend.runningServer();
+  const { location } = backend.store;
   if (running && !force) {
     throw new UsageError(
-      `${running} is running on ${backend.store.location}: what it writes after the copy would be lost; stop it first, or pass --force to copy anyway`,
+      `${running} is running on ${isPostgresUrl(location) ? location : resolve(location)}: what it writes after the copy would be lost; stop it first, or pass --force to copy anyway`,
     );
   }
   return running;
