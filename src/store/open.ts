@@ -1,6 +1,6 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import type { Clock } from '../clock.js';
-import { Leases } from '../cluster/leases.js';
+import { Leases, type LeasesOptions } from '../cluster/leases.js';
 import { PgLeaseStore } from '../cluster/postgres-leases.js';
 import type { Ownership } from '../cluster/ownership.js';
 import { Solo } from '../cluster/solo.js';
@@ -45,23 +45,12 @@ interface OpenReport {
   uncleanStop: boolean;
 }
 
-/** What an ownership driver needs from the server. */
-interface OwnershipContext {
+/** What an ownership driver needs from the server: what a lease driver takes, and how a file is followed. */
+interface OwnershipContext extends LeasesOptions {
   /** How often a file is checked for changes made by another process (the CLI). */
   pollMs: number;
-  leaseSeconds: number;
-  /** This instance's stable name (instance_name, else the host's). */
-  name: string;
-  version: string;
-  pid: number;
-  /** How often an instance reads its whole owned set again, in case a notification was missed. */
-  reconcileMs: number;
-  /** How long a handed-over socket may wait for its new owner's, once that owner is gone. */
-  handOverTimeoutMs: number;
   /** A separate PostgreSQL URL for LISTEN (db_listen_url), when the main one goes through a pooler. */
   listenUrl: string | undefined;
-  /** Whether Signal answers at all from this instance (no credentials sent). */
-  probeSignal(): Promise<boolean>;
   clock: Clock;
   log: Logger;
   metrics?: Metrics;
@@ -155,15 +144,7 @@ function postgresBackend(store: PostgresStore): Backend {
     ownership: (ctx) =>
       new Leases(
         new PgLeaseStore(store, { answerMs: ctx.leaseSeconds * 1000, ...(ctx.listenUrl !== undefined && { listenUrl: ctx.listenUrl }) }),
-        {
-          leaseSeconds: ctx.leaseSeconds,
-          name: ctx.name,
-          version: ctx.version,
-          pid: ctx.pid,
-          reconcileMs: ctx.reconcileMs,
-          handOverTimeoutMs: ctx.handOverTimeoutMs,
-          probeSignal: ctx.probeSignal,
-        },
+        ctx,
         ctx.clock,
         ctx.log,
         ctx.metrics,
