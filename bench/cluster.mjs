@@ -92,7 +92,18 @@ const db = postgres.url.replace(/\/postgres$/, '/bench');
 const store = await PostgresStore.open(db);
 const t = Math.floor(Date.now() / 1000);
 await store.importConnections(
-  accounts.map((a) => ({ ...a, endpoint: `${pushOrigin}/up/${a.uuid}`, forbidden: false, forbiddenReason: null, forbiddenAt: null, lastRegistration: t, createdAt: t, updatedAt: t, owner: null, epoch: 0 })),
+  accounts.map((a) => ({
+    ...a,
+    endpoint: `${pushOrigin}/up/${a.uuid}`,
+    forbidden: false,
+    forbiddenReason: null,
+    forbiddenAt: null,
+    lastRegistration: t,
+    createdAt: t,
+    updatedAt: t,
+    owner: null,
+    epoch: 0,
+  })),
 );
 const sql = async (text) => (await store.rows(text))[0];
 
@@ -126,7 +137,9 @@ async function startInstance(name) {
 async function settled(names) {
   const s = ledger.stats(now());
   if (s.open !== N || s.withoutSocket > 0 || s.doubled > 0) return false;
-  const owned = await store.rows(`SELECT coalesce(i.name, '') AS name, count(*)::int AS n FROM connections c LEFT JOIN instances i ON i.id = c.owner GROUP BY 1`);
+  const owned = await store.rows(
+    `SELECT coalesce(i.name, '') AS name, count(*)::int AS n FROM connections c LEFT JOIN instances i ON i.id = c.owner GROUP BY 1`,
+  );
   const byName = Object.fromEntries(owned.map((r) => [r.name, r.n]));
   const tags = names.map((name) => instances.get(name).tag);
   return names.every((name, i) => byName[name] > 0 && byName[name] === s.perTag[tags[i]]) && Object.keys(s.perTag).every((tag) => tags.includes(tag));
@@ -160,14 +173,25 @@ results.steadyStatementsPerSecondPerInstance = results.steadyStatementsPerSecond
 results.rssMB = Object.fromEntries(['a', 'b', 'c'].map((name) => [name, rss(instances.get(name).child.pid) / 2 ** 20]));
 // Memory per device of each instance: its whole RSS over the devices it holds (the process's base included).
 results.rssKBPerDevice = Object.fromEntries(['a', 'b', 'c'].map((name) => [name, (results.rssMB[name] * 1024) / results.shares[name]]));
-log(`steady ${results.steadyStatementsPerSecond.toFixed(2)} statements/s; RSS ${Object.values(results.rssMB).map((m) => m.toFixed(0)).join('/')} MB, ${Object.values(results.rssKBPerDevice).map((k) => k.toFixed(1)).join('/')} KB per device`);
+log(
+  `steady ${results.steadyStatementsPerSecond.toFixed(2)} statements/s; RSS ${Object.values(results.rssMB)
+    .map((m) => m.toFixed(0))
+    .join('/')} MB, ${Object.values(results.rssKBPerDevice)
+    .map((k) => k.toFixed(1))
+    .join('/')} KB per device`,
+);
 
 // 3. kill -9 of one instance: ownership back, and every socket back.
 ledger.reset();
 const victim = (await sql(`SELECT id FROM instances WHERE name = 'c'`)).id;
 t0 = now();
 instances.get('c').child.kill('SIGKILL');
-await until(async () => Number((await sql(`SELECT count(*) AS n FROM connections WHERE owner = '${victim}' OR owner IS NULL`)).n) === 0, 'ownership back', 10 * 60_000, 100);
+await until(
+  async () => Number((await sql(`SELECT count(*) AS n FROM connections WHERE owner = '${victim}' OR owner IS NULL`)).n) === 0,
+  'ownership back',
+  10 * 60_000,
+  100,
+);
 results.failoverOwnershipSeconds = (now() - t0) / 1000;
 await waitSettled(['a', 'b'], 'the failover');
 results.failoverSocketsSeconds = (now() - t0) / 1000;
@@ -206,7 +230,10 @@ if (!skip.has('join') && !skip.has('rolling')) {
     child.kill('SIGTERM');
     results.rollingExitCodes.push(await exited);
     results.rollingStopSeconds.push((now() - stopped) / 1000);
-    await waitSettled(TAGS.filter((x) => x !== tag), `${tag} handed over`);
+    await waitSettled(
+      TAGS.filter((x) => x !== tag),
+      `${tag} handed over`,
+    );
     await startInstance(tag);
     await waitSettled(TAGS, `${tag} back`);
   }
@@ -222,7 +249,13 @@ for (const { child } of instances.values()) child.kill('SIGTERM');
 await sleep(2_000);
 await store.close();
 
-results.machine = { cpu: os.cpus()[0]?.model, cores: os.cpus().length, memoryGB: Math.round(os.totalmem() / 2 ** 30), node: process.version, date: new Date().toISOString() };
+results.machine = {
+  cpu: os.cpus()[0]?.model,
+  cores: os.cpus().length,
+  memoryGB: Math.round(os.totalmem() / 2 ** 30),
+  node: process.version,
+  date: new Date().toISOString(),
+};
 results.targets = {
   memory: { kbPerDevice: results.rssKBPerDevice, target: '<= 75 KB per device per instance' },
   failover: { seconds: results.failoverOwnershipSeconds, target: `<= ${2 * LEASE_S} s (two leases)` },

@@ -19,7 +19,9 @@ for (const a of accounts) {
     if (m.type !== 1) return;
     ws.send(WsMessage.encode(WsMessage.fromObject({ type: 2, response: { id: m.request.id, status: 200, message: 'OK' } })).finish());
     if (m.request.path !== '/api/v1/message') return;
-    const req = http.request({ host: push.hostname, port: push.port, path, method: 'POST', agent, headers: { 'Content-Type': 'application/json' } }, (res) => res.resume());
+    const req = http.request({ host: push.hostname, port: push.port, path, method: 'POST', agent, headers: { 'Content-Type': 'application/json' } }, (res) =>
+      res.resume(),
+    );
     req.on('error', () => {});
     req.end('{"urgent":true}');
   });

@@ -103,7 +103,16 @@ async function measure(rows) {
     },
   });
   const exited = new Promise((r) => relay.once('exit', r));
-  await until(() => fetch(`${url}discover`).then((r) => r.ok, () => false), 'the relay listening', 10 * 60_000, 50);
+  await until(
+    () =>
+      fetch(`${url}discover`).then(
+        (r) => r.ok,
+        () => false,
+      ),
+    'the relay listening',
+    10 * 60_000,
+    50,
+  );
   const startSeconds = (now() - started) / 1000;
   console.error(`[${rows}] listening after ${startSeconds.toFixed(1)} s`);
 
@@ -117,9 +126,11 @@ async function measure(rows) {
   for (let i = 0; i < COUNT; i++) refused.push(await post(url, { ...molly, uuid: REFUSED }));
   const concurrent = [];
   const concurrentStart = now();
-  await Promise.all(Array.from({ length: 16 }, async () => {
-    for (let i = 0; i < COUNT / 16; i++) concurrent.push(await post(url, molly));
-  }));
+  await Promise.all(
+    Array.from({ length: 16 }, async () => {
+      for (let i = 0; i < COUNT / 16; i++) concurrent.push(await post(url, molly));
+    }),
+  );
   const concurrentPerSecond = concurrent.length / ((now() - concurrentStart) / 1000);
   const bad = [...routine, ...fresh, ...concurrent].filter((s) => s.status !== 'ok').length;
   relay.kill('SIGTERM');
@@ -143,7 +154,9 @@ push.close();
 wss.close();
 const out = join(here, 'results', 'registrations.json');
 writeFileSync(out, `${JSON.stringify({ date: new Date().toISOString(), dist: relative(join(here, '..'), DIST), count: COUNT, results }, null, 2)}\n`);
-console.log('| stored rows | start (s) | routine p50 / p99 (ms) | new device p50 / p99 (ms) | refused uuid p50 / p99 (ms) | routine, 16 in flight: p50 / p99 (ms), per s |');
+console.log(
+  '| stored rows | start (s) | routine p50 / p99 (ms) | new device p50 / p99 (ms) | refused uuid p50 / p99 (ms) | routine, 16 in flight: p50 / p99 (ms), per s |',
+);
 console.log('|---|---|---|---|---|---|');
 for (const r of results) {
   console.log(

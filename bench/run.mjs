@@ -82,25 +82,33 @@ const subjects = {
     if (withAccounts) populatedDb(db);
     const log = openSync(join(work, `${tag}.log`), 'w');
     const profile = args['cpu-prof'] && withAccounts ? ['--cpu-prof', `--cpu-prof-dir=${join(work, 'prof')}`] : [];
-    return track(spawn(process.execPath, [...profile, join(here, '..', 'dist', 'cli', 'main.js'), 'server'], {
-      cwd: work,
-      stdio: ['ignore', 'ignore', log],
-      env: {
-        PATH: process.env.PATH,
-        MOLLY_PORT: '0',
-        MOLLY_DB: db,
-        MOLLY_SIGNAL_URL: signalUrl,
-        MOLLY_SIGNAL_CA_FILE: certs.caFile,
-        MOLLY_ALLOWED_ENDPOINTS: `["${pushOrigin}"]`,
-        MOLLY_VAPID_PRIVKEY: VAPID,
-      },
-    }));
+    return track(
+      spawn(process.execPath, [...profile, join(here, '..', 'dist', 'cli', 'main.js'), 'server'], {
+        cwd: work,
+        stdio: ['ignore', 'ignore', log],
+        env: {
+          PATH: process.env.PATH,
+          MOLLY_PORT: '0',
+          MOLLY_DB: db,
+          MOLLY_SIGNAL_URL: signalUrl,
+          MOLLY_SIGNAL_CA_FILE: certs.caFile,
+          MOLLY_ALLOWED_ENDPOINTS: `["${pushOrigin}"]`,
+          MOLLY_VAPID_PRIVKEY: VAPID,
+        },
+      }),
+    );
   },
   floor: (withAccounts) =>
     track(
       spawn(process.execPath, [join(here, 'floor.mjs')], {
         stdio: ['ignore', 'ignore', 'inherit'],
-        env: { PATH: process.env.PATH, ACCOUNTS_FILE: withAccounts ? accountsFile : noAccountsFile, CA_FILE: certs.caFile, SIGNAL_URL: signalUrl, PUSH_ORIGIN: pushOrigin },
+        env: {
+          PATH: process.env.PATH,
+          ACCOUNTS_FILE: withAccounts ? accountsFile : noAccountsFile,
+          CA_FILE: certs.caFile,
+          SIGNAL_URL: signalUrl,
+          PUSH_ORIGIN: pushOrigin,
+        },
       }),
     ),
 };
@@ -141,7 +149,10 @@ async function measure(name) {
   await until(async () => (await push.call('count')) >= sent.length, 'the pushes', 60_000, 100).catch(() => log('some pushes never arrived'));
   const arrivals = new Map();
   for (const [path, at] of await push.call('take')) arrivals.set(path.slice('/up/'.length), at);
-  const latencies = sent.map((s) => arrivals.get(s.uuid) - s.at).filter((v) => Number.isFinite(v) && v >= 0).sort((a, b) => a - b);
+  const latencies = sent
+    .map((s) => arrivals.get(s.uuid) - s.at)
+    .filter((v) => Number.isFinite(v) && v >= 0)
+    .sort((a, b) => a - b);
   log(`latency p50 ${percentile(latencies, 50).toFixed(2)} ms, p99 ${percentile(latencies, 99).toFixed(2)} ms over ${latencies.length}`);
 
   // Saturation: envelopes as fast as the sockets take them.
@@ -177,19 +188,27 @@ const machine = {
 };
 const r = results.relay;
 const f = results.floor;
-const targets = r && f && {
-  memory: { ratio: r.kbPerConnection / f.kbPerConnection, target: '<= 1.25x floor' },
-  p99: { ratio: r.latencyMs.p99 / f.latencyMs.p99, target: '<= 1.5x floor' },
-  connect: { seconds: r.connectSeconds, target: N === 2000 ? '<= 30 s at N=2000' : 'n/a' },
-  idleCpu: { percent: r.idleCpuPercent, target: N === 2000 ? '<= 2 % of a core at N=2000' : 'n/a' },
-  rss: { mb: r.loadedRssMB, target: N >= 10000 ? '< 1536 MB at N=10000' : 'n/a' },
-};
+const targets = r &&
+  f && {
+    memory: { ratio: r.kbPerConnection / f.kbPerConnection, target: '<= 1.25x floor' },
+    p99: { ratio: r.latencyMs.p99 / f.latencyMs.p99, target: '<= 1.5x floor' },
+    connect: { seconds: r.connectSeconds, target: N === 2000 ? '<= 30 s at N=2000' : 'n/a' },
+    idleCpu: { percent: r.idleCpuPercent, target: N === 2000 ? '<= 2 % of a core at N=2000' : 'n/a' },
+    rss: { mb: r.loadedRssMB, target: N >= 10000 ? '< 1536 MB at N=10000' : 'n/a' },
+  };
 mkdirSync(join(here, 'results'), { recursive: true });
-writeFileSync(join(here, 'results', `n${N}.json`), `${JSON.stringify({ n: N, machine, settings: { idleSeconds: IDLE_S, rate: RATE, blast: BLAST }, results, targets }, null, 2)}\n`);
+writeFileSync(
+  join(here, 'results', `n${N}.json`),
+  `${JSON.stringify({ n: N, machine, settings: { idleSeconds: IDLE_S, rate: RATE, blast: BLAST }, results, targets }, null, 2)}\n`,
+);
 
 const row = (label, fn) => `| ${label} | ${Object.values(results).map(fn).join(' | ')} |`;
 console.log(`\nN = ${N} on ${machine.cores} x ${machine.cpu}, ${machine.memoryGB} GB, Node ${machine.node}\n`);
-console.log(`| | ${Object.keys(results).join(' | ')} |\n|---|${Object.keys(results).map(() => '---|').join('')}`);
+console.log(
+  `| | ${Object.keys(results).join(' | ')} |\n|---|${Object.keys(results)
+    .map(() => '---|')
+    .join('')}`,
+);
 console.log(row('RSS idle (MB)', (x) => x.idleRssMB.toFixed(1)));
 console.log(row(`RSS with ${N} connections (MB)`, (x) => x.loadedRssMB.toFixed(1)));
 console.log(row('memory per connection (KB)', (x) => x.kbPerConnection.toFixed(1)));

@@ -54,7 +54,18 @@ export function signalLedger(kick) {
         gapsCounted += deviceGaps.length;
         for (const g of deviceGaps) worstGapMs = Math.max(worstGapMs, g);
       }
-      return { devices: devices.size, open, perTag, withoutSocket, doubled, worstGapMs, gapsCounted, fights, kicks, kickedFrom: Object.fromEntries(kickedFrom) };
+      return {
+        devices: devices.size,
+        open,
+        perTag,
+        withoutSocket,
+        doubled,
+        worstGapMs,
+        gapsCounted,
+        fights,
+        kicks,
+        kickedFrom: Object.fromEntries(kickedFrom),
+      };
     },
     /** Starts a new measuring window: forgets the gaps and kicks recorded so far. */
     reset: () => {

@@ -49,19 +49,29 @@ const env = {
 const logFile = join(work, 'relay.log');
 const relay = track(spawn(process.execPath, [bin, 'server'], { cwd: work, env, stdio: ['ignore', 'ignore', openSync(logFile, 'w')] }));
 let url;
-await until(() => {
-  const m = /http:\/\/127\.0\.0\.1:\d+/.exec(execFileSync('cat', [logFile], { encoding: 'utf8' }));
-  url = m?.[0];
-  return url !== undefined;
-}, 'the relay listening', 30_000);
+await until(
+  () => {
+    const m = /http:\/\/127\.0\.0\.1:\d+/.exec(execFileSync('cat', [logFile], { encoding: 'utf8' }));
+    url = m?.[0];
+    return url !== undefined;
+  },
+  'the relay listening',
+  30_000,
+);
 
 const register = (a) =>
   fetch(`${url}/`, {
     method: 'POST',
     headers: { 'Content-Type': 'application/json' },
     body: JSON.stringify({ uuid: a.uuid, device_id: a.deviceId, password: a.password, endpoint: `${pushOrigin}/up/${a.uuid}` }),
-  }).then((r) => r.json()).then((j) => j.mollysocket.status, (e) => String(e));
-const remove = (a) => new Promise((resolve) => track(spawn(process.execPath, [bin, 'connection', 'remove', a.uuid], { cwd: work, env, stdio: 'ignore' })).once('exit', resolve));
+  })
+    .then((r) => r.json())
+    .then(
+      (j) => j.mollysocket.status,
+      (e) => String(e),
+    );
+const remove = (a) =>
+  new Promise((resolve) => track(spawn(process.execPath, [bin, 'connection', 'remove', a.uuid], { cwd: work, env, stdio: 'ignore' })).once('exit', resolve));
 const sample = () => ({
   minute: (Date.now() - startedAt) / 60_000,
   rssMB: Math.round(rss(relay.pid) / 1e5) / 10,
@@ -109,7 +119,9 @@ samples.push(sample());
 const result = { minutes: MINUTES, pool: POOL, counts, registeredAtEnd: registered.size, samples, pushes: await push.call('count') };
 mkdirSync(join(here, 'results'), { recursive: true });
 writeFileSync(join(here, 'results', 'soak.json'), `${JSON.stringify(result, null, 2)}\n`);
-console.log(`soak ${MINUTES} min: RSS ${samples[0].rssMB} -> ${samples.at(-1).rssMB} MB, fds ${samples[0].fds} -> ${samples.at(-1).fds}; ${JSON.stringify(counts)}`);
+console.log(
+  `soak ${MINUTES} min: RSS ${samples[0].rssMB} -> ${samples.at(-1).rssMB} MB, fds ${samples[0].fds} -> ${samples.at(-1).fds}; ${JSON.stringify(counts)}`,
+);
 relay.kill('SIGTERM');
 await sleep(3000);
 process.exit(0);

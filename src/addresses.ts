@@ -62,8 +62,15 @@ const IPV6_GLOBAL_UNICAST = ipaddr.IPv6.parseCIDR('2000::/3');
 
 /** Loopback, private use, unique local, link local and CGNAT: where a reverse proxy or a container network sits. */
 const LOCAL_NETWORK: readonly string[] = [
-  '127.0.0.0/8', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '169.254.0.0/16', '100.64.0.0/10',
-  '::1/128', 'fc00::/7', 'fe80::/10',
+  '127.0.0.0/8',
+  '10.0.0.0/8',
+  '172.16.0.0/12',
+  '192.168.0.0/16',
+  '169.254.0.0/16',
+  '100.64.0.0/10',
+  '::1/128',
+  'fc00::/7',
+  'fe80::/10',
 ];
 
 const v4Ranges = (list: readonly string[]) => list.filter((c) => !c.includes(':')).map((c) => ipaddr.IPv4.parseCIDR(c));

@@ -232,17 +232,17 @@ export const CONFIG_KEYS: { readonly [K in keyof Config]: KeySpec } = {
     kind: { type: 'string', check: checkUrl(['postgres', 'postgresql']) },
     default: undefined,
     example: 'postgres://mollysocket@db.internal:5432/mollysocket',
-    doc: 'New, PostgreSQL only: a direct connection for the instances\' notifications (LISTEN), when db goes through PgBouncer in transaction mode, which drops them; unset: db.',
+    doc: "New, PostgreSQL only: a direct connection for the instances' notifications (LISTEN), when db goes through PgBouncer in transaction mode, which drops them; unset: db.",
   },
   lease_seconds: {
     kind: { type: 'int', min: 2, max: 600 },
     default: 15,
-    doc: 'New, PostgreSQL only: how long an instance owns its devices without renewing; a dead instance\'s devices move after this.',
+    doc: "New, PostgreSQL only: how long an instance owns its devices without renewing; a dead instance's devices move after this.",
   },
   instance_name: {
     kind: { type: 'string' },
     default: '',
-    doc: 'New, PostgreSQL only: this instance\'s stable name (empty: the host name); a restarted instance with the same name gets the same devices back.',
+    doc: "New, PostgreSQL only: this instance's stable name (empty: the host name); a restarted instance with the same name gets the same devices back.",
   },
   log_format: {
     kind: { type: 'enum', values: ['text', 'json'] },
@@ -297,9 +297,7 @@ function findConfigFile(explicit: string | undefined, env: NodeJS.ProcessEnv): s
     return named;
   }
   const xdg = env.XDG_CONFIG_HOME || join(env.HOME || homedir(), '.config');
-  return [join(xdg, 'mollysocket', 'config.toml'), './mollysocket.toml', '/etc/mollysocket/config.toml'].find((p) =>
-    existsSync(p),
-  );
+  return [join(xdg, 'mollysocket', 'config.toml'), './mollysocket.toml', '/etc/mollysocket/config.toml'].find((p) => existsSync(p));
 }
 
 /**
@@ -380,7 +378,8 @@ function validate(key: ConfigKey, spec: KeySpec, value: unknown, source: Source,
       }
       for (const item of list as string[]) {
         const problem = kind.ignore?.(item);
-        if (problem) warnings.push(`config key "${key}" has an entry ${JSON.stringify(item)} (from ${describeSource(source)}) that ${problem}: it never matches`);
+        if (problem)
+          warnings.push(`config key "${key}" has an entry ${JSON.stringify(item)} (from ${describeSource(source)}) that ${problem}: it never matches`);
       }
       return Object.freeze([...(list as string[])]);
     }
@@ -456,13 +455,16 @@ export function redactedConfig(config: Config): Record<string, unknown> {
   return Object.fromEntries(
     Object.entries(config).map(([key, value]) => [
       key,
-      CONFIG_KEYS[key as ConfigKey].secret && value !== undefined ? '(redacted)' : (key === 'db' || key === 'db_listen_url') && value !== undefined ? redactUrl(value as string) : value,
+      CONFIG_KEYS[key as ConfigKey].secret && value !== undefined
+        ? '(redacted)'
+        : (key === 'db' || key === 'db_listen_url') && value !== undefined
+          ? redactUrl(value as string)
+          : value,
     ]),
   );
 }
 
-const tomlValue = (v: unknown): string =>
-  Array.isArray(v) ? `[${v.map((x) => JSON.stringify(x)).join(', ')}]` : JSON.stringify(v);
+const tomlValue = (v: unknown): string => (Array.isArray(v) ? `[${v.map((x) => JSON.stringify(x)).join(', ')}]` : JSON.stringify(v));
 
 /** config.example.toml: every key commented out with its default (or an example), its meaning and variable. */
 export function configExample(): string {

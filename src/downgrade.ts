@@ -70,9 +70,7 @@ export function writeMollySocketDb(path: string, conns: readonly Connection[]): 
     const db = new Database(building);
     try {
       db.exec(MOLLYSOCKET_SCHEMA);
-      const insert = db.prepare(
-        'INSERT INTO connections(uuid, device_id, password, endpoint, forbidden, last_registration) VALUES (?, ?, ?, ?, ?, ?)',
-      );
+      const insert = db.prepare('INSERT INTO connections(uuid, device_id, password, endpoint, forbidden, last_registration) VALUES (?, ?, ?, ?, ?, ?)');
       db.transaction(() => {
         for (const c of conns) insert.run(c.uuid, c.deviceId, c.password, c.endpoint, c.forbidden ? 1 : 0, c.lastRegistration);
       })();

@@ -34,7 +34,8 @@ function unescape(inner: string[]): string {
     const c = inner[i]!;
     if (c !== '\\') {
       // As TOML's basic strings: tab, and no other control character.
-      if (c !== '\t' && (c < ' ' || c === '\u007f')) throw new EnvValueError(`a control character (U+${c.codePointAt(0)!.toString(16).padStart(4, '0').toUpperCase()}) inside "…"`);
+      if (c !== '\t' && (c < ' ' || c === '\u007f'))
+        throw new EnvValueError(`a control character (U+${c.codePointAt(0)!.toString(16).padStart(4, '0').toUpperCase()}) inside "…"`);
       out += c;
       continue;
     }
@@ -164,7 +165,8 @@ class Parser {
       const c = this.peek();
       if (c === undefined) throw this.expected('a character');
       this.at++;
-      if (!this.eat("'")) throw new EnvValueError(`'…' quotes exactly one character, and the one opened at character ${this.at - 1} goes on: write text as "…"`);
+      if (!this.eat("'"))
+        throw new EnvValueError(`'…' quotes exactly one character, and the one opened at character ${this.at - 1} goes on: write text as "…"`);
       value = c;
     } else {
       value = bareWord(this.take((c) => !isSeparator(c)).trim());

@@ -10,7 +10,10 @@ const LEVELS = ['silent', 'error', 'warn', 'info', 'debug', 'trace'];
 function levelFromEnv(env: NodeJS.ProcessEnv): string | undefined {
   const molly = env.MOLLY_LOG?.trim().toLowerCase();
   if (molly && LEVELS.includes(molly)) return molly;
-  const directives = (env.RUST_LOG ?? '').toLowerCase().split(',').map((d) => d.trim());
+  const directives = (env.RUST_LOG ?? '')
+    .toLowerCase()
+    .split(',')
+    .map((d) => d.trim());
   const ours = directives.find((d) => d.startsWith('mollysocket='))?.split('=')[1];
   const level = ours ?? directives.find((d) => !d.includes('='));
   if (level === 'off') return 'silent';

@@ -50,7 +50,10 @@ export class Metrics implements HttpMetrics {
     this.states = states;
     const registers = [this.registry];
     for (const metric of defaultMetrics()) this.registry.registerMetric(metric);
-    new Gauge({ name: 'mollysocket_build_info', help: 'The version this server runs, as a label; always 1', labelNames: ['version'], registers }).set({ version }, 1);
+    new Gauge({ name: 'mollysocket_build_info', help: 'The version this server runs, as a label; always 1', labelNames: ['version'], registers }).set(
+      { version },
+      1,
+    );
     const read = (): ReturnType<StateCounts> => this.states();
     new Gauge({
       name: 'mollysocket_connections',
@@ -129,7 +132,14 @@ export class Metrics implements HttpMetrics {
   watchLoad(load: () => { pushesInFlight: number; pushesQueued: number; connectQueue: number }): void {
     const registers = [this.registry];
     const gauge = (name: string, help: string, read: (l: ReturnType<typeof load>) => number): void =>
-      void new Gauge({ name, help, registers, collect() { this.set(read(load())); } });
+      void new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(read(load()));
+        },
+      });
     gauge('mollysocket_pushes_in_flight', 'Push requests under way', (l) => l.pushesInFlight);
     gauge('mollysocket_pushes_queued', 'Push requests waiting for a free slot (per origin or in all)', (l) => l.pushesQueued);
     gauge('mollysocket_connect_queue', 'Connections to Signal waiting for the connect ramp', (l) => l.connectQueue);

@@ -27,9 +27,7 @@ function sameOrigin(a: URL, b: URL): boolean {
   return a.origin === b.origin && a.username === b.username && a.password === b.password;
 }
 
-export type EndpointVerdict =
-  | { allowed: true; explicit: boolean; url: URL }
-  | { allowed: false; reason: string };
+export type EndpointVerdict = { allowed: true; explicit: boolean; url: URL } | { allowed: false; reason: string };
 
 /**
  * The static part of the endpoint policy. `explicit` tells whether an entry names this origin; only
@@ -50,7 +48,6 @@ export function checkEndpoint(endpoint: string, allowed: readonly string[]): End
   if (allowed.includes('*')) return { allowed: true, explicit: false, url };
   return { allowed: false, reason: 'not in allowed_endpoints' };
 }
-
 
 export type ResolvedEndpoint =
   | { ok: true; url: URL; address: ResolvedAddress }

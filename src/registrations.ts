@@ -167,10 +167,8 @@ export class Registrations {
         }
         const at = this.now();
         // Answered `ok` only once stored, in a file that is still the database (not deleted under the server).
-        const conn = await this.writes.now(() =>
-          decision.action === 'refresh'
-            ? this.store.touchIf(key, at, stored!)
-            : this.store.putIf(req, at, stored), // create, update_endpoint, replace_credentials: the whole row, enabled
+        const conn = await this.writes.now(
+          () => (decision.action === 'refresh' ? this.store.touchIf(key, at, stored!) : this.store.putIf(req, at, stored)), // create, update_endpoint, replace_credentials: the whole row, enabled
         );
         if (!conn) {
           if (tries < MAX_TRIES) continue;

@@ -154,7 +154,10 @@ async function build(config: Config, log: Logger, opts: ServerOptions): Promise<
   const backend = await openStore(config.db, { busyTimeoutMs: SERVER_BUSY_TIMEOUT_MS, server: true });
   const { store } = backend;
   if (backend.report.migratedFrom) {
-    log.warn({ db: config.db, backup: backend.report.migratedFrom.backup }, "migrated MollySocket's database to this version's schema, after keeping a copy of it as it was");
+    log.warn(
+      { db: config.db, backup: backend.report.migratedFrom.backup },
+      "migrated MollySocket's database to this version's schema, after keeping a copy of it as it was",
+    );
   }
   const writes = new StoreWrites(log, { errors: store, clock });
   let key: ResolvedKey;
@@ -238,7 +241,10 @@ async function serverKey(config: Config, backend: Backend, writes: StoreWrites, 
   }
   const previousKey = await backend.store.recordedVapidKey();
   if (previousKey !== undefined && previousKey !== key.publicKey) {
-    log.warn({ was: previousKey, now: key.publicKey, source: key.source }, 'the VAPID key differs from the one this server used before: every Molly must scan the new QR code');
+    log.warn(
+      { was: previousKey, now: key.publicKey, source: key.source },
+      'the VAPID key differs from the one this server used before: every Molly must scan the new QR code',
+    );
   }
   await writes.now(() => backend.store.recordVapidKey(key.publicKey)); // retried while a CLI command holds the lock
   return key;
@@ -289,7 +295,11 @@ async function run(parts: Parts): Promise<Running> {
     const revision = supervisor.revision;
     if (revision !== published) {
       const states = supervisor.statuses();
-      writes.later('states', () => store.publishStates(states), () => (published = revision));
+      writes.later(
+        'states',
+        () => store.publishStates(states),
+        () => (published = revision),
+      );
     }
     const { heartbeats } = backend;
     const beat = { pid: process.pid, version, startedAt, seenAt: Date.now() };

@@ -93,9 +93,12 @@ export class Summary {
 
   private scheduleLine(ms: number): void {
     if (this.stopped) return;
-    this.lineTimer = this.deps.clock.setTimeout(() => {
-      this.line().catch((err: unknown) => this.deps.log.warn({ err }, 'cannot write the summary line'));
-    }, Math.max(0, ms));
+    this.lineTimer = this.deps.clock.setTimeout(
+      () => {
+        this.line().catch((err: unknown) => this.deps.log.warn({ err }, 'cannot write the summary line'));
+      },
+      Math.max(0, ms),
+    );
   }
 
   private whenRampDone(): void {

@@ -121,7 +121,8 @@ export async function vapidKey(loaded: LoadedConfig, { store, vapidKey: kept }: 
   // Several instances on PostgreSQL share the key kept in the database (or the one configured on all of them).
   const key = await kept.resolve(loaded.config, { generate: recorded === undefined });
   if (recorded !== undefined && key?.publicKey !== recorded) {
-    const own = key === undefined ? `this command has ${describeKey(key, loaded)}` : `this command's key is ${shortKey(key.publicKey)}, from ${describeKey(key, loaded)}`;
+    const own =
+      key === undefined ? `this command has ${describeKey(key, loaded)}` : `this command's key is ${shortKey(key.publicKey)}, from ${describeKey(key, loaded)}`;
     throw new UsageError(
       `the server on ${store.location} signs with VAPID key ${shortKey(recorded)}, but ${own}: ` +
         'give this command the settings the server has (the same -c file, or vapid_privkey / vapid_key_file)',
@@ -149,7 +150,10 @@ export async function commandKey(loaded: LoadedConfig): Promise<ResolvedKey> {
 }
 
 /** The key in effect for `config`, without generating one: its public half and where it came from (else `kept`). */
-export function describeKeyInEffect(loaded: LoadedConfig, kept = `none yet: the first server start generates one and keeps it in ${keptKeyPath(loaded.config)}`): string {
+export function describeKeyInEffect(
+  loaded: LoadedConfig,
+  kept = `none yet: the first server start generates one and keeps it in ${keptKeyPath(loaded.config)}`,
+): string {
   const key = resolveVapidKey(loaded.config, { generate: false });
   if (key === undefined) return kept;
   return `${key.publicKey} (${describeKey(key, loaded)})`;
@@ -175,7 +179,10 @@ export const maskUuid = (uuid: string): string => uuid.slice(0, 4) + uuid.slice(
 /** Unix seconds (or ms with `ms`) as `2026-11-21 23:58:02Z`; 0 or null: `never`. */
 export function formatTime(value: number | null, unit: 's' | 'ms' = 's'): string {
   if (!value) return 'never';
-  return new Date(unit === 's' ? value * 1000 : value).toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z');
+  return new Date(unit === 's' ? value * 1000 : value)
+    .toISOString()
+    .replace('T', ' ')
+    .replace(/\.\d+Z$/, 'Z');
 }
 
 /** A time in JSON output: unix seconds (every --json output uses them), null for never. */

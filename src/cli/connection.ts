@@ -23,7 +23,7 @@ function describeOutcome(o: PushOutcome): string {
     case 'rejected':
       return `refused${o.status ? ` (${o.status})` : ''}${o.reason ? `: ${o.reason}` : ''}`;
     case 'failed':
-      return `failed: ${o.status ? `HTTP ${o.status}` : o.error ?? 'no answer'}`;
+      return `failed: ${o.status ? `HTTP ${o.status}` : (o.error ?? 'no answer')}`;
   }
 }
 
@@ -87,7 +87,9 @@ export function registerConnection(program: Command): void {
       const { conns, live } = await withStore(loadFor(cmd), 'read', async (store) => ({
         conns: await store.list(),
         // A running server's view: which connections wait to reconnect, and until when.
-        live: isFresh(await store.heartbeat(), Date.now()) ? new Map((await store.liveStates()).map((s) => [connectionKey(s), s])) : new Map<string, LiveState>(),
+        live: isFresh(await store.heartbeat(), Date.now())
+          ? new Map((await store.liveStates()).map((s) => [connectionKey(s), s]))
+          : new Map<string, LiveState>(),
       }));
       const uuid = (u: string) => (opts.anonymized ? maskUuid(u) : u);
       if (opts.json) {
@@ -125,21 +127,29 @@ export function registerConnection(program: Command): void {
   const onConnections = (name: string, description: string): Command =>
     connection.command(name).description(description).argument('<uuid>', 'account UUID', parseUuid).argument('[device_id]', 'only this device', parseDeviceId);
 
-  onConnections('remove', 'remove the connections of an account, or of one of its devices').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
+  onConnections('remove', 'remove the connections of an account, or of one of its devices').action(
+    async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
       const loaded = loadFor(cmd);
       // Read first: opening for writing migrates a MollySocket file, which a remove that finds nothing must not do.
       await withStore(loaded, 'read', (store) => selected(store, uuid, deviceId));
       const removed = await withStore(loaded, 'write', (store) => store.remove({ uuid, ...(deviceId !== undefined && { deviceId }) }));
-      print(`Removed ${removed} connection${removed === 1 ? '' : 's'} of ${uuid}: a running server closes ${removed === 1 ? 'its socket' : 'their sockets'} within a few seconds.`);
-    });
+      print(
+        `Removed ${removed} connection${removed === 1 ? '' : 's'} of ${uuid}: a running server closes ${removed === 1 ? 'its socket' : 'their sockets'} within a few seconds.`,
+      );
+    },
+  );
 
   onConnections('ping', 'send a test push to the endpoints of an account').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
-      const loaded = loadFor(cmd);
-      const { conns, key } = await withStore(loaded, 'read', async (store, backend) => ({ key: await vapidKey(loaded, backend), conns: await selected(store, uuid, deviceId) }));
-      if (!(await ping(loaded.config, key, conns))) throw new FailureError('a test push was not delivered');
-    });
+    const loaded = loadFor(cmd);
+    const { conns, key } = await withStore(loaded, 'read', async (store, backend) => ({
+      key: await vapidKey(loaded, backend),
+      conns: await selected(store, uuid, deviceId),
+    }));
+    if (!(await ping(loaded.config, key, conns))) throw new FailureError('a test push was not delivered');
+  });
 
-  onConnections('enable', 'clear the forbidden state of an account (or one device): the server connects again').action(async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
+  onConnections('enable', 'clear the forbidden state of an account (or one device): the server connects again').action(
+    async (uuid: string, deviceId: number | undefined, _o, cmd: Command) => {
       const loaded = loadFor(cmd);
       // Read first, as for remove: a MollySocket file is migrated only when a connection is to be enabled.
       const conns = await withStore(loaded, 'read', (store) => selected(store, uuid, deviceId));
@@ -150,7 +160,12 @@ export function registerConnection(program: Command): void {
         });
       }
       for (const c of conns) {
-        print(c.forbidden ? `Enabled ${uuid} device ${c.deviceId}: a running server connects it within a few seconds.` : `${uuid} device ${c.deviceId} is enabled already.`);
+        print(
+          c.forbidden
+            ? `Enabled ${uuid} device ${c.deviceId}: a running server connects it within a few seconds.`
+            : `${uuid} device ${c.deviceId} is enabled already.`,
+        );
       }
-    });
+    },
+  );
 }

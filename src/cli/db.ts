@@ -50,7 +50,7 @@ export function registerDb(program: Command): void {
       for (const c of plan.kept.filter((k) => k.forbiddenReason === ENDPOINT_GONE)) {
         print(
           `Forbidden: ${c.uuid} device ${c.deviceId} stopped because its push endpoint was gone; MollySocket answers ` +
-            "`forbidden` to that Molly until it is linked again (this server would have taken a new endpoint).",
+            '`forbidden` to that Molly until it is linked again (this server would have taken a new endpoint).',
         );
       }
       const key = resolveVapidKey(config, { generate: false });

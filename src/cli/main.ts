@@ -68,7 +68,12 @@ export function buildProgram(): Command {
     // As clap prints it for MollySocket: the name, then the version (package.json's, the one version everywhere).
     .version(`mollysocket ${version}`, '-V, --version')
     .option('-c, --config <file>', 'configuration file (else MOLLY_CONF, or the standard places)')
-    .option('-v, --verbose', 'server logs: -v info, -vv debug, -vvv trace (else MOLLY_LOG or RUST_LOG; else errors only)', (_v: string, previous: number) => previous + 1, 0)
+    .option(
+      '-v, --verbose',
+      'server logs: -v info, -vv debug, -vvv trace (else MOLLY_LOG or RUST_LOG; else errors only)',
+      (_v: string, previous: number) => previous + 1,
+      0,
+    )
     // Errors are printed by reportError, on one line; subcommands inherit both settings.
     .configureOutput({ outputError: () => {} })
     .exitOverride();

@@ -31,12 +31,27 @@ export function registerStatus(program: Command): void {
         const s = published ?? stored;
         const owner = instances && { instance: c.owner === null ? null : (instanceName.get(c.owner) ?? c.owner) };
         const retryAt = published?.retryAt ?? null;
-        return { uuid: opts.anonymized ? maskUuid(c.uuid) : c.uuid, device_id: c.deviceId, state: s.state, reason: s.reason, since: s.since, retry_at: retryAt, ...owner };
+        return {
+          uuid: opts.anonymized ? maskUuid(c.uuid) : c.uuid,
+          device_id: c.deviceId,
+          state: s.state,
+          reason: s.reason,
+          since: s.since,
+          retry_at: retryAt,
+          ...owner,
+        };
       });
       if (opts.json) {
-        const server = running && heartbeat
-          ? { running, pid: heartbeat.pid, version: heartbeat.version, started_at: jsonTime(heartbeat.startedAt, 'ms'), seen_at: jsonTime(heartbeat.seenAt, 'ms') }
-          : { running };
+        const server =
+          running && heartbeat
+            ? {
+                running,
+                pid: heartbeat.pid,
+                version: heartbeat.version,
+                started_at: jsonTime(heartbeat.startedAt, 'ms'),
+                seen_at: jsonTime(heartbeat.seenAt, 'ms'),
+              }
+            : { running };
         const connections = rows.map((r) => ({ ...r, since: jsonTime(r.since, 'ms'), retry_at: jsonTime(r.retry_at, 'ms') }));
         print(JSON.stringify({ server, ...(instances && { instances }), connections }, null, 2));
         return;
@@ -71,7 +86,9 @@ export function registerStatus(program: Command): void {
 
   program
     .command('health')
-    .description('exit 0 when a server is running on this database (its heartbeat is recent), else 1: for HEALTHCHECK; on PostgreSQL, the instance named instance_name')
+    .description(
+      'exit 0 when a server is running on this database (its heartbeat is recent), else 1: for HEALTHCHECK; on PostgreSQL, the instance named instance_name',
+    )
     .action(async (_o, cmd: Command) => {
       const loaded = loadFor(cmd);
       // Several instances: this container's or host's own, by its stable name.

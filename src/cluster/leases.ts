@@ -368,7 +368,8 @@ export class Leases implements Ownership {
       const step = handOverStep(state, this.id, now - at, this.opts.handOverTimeoutMs);
       if (step === 'wait') continue;
       this.handedOver.delete(key);
-      if (step === 'take') this.uncertain = true; // ours again: the full read takes it back
+      if (step === 'take')
+        this.uncertain = true; // ours again: the full read takes it back
       else this.target?.remove(state.key);
     }
   }
@@ -397,7 +398,11 @@ export class Leases implements Ownership {
   private async owe(rows: Claimed[]): Promise<void> {
     const owed = rows.filter((r) => r.owedWake).map((r) => r.conn);
     for (const conn of owed) this.target?.owePush(conn);
-    if (owed.length > 0) await this.store.woken(this.id, owed.map((c) => ({ uuid: c.uuid, deviceId: c.deviceId })));
+    if (owed.length > 0)
+      await this.store.woken(
+        this.id,
+        owed.map((c) => ({ uuid: c.uuid, deviceId: c.deviceId })),
+      );
   }
 
   private take(conn: Connection): void {

@@ -101,10 +101,11 @@ export class PgLeaseStore implements LeaseStore {
 
   async woken(me: string, keys: ConnectionKey[]): Promise<void> {
     if (keys.length === 0) return;
-    await this.rows(
-      'UPDATE connections SET owed_wake = false WHERE owner = $1 AND (uuid, device_id) IN (SELECT * FROM unnest($2::text[], $3::int[]))',
-      [me, keys.map((k) => k.uuid), keys.map((k) => k.deviceId)],
-    );
+    await this.rows('UPDATE connections SET owed_wake = false WHERE owner = $1 AND (uuid, device_id) IN (SELECT * FROM unnest($2::text[], $3::int[]))', [
+      me,
+      keys.map((k) => k.uuid),
+      keys.map((k) => k.deviceId),
+    ]);
   }
 
   async get(key: ConnectionKey): Promise<Connection | undefined> {

@@ -70,10 +70,9 @@ function configuredVapidKey(config: Omit<KeyConfig, 'db'>): ResolvedKey | undefi
     try {
       text = readFileSync(config.vapid_key_file, 'utf8');
     } catch (err) {
-      throw new VapidKeyError(
-        `cannot read vapid_key_file ${config.vapid_key_file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
-        { cause: err },
-      );
+      throw new VapidKeyError(`cannot read vapid_key_file ${config.vapid_key_file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, {
+        cause: err,
+      });
     }
     return make(parsePrivateKey(text, `vapid_key_file ${config.vapid_key_file}`), 'vapid_key_file', config.vapid_key_file);
   }

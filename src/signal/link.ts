@@ -130,13 +130,12 @@ export class SignalLink {
     });
     this.ws.on('error', (err: Error & { code?: string }) => {
       this.lastError = err.message;
-      if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') this.abort({ kind: 'closed', code: 1009, reason: `a frame over ${this.limits.maxFrameBytes} bytes` });
+      if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH')
+        this.abort({ kind: 'closed', code: 1009, reason: `a frame over ${this.limits.maxFrameBytes} bytes` });
     });
     this.ws.on('close', (code, reason) =>
       this.finish(
-        this.lastError !== undefined && !this.wasOpen
-          ? { kind: 'error', message: this.lastError }
-          : { kind: 'closed', code, reason: reason.toString() },
+        this.lastError !== undefined && !this.wasOpen ? { kind: 'error', message: this.lastError } : { kind: 'closed', code, reason: reason.toString() },
       ),
     );
   }

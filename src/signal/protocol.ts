@@ -69,15 +69,11 @@ export function decodeFrame(data: Uint8Array): Frame {
 }
 
 export function encodeResponse(id: string, status: number, message: string): Uint8Array {
-  return WebSocketMessage.encode(
-    WebSocketMessage.fromObject({ type: MessageType.RESPONSE, response: { id, status, message } }),
-  ).finish();
+  return WebSocketMessage.encode(WebSocketMessage.fromObject({ type: MessageType.RESPONSE, response: { id, status, message } })).finish();
 }
 
 export function encodeRequest(id: string, verb: string, path: string): Uint8Array {
-  return WebSocketMessage.encode(
-    WebSocketMessage.fromObject({ type: MessageType.REQUEST, request: { id, verb, path } }),
-  ).finish();
+  return WebSocketMessage.encode(WebSocketMessage.fromObject({ type: MessageType.REQUEST, request: { id, verb, path } })).finish();
 }
 
 /** Whether an envelope asks for a notification: `urgent` absent means urgent. Throws on malformed input. */

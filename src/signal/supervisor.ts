@@ -373,7 +373,11 @@ export class Supervisor implements OwnedConnections {
       total += removed.length;
       if (removed.length < SWEEP_BATCH || this.stopping) break;
     }
-    if (total > 0) this.deps.log.info({ count: total, days: this.opts.forbiddenRetentionMs / 86_400_000 }, 'removed connections forbidden for longer than forbidden_retention_days');
+    if (total > 0)
+      this.deps.log.info(
+        { count: total, days: this.opts.forbiddenRetentionMs / 86_400_000 },
+        'removed connections forbidden for longer than forbidden_retention_days',
+      );
   }
 
   private setState(entry: Entry, state: ConnectionState, reason: string, extra: Record<string, unknown> = {}): void {
@@ -524,8 +528,7 @@ function isOutage(end: LinkEnd): boolean {
   return end.kind === 'closed' && end.code !== 4409 && end.code !== 4401;
 }
 
-const sameSettings = (a: Connection, b: Connection): boolean =>
-  a.password === b.password && a.endpoint === b.endpoint && a.forbidden === b.forbidden;
+const sameSettings = (a: Connection, b: Connection): boolean => a.password === b.password && a.endpoint === b.endpoint && a.forbidden === b.forbidden;
 
 function describeEnd(end: LinkEnd): string {
   switch (end.kind) {

@@ -27,7 +27,12 @@ export interface LockHolder {
 /** Another server runs on this database: exit 2, naming the database and the process. */
 class DatabaseInUseError extends StoreError {
   override name = 'DatabaseInUseError';
-  constructor(db: string, holder: LockHolder | undefined, what = 'another mollysocket server', fix = 'one server per database: stop that one first, or give this one another db') {
+  constructor(
+    db: string,
+    holder: LockHolder | undefined,
+    what = 'another mollysocket server',
+    fix = 'one server per database: stop that one first, or give this one another db',
+  ) {
     super(`${what} is running on the database ${db}${holder ? ` (pid ${holder.pid}, since ${new Date(holder.since).toISOString()})` : ' (starting)'}: ${fix}`);
   }
 }
@@ -48,8 +53,7 @@ function openLockDb(path: string): Database.Database {
   return db;
 }
 
-const readHolder = (db: Database.Database): LockHolder | undefined =>
-  db.prepare('SELECT pid, since FROM holder WHERE id = 1').get() as LockHolder | undefined;
+const readHolder = (db: Database.Database): LockHolder | undefined => db.prepare('SELECT pid, since FROM holder WHERE id = 1').get() as LockHolder | undefined;
 
 /** Held for the server's life; `release` at a clean shutdown (death releases it too). */
 export class ServerLock {
@@ -76,7 +80,10 @@ export class ServerLock {
     try {
       for (;;) {
         db.exec('BEGIN IMMEDIATE');
-        db.prepare('INSERT INTO holder (id, pid, since) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET pid = excluded.pid, since = excluded.since').run(pid, Date.now());
+        db.prepare('INSERT INTO holder (id, pid, since) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET pid = excluded.pid, since = excluded.since').run(
+          pid,
+          Date.now(),
+        );
         db.exec('COMMIT');
         db.exec('BEGIN IMMEDIATE');
         if (readHolder(db)?.pid === pid) return new ServerLock(db);

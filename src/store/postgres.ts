@@ -119,7 +119,6 @@ export const fromRow = (r: Row): Connection => ({
   epoch: r.epoch,
 });
 
-
 /**
  * How long an ordinary query may take before it fails: a frozen or unreachable server must not hang a caller, and Molly
  * gets internal_error (and tries again later) rather than no answer.
@@ -282,7 +281,6 @@ export class PostgresStore implements Store {
     return fromRow(row!);
   }
 
-
   async putIf(c: NewConnection, now: number, decidedOn: Connection | undefined): Promise<Connection | undefined> {
     const [write, values] =
       decidedOn === undefined
@@ -298,18 +296,24 @@ export class PostgresStore implements Store {
              WHERE uuid = $1 AND device_id = $2 AND ${UNCHANGED(6)} RETURNING *`,
             decidedFor(decidedOn),
           ];
-    const [row] = await this.rows<Row>(
-      `WITH r AS (${write}) SELECT r.*, pg_notify('${CHANNEL}', 'changed:' || r.uuid || '.' || r.device_id) FROM r`,
-      [c.uuid, c.deviceId, c.password, c.endpoint, now, ...values],
-    );
+    const [row] = await this.rows<Row>(`WITH r AS (${write}) SELECT r.*, pg_notify('${CHANNEL}', 'changed:' || r.uuid || '.' || r.device_id) FROM r`, [
+      c.uuid,
+      c.deviceId,
+      c.password,
+      c.endpoint,
+      now,
+      ...values,
+    ]);
     return row && fromRow(row);
   }
 
   async touchIf(key: ConnectionKey, now: number, decidedOn: Connection): Promise<Connection | undefined> {
-    const [row] = await this.rows<Row>(
-      `UPDATE connections SET last_registration = $1 WHERE uuid = $2 AND device_id = $3 AND ${UNCHANGED(4)} RETURNING *`,
-      [now, key.uuid, key.deviceId, ...decidedFor(decidedOn)],
-    );
+    const [row] = await this.rows<Row>(`UPDATE connections SET last_registration = $1 WHERE uuid = $2 AND device_id = $3 AND ${UNCHANGED(4)} RETURNING *`, [
+      now,
+      key.uuid,
+      key.deviceId,
+      ...decidedFor(decidedOn),
+    ]);
     return row && fromRow(row);
   }
 
@@ -447,10 +451,11 @@ export class PostgresStore implements Store {
       }
       if (gone.length > 0) {
         const keys = gone.map((k) => k.split('.'));
-        await c.query(
-          `DELETE FROM live_state WHERE instance = $1 AND (uuid, device_id) IN (SELECT * FROM unnest($2::text[], $3::int[]))`,
-          [instance, keys.map(([u]) => u), keys.map(([, d]) => Number(d))],
-        );
+        await c.query(`DELETE FROM live_state WHERE instance = $1 AND (uuid, device_id) IN (SELECT * FROM unnest($2::text[], $3::int[]))`, [
+          instance,
+          keys.map(([u]) => u),
+          keys.map(([, d]) => Number(d)),
+        ]);
       }
     });
     this.published = next;
@@ -464,7 +469,14 @@ export class PostgresStore implements Store {
        LEFT JOIN connections c ON c.uuid = l.uuid AND c.device_id = l.device_id
        ORDER BY l.uuid, l.device_id, (c.owner = l.instance) DESC`,
     );
-    return rows.map((r) => ({ uuid: r.uuid, deviceId: r.device_id, state: r.state, reason: r.reason, since: r.since, ...(r.retry_at !== null && { retryAt: r.retry_at }) }));
+    return rows.map((r) => ({
+      uuid: r.uuid,
+      deviceId: r.device_id,
+      state: r.state,
+      reason: r.reason,
+      since: r.since,
+      ...(r.retry_at !== null && { retryAt: r.retry_at }),
+    }));
   }
 
   /**
@@ -472,9 +484,7 @@ export class PostgresStore implements Store {
    * from the database's clock.
    */
   async heartbeat(name?: string): Promise<Heartbeat | undefined> {
-    const live = (await this.instances())
-      .filter((i) => name === undefined || i.name === name)
-      .sort((a, b) => a.renewedAgoMs - b.renewedAgoMs)[0];
+    const live = (await this.instances()).filter((i) => name === undefined || i.name === name).sort((a, b) => a.renewedAgoMs - b.renewedAgoMs)[0];
     return live && { pid: live.pid, version: live.version, startedAt: live.startedAt, seenAt: Date.now() - live.renewedAgoMs };
   }
 
@@ -519,10 +529,10 @@ export class PostgresStore implements Store {
   /** Owed wake-ups travel with the rows: whoever claims them next pushes once connected. */
   async keepOwedWakeups(keys: ConnectionKey[]): Promise<void> {
     if (keys.length === 0) return;
-    await this.rows(
-      'UPDATE connections SET owed_wake = true WHERE (uuid, device_id) IN (SELECT * FROM unnest($1::text[], $2::int[]))',
-      [keys.map((k) => k.uuid), keys.map((k) => k.deviceId)],
-    );
+    await this.rows('UPDATE connections SET owed_wake = true WHERE (uuid, device_id) IN (SELECT * FROM unnest($1::text[], $2::int[]))', [
+      keys.map((k) => k.uuid),
+      keys.map((k) => k.deviceId),
+    ]);
   }
 
   /**

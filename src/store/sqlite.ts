@@ -355,9 +355,7 @@ export class SqliteStore implements Store {
   }
 
   async get(key: ConnectionKey): Promise<Connection | undefined> {
-    const row = this.db
-      .prepare(`SELECT * FROM ${this.connections} WHERE uuid = ? AND device_id = ?`)
-      .get(key.uuid, key.deviceId) as Row | undefined;
+    const row = this.db.prepare(`SELECT * FROM ${this.connections} WHERE uuid = ? AND device_id = ?`).get(key.uuid, key.deviceId) as Row | undefined;
     return row && fromRow(row);
   }
 
@@ -396,7 +394,6 @@ export class SqliteStore implements Store {
       .all({ uuid: c.uuid, deviceId: c.deviceId, password: c.password, endpoint: c.endpoint, now })[0] as Row;
     return fromRow(row);
   }
-
 
   /** What a registration's decision was made on: no row, or one with these credentials, endpoint and forbidden state. */
   private static readonly UNCHANGED = `password = @oldPassword AND endpoint = @oldEndpoint AND forbidden = @forbidden
@@ -495,8 +492,22 @@ export class SqliteStore implements Store {
   async liveStates(): Promise<LiveState[]> {
     if (!this.hasTable('live_state')) return []; // a file read as it is, from before schema 3
     return (
-      this.db.prepare('SELECT * FROM live_state').all() as { uuid: string; device_id: number; state: string; reason: string; since: number; retry_at?: number | null }[]
-    ).map((r) => ({ uuid: r.uuid, deviceId: r.device_id, state: r.state, reason: r.reason, since: r.since, ...(typeof r.retry_at === 'number' && { retryAt: r.retry_at }) }));
+      this.db.prepare('SELECT * FROM live_state').all() as {
+        uuid: string;
+        device_id: number;
+        state: string;
+        reason: string;
+        since: number;
+        retry_at?: number | null;
+      }[]
+    ).map((r) => ({
+      uuid: r.uuid,
+      deviceId: r.device_id,
+      state: r.state,
+      reason: r.reason,
+      since: r.since,
+      ...(typeof r.retry_at === 'number' && { retryAt: r.retry_at }),
+    }));
   }
 
   /** The file's one server writes its heartbeat every few seconds (see `heartbeats` in open.ts). */
@@ -513,14 +524,15 @@ export class SqliteStore implements Store {
   async heartbeat(): Promise<Heartbeat | undefined> {
     if (!this.hasTable('heartbeat')) return undefined;
     const r = this.db.prepare('SELECT * FROM heartbeat WHERE id = 1').get() as
-      | { pid: number; version: string; started_at: number; seen_at: number }
-      | undefined;
+      { pid: number; version: string; started_at: number; seen_at: number } | undefined;
     return r && { pid: r.pid, version: r.version, startedAt: r.started_at, seenAt: r.seen_at };
   }
 
   /** The server records the VAPID public key it signs with. */
   async recordVapidKey(publicKey: string): Promise<void> {
-    this.db.prepare(`INSERT INTO server_info (name, value) VALUES ('vapid_public_key', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value`).run(publicKey);
+    this.db
+      .prepare(`INSERT INTO server_info (name, value) VALUES ('vapid_public_key', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value`)
+      .run(publicKey);
   }
 
   /** The VAPID public key the server last started with; undefined when no server of this version ran on the file. */

@@ -15,7 +15,6 @@ interface Pending {
   then: (() => void) | undefined;
 }
 
-
 export class StoreWrites {
   private readonly queue: Pending[] = [];
   private timer: TimerHandle | undefined;

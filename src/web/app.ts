@@ -113,10 +113,7 @@ export interface ServerUrl {
  * checked by the caller (`isValidHost`: a malformed one is answered 400); the link stays https, and a proto, prefix
  * or X-Original-URL that is not usable is ignored and reported. Pure.
  */
-export function serverUrl(
-  req: { headers: Headers; url: string },
-  opts: { publicUrl: string | undefined; viaTrustedProxy: boolean },
-): ServerUrl {
+export function serverUrl(req: { headers: Headers; url: string }, opts: { publicUrl: string | undefined; viaTrustedProxy: boolean }): ServerUrl {
   if (opts.publicUrl !== undefined) return { url: opts.publicUrl, unusable: [] };
   const unusable: string[] = [];
   const usable = (name: string, value: string | undefined, ok: (v: string) => boolean): string | undefined => {
@@ -134,7 +131,8 @@ export function serverUrl(
     prefix = usable('X-Forwarded-Prefix', nearest(req.headers['x-forwarded-prefix']), (v) => PATH_RE.test(v))?.replace(/\/+$/, '') ?? '';
   }
   // Only a path: `x:@evil.example/` would otherwise put another host in the link.
-  const original = prefix === '' ? usable('X-Original-URL', single(req.headers['x-original-url']), (v) => v.startsWith('/') && URL.canParse(v, base)) : undefined;
+  const original =
+    prefix === '' ? usable('X-Original-URL', single(req.headers['x-original-url']), (v) => v.startsWith('/') && URL.canParse(v, base)) : undefined;
   return { url: `https://${host}${prefix}${pathOf(original ?? req.url)}`, unusable };
 }
 
@@ -205,14 +203,16 @@ function baseApp(log: Logger, trustProxy: Config['trust_proxy'], httpMetrics: Ht
   const refused = (address: string): void => {
     if (isLocalNetworkAddress(address) && !toldOfLocalPeer) {
       toldOfLocalPeer = true;
-      log.warn({ address, max: limits.maxConnectionsPerClient }, 'a peer on the local network holds the most connections one client may: if it is your reverse proxy, name it in trust_proxy');
+      log.warn(
+        { address, max: limits.maxConnectionsPerClient },
+        'a peer on the local network holds the most connections one client may: if it is your reverse proxy, name it in trust_proxy',
+      );
     } else {
       log.debug({ address }, 'connection refused: its client holds the most connections one client may');
     }
   };
   const app = Fastify({
-    serverFactory: (handler) =>
-      new DualProtocolServer(handler as Handler, limits, (address) => isTrustedProxyPeer(trustProxy, trust, address), refused),
+    serverFactory: (handler) => new DualProtocolServer(handler as Handler, limits, (address) => isTrustedProxyPeer(trustProxy, trust, address), refused),
     loggerInstance: fastifyLogger(log),
     // Request lines only at debug (-vv): not even formatted otherwise.
     logController: new LogController({ disableRequestLogging: () => !log.isLevelEnabled('debug') }),
@@ -319,7 +319,10 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
     if (page === undefined) {
       const client = clientKey(req.ip);
       if (!freshPages.take(client)) {
-        return reply.status(429).header('Retry-After', String(freshPages.retryAfterSeconds(client))).send({ error: 'too many different pages asked for: try again later' });
+        return reply
+          .status(429)
+          .header('Retry-After', String(freshPages.retryAfterSeconds(client)))
+          .send({ error: 'too many different pages asked for: try again later' });
       }
       page = renderHome({
         mode: airgapped ? 'airgapped' : 'webserver',
@@ -338,13 +341,16 @@ export async function buildApp(deps: WebDeps): Promise<FastifyInstance> {
   app.post<{ Body: RegistrationBody }>('/', { schema: { body: registrationSchema }, config: limit }, async (req) => {
     const b = req.body;
     if (b.endpoint.length > MAX_ENDPOINT_LENGTH) return { mollysocket: { version: deps.version, status: 'invalid_endpoint' } };
-    const status = await deps.registrations.register({
-      uuid: b.uuid,
-      deviceId: b.device_id,
-      password: b.password,
-      endpoint: b.endpoint,
-      ping: b.ping ?? false,
-    }, req.ip);
+    const status = await deps.registrations.register(
+      {
+        uuid: b.uuid,
+        deviceId: b.device_id,
+        password: b.password,
+        endpoint: b.endpoint,
+        ping: b.ping ?? false,
+      },
+      req.ip,
+    );
     return { mollysocket: { version: deps.version, status } };
   });
 

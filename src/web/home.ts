@@ -17,8 +17,7 @@ const sha256 = (text: string): string => `'sha256-${createHash('sha256').update(
 /** CSP sources for the page's own inline script and style, and nothing else. */
 export const HOME_HASHES = { script: sha256(inline('script')), style: sha256(inline('style')) };
 
-const escapeHtml = (s: string): string =>
-  s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c] as string);
+const escapeHtml = (s: string): string => s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c] as string);
 
 /**
  * The host of a server URL when a phone cannot reach it: `localhost` names, and IP addresses that are not globally
@@ -75,13 +74,16 @@ const BREAKABLE_VALUES = new Set(['vapid', 'url']);
 function linkMarkup(link: string): string {
   const at = link.indexOf('?');
   if (at < 0) return escapeHtml(link);
-  const params = link.slice(at + 1).split('&').map((param) => {
-    const eq = param.indexOf('=');
-    if (eq < 0) return escapeHtml(param);
-    const [name, value] = [param.slice(0, eq), param.slice(eq + 1)];
-    const shown = BREAKABLE_VALUES.has(name) ? `<span class="any">${escapeHtml(value)}</span>` : escapeHtml(value);
-    return `${escapeHtml(name)}=<wbr>${shown}`;
-  });
+  const params = link
+    .slice(at + 1)
+    .split('&')
+    .map((param) => {
+      const eq = param.indexOf('=');
+      if (eq < 0) return escapeHtml(param);
+      const [name, value] = [param.slice(0, eq), param.slice(eq + 1)];
+      const shown = BREAKABLE_VALUES.has(name) ? `<span class="any">${escapeHtml(value)}</span>` : escapeHtml(value);
+      return `${escapeHtml(name)}=<wbr>${shown}`;
+    });
   return `${escapeHtml(link.slice(0, at + 1))}<wbr>${params.join('&amp;<wbr>')}`;
 }
 

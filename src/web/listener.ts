@@ -1,5 +1,12 @@
 import { Server as HttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import { constants, createServer as createHttp2Server, type Http2Server, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2';
+import {
+  constants,
+  createServer as createHttp2Server,
+  type Http2Server,
+  type Http2ServerRequest,
+  type Http2ServerResponse,
+  type ServerHttp2Session,
+} from 'node:http2';
 import type { Socket } from 'node:net';
 import { clientKey, ConnectionsPerClient } from './limits.js';
 

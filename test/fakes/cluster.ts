@@ -102,7 +102,10 @@ export class ClusterWorld {
   async settle<T>(promise: Promise<T>, ms = 120_000): Promise<T> {
     let result: { value: T } | undefined;
     let failure: { err: unknown } | undefined;
-    promise.then((value) => (result = { value }), (err: unknown) => (failure = { err }));
+    promise.then(
+      (value) => (result = { value }),
+      (err: unknown) => (failure = { err }),
+    );
     await this.until(() => result !== undefined || failure !== undefined, ms);
     if (failure) throw failure.err;
     if (!result) throw new Error(`not settled within ${ms} ms`);

@@ -35,7 +35,17 @@ export class MemoryDatabase {
   }
 
   add(c: NewConnection): void {
-    const conn: Connection = { ...c, forbidden: false, forbiddenReason: null, forbiddenAt: null, lastRegistration: 0, createdAt: 0, updatedAt: 0, owner: null, epoch: 0 };
+    const conn: Connection = {
+      ...c,
+      forbidden: false,
+      forbiddenReason: null,
+      forbiddenAt: null,
+      lastRegistration: 0,
+      createdAt: 0,
+      updatedAt: 0,
+      owner: null,
+      epoch: 0,
+    };
     this.rows.set(connectionKey(c), { conn, bucket: bucketOf(c.uuid, c.deviceId), owedWake: false });
     this.notify(`changed:${connectionKey(c)}`);
   }
@@ -153,7 +163,14 @@ export class MemoryLeaseStore implements LeaseStore {
     return this.call('join', () => {
       const now = this.db.clock.now();
       const old = this.db.instances.get(inst.id);
-      this.db.instances.set(inst.id, { ...inst, startedAt: old?.startedAt ?? now, leaseUntil: now + leaseMs, renewedAt: now, leaving: false, reachesSignal: old?.reachesSignal ?? true });
+      this.db.instances.set(inst.id, {
+        ...inst,
+        startedAt: old?.startedAt ?? now,
+        leaseUntil: now + leaseMs,
+        renewedAt: now,
+        leaving: false,
+        reachesSignal: old?.reachesSignal ?? true,
+      });
       this.db.notify('owners');
     });
   }

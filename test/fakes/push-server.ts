@@ -20,9 +20,7 @@ export interface PushRequest {
   at: number;
 }
 
-export type VapidCheck =
-  | { ok: true; publicKey: string; claims: { aud: string; exp: number; sub: string } }
-  | { ok: false; error: string };
+export type VapidCheck = { ok: true; publicKey: string; claims: { aud: string; exp: number; sub: string } } | { ok: false; error: string };
 
 export type ScriptedAnswer =
   /** `after`: answer only once it settles (a push server that answers late). */
@@ -130,7 +128,6 @@ export class FakePushServer {
   until(predicate: () => boolean, what = 'condition', timeoutMs = 20_000): Promise<void> {
     return this.waiters.until(predicate, what, timeoutMs);
   }
-
 
   bodies(): string[] {
     return this.requests.map((r) => r.body);

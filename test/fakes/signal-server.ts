@@ -269,16 +269,13 @@ export class FakeSignalServer {
 
   /** Open sessions of an account device. */
   open(uuid: string, deviceId = 1): Session[] {
-    return this.sessions.filter(
-      (s) => s.account.uuid === uuid && s.account.deviceId === deviceId && s.ws.readyState === s.ws.OPEN,
-    );
+    return this.sessions.filter((s) => s.account.uuid === uuid && s.account.deviceId === deviceId && s.ws.readyState === s.ws.OPEN);
   }
 
   /** Resolves when `predicate` holds, checked after every event of the server. */
   until(predicate: () => boolean, what = 'condition', timeoutMs = 20_000): Promise<void> {
     return this.waiters.until(predicate, what, timeoutMs);
   }
-
 
   /** Sends `PUT /api/v1/message` with an Envelope; resolves with the client's response. */
   sendEnvelope(session: Session, opts: EnvelopeOptions = {}): Promise<{ status: number; message: string }> {
@@ -306,7 +303,9 @@ export class FakeSignalServer {
   flood(session: Session, count: number): Promise<void> {
     return new Promise((resolve) => {
       for (let i = 0; i < count; i++) {
-        const frame = WsMessage.encode(WsMessage.fromObject({ type: 1, request: { verb: 'PUT', path: '/api/v1/queue/empty', id: String(this.nextId++) } })).finish();
+        const frame = WsMessage.encode(
+          WsMessage.fromObject({ type: 1, request: { verb: 'PUT', path: '/api/v1/queue/empty', id: String(this.nextId++) } }),
+        ).finish();
         // Settles once the last frame is handed to the socket, or the client closed it: the caller paces itself on
         // real progress.
         session.ws.send(frame, i === count - 1 ? () => resolve() : undefined);
@@ -335,12 +334,18 @@ export class FakeSignalServer {
   private upgrade(req: IncomingMessage, socket: Socket, head: Buffer, tag: string): void {
     const refuse = (status: number, headers: Record<string, string> = {}, uuid?: string): void => {
       this.upgrades.push({ uuid, status });
-      const lines = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+      const lines = Object.entries(headers)
+        .map(([k, v]) => `${k}: ${v}\r\n`)
+        .join('');
       socket.end(`HTTP/1.1 ${status} Refused\r\n${lines}Content-Length: 0\r\nConnection: close\r\n\r\n`);
       this.notify();
     };
     const match = /^Basic (.+)$/.exec(req.headers.authorization ?? '');
-    const [user, password] = match ? Buffer.from(match[1] as string, 'base64').toString().split(/:(.*)/s) : [];
+    const [user, password] = match
+      ? Buffer.from(match[1] as string, 'base64')
+          .toString()
+          .split(/:(.*)/s)
+      : [];
     const [uuid, device] = (user ?? '').split('.');
     const refusal = this.refusals.shift();
     if (refusal?.status === 0) {

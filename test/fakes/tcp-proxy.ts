@@ -70,7 +70,12 @@ export class TcpProxy {
       client.resetAndDestroy();
       return;
     }
-    const link = new Link(client, this.target, () => this.delayMs, () => this.links.delete(link));
+    const link = new Link(
+      client,
+      this.target,
+      () => this.delayMs,
+      () => this.links.delete(link),
+    );
     this.links.add(link);
     if (!this.stalled) link.resume();
   }

@@ -168,7 +168,8 @@ export class TestCluster {
   async isSettled(): Promise<boolean> {
     if (!this.accounts.every((a) => this.signal.open(a.uuid, a.deviceId).length === 1)) return false;
     const perTag = this.signal.openPerTag();
-    for (const tag of this.instances.keys()) if (!this.frozen.has(tag) && (await this.health(tag)).owned !== (perTag.get(this.tags.get(tag)!) ?? 0)) return false;
+    for (const tag of this.instances.keys())
+      if (!this.frozen.has(tag) && (await this.health(tag)).owned !== (perTag.get(this.tags.get(tag)!) ?? 0)) return false;
     const current = [...this.instances.keys()].map((tag) => this.tags.get(tag));
     return [...perTag.keys()].every((tag) => current.includes(tag));
   }
@@ -178,7 +179,9 @@ export class TestCluster {
       await eventually(() => this.isSettled(), what, timeoutMs, 100);
     } catch (err) {
       const perDevice = [...this.signal.openPerDevice()].filter(([, n]) => n !== 1);
-      throw new Error(`${(err as Error).message}: sockets per instance ${JSON.stringify(Object.fromEntries(this.signal.openPerTag()))}, devices without exactly one: ${JSON.stringify(perDevice.slice(0, 5))}\n${this.logs()}`);
+      throw new Error(
+        `${(err as Error).message}: sockets per instance ${JSON.stringify(Object.fromEntries(this.signal.openPerTag()))}, devices without exactly one: ${JSON.stringify(perDevice.slice(0, 5))}\n${this.logs()}`,
+      );
     }
   }
 
@@ -236,10 +239,18 @@ export class TestCluster {
 
   /** What happened to a device: envelopes, pushes, sockets replaced, and what each instance logged about it. */
   deviceStory(device: string): string {
-    const envelopes = this.signal.envelopes.filter((e) => e.device === device).map((e) => `envelope sent ${Math.round(e.sentAt ?? -1)} acked ${Math.round(e.ackedAt ?? -1)} by ${e.ackedBy}`);
+    const envelopes = this.signal.envelopes
+      .filter((e) => e.device === device)
+      .map((e) => `envelope sent ${Math.round(e.sentAt ?? -1)} acked ${Math.round(e.ackedAt ?? -1)} by ${e.ackedBy}`);
     const pushes = this.push.requests.filter((r) => r.path === `/up/${device}`).map((r) => `push ${Math.round(r.at)}`);
     const kicks = this.signal.kicks.filter((k) => k.device === device).map((k) => `4409 ${k.from}->${k.to} at ${Math.round(k.at)}`);
-    const logs = this.all.map(([tag, p]) => `--- ${tag}\n${p.stderr.split('\n').filter((l) => l.includes(device.slice(0, 8))).join('\n')}`);
+    const logs = this.all.map(
+      ([tag, p]) =>
+        `--- ${tag}\n${p.stderr
+          .split('\n')
+          .filter((l) => l.includes(device.slice(0, 8)))
+          .join('\n')}`,
+    );
     return [device, ...envelopes, ...pushes, ...kicks, ...logs].join('\n');
   }
 
@@ -253,7 +264,9 @@ export class TestCluster {
    * (empty when none is lost), for the test to assert on.
    */
   async wakeUps(timeoutMs = 30_000): Promise<{ unacknowledged: number; lost: string[] }> {
-    await eventually(() => this.unacknowledged() === 0 && this.lostWakeUps().length === 0, 'every envelope acknowledged and pushed', timeoutMs, 100).catch(() => {});
+    await eventually(() => this.unacknowledged() === 0 && this.lostWakeUps().length === 0, 'every envelope acknowledged and pushed', timeoutMs, 100).catch(
+      () => {},
+    );
     return { unacknowledged: this.unacknowledged(), lost: this.lostWakeUps() };
   }
 
@@ -289,13 +302,16 @@ export class TestCluster {
    * time has passed for the cluster, and none of them was reaped (fails at once if one is gone).
    */
   async renewedFor(ids: string[], ms: number, timeoutMs = ms + 60_000): Promise<void> {
-    const { until } = (await this.sql<{ until: Date }>(`SELECT now() + $1 * interval '1 millisecond' + $2 * interval '1 millisecond' AS until`, [ms, this.leaseMs]))[0]!;
+    const { until } = (
+      await this.sql<{ until: Date }>(`SELECT now() + $1 * interval '1 millisecond' + $2 * interval '1 millisecond' AS until`, [ms, this.leaseMs])
+    )[0]!;
     await eventually(
       async () => {
         const exited = [...this.instances].filter(([tag]) => !this.running().includes(tag));
         if (exited.length > 0) throw new Error(`instance ${exited.map(([tag]) => tag).join(', ')} exited\n${this.logs()}`);
         const rows = await this.sql<{ id: string; lease_until: Date }>(`SELECT id, lease_until FROM instances WHERE id = ANY($1)`, [ids]);
-        if (rows.length < ids.length) throw new Error(`a lease row is gone (reaped): ${ids.filter((id) => !rows.some((r) => r.id === id)).join(', ')}\n${this.logs()}`);
+        if (rows.length < ids.length)
+          throw new Error(`a lease row is gone (reaped): ${ids.filter((id) => !rows.some((r) => r.id === id)).join(', ')}\n${this.logs()}`);
         return rows.every((r) => r.lease_until >= until);
       },
       `every lease renewed for ${ms} ms more`,
@@ -307,7 +323,12 @@ export class TestCluster {
   /** Waits until `ms` have passed by the database's clock (how long a fault lasts). */
   async databaseTime(ms: number): Promise<void> {
     const { until } = (await this.sql<{ until: Date }>(`SELECT now() + $1 * interval '1 millisecond' AS until`, [ms]))[0]!;
-    await eventually(async () => (await this.sql<{ past: boolean }>(`SELECT now() >= $1 AS past`, [until]))[0]!.past, `${ms} ms of database time`, ms + 60_000, 100);
+    await eventually(
+      async () => (await this.sql<{ past: boolean }>(`SELECT now() >= $1 AS past`, [until]))[0]!.past,
+      `${ms} ms of database time`,
+      ms + 60_000,
+      100,
+    );
   }
 
   /** The worst gap's device, its story at the fake Signal server, and what each instance logged about it. */
@@ -317,7 +338,13 @@ export class TestCluster {
     const short = device.slice(0, 8);
     const events = this.signal.events.filter((e) => e.includes(device));
     const kicks = this.signal.kicks.filter((k) => k.device === device).map((k) => `4409 ${k.from}->${k.to} at ${Math.round(k.at)}`);
-    const logs = this.all.map(([tag, p]) => `--- ${tag}\n${p.stderr.split('\n').filter((l) => l.includes(short)).join('\n')}`);
+    const logs = this.all.map(
+      ([tag, p]) =>
+        `--- ${tag}\n${p.stderr
+          .split('\n')
+          .filter((l) => l.includes(short))
+          .join('\n')}`,
+    );
     return `worst gap ${Math.round(ms)} ms: ${device}\n${[...events, ...kicks].join('\n')}\n${logs.join('\n')}`;
   }
 
@@ -327,13 +354,21 @@ export class TestCluster {
    */
   fightStory(): string {
     const kicks = this.signal.kicks.map((k) => `${k.device.slice(0, 8)} ${k.from}->${k.to} ${Math.round(k.at)}`);
-    const warnings = this.all.map(([tag, p]) => `--- ${tag}\n${p.stderr.split('\n').filter((l) => /WARN|claimed|handed|joined/.test(l)).join('\n')}`);
+    const warnings = this.all.map(
+      ([tag, p]) =>
+        `--- ${tag}\n${p.stderr
+          .split('\n')
+          .filter((l) => /WARN|claimed|handed|joined/.test(l))
+          .join('\n')}`,
+    );
     return [...kicks, ...warnings].join('\n');
   }
 
   /** Every instance's log, the last lines of each. */
   logs(lines = 40): string {
-    return this.all.map(([tag, p]) => `--- ${tag} (exit ${p.child.exitCode ?? p.child.signalCode ?? 'running'})\n${p.stderr.split('\n').slice(-lines).join('\n')}`).join('\n');
+    return this.all
+      .map(([tag, p]) => `--- ${tag} (exit ${p.child.exitCode ?? p.child.signalCode ?? 'running'})\n${p.stderr.split('\n').slice(-lines).join('\n')}`)
+      .join('\n');
   }
 
   async close(): Promise<void> {

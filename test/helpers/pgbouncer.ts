@@ -26,7 +26,10 @@ export async function startPgBouncer(url: string, poolMode: 'transaction' | 'ses
   if (pgbouncerMissing) throw new Error(pgbouncerMissing);
   const server = new URL(url);
   const dir = mkdtempSync(join(tmpdir(), 'ms-pgbouncer-'));
-  const ids = process.getuid?.() === 0 ? { uid: Number(execFileSync('id', ['-u', 'postgres']).toString()), gid: Number(execFileSync('id', ['-g', 'postgres']).toString()) } : undefined;
+  const ids =
+    process.getuid?.() === 0
+      ? { uid: Number(execFileSync('id', ['-u', 'postgres']).toString()), gid: Number(execFileSync('id', ['-g', 'postgres']).toString()) }
+      : undefined;
   if (ids) chownSync(dir, ids.uid, ids.gid);
   const port = await freePort();
   const logFile = join(dir, 'pgbouncer.log');
@@ -56,7 +59,7 @@ export async function startPgBouncer(url: string, poolMode: 'transaction' | 'ses
   child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const log = (): string => `${stderr}${existsSync(logFile) ? readFileSync(logFile, 'utf8') : ''}`;
-  for (const deadline = Date.now() + 10_000; !(await accepting(port)); ) {
+  for (const deadline = Date.now() + 10_000; !(await accepting(port));) {
     if (child.exitCode !== null || Date.now() > deadline) throw new Error(`pgbouncer did not start:\n${log()}`);
     await new Promise((r) => setTimeout(r, 25));
   }

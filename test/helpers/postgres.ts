@@ -24,7 +24,12 @@ export async function freshDatabase(adminUrl = 'url' in postgres ? postgres.url 
 
 /** SIGSTOP (freeze) or SIGCONT (thaw) every process of a PostgreSQL server: the postmaster and its children. */
 export function signalServer(postmaster: number, signal: 'SIGSTOP' | 'SIGCONT'): void {
-  const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(postmaster)]).toString().trim().split(/\s+/).filter(Boolean).map(Number);
+  const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(postmaster)])
+    .toString()
+    .trim()
+    .split(/\s+/)
+    .filter(Boolean)
+    .map(Number);
   for (const pid of [postmaster, ...children]) {
     try {
       process.kill(pid, signal);

@@ -23,4 +23,9 @@ export async function testApp(over: Partial<WebDeps> = {}) {
 
 /** The mollysocket://link shown on a homepage, as the browser's text of it (tags such as <wbr> dropped). */
 export const linkIn = (html: string): URL =>
-  new URL(/<code id="link">(.*?)<\/code>/s.exec(html)![1]!.replace(/<[^>]*>/g, '').replaceAll('&amp;', '&'));
+  new URL(
+    /<code id="link">(.*?)<\/code>/s
+      .exec(html)![1]!
+      .replace(/<[^>]*>/g, '')
+      .replaceAll('&amp;', '&'),
+  );

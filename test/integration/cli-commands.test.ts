@@ -139,7 +139,15 @@ describe('connection list, remove, ping, enable on a MollySocket database', () =
     expect(masked).toContain('6e3b****-****-****-****-************');
     const json = JSON.parse((await w.run('conn', 'li', '--json')).stdout) as Record<string, unknown>[];
     expect(json).toEqual([
-      { uuid: UUID2, device_id: 1, state: 'forbidden', forbidden_reason: 'forbidden_in_mollysocket', forbidden_at: null, endpoint_origin: push.origin, last_registration: null },
+      {
+        uuid: UUID2,
+        device_id: 1,
+        state: 'forbidden',
+        forbidden_reason: 'forbidden_in_mollysocket',
+        forbidden_at: null,
+        endpoint_origin: push.origin,
+        last_registration: null,
+      },
       { uuid: UUID, device_id: 3, state: 'ok', forbidden_reason: null, forbidden_at: null, endpoint_origin: push.origin, last_registration: 1700000000 },
     ]);
 
@@ -188,7 +196,9 @@ describe('status and connection list', () => {
       expect(status).toMatch(new RegExp(`^${refused}\\s+1\\s+forbidden\\s+Signal refused the credentials \\(403\\)\\s+\\S+ \\S+Z\\s*$`, 'm'));
       expect(status).toMatch(new RegExp(`^${gone}\\s+1\\s+forbidden\\s+the push server said the endpoint is gone \\(404 or 410\\)`, 'm'));
 
-      const json = JSON.parse((await w.run('status', '--json')).stdout) as { connections: { uuid: string; state: string; reason: string; since: number; retry_at: number | null }[] };
+      const json = JSON.parse((await w.run('status', '--json')).stdout) as {
+        connections: { uuid: string; state: string; reason: string; since: number; retry_at: number | null }[];
+      };
       const byUuid = new Map(json.connections.map((c) => [c.uuid, c]));
       expect(byUuid.get(refused)).toMatchObject({ state: 'forbidden', reason: 'signal_403', retry_at: null });
       expect(byUuid.get(gone)).toMatchObject({ state: 'forbidden', reason: 'endpoint_gone' });
@@ -199,7 +209,10 @@ describe('status and connection list', () => {
       }
 
       let list = '';
-      const listRow = new RegExp(`^${retrying}\\s+1\\s+ok, reconnecting: Signal answered 503 to the connection; next try \\S+ \\S+Z \\((in \\d+ s|now)\\)\\s+${push.origin}`, 'm');
+      const listRow = new RegExp(
+        `^${retrying}\\s+1\\s+ok, reconnecting: Signal answered 503 to the connection; next try \\S+ \\S+Z \\((in \\d+ s|now)\\)\\s+${push.origin}`,
+        'm',
+      );
       await eventually(async () => listRow.test((list = (await w.run('connection', 'list')).stdout)), 'connection list to show the backoff', 15_000, 200);
       expect(list).toMatch(new RegExp(`^${refused}\\s+1\\s+forbidden: Signal refused the credentials \\(403\\)\\s+${push.origin}`, 'm'));
       const listed = JSON.parse((await w.run('connection', 'list', '--json')).stdout) as { uuid: string; forbidden_reason: string | null }[];
@@ -226,7 +239,10 @@ describe('test endpoint and test uuid', () => {
     expect(loopback.stderr).toMatch(/127\.0\.0\.1 is an address that is not globally routable/);
 
     expect(await w.run('test', 'uuid', UUID)).toMatchObject({ code: 0, stdout: expect.stringMatching(/is valid\n {2}No connection is registered/) });
-    expect(await w.run('test', 'uuid', UUID2)).toMatchObject({ code: 1, stderr: expect.stringMatching(/is not allowed: it must be an account UUID allowed by allowed_uuids/) });
+    expect(await w.run('test', 'uuid', UUID2)).toMatchObject({
+      code: 1,
+      stderr: expect.stringMatching(/is not allowed: it must be an account UUID allowed by allowed_uuids/),
+    });
   });
 });
 
@@ -311,7 +327,11 @@ describe('config', () => {
     writeFileSync(file, printed);
     const again = await runBin(['-c', file, 'config'], { cwd: tempDir() });
     expect(again.stderr).toBe('');
-    const lines = (out: string) => out.split('\n').filter((l) => /^[a-z_]+ = /.test(l)).map((l) => l.replace(/ {2}# .*$/, ''));
+    const lines = (out: string) =>
+      out
+        .split('\n')
+        .filter((l) => /^[a-z_]+ = /.test(l))
+        .map((l) => l.replace(/ {2}# .*$/, ''));
     expect(lines(again.stdout)).toEqual(lines(printed));
     expect(again.stdout).toMatch(/^port = 9999 {2}# .*pasted\.toml$/m);
   });
@@ -339,7 +359,14 @@ describe('config', () => {
 
 describe('global options', () => {
   it('has --help on every command', async () => {
-    for (const args of [['connection', '--help'], ['connection', 'add', '--help'], ['test', 'endpoint', '--help'], ['qr-code', '--help'], ['qrcode', '--help'], ['status', '--help']]) {
+    for (const args of [
+      ['connection', '--help'],
+      ['connection', 'add', '--help'],
+      ['test', 'endpoint', '--help'],
+      ['qr-code', '--help'],
+      ['qrcode', '--help'],
+      ['status', '--help'],
+    ]) {
       const r = await runBin(args, { cwd: tempDir() });
       expect(r.code, args.join(' ')).toBe(0);
       expect(r.stdout).toMatch(/^Usage: mollysocket /);

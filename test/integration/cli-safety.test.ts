@@ -45,7 +45,12 @@ describe('a command run where there is no database', () => {
     const scratch = tempDir('ms-scratch-');
     // The commands that need connections; those that need only the key: test/integration/dropin.test.ts.
     const commands = [
-      ['connection', 'list'], ['status'], ['health'], ['connection', 'ping', UUID], ['connection', 'remove', UUID], ['connection', 'enable', UUID],
+      ['connection', 'list'],
+      ['status'],
+      ['health'],
+      ['connection', 'ping', UUID],
+      ['connection', 'remove', UUID],
+      ['connection', 'enable', UUID],
     ];
     for (const args of commands) {
       const r = await runBin(args, { cwd: scratch });
@@ -59,7 +64,10 @@ describe('a command run where there is no database', () => {
     expect(viaEnv.stderr).toContain('(db = "elsewhere.db" from MOLLY_DB)');
     expect(readdirSync(scratch)).toEqual([]);
     // With the same setting, the commands find the server's database.
-    expect(await runBin(['status'], { cwd: scratch, env: { MOLLY_DB: serverDb } })).toMatchObject({ code: 0, stdout: expect.stringMatching(/^server: running/) });
+    expect(await runBin(['status'], { cwd: scratch, env: { MOLLY_DB: serverDb } })).toMatchObject({
+      code: 0,
+      stdout: expect.stringMatching(/^server: running/),
+    });
   });
 
   it('with the server running and its database file deleted, `connection list` creates nothing and exits 2', async () => {
@@ -79,8 +87,10 @@ describe('a command run where there is no database', () => {
 });
 
 describe('the VAPID key of a command and of the server', () => {
-  const atServer = (env: Record<string, string> = {}) => (...args: string[]) =>
-    runBin(args, { cwd: tempDir('ms-cli-'), env: { MOLLY_DB: serverDb, MOLLY_ALLOWED_ENDPOINTS: `[${push.origin}]`, ...env } });
+  const atServer =
+    (env: Record<string, string> = {}) =>
+    (...args: string[]) =>
+      runBin(args, { cwd: tempDir('ms-cli-'), env: { MOLLY_DB: serverDb, MOLLY_ALLOWED_ENDPOINTS: `[${push.origin}]`, ...env } });
 
   it('must be the same: a command with another key, or none, refuses and says where each came from, exit 2', async () => {
     const none = await atServer()('qr-code', 'airgapped');
@@ -100,7 +110,11 @@ describe('the VAPID key of a command and of the server', () => {
     const fromFile = await atServer({ MOLLY_VAPID_KEY_FILE: keyFile })('connection', 'add', UUID, '1', 'pw', push.endpoint());
     expect(fromFile.code).toBe(2);
     expect(oneLine(fromFile.stderr)).toContain(`from vapid_key_file ${keyFile} (from MOLLY_VAPID_KEY_FILE)`);
-    for (const args of [['connection', 'ping', UUID], ['vapid', 'test', 'https://push.example/x'], ['qr-code', 'url', 'https://m.example/']]) {
+    for (const args of [
+      ['connection', 'ping', UUID],
+      ['vapid', 'test', 'https://push.example/x'],
+      ['qr-code', 'url', 'https://m.example/'],
+    ]) {
       expect((await atServer({ MOLLY_VAPID_PRIVKEY: OTHER_PRIV })(...args)).code, args.join(' ')).toBe(2);
     }
     expect(await Store.open(serverDb, { mode: 'read' }).list()).toEqual([]); // the refused `connection add` stored nothing
@@ -137,7 +151,10 @@ describe("MollySocket's database file", () => {
     const run = (...args: string[]) => runBin(args, { cwd: dir, env });
     const list = await run('connection', 'list', '--json');
     expect(list.code).toBe(0);
-    expect((JSON.parse(list.stdout) as { uuid: string; state: string }[]).map((c) => [c.uuid, c.state])).toEqual([[UUID2, 'forbidden'], [UUID, 'ok']]);
+    expect((JSON.parse(list.stdout) as { uuid: string; state: string }[]).map((c) => [c.uuid, c.state])).toEqual([
+      [UUID2, 'forbidden'],
+      [UUID, 'ok'],
+    ]);
     for (const args of [['status'], ['test', 'uuid', UUID], ['config'], ['vapid', 'pub'], ['qr-code', 'airgapped'], ['connection', 'ping', UUID]]) {
       expect((await run(...args)).code, args.join(' ')).toBe(0);
     }
@@ -193,7 +210,9 @@ describe("MollySocket's environment and command line", () => {
     });
     expect(((await res.json()) as { mollysocket: { status: string } }).mollysocket.status).toBe('invalid_endpoint');
     expect(await proc.stop()).toBe(0);
-    expect(proc.stderr).toMatch(/WARN: config key "allowed_endpoints" has an entry "push\.example\.org" \(from MOLLY_ALLOWED_ENDPOINTS\) that is not "\*" or an http\(s\) URL: it never matches/);
+    expect(proc.stderr).toMatch(
+      /WARN: config key "allowed_endpoints" has an entry "push\.example\.org" \(from MOLLY_ALLOWED_ENDPOINTS\) that is not "\*" or an http\(s\) URL: it never matches/,
+    );
   });
 
   it("selects a command by MollySocket's prefixes, even where a newer command shares them", async () => {
@@ -201,7 +220,12 @@ describe("MollySocket's environment and command line", () => {
     for (const prefix of ['c', 'co', 'con', 'conn']) {
       expect(await at(prefix, 'list'), prefix).toMatchObject({ code: 0, stdout: 'No connection registered yet.\n' });
     }
-    for (const args of [['q', 'air'], ['qr', 'a'], ['qr-code', 'airgapped'], ['qrcode', 'airgapped']]) {
+    for (const args of [
+      ['q', 'air'],
+      ['qr', 'a'],
+      ['qr-code', 'airgapped'],
+      ['qrcode', 'airgapped'],
+    ]) {
       expect((await at(...args)).stdout, args.join(' ')).toContain(`vapid=${PUB}&type=airgapped`);
     }
     expect((await at('v', 'g')).stdout).toMatch(/^[A-Za-z0-9_-]{43}\n$/);
@@ -229,7 +253,11 @@ describe('errors that read cleanly', () => {
   });
 
   it('a malformed uuid is said not to be a UUID', async () => {
-    for (const args of [['connection', 'add', 'not-a-uuid', '1', 'pw', 'https://push.example/x'], ['test', 'uuid', 'xyz'], ['connection', 'ping', '123']]) {
+    for (const args of [
+      ['connection', 'add', 'not-a-uuid', '1', 'pw', 'https://push.example/x'],
+      ['test', 'uuid', 'xyz'],
+      ['connection', 'ping', '123'],
+    ]) {
       const r = await runBin(args, { cwd: tempDir() });
       expect(r.code).toBe(2);
       expect(oneLine(r.stderr)).toMatch(/is invalid for argument 'uuid'\. it is not a UUID: give the account UUID Molly shows/);

@@ -42,7 +42,10 @@ describe('the mollysocket bin', () => {
     writeFileSync(join(cwd, 'conf.toml'), `vapid_privkey = "${key} "\n`); // a trailing space is enough
     const fromFile = await runBin(['-c', 'conf.toml', 'server'], { cwd });
     const fromEnv = await runBin(['server'], { cwd, env: { MOLLY_VAPID_PRIVKEY: `${key.slice(0, 42)}!` } });
-    for (const [r, source] of [[fromFile, 'conf.toml'], [fromEnv, 'MOLLY_VAPID_PRIVKEY']] as const) {
+    for (const [r, source] of [
+      [fromFile, 'conf.toml'],
+      [fromEnv, 'MOLLY_VAPID_PRIVKEY'],
+    ] as const) {
       expect(r.code).toBe(2);
       expect(r.stderr).toMatch(new RegExp(`config key "vapid_privkey" .*${source}`));
       expect(r.stderr).not.toContain(key.slice(0, 20));
@@ -150,7 +153,9 @@ describe('the mollysocket bin', () => {
     expect(await text.stop()).toBe(0);
     const lines = text.stderr.trim().split('\n');
     for (const line of lines) expect(line).toMatch(/^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] (INFO|WARN): [^{]+( \{.*\})?$/);
-    expect(lines.filter((l) => /listening/i.test(l))).toEqual([expect.stringMatching(/INFO: web server listening \{"url":"http:\/\/127\.0\.0\.1:\d+","version":"[^"]+"\}$/)]);
+    expect(lines.filter((l) => /listening/i.test(l))).toEqual([
+      expect.stringMatching(/INFO: web server listening \{"url":"http:\/\/127\.0\.0\.1:\d+","version":"[^"]+"\}$/),
+    ]);
     expect(text.stderr).not.toMatch(/\x1b\[/); // no colours when not a terminal
 
     const cwd = tempDir();
@@ -158,7 +163,10 @@ describe('the mollysocket bin', () => {
     const json = new BinProcess(['server'], { cwd });
     await json.url();
     expect(await json.stop()).toBe(0);
-    const objects = json.stderr.trim().split('\n').map((l) => JSON.parse(l) as { level: string; msg: string; time: number });
+    const objects = json.stderr
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { level: string; msg: string; time: number });
     expect(objects.find((o) => o.msg === 'web server listening')).toMatchObject({ level: 'info', time: expect.any(Number) });
     expect((await runBin(['config'], { cwd, env: { MOLLY_LOG_FORMAT: 'text' } })).stdout).toMatch(/^log_format = "text" {2}# MOLLY_LOG_FORMAT$/m);
   });

@@ -52,7 +52,9 @@ describe.skipIf(postgresMissing !== undefined)('several instances under faults',
    * Three instances `a`, `b`, `c` sharing the devices, each device with one socket. `routes`: how each reaches
    * PostgreSQL and Signal (through a proxy of its own); `db`: the URL they use for the cluster's database.
    */
-  async function threeInstances(opts: { routes?: Partial<Record<Tag, Route>>; leaseSeconds?: number; db?: (direct: string) => string } = {}): Promise<TestCluster> {
+  async function threeInstances(
+    opts: { routes?: Partial<Record<Tag, Route>>; leaseSeconds?: number; db?: (direct: string) => string } = {},
+  ): Promise<TestCluster> {
     cluster = await TestCluster.create({ adminUrl: server.url, devices: DEVICES, leaseSeconds: opts.leaseSeconds ?? LEASE_S });
     const c = cluster;
     const db = opts.db?.(c.db);
@@ -91,7 +93,8 @@ describe.skipIf(postgresMissing !== undefined)('several instances under faults',
       const c = await threeInstances();
       const ids = (await c.leases()).map((l) => l.id);
       const traffic = c.traffic();
-      if (mode === 'terminate') await c.sql(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database()`);
+      if (mode === 'terminate')
+        await c.sql(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database()`);
       else await server.restart(mode);
       // Signal restarts a node meanwhile: these reconnect while the instances' connections to PostgreSQL come back.
       const dropped = TAGS.flatMap((tag) => dropSockets(c, tag, 2));
@@ -140,7 +143,9 @@ describe.skipIf(postgresMissing !== undefined)('several instances under faults',
     for (const batch of [devicesOfA.slice(0, 4), devicesOfA.slice(4, 8)]) {
       await c.databaseTime(c.leaseMs); // every answer `a` gets now is late
       for (const a of batch) for (const s of c.signal.open(a.uuid, a.deviceId)) c.signal.drop(s); // whoever holds it
-      await c.signal.until(() => batch.every((a) => c.signal.open(a.uuid, a.deviceId).length === 1), 'the dropped devices connected again', 5 * c.leaseMs).catch(() => {});
+      await c.signal
+        .until(() => batch.every((a) => c.signal.open(a.uuid, a.deviceId).length === 1), 'the dropped devices connected again', 5 * c.leaseMs)
+        .catch(() => {});
       expect(c.signal.longestGap(), c.worstGapStory()).toBeLessThan(2 * c.leaseMs);
     }
     c.dbProxies.get('a')!.delayMs = 0;
@@ -158,7 +163,11 @@ describe.skipIf(postgresMissing !== undefined)('several instances under faults',
     await c.databaseTime(c.leaseMs); // `a` can no longer know it holds its lease
     const dropped = dropSockets(c, 'a', 3); // these wait for the others
     await c.signal
-      .until(() => (c.signal.openPerTag().get('a') ?? 0) === 0 && dropped.every((d) => c.signal.openPerDevice().get(d) === 1), "the others took a's devices over", 10 * c.leaseMs)
+      .until(
+        () => (c.signal.openPerTag().get('a') ?? 0) === 0 && dropped.every((d) => c.signal.openPerDevice().get(d) === 1),
+        "the others took a's devices over",
+        10 * c.leaseMs,
+      )
       .catch(() => {});
     expect(c.signal.longestGap(), c.worstGapStory()).toBeLessThan(TWO_LEASES_MS);
     await pastFightWindow(c);
@@ -179,7 +188,9 @@ describe.skipIf(postgresMissing !== undefined)('several instances under faults',
     // Two leases, and 1 s for the others' ramps and handshakes (15 devices at 100/s).
     const bound = TWO_LEASES_MS + 1_000;
     await c.signal.until(() => (c.signal.openPerTag().get('a') ?? 0) === 0, "a's sockets closed");
-    await c.signal.until(() => c.accounts.every((a) => c.signal.open(a.uuid, a.deviceId).length === 1), "the others connected a's devices", 10 * c.leaseMs).catch(() => {});
+    await c.signal
+      .until(() => c.accounts.every((a) => c.signal.open(a.uuid, a.deviceId).length === 1), "the others connected a's devices", 10 * c.leaseMs)
+      .catch(() => {});
     expect(c.signal.longestGap(), c.worstGapStory()).toBeLessThan(bound);
     expect(c.instances.get('a')!.stderr).toMatch(/WARN.*Signal/);
     await pastFightWindow(c);
@@ -214,7 +225,11 @@ describe.skipIf(postgresMissing !== undefined)('several instances under faults',
     try {
       const dropped = dropSockets(c, 'c', 3); // these wait for the others
       await c.signal
-        .until(() => (c.signal.openPerTag().get('c') ?? 0) === 0 && dropped.every((d) => c.signal.openPerDevice().get(d) === 1), 'the others replaced the frozen instance', 10 * c.leaseMs)
+        .until(
+          () => (c.signal.openPerTag().get('c') ?? 0) === 0 && dropped.every((d) => c.signal.openPerDevice().get(d) === 1),
+          'the others replaced the frozen instance',
+          10 * c.leaseMs,
+        )
         .catch(() => {});
       expect(c.signal.longestGap(), c.worstGapStory()).toBeLessThan(TWO_LEASES_MS);
       await pastFightWindow(c);
@@ -229,38 +244,42 @@ describe.skipIf(postgresMissing !== undefined)('several instances under faults',
   }, 240_000);
 
   // In CI a missing pgbouncer fails the test (.ci/run installs it), as a missing PostgreSQL does.
-  it.skipIf(pgbouncerMissing !== undefined && !process.env.CI)('a rolling SIGTERM through PgBouncer (transaction pooling, no NOTIFY): hand-overs and removals within two leases', async () => {
-    const bouncer = await startPgBouncer(server.url);
-    try {
-      const db = (direct: string): string => bouncer.url(new URL(direct).pathname.slice(1));
-      const c = await threeInstances({ db });
-      const traffic = c.traffic();
-      for (const tag of TAGS) {
-        expect(await c.stop(tag, 'SIGTERM'), c.logs()).toBe(0);
-        await c.settled(`${tag} handed over`);
-        await c.start(tag, { db: db(c.db) });
-        await c.eventually(async () => (await c.health(tag)).owned > 0, `${tag} took its share back`);
-        await c.settled(`${tag} back`);
+  it.skipIf(pgbouncerMissing !== undefined && !process.env.CI)(
+    'a rolling SIGTERM through PgBouncer (transaction pooling, no NOTIFY): hand-overs and removals within two leases',
+    async () => {
+      const bouncer = await startPgBouncer(server.url);
+      try {
+        const db = (direct: string): string => bouncer.url(new URL(direct).pathname.slice(1));
+        const c = await threeInstances({ db });
+        const traffic = c.traffic();
+        for (const tag of TAGS) {
+          expect(await c.stop(tag, 'SIGTERM'), c.logs()).toBe(0);
+          await c.settled(`${tag} handed over`);
+          await c.start(tag, { db: db(c.db) });
+          await c.eventually(async () => (await c.health(tag)).owned > 0, `${tag} took its share back`);
+          await c.settled(`${tag} back`);
+        }
+        await traffic.stop();
+        await expectNoHarm(c, TWO_LEASES_MS);
+        // Each noticed that notifications do not come through, and said so once.
+        for (const tag of TAGS) {
+          const p = c.instances.get(tag)!;
+          await p.waitFor(/WARN.*notifications from PostgreSQL do not arrive/, 10 * c.leaseMs);
+          expect(p.stderr.match(/WARN.*notifications from PostgreSQL do not arrive/g), tag).toHaveLength(1);
+        }
+        // A removal through the bouncer reaches the owner without a notification.
+        const gone = c.accounts.pop()!;
+        const removed = await runBin(['connection', 'remove', gone.uuid], { cwd: c.cwd, env: { MOLLY_DB: db(c.db) } });
+        expect(removed.code, removed.stderr).toBe(0);
+        const at = performance.now();
+        await c.signal.until(() => c.signal.open(gone.uuid, gone.deviceId).length === 0, 'the removed device closed', 10 * c.leaseMs);
+        expect(performance.now() - at).toBeLessThan(TWO_LEASES_MS);
+      } finally {
+        await cluster?.close();
+        cluster = undefined;
+        await bouncer.stop();
       }
-      await traffic.stop();
-      await expectNoHarm(c, TWO_LEASES_MS);
-      // Each noticed that notifications do not come through, and said so once.
-      for (const tag of TAGS) {
-        const p = c.instances.get(tag)!;
-        await p.waitFor(/WARN.*notifications from PostgreSQL do not arrive/, 10 * c.leaseMs);
-        expect(p.stderr.match(/WARN.*notifications from PostgreSQL do not arrive/g), tag).toHaveLength(1);
-      }
-      // A removal through the bouncer reaches the owner without a notification.
-      const gone = c.accounts.pop()!;
-      const removed = await runBin(['connection', 'remove', gone.uuid], { cwd: c.cwd, env: { MOLLY_DB: db(c.db) } });
-      expect(removed.code, removed.stderr).toBe(0);
-      const at = performance.now();
-      await c.signal.until(() => c.signal.open(gone.uuid, gone.deviceId).length === 0, 'the removed device closed', 10 * c.leaseMs);
-      expect(performance.now() - at).toBeLessThan(TWO_LEASES_MS);
-    } finally {
-      await cluster?.close();
-      cluster = undefined;
-      await bouncer.stop();
-    }
-  }, 300_000);
+    },
+    300_000,
+  );
 });

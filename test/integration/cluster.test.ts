@@ -134,7 +134,13 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
     await signal.until(() => signal.open(added.uuid, 1).length === 1, 'the added device connected', 15_000);
     // status lists the instances and who owns what; states are published with the heartbeat, every 5 s.
     let status = '';
-    await eventually(async () => /connected/.test((status = (await runBin(['status'], { cwd, env: { MOLLY_DB: db } })).stdout).split('\n').find((l) => l.startsWith(added.uuid)) ?? ''), 'status shows it connected', 8_000, 500);
+    await eventually(
+      async () =>
+        /connected/.test((status = (await runBin(['status'], { cwd, env: { MOLLY_DB: db } })).stdout).split('\n').find((l) => l.startsWith(added.uuid)) ?? ''),
+      'status shows it connected',
+      8_000,
+      500,
+    );
     expect(status).toMatch(/instances: 3 live/);
     expect(status).toMatch(/^NAME\s+ID\s+PID\s+VERSION\s+STATE\s+LEASE LEFT\s+DEVICES$/m);
     const owner = [...signal.open(added.uuid, 1)][0]!.tag;
@@ -166,10 +172,14 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
     expect(session.tag).toBe(owner); // still the owner's
     const before = push.requests.length;
     await signal.sendEnvelope(session);
-    await push.until(() => push.requests.slice(before).some((r) => r.path === '/up/moved-endpoint' && r.body === '{"urgent":true}'), 'the push to the new endpoint', 3_000);
+    await push.until(
+      () => push.requests.slice(before).some((r) => r.path === '/up/moved-endpoint' && r.body === '{"urgent":true}'),
+      'the push to the new endpoint',
+      3_000,
+    );
   });
 
-  it('after kill -9, the dead instance\'s devices are owned and connected by the others within two leases, with one wake-up push each', async () => {
+  it("after kill -9, the dead instance's devices are owned and connected by the others within two leases, with one wake-up push each", async () => {
     const victim = instances.get('a')!;
     const victims = signal.sessions.filter((s) => s.tag === 'a' && s.ws.readyState === s.ws.OPEN).map((s) => name(s.account));
     expect(victims.length).toBeGreaterThan(0);
@@ -199,7 +209,12 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
     signal.resetGaps();
     const pushesBefore = push.requests.length;
     await start('d');
-    await eventually(async () => (await health(instances.get('d')!)).connections.connected > 0 && signal.openPerTag().get('d') === (await health(instances.get('d')!)).owned, 'd took its share', 10_000, 100);
+    await eventually(
+      async () => (await health(instances.get('d')!)).connections.connected > 0 && signal.openPerTag().get('d') === (await health(instances.get('d')!)).owned,
+      'd took its share',
+      10_000,
+      100,
+    );
     await settled('one socket each');
     expect(signal.longestGap()).toBeLessThan(500);
     expect(signal.fights, fightLog()).toBe(0);
@@ -219,8 +234,22 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
     await settled('one socket each');
     expect(signal.openPerTag().get('b') ?? 0).toBe(0);
     const [worst] = signal.worstGap();
-    const story = [...signal.events.filter((e) => e.includes(worst)), ...signal.kicks.filter((k) => k.device === worst).map((k) => `${k.from}->${k.to} ${k.at}`)];
-    expect(signal.longestGap(), `${worst}\n${story.join('\n')}\n` + [...instances.values(), leaving].map((p) => p.stderr.split('\n').filter((l) => l.includes(worst.slice(0, 8))).join('\n')).join('\n----\n')).toBeLessThan(500);
+    const story = [
+      ...signal.events.filter((e) => e.includes(worst)),
+      ...signal.kicks.filter((k) => k.device === worst).map((k) => `${k.from}->${k.to} ${k.at}`),
+    ];
+    expect(
+      signal.longestGap(),
+      `${worst}\n${story.join('\n')}\n` +
+        [...instances.values(), leaving]
+          .map((p) =>
+            p.stderr
+              .split('\n')
+              .filter((l) => l.includes(worst.slice(0, 8)))
+              .join('\n'),
+          )
+          .join('\n----\n'),
+    ).toBeLessThan(500);
     expect(signal.fights, fightLog()).toBe(0);
     expect(leaving.stderr).toMatch(/handing every device over/);
     expect(push.requests.length).toBe(pushesBefore);
@@ -235,7 +264,12 @@ describe.skipIf(postgresMissing !== undefined)('several instances on PostgreSQL'
       const answer = fetch(`${await instances.get('c')!.url()}/`, {
         method: 'POST',
         headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ uuid: accounts[0]!.uuid, device_id: accounts[0]!.deviceId, password: accounts[0]!.password, endpoint: push.endpoint('during-outage') }),
+        body: JSON.stringify({
+          uuid: accounts[0]!.uuid,
+          device_id: accounts[0]!.deviceId,
+          password: accounts[0]!.password,
+          endpoint: push.endpoint('during-outage'),
+        }),
       }).then(async (r) => ((await r.json()) as { mollysocket: { status: string } }).mollysocket.status);
       await new Promise((r) => setTimeout(r, 3 * LEASE_MS));
       expect(await answer).toBe('internal_error');

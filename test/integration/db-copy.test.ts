@@ -19,7 +19,9 @@ describe.skipIf(postgresMissing !== undefined)('read-only commands on PostgreSQL
     for (const args of [['connection', 'list'], ['status'], ['vapid', 'pub']]) {
       const r = await runBin(args, { cwd: tempDir(), env: { MOLLY_DB: url } });
       expect(r.code).toBe(2);
-      expect(r.stderr).toMatch(/no mollysocket tables in the database postgres:\/\/postgres@127\.0\.0\.1:\d+\/t_\w+ \(setting "db"\): start the server on it first/);
+      expect(r.stderr).toMatch(
+        /no mollysocket tables in the database postgres:\/\/postgres@127\.0\.0\.1:\d+\/t_\w+ \(setting "db"\): start the server on it first/,
+      );
     }
     const { store } = await openStore(url, { mode: 'create' }); // the server would create them
     expect(await store.list()).toEqual([]);

@@ -25,7 +25,10 @@ describe('config.example.toml', () => {
     const text = readFileSync(repo('config.example.toml'), 'utf8');
     expect(text).toBe(configExample());
     // Uncommented, the keys that have defaults form a valid file that changes nothing.
-    const uncommented = text.split('\n').filter((l) => /^# [a-z_]+ = /.test(l)).map((l) => l.slice(2));
+    const uncommented = text
+      .split('\n')
+      .filter((l) => /^# [a-z_]+ = /.test(l))
+      .map((l) => l.slice(2));
     expect(uncommented.map((l) => l.split(' ')[0])).toEqual(Object.keys(CONFIG_KEYS));
     const withDefaults = uncommented.filter((l) => CONFIG_KEYS[l.split(' ')[0] as keyof typeof CONFIG_KEYS].default !== undefined);
     const file = join(tempDir(), 'c.toml');
@@ -62,14 +65,16 @@ describe.skipIf(!systemdAnalyze)('systemd units', () => {
   const unit = (name: string) => readFileSync(repo(name), 'utf8');
 
   it('mollysocket.service and mollysocket-vapid.service pass `systemd-analyze verify` without a warning', () => {
-    expect(verify({ 'mollysocket.service': unit('mollysocket.service'), 'mollysocket-vapid.service': unit('mollysocket-vapid.service') })).toEqual({ code: 0, output: '' });
+    expect(verify({ 'mollysocket.service': unit('mollysocket.service'), 'mollysocket-vapid.service': unit('mollysocket-vapid.service') })).toEqual({
+      code: 0,
+      output: '',
+    });
   });
 
   it('(the check itself catches a broken unit)', () => {
     const broken = unit('mollysocket.service').replace('ProtectSystem=strict', 'ProtectSystem=sometimes');
     expect(verify({ 'mollysocket.service': broken }).output).toMatch(/ProtectSystem|protect system/i);
   });
-
 });
 
 describe("systemd units on MollySocket's /etc/mollysocket", () => {
@@ -82,7 +87,13 @@ describe("systemd units on MollySocket's /etc/mollysocket", () => {
     expect(env.MOLLY_VAPID_KEY_FILE).toBe('%d/vapid.key');
     expect(env.MOLLY_DB).toBeUndefined(); // conf.toml's db, as MollySocket's vapid unit wrote it, must win
     expect(unitValues(service, 'ExecStart')).toEqual(['mollysocket server']);
-    const sandbox: [string, string][] = [['DynamicUser', 'true'], ['ProtectSystem', 'strict'], ['StateDirectory', 'mollysocket'], ['NoNewPrivileges', 'true'], ['CapabilityBoundingSet', '']];
+    const sandbox: [string, string][] = [
+      ['DynamicUser', 'true'],
+      ['ProtectSystem', 'strict'],
+      ['StateDirectory', 'mollysocket'],
+      ['NoNewPrivileges', 'true'],
+      ['CapabilityBoundingSet', ''],
+    ];
     for (const [key, value] of sandbox) {
       expect(unitValues(service, key), key).toEqual([value]);
     }
@@ -166,7 +177,13 @@ describe.skipIf(!nginx)('behind nginx on a sub-path, with the sample from deploy
     signal = await FakeSignalServer.start({ tls: false });
     signal.addAccount({ uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', deviceId: 2, password: 'pw' }); // a new device is asked to Signal first
     const { config } = loadConfig({
-      env: { XDG_CONFIG_HOME: '/nonexistent', MOLLY_PORT: '0', MOLLY_DB: join(tempDir(), 'm.db'), MOLLY_ALLOWED_ENDPOINTS: `["${push.origin}"]`, MOLLY_SIGNAL_URL: signal.url },
+      env: {
+        XDG_CONFIG_HOME: '/nonexistent',
+        MOLLY_PORT: '0',
+        MOLLY_DB: join(tempDir(), 'm.db'),
+        MOLLY_ALLOWED_ENDPOINTS: `["${push.origin}"]`,
+        MOLLY_SIGNAL_URL: signal.url,
+      },
     });
     server = await startServer(config, memoryLogger().log);
     proxy = await nginxInFront(new URL(server.url!).host);
@@ -233,8 +250,13 @@ describe.skipIf(!nginx)('the client address behind the nginx sample', () => {
     const push = await FakePushServer.start();
     const { config } = loadConfig({
       env: {
-        XDG_CONFIG_HOME: '/nonexistent', MOLLY_PORT: '0', MOLLY_DB: join(tempDir(), 'm.db'), MOLLY_ALLOWED_ENDPOINTS: `["${push.origin}"]`,
-        MOLLY_SIGNAL_URL: 'ws://127.0.0.1:1/', MOLLY_TRUST_PROXY: trust, MOLLY_REGISTRATION_RATE_LIMIT: '3',
+        XDG_CONFIG_HOME: '/nonexistent',
+        MOLLY_PORT: '0',
+        MOLLY_DB: join(tempDir(), 'm.db'),
+        MOLLY_ALLOWED_ENDPOINTS: `["${push.origin}"]`,
+        MOLLY_SIGNAL_URL: 'ws://127.0.0.1:1/',
+        MOLLY_TRUST_PROXY: trust,
+        MOLLY_REGISTRATION_RATE_LIMIT: '3',
       },
     });
     const server = await startServer(config, memoryLogger().log);
@@ -264,7 +286,9 @@ interface HttpsAnswer {
  * Caddy running the sample from deploy/caddy as users copy it (h2c to the server), each site on a loopback port
  * with a certificate of Caddy's own local CA; its home, data and config in a temp dir, no admin endpoint.
  */
-async function caddyInFront(upstream: string): Promise<{ ask: (site: string, path: string, init?: { method?: string; body?: string }) => Promise<HttpsAnswer>; port: number; stop: () => Promise<void> }> {
+async function caddyInFront(
+  upstream: string,
+): Promise<{ ask: (site: string, path: string, init?: { method?: string; body?: string }) => Promise<HttpsAnswer>; port: number; stop: () => Promise<void> }> {
   const dir = tempDir('ms-caddy-');
   const port = await freePort();
   const site = (name: string) => `https://${name}:${port} {\n\ttls internal\n\tbind 127.0.0.1`;
@@ -283,7 +307,13 @@ async function caddyInFront(upstream: string): Promise<{ ask: (site: string, pat
     new Promise((resolve, reject) => {
       const req = httpsRequest(
         {
-          host: '127.0.0.1', port, path, method: init.method ?? 'GET', servername: name, ca: readFileSync(root), agent: false,
+          host: '127.0.0.1',
+          port,
+          path,
+          method: init.method ?? 'GET',
+          servername: name,
+          ca: readFileSync(root),
+          agent: false,
           headers: { Host: `${name}:${port}`, ...(init.body !== undefined && { 'Content-Type': 'application/json' }) },
         },
         (res) => {
@@ -294,7 +324,12 @@ async function caddyInFront(upstream: string): Promise<{ ask: (site: string, pat
       );
       req.on('error', reject).end(init.body);
     });
-  await eventually(async () => existsSync(root) && (await ask('molly.example.org', '/discover').catch(() => ({ status: 0 }))).status !== 0, 'caddy', 15_000, 50);
+  await eventually(
+    async () => existsSync(root) && (await ask('molly.example.org', '/discover').catch(() => ({ status: 0 }))).status !== 0,
+    'caddy',
+    15_000,
+    50,
+  );
   return {
     ask,
     port,
@@ -315,9 +350,16 @@ describe.skipIf(!caddy)("behind Caddy speaking h2c, with the sample from deploy/
     push = await FakePushServer.start();
     signal = await FakeSignalServer.start({ tls: false });
     // A new device is asked to Signal first.
-    for (const uuid of ['0b6c2f4e-8d1a-4c3b-9e5f-7a6b5c4d3e2f', '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e']) signal.addAccount({ uuid, deviceId: 2, password: 'pw' });
+    for (const uuid of ['0b6c2f4e-8d1a-4c3b-9e5f-7a6b5c4d3e2f', '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e'])
+      signal.addAccount({ uuid, deviceId: 2, password: 'pw' });
     const { config } = loadConfig({
-      env: { XDG_CONFIG_HOME: '/nonexistent', MOLLY_PORT: '0', MOLLY_DB: join(tempDir(), 'm.db'), MOLLY_ALLOWED_ENDPOINTS: `["${push.origin}"]`, MOLLY_SIGNAL_URL: signal.url },
+      env: {
+        XDG_CONFIG_HOME: '/nonexistent',
+        MOLLY_PORT: '0',
+        MOLLY_DB: join(tempDir(), 'm.db'),
+        MOLLY_ALLOWED_ENDPOINTS: `["${push.origin}"]`,
+        MOLLY_SIGNAL_URL: signal.url,
+      },
     });
     server = await startServer(config, memoryLogger().log);
     proxy = await caddyInFront(new URL(server.url!).host);
@@ -341,7 +383,10 @@ describe.skipIf(!caddy)("behind Caddy speaking h2c, with the sample from deploy/
     expect(page.status).toBe(200);
     expect(linkIn(page.body).searchParams.get('url')).toBe(`https://${site}:${proxy.port}${path}`);
     const uuid = site === 'example.org' ? '0b6c2f4e-8d1a-4c3b-9e5f-7a6b5c4d3e2f' : '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e';
-    const registration = await proxy.ask(site, path, { method: 'POST', body: JSON.stringify({ uuid, device_id: 2, password: 'pw', endpoint: push.endpoint() }) });
+    const registration = await proxy.ask(site, path, {
+      method: 'POST',
+      body: JSON.stringify({ uuid, device_id: 2, password: 'pw', endpoint: push.endpoint() }),
+    });
     expect(registration.status).toBe(200);
     expect(JSON.parse(registration.body)).toEqual({ mollysocket: { version: expect.any(String), status: 'ok' } });
     expect((await server.store.list()).map((c) => c.uuid)).toContain(uuid);

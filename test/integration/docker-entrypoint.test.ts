@@ -29,7 +29,14 @@ function owners(dir: string): Record<string, string> {
 }
 
 function entrypointEnv(dir: string): Record<string, string> {
-  return { MOLLYSOCKET_USER: USER, MOLLYSOCKET_DATA_DIR: dir, MOLLY_DB: join(dir, 'mollysocket.db'), MOLLY_HOST: '127.0.0.1', MOLLY_PORT: '0', MOLLY_LOG: 'info' };
+  return {
+    MOLLYSOCKET_USER: USER,
+    MOLLYSOCKET_DATA_DIR: dir,
+    MOLLY_DB: join(dir, 'mollysocket.db'),
+    MOLLY_HOST: '127.0.0.1',
+    MOLLY_PORT: '0',
+    MOLLY_LOG: 'info',
+  };
 }
 
 function runScript(args: string[], dir: string, user?: { uid: number; gid: number }) {

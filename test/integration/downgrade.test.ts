@@ -52,11 +52,13 @@ function readAsMollySocket(path: string): MollySocketConnection[] {
 
 /** What MollySocket's CREATE statement makes of a table: columns, types, constraints and its unique index. */
 function tableShape(db: Database.Database): unknown {
-  const indexes = db.prepare("SELECT name, \"unique\", origin FROM pragma_index_list('connections')").all() as { name: string }[];
+  const indexes = db.prepare('SELECT name, "unique", origin FROM pragma_index_list(\'connections\')').all() as { name: string }[];
   return {
-    columns: db.prepare("SELECT cid, name, type, \"notnull\", dflt_value, pk FROM pragma_table_info('connections')").all(),
+    columns: db.prepare('SELECT cid, name, type, "notnull", dflt_value, pk FROM pragma_table_info(\'connections\')').all(),
     indexes: indexes.map((i) => ({ ...i, name: undefined, columns: db.prepare('SELECT name FROM pragma_index_info(?)').all(i.name) })),
-    check: (db.prepare("SELECT sql FROM sqlite_master WHERE name = 'connections'").get() as { sql: string }).sql.replace(/\s+/g, ' ').match(/CHECK \(.*?\)\)/)?.[0],
+    check: (db.prepare("SELECT sql FROM sqlite_master WHERE name = 'connections'").get() as { sql: string }).sql
+      .replace(/\s+/g, ' ')
+      .match(/CHECK \(.*?\)\)/)?.[0],
   };
 }
 
@@ -74,14 +76,21 @@ function mollySocketFile(path: string, rows: MollySocketConnection[]): void {
 }
 
 const original: MollySocketConnection[] = [
-  { uuid: A, device_id: 2, password: 'cGFzc3dvcmQrL3Bhc3N3b3Jk', endpoint: 'https://ntfy.example/upAbC?up=1', forbidden: false, last_registration: 1_760_000_000 },
+  {
+    uuid: A,
+    device_id: 2,
+    password: 'cGFzc3dvcmQrL3Bhc3N3b3Jk',
+    endpoint: 'https://ntfy.example/upAbC?up=1',
+    forbidden: false,
+    last_registration: 1_760_000_000,
+  },
   { uuid: B, device_id: 1, password: 'Zm9yYmlkZGVuLXBhc3N3b3Jk', endpoint: 'https://push.example/up/b', forbidden: true, last_registration: 1_750_000_000 },
   { uuid: C, device_id: 7, password: 'bmV2ZXItcmVnaXN0ZXJlZA==', endpoint: 'https://push.example/up/c', forbidden: false, last_registration: 0 },
 ];
 const byUuid = (rows: MollySocketConnection[]) => [...rows].sort((x, y) => x.uuid.localeCompare(y.uuid));
 
 describe('db downgrade', () => {
-  it('MollySocket -> this -> MollySocket: every connection comes back equal, in MollySocket 1.7\'s exact table', async () => {
+  it("MollySocket -> this -> MollySocket: every connection comes back equal, in MollySocket 1.7's exact table", async () => {
     const cwd = tempDir();
     const db = join(cwd, 'mollysocket.db');
     mollySocketFile(db, original);
@@ -133,7 +142,9 @@ describe('db downgrade', () => {
       ]),
     );
     expect(r.stdout).toContain("Wrote 2 connection(s) to back.db in MollySocket 1.7's format (one per account).");
-    expect(r.stdout).toMatch(new RegExp(`Left out: ${A} device 2 \\(forbidden, .*\\): MollySocket keeps one device per account; device 3 is kept because it is not forbidden\\.`));
+    expect(r.stdout).toMatch(
+      new RegExp(`Left out: ${A} device 2 \\(forbidden, .*\\): MollySocket keeps one device per account; device 3 is kept because it is not forbidden\\.`),
+    );
     expect(r.stdout).toMatch(new RegExp(`Forbidden: ${B} device 1 stopped because its push endpoint was gone`));
     expect(r.stdout).not.toContain('cmUtbGlua2Vk'); // no password on the screen
   });

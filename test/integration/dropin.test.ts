@@ -52,7 +52,10 @@ describe('commands that need only the key', () => {
 
   it('work with MOLLY_VAPID_PRIVKEY and no database, creating nothing', async () => {
     const scratch = tempDir('ms-keyonly-');
-    const runs = await runEach(keyOnly().map(([args]) => args), { cwd: scratch, env: env(PRIV) });
+    const runs = await runEach(
+      keyOnly().map(([args]) => args),
+      { cwd: scratch, env: env(PRIV) },
+    );
     keyOnly().forEach(([args, out], i) => {
       expect(runs[i], args.join(' ')).toMatchObject({ code: 0, stderr: '', stdout: expect.stringMatching(out) });
     });
@@ -64,7 +67,11 @@ describe('commands that need only the key', () => {
 
   it('without a key and without a database refuse, creating nothing, exit 2', async () => {
     const scratch = tempDir('ms-keyonly-');
-    const commands = [['qr-code', 'airgapped'], ['vapid', 'pub'], ['vapid', 'test', push.endpoint()]];
+    const commands = [
+      ['qr-code', 'airgapped'],
+      ['vapid', 'pub'],
+      ['vapid', 'test', push.endpoint()],
+    ];
     for (const r of await runEach(commands, { cwd: scratch })) {
       expect(r.code).toBe(2);
       expect(oneLine(r.stderr)).toBe(
@@ -81,12 +88,20 @@ describe('commands that need only the key', () => {
     await store.recordVapidKey(PUB);
     await store.close();
     const needKey = keyOnly().filter(([args]) => args[0] !== 'test');
-    const refused = await runEach(needKey.map(([args]) => args), { cwd: dir, env: env(OTHER_PRIV) });
+    const refused = await runEach(
+      needKey.map(([args]) => args),
+      { cwd: dir, env: env(OTHER_PRIV) },
+    );
     refused.forEach((r, i) => {
       expect(r.code, needKey[i]![0].join(' ')).toBe(2);
-      expect(oneLine(r.stderr)).toMatch(new RegExp(`^mollysocket: the server on .*mollysocket\\.db signs with VAPID key ${PUB.slice(0, 12)}…, but this command's key is`));
+      expect(oneLine(r.stderr)).toMatch(
+        new RegExp(`^mollysocket: the server on .*mollysocket\\.db signs with VAPID key ${PUB.slice(0, 12)}…, but this command's key is`),
+      );
     });
-    const runs = await runEach(keyOnly().map(([args]) => args), { cwd: dir, env: env(PRIV) });
+    const runs = await runEach(
+      keyOnly().map(([args]) => args),
+      { cwd: dir, env: env(PRIV) },
+    );
     keyOnly().forEach(([args, out], i) => expect(runs[i], args.join(' ')).toMatchObject({ code: 0, stdout: expect.stringMatching(out) }));
     expect(readdirSync(dir).filter((f) => !f.startsWith('mollysocket.db'))).toEqual([]); // no kept key beside it
   }, 120_000);
@@ -102,7 +117,12 @@ describe('a command that changes nothing', () => {
     ]);
     const before = readFileSync(db);
     const unknown = '00000000-0000-4000-8000-000000000000';
-    for (const args of [['connection', 'remove', unknown], ['connection', 'remove', UUID, '9'], ['connection', 'enable', unknown], ['connection', 'enable', UUID]]) {
+    for (const args of [
+      ['connection', 'remove', unknown],
+      ['connection', 'remove', UUID, '9'],
+      ['connection', 'enable', unknown],
+      ['connection', 'enable', UUID],
+    ]) {
       const r = await runBin(args, { cwd: dir });
       expect(r.code, args.join(' ')).toBe(args.includes('enable') && args.includes(UUID) ? 0 : 1);
       expect(readFileSync(db).equals(before), args.join(' ')).toBe(true);
@@ -130,7 +150,7 @@ describe('an environment value MollySocket refuses', () => {
 });
 
 describe("MollySocket's systemd layout", () => {
-  it('the server runs on it unchanged: conf.toml\'s db, the credential vapid.key, the connections of its ms.db', async () => {
+  it("the server runs on it unchanged: conf.toml's db, the credential vapid.key, the connections of its ms.db", async () => {
     const signal = await FakeSignalServer.start({ tls: true });
     try {
       const account = { uuid: UUID, deviceId: 3, password: 'secret+/pw==' };
@@ -164,7 +184,9 @@ describe("MollySocket's systemd layout", () => {
       // A command given only MOLLY_CONF and the credential (INSTALL.md's way) finds the same key and database.
       const cli = { MOLLY_CONF: join(etc, 'conf.toml'), CREDENTIALS_DIRECTORY: credentials };
       expect(await runBin(['vapid', 'pub'], { cwd: root, env: cli })).toMatchObject({ code: 0, stdout: `${PUB}\n` });
-      expect((await runBin(['config'], { cwd: root, env: cli })).stdout).toContain(`# VAPID public key in effect: ${PUB} (vapid_key_file ${credentials}/vapid.key (from CREDENTIALS_DIRECTORY))`);
+      expect((await runBin(['config'], { cwd: root, env: cli })).stdout).toContain(
+        `# VAPID public key in effect: ${PUB} (vapid_key_file ${credentials}/vapid.key (from CREDENTIALS_DIRECTORY))`,
+      );
       expect((await runBin(['connection', 'list', '--json'], { cwd: root, env: cli })).stdout).toContain(`"uuid": "${UUID}"`);
     } finally {
       await signal.close();

@@ -66,7 +66,11 @@ async function register(url: string, a: Account, endpoint: string): Promise<stri
 
 const tokenOf = (a: Account): string => `token-${a.uuid.slice(-1)}`;
 const urgentTokens = (push: FakePushServer, from = 0): string[] =>
-  push.requests.slice(from).filter((r) => r.body === '{"urgent":true}').map((r) => r.path.replace('/up/', '')).sort();
+  push.requests
+    .slice(from)
+    .filter((r) => r.body === '{"urgent":true}')
+    .map((r) => r.path.replace('/up/', ''))
+    .sort();
 const allOpen = (w: World): boolean => accounts.every((a) => w.signal.open(a.uuid, a.deviceId).length === 1);
 
 /** A server with every account registered, connected, and its test push delivered. */

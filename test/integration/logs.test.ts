@@ -28,7 +28,9 @@ describe('logs', () => {
     await first.waitFor(/generated a VAPID key/);
     expect(await first.stop()).toBe(0);
     expect(first.stderr.trim().split('\n')).toEqual([
-      expect.stringMatching(new RegExp(`INFO: generated a VAPID key and kept it next to the database: back this file up with it \\{"file":"${join(cwd, 'vapid.key')}"\\}$`)),
+      expect.stringMatching(
+        new RegExp(`INFO: generated a VAPID key and kept it next to the database: back this file up with it \\{"file":"${join(cwd, 'vapid.key')}"\\}$`),
+      ),
     ]);
     const again = server([], cwd, { MOLLY_LOG: '' });
     await eventually(async () => /^server: running/.test((await runBin(['status'], { cwd })).stdout), 'the server to run', 20_000, 100);
@@ -54,7 +56,10 @@ describe('logs', () => {
     });
     await proc.waitFor(/start-up: every stored connection has been tried/, 30_000);
     expect(await proc.stop()).toBe(0);
-    const lines = proc.stderr.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const lines = proc.stderr
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(lines.find((l) => l.msg === 'start-up: every stored connection has been tried')).toEqual(
       // The third account is unknown to Signal: 403, forbidden.
       expect.objectContaining({ level: 'info', stored: 3, connected: 2, reconnecting: 0, forbidden: 1, took_s: expect.any(Number) }),

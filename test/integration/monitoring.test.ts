@@ -46,7 +46,9 @@ const dashboards = (): { file: string; panels: Panel[]; templating: { list: { qu
 const dashboardQueries = (): string[] =>
   dashboards().flatMap((d) => [
     ...d.panels.flatMap((p) => [p, ...(p.panels ?? [])]).flatMap((p) => (p.targets ?? []).map((t) => t.expr)),
-    ...d.templating.list.map((v) => (typeof v.query === 'object' ? v.query.query : v.query)).filter((q): q is string => q?.startsWith('label_values(') ?? false),
+    ...d.templating.list
+      .map((v) => (typeof v.query === 'object' ? v.query.query : v.query))
+      .filter((q): q is string => q?.startsWith('label_values(') ?? false),
   ]);
 
 const NOT_METRICS = new Set(['by', 'without', 'on', 'ignoring', 'group_left', 'group_right', 'offset', 'bool', 'and', 'or', 'unless', 'inf', 'nan']);
@@ -105,13 +107,22 @@ describe.skipIf(!havePromtool)('the Prometheus example', () => {
     expect(promtool('check', 'config', 'prometheus.yml')).toContain('is valid prometheus config file syntax');
   });
 
-  it('passes its alert rules\' unit tests (`promtool test rules`), which make every alert fire', () => {
+  it("passes its alert rules' unit tests (`promtool test rules`), which make every alert fire", () => {
     expect(promtool('test', 'rules', 'alerts.test.yml')).toContain('SUCCESS');
     const tests = parseYaml(readFileSync(join(prometheusDir, 'alerts.test.yml'), 'utf8')) as {
       tests: { alert_rule_test: { alertname: string; exp_alerts: unknown[] }[] }[];
     };
-    const fired = new Set(tests.tests.flatMap((t) => t.alert_rule_test).filter((a) => a.exp_alerts.length > 0).map((a) => a.alertname));
-    expect(rules().map((r) => r.alert).filter((a) => !fired.has(a))).toEqual([]);
+    const fired = new Set(
+      tests.tests
+        .flatMap((t) => t.alert_rule_test)
+        .filter((a) => a.exp_alerts.length > 0)
+        .map((a) => a.alertname),
+    );
+    expect(
+      rules()
+        .map((r) => r.alert)
+        .filter((a) => !fired.has(a)),
+    ).toEqual([]);
   });
 
   it('has the alerts an operator expects', () => {
@@ -129,16 +140,25 @@ describe.skipIf(!havePromtool)('the Prometheus example', () => {
 
 describe('the names the alert rules and the Grafana dashboard use', () => {
   it('are read from PromQL: selectors, not functions, keywords, labels or variables', () => {
-    expect(
-      metricNames('sum by (job, le) (rate(a_total{outcome=~"failed|by"}[5m] offset 1h)) / on (job) group_left (x) b > 0.5 and up{job="$job"}'),
-    ).toEqual(['a_total', 'b', 'up']);
+    expect(metricNames('sum by (job, le) (rate(a_total{outcome=~"failed|by"}[5m] offset 1h)) / on (job) group_left (x) b > 0.5 and up{job="$job"}')).toEqual([
+      'a_total',
+      'b',
+      'up',
+    ]);
     expect(metricNames('histogram_quantile(0.95, sum by (le) (rate(h_bucket{instance=~"$instance"}[$__rate_interval])))')).toEqual(['h_bucket']);
     expect(metricNames('label_values(mollysocket_connections{job="$job"}, instance)')).toEqual(['mollysocket_connections']);
   });
 
   it('include the metrics each alert is about, and every dashboard panel has a query', () => {
     const used = usedNames();
-    for (const name of ['mollysocket_forbiddens', 'mollysocket_push_results_total', 'mollysocket_connections', 'mollysocket_connection_states', LEASE_GAUGE, 'nodejs_eventloop_lag_p99_seconds']) {
+    for (const name of [
+      'mollysocket_forbiddens',
+      'mollysocket_push_results_total',
+      'mollysocket_connections',
+      'mollysocket_connection_states',
+      LEASE_GAUGE,
+      'nodejs_eventloop_lag_p99_seconds',
+    ]) {
       expect(used, name).toContain(name);
     }
     for (const d of dashboards()) {
@@ -169,7 +189,12 @@ describe('the names the alert rules and the Grafana dashboard use', () => {
 const backends: [string, () => Promise<Record<string, string>>][] = [
   ['SQLite', async () => ({ MOLLY_DB: join(tempDir(), 'mollysocket.db') })],
   ...(postgresMissing === undefined
-    ? [['PostgreSQL', async () => ({ MOLLY_DB: await freshDatabase(), MOLLY_LEASE_SECONDS: '3', MOLLY_INSTANCE_NAME: 'gauges' })] as [string, () => Promise<Record<string, string>>]]
+    ? [
+        ['PostgreSQL', async () => ({ MOLLY_DB: await freshDatabase(), MOLLY_LEASE_SECONDS: '3', MOLLY_INSTANCE_NAME: 'gauges' })] as [
+          string,
+          () => Promise<Record<string, string>>,
+        ],
+      ]
     : []),
 ];
 
@@ -213,8 +238,7 @@ describe.each(backends)('the gauges the "connections below what is stored" alert
     const line = text.split('\n').find((l) => l.startsWith(`${series} `));
     return line === undefined ? undefined : Number(line.slice(series.length + 1));
   };
-  const until = (series: string, value: number, what: string): Promise<void> =>
-    eventually(async () => (await sample(series)) === value, what, 15_000, 50);
+  const until = (series: string, value: number, what: string): Promise<void> => eventually(async () => (await sample(series)) === value, what, 15_000, 50);
 
   it('count the stored connections that are not forbidden (on PostgreSQL: those this instance runs), and those connected', async () => {
     expect((await register(healthy, 'right')).status).toBe(200);
@@ -234,7 +258,13 @@ describe.each(backends)('the gauges the "connections below what is stored" alert
     expect(await sample('mollysocket_connections')).toBe(1);
     // One scrape: between two, the connection may move from connecting to backoff.
     const text = await (await fetch(`${server.url}/metrics`)).text();
-    const value = (series: string): number => Number(text.split('\n').find((l) => l.startsWith(`${series} `))!.slice(series.length + 1));
+    const value = (series: string): number =>
+      Number(
+        text
+          .split('\n')
+          .find((l) => l.startsWith(`${series} `))!
+          .slice(series.length + 1),
+      );
     expect(value('mollysocket_connection_states{state="backoff"}') + value('mollysocket_connection_states{state="connecting"}')).toBe(1);
   });
 

@@ -29,11 +29,11 @@ function inNamespace(hosts: string, script: string, args: string[]): string {
 
 describe.skipIf(!canUnshare)('in a network namespace with only loopback', () => {
   it('survives a registration whose endpoint name resolves only to an unroutable address', () => {
-    const out = inNamespace(
-      '127.0.0.1 localhost\n2606:4700:4700::1111 unroutable.example\n',
-      join(packageRoot, 'test', 'fixtures', 'netns-registration.mjs'),
-      [BIN, tempDir(), 'https://unroutable.example/push/abc'],
-    );
+    const out = inNamespace('127.0.0.1 localhost\n2606:4700:4700::1111 unroutable.example\n', join(packageRoot, 'test', 'fixtures', 'netns-registration.mjs'), [
+      BIN,
+      tempDir(),
+      'https://unroutable.example/push/abc',
+    ]);
     const result = JSON.parse(out.trim().split('\n').pop() as string);
     expect(result.error).toBeUndefined();
     expect(result.registration).toBe('ok');

@@ -63,7 +63,9 @@ describe.skipIf(postgresMissing !== undefined)('one instance per instance_name o
     const second = await runBin(['server'], { cwd, env: { ...env, MOLLY_PORT: '0', MOLLY_VAPID_PRIVKEY: TEST_VAPID.priv } });
     expect(second.code).toBe(2);
     expect(second.stderr).toMatch(
-      new RegExp(`^mollysocket: another instance named "relay-a" is running on the database postgres://\\S+ \\(pid ${first.child.pid}, since .*\\): each instance needs its own instance_name`),
+      new RegExp(
+        `^mollysocket: another instance named "relay-a" is running on the database postgres://\\S+ \\(pid ${first.child.pid}, since .*\\): each instance needs its own instance_name`,
+      ),
     );
 
     const other = server(cwd, { ...env, MOLLY_INSTANCE_NAME: 'relay-b' }); // another name joins as before

@@ -56,7 +56,11 @@ describe('push client against a push server', () => {
       { client: counting, log: memoryLogger().log, clock, random: () => 1, events: new RelayEvents(), isActive: () => true },
     );
     notifier.urgent(conn);
-    for (const [n, delay] of [[1, 1_000], [2, 2_000], [3, 4_000]] as const) {
+    for (const [n, delay] of [
+      [1, 1_000],
+      [2, 2_000],
+      [3, 4_000],
+    ] as const) {
       await eventually(() => answers === n, `answer ${n}`);
       await flushPromises();
       expect(clock.nextDue()).toBe(delay); // the retry, scheduled on the notifier's clock
@@ -72,9 +76,14 @@ describe('push client against a push server', () => {
   it('classifies answers: 201, 200, 410, 404, 429 with Retry-After in seconds or as a date, 403, 500', async () => {
     const date = new Date(Date.now() + 60_000).toUTCString();
     push.script.push(
-      { status: 201 }, { status: 200 }, { status: 410 }, { status: 404 },
-      { status: 429, headers: { 'Retry-After': '120' } }, { status: 429, headers: { 'Retry-After': date } },
-      { status: 403 }, { status: 500 },
+      { status: 201 },
+      { status: 200 },
+      { status: 410 },
+      { status: 404 },
+      { status: 429, headers: { 'Retry-After': '120' } },
+      { status: 429, headers: { 'Retry-After': date } },
+      { status: 403 },
+      { status: 500 },
     );
     const outcomes = [];
     for (let i = 0; i < 8; i++) outcomes.push(await client.send(push.endpoint(), 'urgent'));
@@ -116,7 +125,10 @@ describe('push client against a push server', () => {
     const port = new URL(push.origin).port;
     const names = Array.from({ length: 40 }, (_, i) => `o${i}.test`);
     const many = new PushClient({
-      policy: new EndpointPolicy(names.map((n) => `http://${n}:${port}`), loopbackDns(names)),
+      policy: new EndpointPolicy(
+        names.map((n) => `http://${n}:${port}`),
+        loopbackDns(names),
+      ),
       timeoutMs: 1_000,
       idleSocketMs: 200,
     });
@@ -183,4 +195,3 @@ describe('push client against a push server', () => {
     unresolvable.close();
   });
 });
-

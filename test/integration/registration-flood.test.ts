@@ -45,7 +45,12 @@ describe('a registration flood', () => {
     });
     return ((await res.json()) as { mollysocket: { status: string } }).mollysocket.status;
   };
-  const stranger = (i: number) => ({ uuid: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`, device_id: 1, password: 'bWFkZS11cA==', endpoint: push.endpoint(`s${i}`) });
+  const stranger = (i: number) => ({
+    uuid: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`,
+    device_id: 1,
+    password: 'bWFkZS11cA==',
+    endpoint: push.endpoint(`s${i}`),
+  });
   const logins = (uuid: string) => signal.upgrades.filter((u) => u.uuid === uuid).length;
 
   it('stores nothing and sends nothing for made-up credentials: one refused login each, then none for an account that keeps failing', async () => {
@@ -59,7 +64,7 @@ describe('a registration flood', () => {
     expect(push.requests).toEqual([]);
   });
 
-  it("does not starve a real user: one address gets two questions at once, another address is served", async () => {
+  it('does not starve a real user: one address gets two questions at once, another address is served', async () => {
     signal.refusals.push({ status: 0 }, { status: 0 }); // the flood's first two questions hang until their timeout
     const flood = Array.from({ length: 20 }, (_, i) => register('203.0.113.9', stranger(100 + i)));
     await signal.until(() => signal.upgrades.length === 2, "the flood's two questions");

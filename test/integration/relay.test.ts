@@ -181,7 +181,9 @@ describe('the relay end to end', () => {
       expect(res.json.mollysocket.status).toBe('internal_error');
       expect(await server.store.get(device3)).toBeUndefined();
       // Asked again when Signal answers: ok.
-      expect((await register({ uuid: account.uuid, device_id: 3, password: device3.password, endpoint: push.endpoint('device3') })).json.mollysocket.status).toBe('ok');
+      expect(
+        (await register({ uuid: account.uuid, device_id: 3, password: device3.password, endpoint: push.endpoint('device3') })).json.mollysocket.status,
+      ).toBe('ok');
     });
 
     it('a new password for a forbidden connection (MollySocket row 7): replaced only when Signal accepts it', async () => {
@@ -362,7 +364,13 @@ describe('the relay end to end', () => {
   it('refuses at registration an endpoint whose name resolves to loopback under "*"', async () => {
     await server.close();
     const { config } = loadConfig({
-      env: { XDG_CONFIG_HOME: '/nonexistent', MOLLY_PORT: '0', MOLLY_DB: join(tempDir(), 'm.db'), MOLLY_SIGNAL_URL: signal.url, MOLLY_SIGNAL_CA_FILE: testPki().caFile },
+      env: {
+        XDG_CONFIG_HOME: '/nonexistent',
+        MOLLY_PORT: '0',
+        MOLLY_DB: join(tempDir(), 'm.db'),
+        MOLLY_SIGNAL_URL: signal.url,
+        MOLLY_SIGNAL_CA_FILE: testPki().caFile,
+      },
     });
     const resolver = async () => [{ address: '127.0.0.1', family: 4 as const }];
     server = await startServer(config, memoryLogger().log, { resolver });
@@ -379,7 +387,10 @@ describe('the relay end to end', () => {
     };
     await register({ ...molly, endpoint: push.endpoint() });
     await signal.until(() => server.supervisor.state(account) === 'connected', 'connected');
-    expect(await health()).toEqual({ status: 200, body: { status: 'ok', version: expect.any(String), connections: { total: 1, connected: 1, connecting: 0, backoff: 0, forbidden: 0 } } });
+    expect(await health()).toEqual({
+      status: 200,
+      body: { status: 'ok', version: expect.any(String), connections: { total: 1, connected: 1, connecting: 0, backoff: 0, forbidden: 0 } },
+    });
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
     expect(metrics).toContain('\nmollysocket_connections 1\n');
     expect(metrics).toContain('\nmollysocket_pushs 0\n'); // the registration's test push is no wake-up

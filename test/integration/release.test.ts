@@ -30,8 +30,7 @@ const step = (wf: Workflow, job: string, uses: string): Step => {
 };
 
 /** A tag filter of GitHub Actions (`[0-9]+.[0-9]+.[0-9]+`) as a regular expression: `+` repeats, `.` is itself. */
-const tagFilter = (pattern: string): RegExp =>
-  new RegExp(`^${pattern.replace(/\./g, '\\.').replace(/\*/g, '[^/]*')}$`);
+const tagFilter = (pattern: string): RegExp => new RegExp(`^${pattern.replace(/\./g, '\\.').replace(/\*/g, '[^/]*')}$`);
 
 /**
  * The image tags docker/metadata-action makes for a release `tag`, from the tag rules the workflow gives it: semver
@@ -56,7 +55,7 @@ function imageTags(rules: string, tag: string): string[] {
 }
 
 describe('the GitHub workflows', () => {
-  it('are valid workflows (the validator checks them against GitHub\'s schema, offline)', () => {
+  it("are valid workflows (the validator checks them against GitHub's schema, offline)", () => {
     const files = readdirSync(workflowsDir).filter((f) => /\.ya?ml$/.test(f));
     expect(files).toContain('release.yml');
     for (const f of files) expect(validateWorkflow(read('.github', 'workflows', f)).errors, f).toEqual([]);
@@ -64,7 +63,7 @@ describe('the GitHub workflows', () => {
     expect(validateWorkflow('on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    stepz: []\n').errors).not.toEqual([]);
   });
 
-  it('release on a version tag, after checking that it is package.json\'s version', () => {
+  it("release on a version tag, after checking that it is package.json's version", () => {
     const wf = release();
     const [filter] = wf.on.push.tags;
     for (const tag of ['1.7.1', '0.2.0', '10.20.30']) expect(tag).toMatch(tagFilter(filter!));
@@ -77,7 +76,7 @@ describe('the GitHub workflows', () => {
     expect(wf.jobs.npm!.needs).toBe('check');
   });
 
-  it('push the image for amd64 and arm64 with MollySocket\'s tag scheme', () => {
+  it("push the image for amd64 and arm64 with MollySocket's tag scheme", () => {
     const wf = release();
     const build = step(wf, 'image', 'docker/build-push-action');
     expect(String(build.with!.platforms).split(',')).toEqual(['linux/amd64', 'linux/arm64']);
@@ -100,7 +99,7 @@ describe('the GitHub workflows', () => {
 });
 
 describe('the version', () => {
-  it('is package.json\'s, the first entry of CHANGELOG.md, whose versions go down', () => {
+  it("is package.json's, the first entry of CHANGELOG.md, whose versions go down", () => {
     expect(version).toBe((JSON.parse(read('package.json')) as { version: string }).version);
     const entries = [...read('CHANGELOG.md').matchAll(/^## (\d+)\.(\d+)\.(\d+)\b/gm)].map((m) => [Number(m[1]), Number(m[2]), Number(m[3])]);
     expect(entries[0]?.join('.')).toBe(version);

@@ -9,12 +9,17 @@ import { tempDir } from '../helpers/index.js';
 /** The repository stands alone: no reference outside it, its docs shipped, its license and commands written down. */
 
 const git = (...args: string[]): string => execFileSync('git', args, { cwd: packageRoot, encoding: 'utf8' });
-const tracked = git('ls-files', '-z').split('\0').filter((f) => f !== '');
+const tracked = git('ls-files', '-z')
+  .split('\0')
+  .filter((f) => f !== '');
 const read = (file: string): string => readFileSync(join(packageRoot, file), 'utf8');
 
 /** Relative link targets in a markdown file, without their #fragment. */
 const linksIn = (markdown: string): string[] =>
-  [...markdown.matchAll(/\]\(([^)\s]+)\)/g)].map((m) => m[1] as string).filter((l) => !/^[a-z]+:|^#/.test(l)).map((l) => l.replace(/#.*$/, ''));
+  [...markdown.matchAll(/\]\(([^)\s]+)\)/g)]
+    .map((m) => m[1] as string)
+    .filter((l) => !/^[a-z]+:|^#/.test(l))
+    .map((l) => l.replace(/#.*$/, ''));
 
 describe('the repository', () => {
   it('has no tracked file that refers to a path outside it', () => {
@@ -37,12 +42,17 @@ describe('the repository', () => {
   });
 
   it('ships in its npm package every file its README and INSTALL.md link to, the systemd units and the license', () => {
-    const [pack] = JSON.parse(execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: packageRoot, encoding: 'utf8' })) as { files: { path: string }[] }[];
+    const [pack] = JSON.parse(execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: packageRoot, encoding: 'utf8' })) as {
+      files: { path: string }[];
+    }[];
     const packed = pack!.files.map((f) => f.path);
     const wanted = [...linksIn(read('README.md')), ...linksIn(read('INSTALL.md')), 'LICENSE', 'mollysocket.service', 'mollysocket-vapid.service'];
     for (const link of wanted) {
       const target = normalize(link).replace(/\/$/, '');
-      expect(packed.some((f) => f === target || f.startsWith(`${target}/`)), link).toBe(true);
+      expect(
+        packed.some((f) => f === target || f.startsWith(`${target}/`)),
+        link,
+      ).toBe(true);
     }
     expect(read('.gitignore').split('\n')).toContain('*.tgz');
   });
@@ -58,12 +68,18 @@ describe('the repository', () => {
   it("lists every command in the README's command table", async () => {
     const commandsOf = (help: string): string[] =>
       [...help.split(/^Commands:$/m)[1]!.matchAll(/^ {2}([a-z-]+)/gm)].map((m) => m[1] as string).filter((c) => c !== 'help');
-    const table = read('README.md').split('\n').filter((l) => l.startsWith('| `'));
+    const table = read('README.md')
+      .split('\n')
+      .filter((l) => l.startsWith('| `'));
     const cwd = tempDir();
     for (const command of commandsOf((await runBin(['--help'], { cwd })).stdout)) {
       const help = (await runBin([command, '--help'], { cwd })).stdout;
       const names = help.includes('Commands:') ? commandsOf(help).map((sub) => `${command} ${sub}`) : [command];
-      for (const name of names) expect(table.some((row) => row.includes(`\`${name}`)), name).toBe(true);
+      for (const name of names)
+        expect(
+          table.some((row) => row.includes(`\`${name}`)),
+          name,
+        ).toBe(true);
     }
   });
 });

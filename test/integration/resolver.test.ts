@@ -31,7 +31,10 @@ describe('resolving push endpoint names', () => {
 
   it('parses a hosts file: every name of a line, both families, comments ignored', () => {
     const hosts = parseHosts('10.0.0.1 a.test B.test\n# 10.0.0.2 c.test\nnot-an-ip d.test\nfd00::1 a.test\n');
-    expect(hosts.get('a.test')).toEqual([{ address: '10.0.0.1', family: 4 }, { address: 'fd00::1', family: 6 }]);
+    expect(hosts.get('a.test')).toEqual([
+      { address: '10.0.0.1', family: 4 },
+      { address: 'fd00::1', family: 6 },
+    ]);
     expect(hosts.get('b.test')).toEqual([{ address: '10.0.0.1', family: 4 }]);
     expect(hosts.has('c.test')).toBe(false);
     expect(hosts.has('d.test')).toBe(false);
@@ -41,12 +44,17 @@ describe('resolving push endpoint names', () => {
     const resolve = createResolver({ timeoutMs: 400, tries: 1, servers: [dns.address], hostsFile });
     let settled = 0;
     const slow = Array.from({ length: 8 }, (_, i) =>
-      resolve(`slow${i}.test`).then(
-        () => 'resolved',
-        (err: NodeJS.ErrnoException) => err.code,
-      ).finally(() => settled++),
+      resolve(`slow${i}.test`)
+        .then(
+          () => 'resolved',
+          (err: NodeJS.ErrnoException) => err.code,
+        )
+        .finally(() => settled++),
     );
-    expect(await resolve('PUSH.test')).toEqual([{ address: '127.0.0.1', family: 4 }, { address: '::1', family: 6 }]);
+    expect(await resolve('PUSH.test')).toEqual([
+      { address: '127.0.0.1', family: 4 },
+      { address: '::1', family: 6 },
+    ]);
     expect(settled).toBe(0); // the slow names hold nothing up
     expect(await Promise.all(slow)).toEqual(Array(8).fill('ETIMEOUT'));
     expect(dns.queries()).toBeGreaterThanOrEqual(8);

@@ -26,7 +26,14 @@ interface Harness {
   logs: () => string[];
 }
 
-const LINK_OPTIONS = { url: '', ca: undefined, userAgent: 'Signal-Android/7.60.0 test', connectTimeoutMs: 30_000, keepaliveIntervalMs: 30_000, keepaliveTimeoutMs: 20_000 };
+const LINK_OPTIONS = {
+  url: '',
+  ca: undefined,
+  userAgent: 'Signal-Android/7.60.0 test',
+  connectTimeoutMs: 30_000,
+  keepaliveIntervalMs: 30_000,
+  keepaliveTimeoutMs: 20_000,
+};
 
 const running: Harness[] = [];
 
@@ -38,7 +45,11 @@ afterEach(async () => {
   }
 });
 
-async function harness(over: Partial<SupervisorOptions> = {}, at?: string | ((signal: FakeSignalServer) => Promise<string>), random: () => number = () => 1): Promise<Harness> {
+async function harness(
+  over: Partial<SupervisorOptions> = {},
+  at?: string | ((signal: FakeSignalServer) => Promise<string>),
+  random: () => number = () => 1,
+): Promise<Harness> {
   const signal = await FakeSignalServer.start({ tls: false });
   const url = typeof at === 'function' ? await at(signal) : at;
   const dbPath = join(tempDir(), 'mollysocket.db');
@@ -48,7 +59,6 @@ async function harness(over: Partial<SupervisorOptions> = {}, at?: string | ((si
   const urgent: Connection[] = [];
   const checks: Connection[] = [];
   const options: SupervisorOptions = {
-
     backoff: { baseMs: 1_000, capMs: 300_000 },
     healthyAfterMs: 60_000,
     ramp: { ratePerSecond: 100, concurrency: 50 },
@@ -411,7 +421,7 @@ describe('backoff', () => {
 describe('recovery after an outage', () => {
   it('reconnects every account within seconds once Signal is back, however long their backoff had grown', async () => {
     let seed = 7;
-    const seeded = (): number => ((seed = (seed * 48271) % 2147483647) / 2147483647); // jitter spreads the retries
+    const seeded = (): number => (seed = (seed * 48271) % 2147483647) / 2147483647; // jitter spreads the retries
     const h = await harness({}, undefined, seeded);
     const accounts = Array.from({ length: 20 }, (_, i) => ({
       uuid: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`,

@@ -86,7 +86,7 @@ describe('one client cannot take every connection', () => {
     expect(many.filter((c) => c.ended)).toEqual([]);
   });
 
-  it('closes an idle kept-alive connection after the idle timeout (not Fastify\'s 72 s)', async () => {
+  it("closes an idle kept-alive connection after the idle timeout (not Fastify's 72 s)", async () => {
     const { port } = await listening({ ...fast, idleTimeoutMs: 300 });
     const idle = client(port);
     let answer = '';
@@ -101,7 +101,9 @@ describe('HTTP/2 with prior knowledge (h2c), on the same port as HTTP/1.1', () =
   const sessions: ClientHttp2Session[] = [];
   afterEach(() => sessions.splice(0).forEach((s) => s.destroy()));
   const h2 = (url: string, opts: { localAddress?: string } = {}): ClientHttp2Session => {
-    const session = http2.connect(url, { ...(opts.localAddress && { createConnection: () => connect({ port: Number(new URL(url).port), host: '127.0.0.1', localAddress: opts.localAddress }) }) });
+    const session = http2.connect(url, {
+      ...(opts.localAddress && { createConnection: () => connect({ port: Number(new URL(url).port), host: '127.0.0.1', localAddress: opts.localAddress }) }),
+    });
     session.on('error', () => {});
     sessions.push(session);
     return session;
@@ -153,13 +155,14 @@ describe('HTTP/2 with prior knowledge (h2c), on the same port as HTTP/1.1', () =
     const page = await ask(session, { ':path': '/', ':authority': 'internal:8020', 'x-forwarded-host': 'public.example', 'x-forwarded-prefix': '/molly' });
     expect(linkIn(page.body).searchParams.get('url')).toBe('https://public.example/molly/');
     const registration = JSON.stringify({ uuid: '6e3b5c1a-5a8e-4b6e-9c3e-1f2a3b4c5d6e', device_id: 1, password: 'p', endpoint: 'https://e.example/x' });
-    const post = (phone: string) => ask(session, { ':path': '/', ':method': 'POST', 'content-type': 'application/json', 'x-forwarded-for': phone }, registration);
+    const post = (phone: string) =>
+      ask(session, { ':path': '/', ':method': 'POST', 'content-type': 'application/json', 'x-forwarded-for': phone }, registration);
     const statuses = [];
     for (const phone of ['198.51.100.1', '198.51.100.1', '198.51.100.1', '198.51.100.2']) statuses.push((await post(phone)).status);
     expect(statuses).toEqual([200, 200, 429, 200]);
   });
 
-  it('counts sessions against the client\'s bound and closes idle ones', async () => {
+  it("counts sessions against the client's bound and closes idle ones", async () => {
     const { url } = await listening({ ...fast, maxConnectionsPerClient: 2, idleTimeoutMs: 300 });
     const [a, b, c] = [h2(url), h2(url), h2(url)];
     const answered = await Promise.allSettled([a, b, c].map((s) => ask(s, { ':path': '/discover' })));
@@ -215,7 +218,9 @@ describe('hostile headers on the homepage', () => {
     for (const host of hosts) {
       for (const method of ['GET', 'HEAD'] as const) {
         expect((await instance.inject({ method, url: '/', headers: { host } })).statusCode, `${method} ${host}`).toBe(400);
-        expect((await instance.inject({ method, url: '/', headers: { host: 'a', 'x-forwarded-host': host } })).statusCode, `${method} forwarded ${host}`).toBe(400);
+        expect((await instance.inject({ method, url: '/', headers: { host: 'a', 'x-forwarded-host': host } })).statusCode, `${method} forwarded ${host}`).toBe(
+          400,
+        );
       }
     }
     expect(lines()).toEqual([]);
@@ -243,10 +248,11 @@ describe('hostile headers on the homepage', () => {
     log.level = 'error';
     const { instance } = await testApp({ log, trustProxy: true });
     let seed = 7;
-    const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31); // the same cases every run
-    const pick = (alphabet: string, max: number) => Array.from({ length: Math.floor(random() * max) }, () => alphabet[Math.floor(random() * alphabet.length)]).join('');
+    const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31; // the same cases every run
+    const pick = (alphabet: string, max: number) =>
+      Array.from({ length: Math.floor(random() * max) }, () => alphabet[Math.floor(random() * alphabet.length)]).join('');
     const HOSTISH = 'a1.:[]%-_@/\\?#f0:';
-    const oneOf = <T,>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
+    const oneOf = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
     const NAMES = ['a', 'a.b', '1', '1.2.3.4', '[1]', '[::1]', '[:::]', '[1.2.3.4]', '[::1::2]', '[.]', '[f::]', '', 'a..b', '_'];
     const PORTS = ['', ':', ':0', ':8443', ':65535', ':65536', ':99999', ':a'];
     const hostish = (): string => (random() < 0.6 ? `${oneOf(NAMES)}${oneOf(PORTS)}` : pick(HOSTISH, 14));

@@ -25,7 +25,6 @@ function ops(over: Partial<Ops> = {}, metrics = new Metrics(() => counts)): Ops 
 
 const app = (over: Partial<WebDeps> = {}) => testApp({ ops: ops(), ...over });
 
-
 describe('the URL in the link', () => {
   const req = (headers: Record<string, string>, url = '/') => ({ headers, url });
   const plain = { publicUrl: undefined, viaTrustedProxy: false };
@@ -42,7 +41,13 @@ describe('the URL in the link', () => {
   });
 
   it("keeps the page's own host: X-Original-URL counts only when it is a path", () => {
-    for (const [original, proxy] of [['x:@evil.example/', plain], ['x:.evil.example/', plain], ['https://evil.example/', plain], ['//[', plain], ['x:@evil.example/', proxied]] as const) {
+    for (const [original, proxy] of [
+      ['x:@evil.example/', plain],
+      ['x:.evil.example/', plain],
+      ['https://evil.example/', plain],
+      ['//[', plain],
+      ['x:@evil.example/', proxied],
+    ] as const) {
       const got = serverUrl(req({ host: 'molly.example.org', 'x-original-url': original }), proxy);
       expect(got, original).toEqual({ url: 'https://molly.example.org/', unusable: ['X-Original-URL'] });
       expect(new URL(got.url).host).toBe('molly.example.org');
@@ -51,7 +56,9 @@ describe('the URL in the link', () => {
   });
 
   it('prefers the url setting', () => {
-    expect(serverUrl(req({ host: 'internal:8020' }), { publicUrl: 'https://example.org/molly/', viaTrustedProxy: false }).url).toBe('https://example.org/molly/');
+    expect(serverUrl(req({ host: 'internal:8020' }), { publicUrl: 'https://example.org/molly/', viaTrustedProxy: false }).url).toBe(
+      'https://example.org/molly/',
+    );
   });
 
   it('believes X-Forwarded-Host/Prefix only through a trusted proxy, the entry of the nearest one', () => {
@@ -104,7 +111,7 @@ describe('proxies and the rate limit', () => {
     expect(await statuses(3, () => post(instance, '198.51.100.7'))).toEqual({ ok: 2, limited: 1 });
   });
 
-  it('answers 400 for a Host, or a trusted proxy\'s X-Forwarded-Host, that is not a plain host', async () => {
+  it("answers 400 for a Host, or a trusted proxy's X-Forwarded-Host, that is not a plain host", async () => {
     const { instance } = await app({ trustProxy: true });
     const page = (headers: Record<string, string>) => instance.inject({ url: '/', remoteAddress: '127.0.0.1', headers });
     expect((await page({ host: 'x@evil.example' })).statusCode).toBe(400);
@@ -162,7 +169,7 @@ describe('web routes', () => {
     expect(page.body).toContain('data-link-url=""');
   });
 
-  it('sends security headers, with a CSP that allows only the page\'s own script and style', async () => {
+  it("sends security headers, with a CSP that allows only the page's own script and style", async () => {
     const { instance } = await app();
     const page = await instance.inject({ url: '/', headers: { host: 'push.example' } });
     expect(page.headers['x-content-type-options']).toBe('nosniff');
@@ -181,7 +188,12 @@ describe('web routes', () => {
 
   it('passes a registration to the decision table and wraps its status', async () => {
     const { instance, seen } = await app();
-    const res = await instance.inject({ method: 'POST', url: '/', headers: { 'content-type': 'application/json; charset=utf-8' }, payload: { ...valid, ping: true } });
+    const res = await instance.inject({
+      method: 'POST',
+      url: '/',
+      headers: { 'content-type': 'application/json; charset=utf-8' },
+      payload: { ...valid, ping: true },
+    });
     expect(res.statusCode).toBe(200);
     expect(res.json()).toEqual({ mollysocket: { version: '9.9.9', status: 'ok' } });
     expect(seen).toEqual([{ uuid: valid.uuid, deviceId: 1, password: 'p', endpoint: valid.endpoint, ping: true }]);
@@ -190,11 +202,20 @@ describe('web routes', () => {
   it('answers malformed input with 4xx and a JSON error, never a 5xx', async () => {
     const { instance, seen } = await app();
     const post = (payload: string, type = 'application/json') => instance.inject({ method: 'POST', url: '/', headers: { 'content-type': type }, payload });
-    for (const bad of ['{', '[]', 'null', JSON.stringify({ ...valid, device_id: 0 }), JSON.stringify({ ...valid, device_id: 2 ** 31 }),
-      JSON.stringify({ ...valid, device_id: '1' }), JSON.stringify({ ...valid, device_id: 1.5 }), JSON.stringify({ ...valid, password: '' }),
-      JSON.stringify({ ...valid, password: 'x'.repeat(257) }), JSON.stringify({ ...valid, uuid: 'x'.repeat(65) }),
+    for (const bad of [
+      '{',
+      '[]',
+      'null',
+      JSON.stringify({ ...valid, device_id: 0 }),
+      JSON.stringify({ ...valid, device_id: 2 ** 31 }),
+      JSON.stringify({ ...valid, device_id: '1' }),
+      JSON.stringify({ ...valid, device_id: 1.5 }),
+      JSON.stringify({ ...valid, password: '' }),
+      JSON.stringify({ ...valid, password: 'x'.repeat(257) }),
+      JSON.stringify({ ...valid, uuid: 'x'.repeat(65) }),
       JSON.stringify({ ...valid, ping: 'yes' }),
-      JSON.stringify({ uuid: valid.uuid })]) {
+      JSON.stringify({ uuid: valid.uuid }),
+    ]) {
       const res = await post(bad);
       expect(res.statusCode, bad.slice(0, 80)).toBe(400);
       expect(res.json()).toHaveProperty('error');
@@ -222,7 +243,13 @@ describe('web routes', () => {
 
   it('refuses text no database stores as sent (NUL, lone surrogates) with 400 before it reaches the store', async () => {
     const { instance, seen } = await app();
-    for (const bad of [{ uuid: `${valid.uuid}\u0000` }, { password: 'p\u0000w' }, { endpoint: 'https://e.example/\u0000' }, { password: 'p\ud800w' }, { endpoint: 'https://e.example/\udfff' }]) {
+    for (const bad of [
+      { uuid: `${valid.uuid}\u0000` },
+      { password: 'p\u0000w' },
+      { endpoint: 'https://e.example/\u0000' },
+      { password: 'p\ud800w' },
+      { endpoint: 'https://e.example/\udfff' },
+    ]) {
       const payload = JSON.stringify({ ...valid, ...bad }); // escaped as JSON sends them: \u0000, \ud800
       const res = await instance.inject({ method: 'POST', url: '/', headers: { 'content-type': 'application/json' }, payload });
       expect(res.statusCode, payload).toBe(400);
@@ -266,7 +293,13 @@ describe('health and metrics', () => {
     const res = await instance.inject({ url: '/metrics' });
     expect(res.headers['content-type']).toMatch(/^text\/plain/);
     // mollysocket_connections counts every connection whose loop runs: connecting, connected and in backoff.
-    for (const name of ['mollysocket_connections 6', 'mollysocket_forbiddens 1', 'mollysocket_reconnections 0', 'mollysocket_messages 0', 'mollysocket_pushs 0']) {
+    for (const name of [
+      'mollysocket_connections 6',
+      'mollysocket_forbiddens 1',
+      'mollysocket_reconnections 0',
+      'mollysocket_messages 0',
+      'mollysocket_pushs 0',
+    ]) {
       expect(res.body).toContain(`\n${name}\n`);
     }
     expect(res.body).toContain('# TYPE mollysocket_pushs counter');
@@ -297,7 +330,9 @@ describe('health and metrics', () => {
     expect(body).not.toContain('/nope');
     expect(body).toContain('# TYPE rocket_http_requests_duration_seconds histogram');
     // The Prometheus default buckets, as rocket_prometheus uses them.
-    const buckets = [...body.matchAll(/rocket_http_requests_duration_seconds_bucket\{le="([^"]+)",endpoint="\/discover",method="GET",status="200"\} 1/g)].map((m) => m[1]);
+    const buckets = [...body.matchAll(/rocket_http_requests_duration_seconds_bucket\{le="([^"]+)",endpoint="\/discover",method="GET",status="200"\} 1/g)].map(
+      (m) => m[1],
+    );
     expect(buckets).toEqual(['0.005', '0.01', '0.025', '0.05', '0.1', '0.25', '0.5', '1', '2.5', '5', '10', '+Inf']);
     expect(body).toMatch(/\nrocket_http_requests_duration_seconds_count\{endpoint="\/discover",method="GET",status="200"\} 1\n/);
   });

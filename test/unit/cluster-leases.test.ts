@@ -22,8 +22,7 @@ async function cluster(names = ['a', 'b', 'c'], devices = 60): Promise<ClusterWo
 }
 
 const node = (world: ClusterWorld, name: string): Node => world.nodes.get(name)!;
-const ownedBy = (world: ClusterWorld, n: Node): ConnectionKey[] =>
-  [...world.db.rows.values()].filter((r) => r.conn.owner === n.leases.id).map((r) => r.conn);
+const ownedBy = (world: ClusterWorld, n: Node): ConnectionKey[] => [...world.db.rows.values()].filter((r) => r.conn.owner === n.leases.id).map((r) => r.conn);
 const owners = (world: ClusterWorld): string[] => [...world.db.rows.values()].map((r) => String(r.conn.owner));
 
 /** The safety property: no socket without a lease and ownership; no device fought over. */
@@ -157,7 +156,9 @@ describe('the lease engine on a manual clock', () => {
   it('a hand-over to a new owner that dies before connecting: the old sockets stay while its lease holds, then the devices come back', async () => {
     const world = await cluster(['a', 'b']);
     const d = await world.start('d', { connectDelayMs: 40_000 });
-    expect(await world.until(() => ownedBy(world, d).length > 0 && world.nodes.get('a')!.handingOver() + world.nodes.get('b')!.handingOver() > 0, LEASE)).toBe(true);
+    expect(await world.until(() => ownedBy(world, d).length > 0 && world.nodes.get('a')!.handingOver() + world.nodes.get('b')!.handingOver() > 0, LEASE)).toBe(
+      true,
+    );
     d.kill();
     expect(await world.until(() => world.settled(), 2 * LEASE + 2 * LEASE)).toBe(true); // reaped, claimed back
     expect(world.gap()).toBeLessThan(2 * LEASE);

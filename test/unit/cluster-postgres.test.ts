@@ -32,11 +32,17 @@ describe.skipIf(postgresMissing !== undefined)('PostgreSQL clients when the serv
       // The import waits on the lock after its BEGIN: terminated there, in the middle of its transaction.
       await admin.query('BEGIN');
       await admin.query('LOCK TABLE connections IN ACCESS EXCLUSIVE MODE');
-      const blocked = store.importConnections([{ ...conn(0), forbidden: false, forbiddenReason: null, forbiddenAt: null, lastRegistration: 1, createdAt: 1, updatedAt: 1, owner: null, epoch: 0 }]);
-      const outcome = blocked.then(() => 'stored', (err: Error) => err.message);
+      const blocked = store.importConnections([
+        { ...conn(0), forbidden: false, forbiddenReason: null, forbiddenAt: null, lastRegistration: 1, createdAt: 1, updatedAt: 1, owner: null, epoch: 0 },
+      ]);
+      const outcome = blocked.then(
+        () => 'stored',
+        (err: Error) => err.message,
+      );
       let pid: number | undefined;
       await eventually(async () => {
-        pid = (await admin.query<{ pid: number }>(`SELECT pid FROM pg_stat_activity WHERE application_name = 'mollysocket' AND wait_event_type = 'Lock'`)).rows[0]?.pid;
+        pid = (await admin.query<{ pid: number }>(`SELECT pid FROM pg_stat_activity WHERE application_name = 'mollysocket' AND wait_event_type = 'Lock'`))
+          .rows[0]?.pid;
         return pid !== undefined;
       }, 'the import waiting for the lock');
       await admin.query('SELECT pg_terminate_backend($1)', [pid]);
@@ -144,12 +150,20 @@ describe.skipIf(postgresMissing !== undefined || pgbouncerMissing !== undefined)
     expect((await leases.claim('b', all)).map((c) => c.owedWake)).toEqual([true, true, true]);
     expect((await leases.owned('b')).map((c) => c.owedWake)).toEqual([true, true, true]); // a lost answer loses nothing
     await leases.woken('b', [k1!]);
-    expect((await leases.owned('b')).filter((c) => c.owedWake).map((c) => c.conn.deviceId).sort()).toEqual([2, 3]);
+    expect(
+      (await leases.owned('b'))
+        .filter((c) => c.owedWake)
+        .map((c) => c.conn.deviceId)
+        .sort(),
+    ).toEqual([2, 3]);
     // b hands k1..k3 to c; c connects k1 (published), k2 is removed, k3 waits.
     await leases.join({ id: 'c', name: 'c', pid: 3, version: 'v' }, 60_000);
     await leases.handOver('b', 'c', all);
     store.instance = 'c';
-    await store.publishStates([{ ...k1!, state: 'connected', reason: 'open', since: 1 }, { ...k3!, state: 'connecting', reason: 'started', since: 1 }]);
+    await store.publishStates([
+      { ...k1!, state: 'connected', reason: 'open', since: 1 },
+      { ...k3!, state: 'connecting', reason: 'started', since: 1 },
+    ]);
     await store.remove(k2!);
     const states = await leases.handOverStates([k1!, k2!, k3!]);
     expect(states.map((s) => [s.key.deviceId, s.exists, s.owner, s.ownerLive, s.ownerConnected]).sort()).toEqual([

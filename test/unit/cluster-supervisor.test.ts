@@ -54,7 +54,14 @@ async function harness(allowed: boolean) {
   const clock = new ManualClock();
   const sup = new Supervisor(
     {
-      link: { url: signal.url, ca: undefined, userAgent: 'Signal-Android/7.60.0 test', connectTimeoutMs: 30_000, keepaliveIntervalMs: 30_000, keepaliveTimeoutMs: 20_000 },
+      link: {
+        url: signal.url,
+        ca: undefined,
+        userAgent: 'Signal-Android/7.60.0 test',
+        connectTimeoutMs: 30_000,
+        keepaliveIntervalMs: 30_000,
+        keepaliveTimeoutMs: 20_000,
+      },
       backoff: { baseMs: 1_000, capMs: 300_000 },
       healthyAfterMs: 60_000,
       ramp: { ratePerSecond: 100, concurrency: 50 },
@@ -100,7 +107,10 @@ describe('the supervisor under lease ownership', () => {
     expect(h.sup.reachesSignal()).toBe(true);
     h.ownership.allowed = true;
     h.ownership.target.leaseRegained();
-    await eventually(() => h.signal.upgrades.filter((u) => u.status === 503).length === 3 && accounts.every((a) => h.sup.state(a) === 'backoff'), 'three refusals');
+    await eventually(
+      () => h.signal.upgrades.filter((u) => u.status === 503).length === 3 && accounts.every((a) => h.sup.state(a) === 'backoff'),
+      'three refusals',
+    );
     expect(h.sup.reachesSignal()).toBe(false);
     for (let i = 0; i < 10 && !accounts.some((a) => h.sup.state(a) === 'connected'); i++) {
       h.clock.advance(1_000); // their backoff: they retry, and Signal answers now

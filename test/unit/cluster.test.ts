@@ -17,7 +17,7 @@ describe('fair shares by rendezvous hashing', () => {
     }
   });
 
-  it('moves only the newcomer\'s share when one joins, and only the leaver\'s when one leaves', () => {
+  it("moves only the newcomer's share when one joins, and only the leaver's when one leaves", () => {
     const three = members('a', 'b', 'c');
     const four = [...three, { id: 'id-d', name: 'd' }];
     const before = assignBuckets(three);
@@ -31,20 +31,34 @@ describe('fair shares by rendezvous hashing', () => {
   });
 
   it('depends on stable names, not ids: a restarted instance gets its buckets back', () => {
-    const first = assignBuckets([{ id: '1', name: 'a' }, { id: '2', name: 'b' }]);
-    const again = assignBuckets([{ id: '1', name: 'a' }, { id: '3', name: 'b' }]);
+    const first = assignBuckets([
+      { id: '1', name: 'a' },
+      { id: '2', name: 'b' },
+    ]);
+    const again = assignBuckets([
+      { id: '1', name: 'a' },
+      { id: '3', name: 'b' },
+    ]);
     expect(again.map((o) => (o === '3' ? '2' : o))).toEqual(first);
   });
 
   it('tells apart two instances with the same name', () => {
-    const owners = assignBuckets([{ id: 'x', name: 'host' }, { id: 'y', name: 'host' }]);
+    const owners = assignBuckets([
+      { id: 'x', name: 'host' },
+      { id: 'y', name: 'host' },
+    ]);
     expect(bucketsOf(owners, 'x').length).toBeGreaterThan(BUCKETS / 3);
     expect(bucketsOf(owners, 'y').length).toBeGreaterThan(BUCKETS / 3);
   });
 
   it('plans hand-overs of the buckets another member owns now, by receiver', () => {
     const owners = ['me', 'b', 'c', 'b'];
-    expect(handOvers(owners, 'me', [0, 1, 2, 3])).toEqual(new Map([['b', [1, 3]], ['c', [2]]]));
+    expect(handOvers(owners, 'me', [0, 1, 2, 3])).toEqual(
+      new Map([
+        ['b', [1, 3]],
+        ['c', [2]],
+      ]),
+    );
   });
 
   it('puts a device in a fixed bucket', () => {

@@ -112,7 +112,9 @@ describe('config', () => {
   });
 
   it('stops on a signal_ca_file or vapid_key_file that cannot be read, naming the key', () => {
-    expect(() => loadConfig({ env: { ...noFile, MOLLY_SIGNAL_CA_FILE: '/nonexistent/ca.pem' } })).toThrow(/config key "signal_ca_file" names a file that cannot be read \(ENOENT\).*MOLLY_SIGNAL_CA_FILE/);
+    expect(() => loadConfig({ env: { ...noFile, MOLLY_SIGNAL_CA_FILE: '/nonexistent/ca.pem' } })).toThrow(
+      /config key "signal_ca_file" names a file that cannot be read \(ENOENT\).*MOLLY_SIGNAL_CA_FILE/,
+    );
     expect(() => loadConfig({ env: { ...noFile, MOLLY_VAPID_KEY_FILE: '/nonexistent/k' } })).toThrow(ConfigError);
   });
 
@@ -130,8 +132,14 @@ describe('config', () => {
     expect(load({ MOLLY_DB: ' /data/molly socket.db ' }).config.db).toBe('/data/molly socket.db');
     expect(load({ MOLLY_ALLOWED_UUIDS: '[*]' }).config.allowed_uuids).toEqual(['*']);
     expect(load({ MOLLY_ALLOWED_UUIDS: '"*"' }).config.allowed_uuids).toEqual(['*']);
-    expect(load({ MOLLY_ALLOWED_ENDPOINTS: '[https://a.example,https://b.example:8443]' }).config.allowed_endpoints).toEqual(['https://a.example', 'https://b.example:8443']);
-    expect(load({ MOLLY_ALLOWED_ENDPOINTS: '["https://a.example", https://b.example]' }).config.allowed_endpoints).toEqual(['https://a.example', 'https://b.example']);
+    expect(load({ MOLLY_ALLOWED_ENDPOINTS: '[https://a.example,https://b.example:8443]' }).config.allowed_endpoints).toEqual([
+      'https://a.example',
+      'https://b.example:8443',
+    ]);
+    expect(load({ MOLLY_ALLOWED_ENDPOINTS: '["https://a.example", https://b.example]' }).config.allowed_endpoints).toEqual([
+      'https://a.example',
+      'https://b.example',
+    ]);
     expect(load({ MOLLY_WEBSERVER: 'false', MOLLY_PORT: ' 8021 ', MOLLY_HOST: '"::"' }).config).toMatchObject({ webserver: false, port: 8021, host: '::' });
     expect(load({ MOLLY_WEBSERVER: '0' }).config.webserver).toBe(false);
     expect(() => load({ MOLLY_WEBSERVER: '"false"' })).toThrow(/"webserver" must be true or false/); // a string, as in figment
@@ -160,8 +168,12 @@ describe('config', () => {
       `environment variable MOLLY_ALLOWED_UUIDS does not parse: '…' quotes exactly one character, and the one opened at ` +
         `character 2 goes on: write text as "…" (got "['${uuid}']")`,
     );
-    expect(refused({ MOLLY_ALLOWED_ENDPOINTS: '[https://push.example' })).toMatch(/^environment variable MOLLY_ALLOWED_ENDPOINTS does not parse: expected "," or "]" at character 22, found the end/);
-    expect(refused({ MOLLY_DB: '"/data/mollysocket.db' })).toMatch(/^environment variable MOLLY_DB does not parse: a "…" string opened at character 1 is not closed/);
+    expect(refused({ MOLLY_ALLOWED_ENDPOINTS: '[https://push.example' })).toMatch(
+      /^environment variable MOLLY_ALLOWED_ENDPOINTS does not parse: expected "," or "]" at character 22, found the end/,
+    );
+    expect(refused({ MOLLY_DB: '"/data/mollysocket.db' })).toMatch(
+      /^environment variable MOLLY_DB does not parse: a "…" string opened at character 1 is not closed/,
+    );
     expect(refused({ MOLLY_PORT: "'8020'" })).toMatch(/^environment variable MOLLY_PORT does not parse: '…' quotes exactly one character/);
     // A secret's value is never repeated.
     const key = 'DSqYuWchrB6yIMYJtidvqANeRQic4uWy34afzZRsZnI';
@@ -173,7 +185,10 @@ describe('config', () => {
     expect(refused({ MOLLY_WEBSERVER: 'yes' })).toMatch(/^config key "webserver" must be true or false.*MOLLY_WEBSERVER/);
     expect(refused({ MOLLY_HOST: '[::]' })).toMatch(/^config key "host" must be a string \(got \["::"\] from MOLLY_HOST\)/);
     // A bare word stays its own text, separators and all, as figment takes it.
-    expect(load({ MOLLY_DB: '/data/a,b.db', MOLLY_SIGNAL_URL: 'wss://[::1]:8443/v1/websocket/' }).config).toMatchObject({ db: '/data/a,b.db', signal_url: 'wss://[::1]:8443/v1/websocket/' });
+    expect(load({ MOLLY_DB: '/data/a,b.db', MOLLY_SIGNAL_URL: 'wss://[::1]:8443/v1/websocket/' }).config).toMatchObject({
+      db: '/data/a,b.db',
+      signal_url: 'wss://[::1]:8443/v1/websocket/',
+    });
     expect(load({ MOLLY_ALLOWED_UUIDS: `['*']` }).config.allowed_uuids).toEqual(['*']); // one character: figment's char
   });
 

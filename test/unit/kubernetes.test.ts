@@ -94,7 +94,11 @@ describe.each(['sqlite', 'postgres'])('deploy/kubernetes/%s', (variant) => {
   it('lists every manifest in its kustomization, and runs the released image', () => {
     const kustomization = readFileSync(join(dir(variant), 'kustomization.yaml'), 'utf8');
     const listed = (parseAllDocuments(kustomization)[0]!.toJS() as Manifest).resources ?? [];
-    expect([...listed].sort()).toEqual(files(variant).filter((f) => f !== 'kustomization.yaml').sort());
+    expect([...listed].sort()).toEqual(
+      files(variant)
+        .filter((f) => f !== 'kustomization.yaml')
+        .sort(),
+    );
     expect(pod.spec.containers).toHaveLength(1);
     expect(container!.image).toBe(releasedImage());
     expect(container!.args).toEqual(['server']);

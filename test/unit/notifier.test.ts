@@ -85,7 +85,7 @@ describe('coalescing', () => {
 
   it('always has a push that started after the last envelope, and never two within the interval', async () => {
     let seed = 42;
-    const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
     for (let run = 0; run < 50; run++) {
       const h = harness({}, () => delivered);
       let last = 0;
@@ -226,15 +226,27 @@ describe('retries', () => {
     const logged = () => h.lines().map((l) => JSON.parse(l) as { level: number; msg: string });
     h.notifier.urgent(conn);
     await flushPromises();
-    expect(logged().filter((l) => l.level >= 30).map((l) => [l.level, l.msg])).toEqual([[30, 'push failed: will retry']]);
+    expect(
+      logged()
+        .filter((l) => l.level >= 30)
+        .map((l) => [l.level, l.msg]),
+    ).toEqual([[30, 'push failed: will retry']]);
     h.clock.advance(2_000); // the retry: delivered
     await flushPromises();
     expect(h.sent).toHaveLength(2);
-    expect(logged().filter((l) => l.msg === 'push delivered').map((l) => l.level)).toEqual([20]);
+    expect(
+      logged()
+        .filter((l) => l.msg === 'push delivered')
+        .map((l) => l.level),
+    ).toEqual([20]);
     h.clock.advance(2_000);
     h.notifier.urgent(conn); // refused
     await flushPromises();
-    expect(logged().filter((l) => l.level >= 30).map((l) => [l.level, l.msg])).toEqual([
+    expect(
+      logged()
+        .filter((l) => l.level >= 30)
+        .map((l) => [l.level, l.msg]),
+    ).toEqual([
       [30, 'push failed: will retry'],
       [40, 'push refused: not retried (check allowed_endpoints and the VAPID key)'],
     ]);

@@ -58,7 +58,9 @@ describe('registration decision table', () => {
   });
   it('row 4: same password, forbidden -> forbidden, nothing', () => {
     expect(decide(req, allowed, stored({ forbidden: true, forbiddenReason: 'signal_403' }))).toEqual({ status: 'forbidden', action: 'none', testPush: false });
-    expect(decide({ ...req, endpoint: 'https://push.example/up/new' }, allowed, stored({ forbidden: true, forbiddenReason: 'signal_403' })).status).toBe('forbidden');
+    expect(decide({ ...req, endpoint: 'https://push.example/up/new' }, allowed, stored({ forbidden: true, forbiddenReason: 'signal_403' })).status).toBe(
+      'forbidden',
+    );
   });
   it('row 4, beyond MollySocket: forbidden only because the endpoint was gone, and a new endpoint -> ok', () => {
     const gone = stored({ forbidden: true, forbiddenReason: ENDPOINT_GONE });
@@ -216,7 +218,10 @@ describe('applying a registration', () => {
     const answers: ((v: SignalVerdict) => void)[] = [];
     const h = harness(sqlite(), { askSignal: () => new Promise((resolve) => answers.push(resolve)) });
     const account = (i: number) => `6e3b5c1a-5a8e-4b6e-9c3e-${String(i).padStart(12, '0')}`;
-    const flood = [h.registrations.register({ ...req, uuid: account(1) }, '203.0.113.9'), h.registrations.register({ ...req, uuid: account(2) }, '203.0.113.9')];
+    const flood = [
+      h.registrations.register({ ...req, uuid: account(1) }, '203.0.113.9'),
+      h.registrations.register({ ...req, uuid: account(2) }, '203.0.113.9'),
+    ];
     await vi.waitFor(() => expect(answers).toHaveLength(2));
     // The flooding address has its two; the same account from elsewhere waits its turn; another client is served.
     expect(await h.registrations.register({ ...req, uuid: account(3) }, '203.0.113.9')).toBe('internal_error');
@@ -224,7 +229,10 @@ describe('applying a registration', () => {
     const bystander = h.registrations.register({ ...req, uuid: account(4) }, '198.51.100.7');
     await vi.waitFor(() => expect(answers).toHaveLength(3));
     // An IPv6 client counts as its /64.
-    const v6 = [h.registrations.register({ ...req, uuid: account(5) }, '2001:db8:1:2::1'), h.registrations.register({ ...req, uuid: account(6) }, '2001:db8:1:2::2')];
+    const v6 = [
+      h.registrations.register({ ...req, uuid: account(5) }, '2001:db8:1:2::1'),
+      h.registrations.register({ ...req, uuid: account(6) }, '2001:db8:1:2::2'),
+    ];
     await vi.waitFor(() => expect(answers).toHaveLength(5));
     expect(await h.registrations.register({ ...req, uuid: account(7) }, '2001:db8:1:2:ffff::3')).toBe('internal_error');
     const more = [7, 8, 9].map((i) => h.registrations.register({ ...req, uuid: account(10 + i) }, `192.0.2.${i}`));
@@ -300,7 +308,7 @@ describe.each(backends)('registrations on %s', (_name, open, { keepsNul }) => {
     await store.close();
   });
 
-  it('a registration whose data the database cannot store is its own error, never the store\'s health', async () => {
+  it("a registration whose data the database cannot store is its own error, never the store's health", async () => {
     const store = await open();
     const h = harness(store);
     const nul = { ...req, password: 'pass\u0000word' };

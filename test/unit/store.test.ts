@@ -52,7 +52,14 @@ describe('Store: the SQLite file', () => {
     process.umask(umask);
     expect(await store.list()).toEqual([
       expect.objectContaining({ uuid: UUID2, deviceId: 1, password: 'pw2', endpoint: 'https://push.example/up/2', forbidden: true, lastRegistration: 0 }),
-      expect.objectContaining({ uuid: UUID, deviceId: 3, password: 'pw1', endpoint: 'https://push.example/up/1', forbidden: false, lastRegistration: 1700000000 }),
+      expect.objectContaining({
+        uuid: UUID,
+        deviceId: 3,
+        password: 'pw1',
+        endpoint: 'https://push.example/up/1',
+        forbidden: false,
+        lastRegistration: 1700000000,
+      }),
     ]);
     expect(statSync(`${path}-wal`).mode & 0o777).toBe(0o600);
     await store.close();
@@ -74,7 +81,12 @@ describe('Store: the SQLite file', () => {
       [UUID2, 1, 'pw2', true, 'forbidden_in_mollysocket', 0],
       [UUID, 3, 'pw1', false, null, 1700000000],
     ]);
-    expect([await reader.heartbeat(), await reader.liveStates(), await reader.recordedVapidKey(), reader.migratedFrom]).toEqual([undefined, [], undefined, undefined]);
+    expect([await reader.heartbeat(), await reader.liveStates(), await reader.recordedVapidKey(), reader.migratedFrom]).toEqual([
+      undefined,
+      [],
+      undefined,
+      undefined,
+    ]);
     await reader.close();
     expect(readFileSync(path).equals(before)).toBe(true);
     expect(readdirSync(join(path, '..'))).toEqual(['mollysocket.db']);
@@ -182,13 +194,15 @@ describe('Store: the SQLite file', () => {
     const store = JSON.stringify(join(packageRoot, 'dist', 'store', 'sqlite.js'));
     const script = `import(${store}).then((m) => m.SqliteStore.open(${JSON.stringify(path)}).close())`;
     const runs = await Promise.all(
-      Array.from({ length: n }, () =>
-        new Promise<{ code: number | null; stderr: string }>((resolve) => {
-          const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'ignore', 'pipe'] });
-          let stderr = '';
-          child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-          child.on('exit', (code) => resolve({ code, stderr }));
-        }),
+      Array.from(
+        { length: n },
+        () =>
+          new Promise<{ code: number | null; stderr: string }>((resolve) => {
+            const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'ignore', 'pipe'] });
+            let stderr = '';
+            child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+            child.on('exit', (code) => resolve({ code, stderr }));
+          }),
       ),
     );
     const failures = runs.filter((r) => r.code !== 0).map((r) => r.stderr.trim());
@@ -212,7 +226,10 @@ describe('Store: the SQLite file', () => {
       mollySocketDb(path);
       expect(await openConcurrently(path, 4)).toEqual([0, 0, 0, 0]);
       const store = Store.open(path);
-      expect((await store.list()).map((c) => [c.uuid, c.forbidden])).toEqual([[UUID2, true], [UUID, false]]);
+      expect((await store.list()).map((c) => [c.uuid, c.forbidden])).toEqual([
+        [UUID2, true],
+        [UUID, false],
+      ]);
       await store.close();
       expect(existsSync(`${path}.mollysocket.bak`)).toBe(true);
       expect(statSync(`${path}.mollysocket.bak`).mode & 0o777).toBe(0o600);
@@ -295,7 +312,9 @@ const sqlite: BackendUnderTest = {
     const named = [...new Set(statement.sql.match(/@\w+/g) ?? [])].map((p) => p.slice(1));
     const positional = (statement.sql.match(/\?/g) ?? []).length;
     const explain = sqliteDb(store).prepare(`EXPLAIN QUERY PLAN ${statement.sql}`);
-    const rows = (named.length > 0 ? explain.all(Object.fromEntries(named.map((n) => [n, null]))) : explain.all(...Array(positional).fill(null))) as { detail: string }[];
+    const rows = (named.length > 0 ? explain.all(Object.fromEntries(named.map((n) => [n, null]))) : explain.all(...Array(positional).fill(null))) as {
+      detail: string;
+    }[];
     return rows.map((r) => r.detail).filter((d) => /^SCAN /.test(d));
   },
 };
@@ -365,12 +384,22 @@ describe.each(backends)('Store contract on %s', (_name, backend) => {
     const second = await store.put({ uuid: UUID, deviceId: 2, password: 'b', endpoint: 'https://e/2' }, 11);
     expect(second).toMatchObject({ uuid: UUID, deviceId: 2, password: 'b', forbidden: false, createdAt: 11 });
     await store.put({ uuid: UUID2, deviceId: 1, password: 'z', endpoint: 'https://e/3' }, 11);
-    expect((await store.list()).map((c) => [c.uuid, c.deviceId, c.password])).toEqual([[UUID2, 1, 'z'], [UUID, 1, 'a'], [UUID, 2, 'b']]);
+    expect((await store.list()).map((c) => [c.uuid, c.deviceId, c.password])).toEqual([
+      [UUID2, 1, 'z'],
+      [UUID, 1, 'a'],
+      [UUID, 2, 'b'],
+    ]);
     expect((await store.list({ uuid: UUID, deviceId: 2 })).map((c) => c.password)).toEqual(['b']);
     expect(await store.setForbidden({ uuid: UUID, deviceId: 2 }, 'signal_403', { password: 'b' }, 12)).toBe(true);
     expect(await store.get({ uuid: UUID, deviceId: 2 })).toMatchObject({ forbidden: true, forbiddenReason: 'signal_403', forbiddenAt: 12 });
     await store.put({ uuid: UUID, deviceId: 2, password: 'c', endpoint: 'https://e/2' }, 13);
-    expect(await store.get({ uuid: UUID, deviceId: 2 })).toMatchObject({ forbidden: false, forbiddenReason: null, password: 'c', lastRegistration: 13, createdAt: 11 });
+    expect(await store.get({ uuid: UUID, deviceId: 2 })).toMatchObject({
+      forbidden: false,
+      forbiddenReason: null,
+      password: 'c',
+      lastRegistration: 13,
+      createdAt: 11,
+    });
     await store.setForbidden({ uuid: UUID, deviceId: 1 }, 'endpoint_gone', { endpoint: 'https://e/1' }, 14);
     await store.enable({ uuid: UUID, deviceId: 1 }, 15);
     expect(await store.get({ uuid: UUID, deviceId: 1 })).toMatchObject({ forbidden: false, forbiddenReason: null, forbiddenAt: null, updatedAt: 15 });
@@ -461,7 +490,7 @@ describe.each(backends)('Store contract on %s', (_name, backend) => {
     await Promise.all([store.close(), reader.close()]);
   });
 
-  it("hands the wake-ups a stopping server owed to the next server on the database, once", async () => {
+  it('hands the wake-ups a stopping server owed to the next server on the database, once', async () => {
     const db = await backend.db();
     const first = await openStore(db);
     const key = { uuid: UUID, deviceId: 1 };
@@ -585,7 +614,12 @@ describe.each(backends)('Store contract on %s', (_name, backend) => {
     expect(await store.removeForbiddenSince(20, 1)).toEqual([{ uuid: UUID2, deviceId: 1 }]);
     expect(await store.removeForbiddenSince(20, 5)).toEqual([{ uuid: UUID, deviceId: 1 }]);
     expect(await store.removeForbiddenSince(20, 5)).toEqual([]);
-    expect((await store.list()).map((c) => [c.uuid, c.deviceId])).toEqual([[UUID2, 2], [UUID, 2], [UUID, 3], [UUID, 4]]);
+    expect((await store.list()).map((c) => [c.uuid, c.deviceId])).toEqual([
+      [UUID2, 2],
+      [UUID, 2],
+      [UUID, 3],
+      [UUID, 4],
+    ]);
     await store.close();
   });
 
@@ -605,7 +639,8 @@ describe.each(backends)('Store contract on %s', (_name, backend) => {
     await store.removeForbiddenSince(10, 100);
     await store.removeForbidden(key);
     expect(statements.length).toBeGreaterThanOrEqual(11);
-    for (const statement of [...statements]) expect({ sql: statement.sql, scans: await backend.fullScans(store, statement) }).toEqual({ sql: statement.sql, scans: [] });
+    for (const statement of [...statements])
+      expect({ sql: statement.sql, scans: await backend.fullScans(store, statement) }).toEqual({ sql: statement.sql, scans: [] });
     await store.close();
   });
 });
@@ -619,7 +654,7 @@ describe.skipIf(postgresMissing !== undefined)('Store on PostgreSQL: ownership',
     await Promise.all(stores.map((s) => s.close()));
   });
 
-  it('fences an owner\'s writes with its epoch, and frees a dead instance\'s devices only once its lease ran out', async () => {
+  it("fences an owner's writes with its epoch, and frees a dead instance's devices only once its lease ran out", async () => {
     const store = await PostgresStore.open(await freshDatabase());
     const leases = new PgLeaseStore(store, { answerMs: 5_000 });
     const key = { uuid: UUID, deviceId: 1 };

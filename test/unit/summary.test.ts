@@ -13,7 +13,10 @@ function harness() {
   const metrics = new Metrics();
   const counts: ConnectionCounts = { total: 5, connecting: 3, connected: 1, backoff: 0, forbidden: 1 };
   const summary = new Summary({ log, clock, counts: () => counts, metrics });
-  const logged = (msg: string) => lines().map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.msg === msg);
+  const logged = (msg: string) =>
+    lines()
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((l) => l.msg === msg);
   return { clock, metrics, counts, summary, logged };
 }
 
@@ -47,7 +50,17 @@ describe('the summary lines', () => {
     h.clock.advance(1);
     await eventually(() => h.logged('summary').length === 1, 'the summary line');
     expect(h.logged('summary')[0]).toEqual(
-      expect.objectContaining({ level: 30, connected: 3, reconnecting: 2, forbidden: 1, pushes_delivered: 8, pushes_failed: 1, pushes_retried: 1, registrations: 2, period_s: 300 }),
+      expect.objectContaining({
+        level: 30,
+        connected: 3,
+        reconnecting: 2,
+        forbidden: 1,
+        pushes_delivered: 8,
+        pushes_failed: 1,
+        pushes_retried: 1,
+        registrations: 2,
+        period_s: 300,
+      }),
     );
 
     h.metrics.pushed('test', delivered, 0.1, false);

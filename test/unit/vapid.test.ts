@@ -1,7 +1,16 @@
 import { statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { clusterVapidKey, generatePrivateKey, keptKeyPath, parsePrivateKey, publicKeyOf, resolveVapidKey, VapidKeyError, VapidSigner } from '../../src/push/vapid.js';
+import {
+  clusterVapidKey,
+  generatePrivateKey,
+  keptKeyPath,
+  parsePrivateKey,
+  publicKeyOf,
+  resolveVapidKey,
+  VapidKeyError,
+  VapidSigner,
+} from '../../src/push/vapid.js';
 import { checkVapid } from '../fakes/push-server.js';
 import { tempDir } from '../helpers/index.js';
 
@@ -46,7 +55,10 @@ describe('resolveVapidKey', () => {
     const file = join(dir, 'key.txt');
     writeFileSync(file, `${PRIV}\n`);
     const other = generatePrivateKey();
-    expect(resolveVapidKey({ ...base(dir), vapid_privkey: other, vapid_key_file: file }, { generate: true })).toMatchObject({ source: 'vapid_key_file', publicKey: PUB });
+    expect(resolveVapidKey({ ...base(dir), vapid_privkey: other, vapid_key_file: file }, { generate: true })).toMatchObject({
+      source: 'vapid_key_file',
+      publicKey: PUB,
+    });
     expect(resolveVapidKey({ ...base(dir), vapid_privkey: PRIV }, { generate: true })).toMatchObject({ source: 'vapid_privkey', publicKey: PUB });
   });
 
@@ -59,7 +71,9 @@ describe('resolveVapidKey', () => {
   });
 
   it('says how to fix an unwritable directory for the generated key', () => {
-    expect(() => resolveVapidKey({ ...base('/nonexistent-dir'), db: '/nonexistent-dir/x.db' }, { generate: true })).toThrow(/cannot keep a generated VAPID key.*set vapid_privkey or vapid_key_file/);
+    expect(() => resolveVapidKey({ ...base('/nonexistent-dir'), db: '/nonexistent-dir/x.db' }, { generate: true })).toThrow(
+      /cannot keep a generated VAPID key.*set vapid_privkey or vapid_key_file/,
+    );
   });
 });
 
