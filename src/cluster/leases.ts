@@ -299,8 +299,8 @@ export class Leases implements Ownership {
       // together the first one up does not take everything only to hand most of it over again.
       const settled = now - this.joinedAt >= this.t.renewMs;
       if (settled && this.claimWanted && !this.markedLeaving && this.lease.valid(this.clock.now())) {
+        this.claimWanted = false; // before: a row announced while the claim runs asks for another (a failure re-reads)
         await this.claim(bucketsOf(owners, this.id));
-        this.claimWanted = false;
       }
     }
     if (reconcile) await this.readOwned();
