@@ -183,11 +183,11 @@ describe('the lease engine on a manual clock', () => {
   it('a device added in the steady state is claimed and connected at once, on its notification (claims no longer run every renewal)', async () => {
     const world = await cluster();
     await world.run(40_000);
-    for (let i = 0; i < 10; i++) {
+    for (let i = 0; i < 6; i++) {
       const [key] = world.addDevices(1, `new${i}-`);
       // Well within a renewal period (2 s): the notification brought it, not the re-read.
       expect(await world.until(() => world.holders.has(connectionKey(key!)), 500, 10)).toBe(true);
-      await world.run(333, 10); // the next lands at another moment of the renewal cycle
+      await world.run(333, 10); // the next one comes at another moment of the renewal cycle
     }
     safe(world);
   });
