@@ -39,6 +39,9 @@ export interface HandOverState {
   ownerConnected: boolean;
 }
 
+/** Renewals under way at once: one more may go out while an answer is late, so that a slow link keeps the lease. */
+export const RENEWALS_IN_FLIGHT = 2;
+
 export interface Renewal {
   /** Sent with the renewal: whether this instance's sockets reach Signal. */
   reachesSignal: boolean;
@@ -66,8 +69,11 @@ export interface NoteHandlers {
  * caller treats a failure as "unknown", never as "not done".
  */
 export interface LeaseStore {
-  /** Adds this instance's lease row, valid for `leaseMs` from the database's now, and announces it. */
-  join(inst: { id: string; name: string; pid: number; version: string }, leaseMs: number): Promise<void>;
+  /**
+   * Adds this instance's lease row, valid for `leaseMs` from the database's now, and announces it; `leaving`: it
+   * takes no share yet (a reaped instance back on probation).
+   */
+  join(inst: { id: string; name: string; pid: number; version: string }, leaseMs: number, leaving?: boolean): Promise<void>;
   /** Extends the lease; false when the row is gone (the others found it expired and reaped it). */
   renew(id: string, leaseMs: number, renewal: Renewal): Promise<boolean>;
   instances(): Promise<InstanceRow[]>;
@@ -88,4 +94,6 @@ export interface LeaseStore {
   /** Removes `me`'s lease row: whatever it still owns is free for the others at once. */
   leave(me: string): Promise<void>;
   listen(handlers: NoteHandlers): NoteListener;
+  /** Ends what the store opened for the lease (after `leave`). */
+  close(): Promise<void>;
 }

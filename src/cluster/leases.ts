@@ -6,7 +6,7 @@ import { shortUuid } from '../log.js';
 import { connectionKey, type Connection, type ConnectionKey } from '../store/store.js';
 import { handOverStep } from './hand-over.js';
 import { LeaseClock } from './lease.js';
-import type { Claimed, InstanceRow, LeaseStore, NoteListener } from './lease-store.js';
+import { RENEWALS_IN_FLIGHT, type Claimed, type InstanceRow, type LeaseStore, type NoteListener } from './lease-store.js';
 import type { OwnedConnections, Ownership } from './ownership.js';
 import { bucketOf } from '../buckets.js';
 import { assignBuckets, bucketsOf, handOvers, leaseTimings, type Member } from './shares.js';
@@ -26,8 +26,6 @@ export interface LeasesOptions {
   probeSignal(): Promise<boolean>;
 }
 
-/** Renewals under way at once: one more may go out while an answer is late, so that a slow link keeps the lease. */
-const RENEWALS_IN_FLIGHT = 2;
 /** Renewals in a row whose self-notification did not arrive before notifications count as lost. */
 const PINGS_MISSED = 2;
 
@@ -71,6 +69,17 @@ export class Leases implements Ownership {
   private needsJoin = false;
   /** Some answer was lost (it may have committed): read the owned set again at the next tick. */
   private uncertain = false;
+  /** Something may have left rows of this instance's buckets unowned: claim at the next tick that may. */
+  private claimWanted = true;
+  /** The members of the last tick, to notice a change of shares. */
+  private membersSeen = '';
+  /**
+   * Reaped and joined again: it stays `leaving` (takes no share) until it has renewed without a break for a whole
+   * lease, so that an instance on a link still too slow does not take its share back only to lose it again.
+   */
+  private rejoined = false;
+  /** What this instance's row says of `leaving`, as last written. */
+  private markedLeaving = false;
   // Whether notifications arrive: each renewal notifies this instance itself.
   private pingSent = 0;
   private pingConfirmed = 0;
@@ -124,7 +133,8 @@ export class Leases implements Ownership {
 
   private async join(): Promise<void> {
     const sentAt = this.clock.now();
-    await this.store.join({ id: this.id, name: this.opts.name, pid: this.opts.pid, version: this.opts.version }, this.t.leaseMs);
+    await this.store.join({ id: this.id, name: this.opts.name, pid: this.opts.pid, version: this.opts.version }, this.t.leaseMs, this.rejoined);
+    this.markedLeaving = this.rejoined;
     this.generation++;
     this.joinedAt = this.clock.now();
     this.lease.renewed(sentAt, this.joinedAt);
@@ -208,6 +218,7 @@ export class Leases implements Ownership {
     this.log.warn({ devices: this.owned.size }, 'the lease ran out and the others took these devices over; joining again');
     this.metrics?.leases.inc({ event: 'lost' }, this.owned.size);
     for (const key of [...this.owned.keys()]) this.givenAway(keyOf(key));
+    this.rejoined = true;
     this.rejoin();
   }
 
@@ -219,6 +230,7 @@ export class Leases implements Ownership {
     const expected = this.pingConfirmed;
     this.pingConfirmed = Math.max(this.pingConfirmed, ping);
     if (!this.listening || expected < this.pingListenedFrom || this.pingSeen >= expected) return;
+    this.listener?.ping().catch(() => {}); // a dead session stays silent: this reconnects it, and everything is read again
     if (++this.pingsMissed < PINGS_MISSED || this.notesLost) return;
     this.notesLost = true;
     if (this.notesWarned) return;
@@ -253,17 +265,29 @@ export class Leases implements Ownership {
 
   private async tick(full: boolean): Promise<void> {
     if (this.stopping || this.joining || this.needsJoin) return;
-    this.listener?.ping().catch(() => {}); // a dead listener reconnects, then reads everything again
+    const polling = this.notesLost || !this.listening;
+    const reconcile = full || polling || this.uncertain || this.clock.now() - this.lastFullRead >= this.opts.reconcileMs;
     const instances = await this.store.instances();
     const now = this.clock.now();
     if (instances.some((i) => !i.live) && this.lease.mayReap(now)) {
       const reaped = await this.store.reap();
-      if (reaped.length > 0) this.log.warn({ instances: reaped }, 'took over from instances whose lease ran out');
+      if (reaped.length > 0) {
+        this.log.warn({ instances: reaped }, 'took over from instances whose lease ran out');
+        this.claimWanted = true;
+      }
     }
     const others = instances.filter((i) => i.live && !i.leaving && i.id !== this.id);
     await this.followSignal(others);
+    if (this.rejoined && this.lease.mayReap(now)) {
+      this.rejoined = false;
+      this.log.info('renewed without a break for a whole lease since joining again: taking a share of the devices again');
+    }
+    await this.markLeaving(this.away || this.rejoined);
     // The members that share the devices: live, and not leaving (this one counts itself unless it left).
-    this.live = this.away ? others : [...others, { id: this.id, name: this.opts.name }];
+    this.live = this.markedLeaving ? others : [...others, { id: this.id, name: this.opts.name }];
+    const members = this.live.map((m) => m.id).sort().join(' ');
+    if (members !== this.membersSeen || reconcile) this.claimWanted = true;
+    this.membersSeen = members;
     // A peer's lease running out before the next tick: look again right then, so that failover does not wait a tick.
     const nextExpiry = Math.min(...others.map((i) => i.leaseLeftMs));
     if (nextExpiry < this.t.renewMs) this.later(Math.max(0, nextExpiry) + 50);
@@ -274,11 +298,20 @@ export class Leases implements Ownership {
       // Right after joining, give the others one renewal period to notice this instance, so that of several starting
       // together the first one up does not take everything only to hand most of it over again.
       const settled = now - this.joinedAt >= this.t.renewMs;
-      if (settled && !this.away && this.lease.valid(this.clock.now())) await this.claim(bucketsOf(owners, this.id));
+      if (settled && this.claimWanted && !this.markedLeaving && this.lease.valid(this.clock.now())) {
+        this.claimWanted = false; // before: a row announced while the claim runs asks for another (a failure re-reads)
+        await this.claim(bucketsOf(owners, this.id));
+      }
     }
-    const polling = this.notesLost || !this.listening;
-    if (full || polling || this.uncertain || this.clock.now() - this.lastFullRead >= this.opts.reconcileMs) await this.readOwned();
+    if (reconcile) await this.readOwned();
     await this.checkHandOvers();
+  }
+
+  /** Writes `leaving` when it changes: marked, the others stop counting this instance and hand it nothing. */
+  private async markLeaving(leaving: boolean): Promise<void> {
+    if (leaving === this.markedLeaving) return;
+    await this.store.setLeaving(this.id, leaving);
+    this.markedLeaving = leaving;
   }
 
   private async handOverTo(owners: readonly string[]): Promise<number> {
@@ -320,7 +353,6 @@ export class Leases implements Ownership {
     if (this.away) {
       this.probe();
       if (signalMove(true, this.probeOk, others) !== 'return') return;
-      await this.store.setLeaving(this.id, false);
       this.away = false;
       this.unreachableSince = undefined;
       this.log.warn('Signal answers again: taking a share of the devices again');
@@ -333,7 +365,7 @@ export class Leases implements Ownership {
     }
     this.unreachableSince ??= now;
     if (now - this.unreachableSince < this.t.renewMs) return;
-    await this.store.setLeaving(this.id, true);
+    await this.markLeaving(true);
     this.away = true;
     this.probeOk = false;
     this.log.warn(
@@ -454,7 +486,10 @@ export class Leases implements Ownership {
           this.log.info({ uuid: shortUuid(key.uuid), device: key.deviceId }, 'connection removed');
           return;
         }
-        if (conn && conn.owner === null) this.request('tick'); // new: its bucket's owner claims it
+        if (conn && conn.owner === null) {
+          this.claimWanted = true; // new: its bucket's owner claims it
+          this.request('tick');
+        }
       },
       (err: Error) => this.log.warn({ err: err.message }, 'cannot read a changed connection'),
     );
@@ -510,6 +545,7 @@ export class Leases implements Ownership {
     } catch (err) {
       this.log.warn({ err }, 'cannot give up the lease; the others take over once it runs out');
     }
+    await this.store.close();
   }
 
   describe(): { instance: string; owned: number; liveInstances: number } {

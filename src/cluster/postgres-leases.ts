@@ -1,17 +1,21 @@
 import pg from 'pg';
 import { CHANNEL, fromRow, type PostgresStore, type Row } from '../store/postgres.js';
 import type { Connection, ConnectionKey } from '../store/store.js';
-import type { Claimed, HandOverState, InstanceRow, LeaseStore, NoteHandlers, NoteListener, Renewal } from './lease-store.js';
+import { RENEWALS_IN_FLIGHT, type Claimed, type HandOverState, type InstanceRow, type LeaseStore, type NoteHandlers, type NoteListener, type Renewal } from './lease-store.js';
 
 /**
  * The lease queries on PostgreSQL, through the store's pool (unnamed statements: they also work through PgBouncer in
  * transaction mode), and the LISTEN session on a client of its own (`listenUrl`: a direct connection when the pool
- * goes through such a bouncer, which drops notifications).
+ * goes through such a bouncer, which drops notifications). The lease row's own statements (join, renew) have
+ * connections nothing else uses: on a slow link registrations can hold every connection of the store's pool, and a
+ * renewal waiting behind them would let the lease run out although the database answers.
  *
  * Every query may take up to `answerMs` (a lease): a late answer still counts, and one later than a lease could not
  * change anything. So no client-side timer decides a lease; a stalled connection is still given up in the end.
  */
 export class PgLeaseStore implements LeaseStore {
+  private leasePool: pg.Pool | undefined;
+
   constructor(
     private readonly store: PostgresStore,
     private readonly opts: { answerMs: number; listenUrl?: string },
@@ -21,21 +25,44 @@ export class PgLeaseStore implements LeaseStore {
     return this.store.rows<R>(text, values, this.opts.answerMs);
   }
 
+  /**
+   * On the lease row's own pool: one connection per renewal that may be under way at once (a late answer does not
+   * hold up the next). A connection that fails is replaced at the next statement; its errors are listened for.
+   */
+  private async leaseRows(text: string, values: unknown[]): Promise<unknown[]> {
+    this.leasePool ??= this.newLeasePool();
+    return (await this.leasePool.query({ text, values, query_timeout: this.opts.answerMs } as pg.QueryConfig)).rows;
+  }
+
+  private newLeasePool(): pg.Pool {
+    const pool = new pg.Pool({
+      connectionString: this.store.url,
+      max: RENEWALS_IN_FLIGHT,
+      keepAlive: true,
+      connectionTimeoutMillis: this.opts.answerMs,
+      allowExitOnIdle: true,
+      application_name: 'mollysocket-lease',
+    });
+    pool.on('error', () => {}); // an idle connection lost its server: the next renewal opens another
+    return pool;
+  }
+
   /** Idempotent: a join whose answer was lost can be sent again. */
-  async join(inst: { id: string; name: string; pid: number; version: string }, leaseMs: number): Promise<void> {
-    await this.rows(
+  async join(inst: { id: string; name: string; pid: number; version: string }, leaseMs: number, leaving = false): Promise<void> {
+    await this.leaseRows(
       `WITH r AS (
-         INSERT INTO instances (id, name, pid, version, lease_until) VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')
-         ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until, renewed_at = now(), leaving = false
+         INSERT INTO instances (id, name, pid, version, lease_until, leaving)
+         VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond', $6)
+         ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until, renewed_at = now(), leaving = excluded.leaving
          RETURNING id)
        SELECT pg_notify('${CHANNEL}', 'owners') FROM r`,
-      [inst.id, inst.name, inst.pid, inst.version, leaseMs],
+      [inst.id, inst.name, inst.pid, inst.version, leaseMs, leaving],
     );
     this.store.instance = inst.id; // a new row: the states published under an old one went with it
   }
 
   async renew(id: string, leaseMs: number, renewal: Renewal): Promise<boolean> {
-    const rows = await this.rows(
+    const rows = await this.leaseRows(
       `WITH r AS (
          UPDATE instances SET lease_until = now() + $2 * interval '1 millisecond', renewed_at = now(), reaches_signal = $3
          WHERE id = $1 RETURNING id)
@@ -138,6 +165,12 @@ export class PgLeaseStore implements LeaseStore {
 
   async leave(me: string): Promise<void> {
     await this.rows(`WITH r AS (DELETE FROM instances WHERE id = $1 RETURNING id) SELECT pg_notify('${CHANNEL}', 'owners') FROM r`, [me]);
+  }
+
+  async close(): Promise<void> {
+    const pool = this.leasePool;
+    this.leasePool = undefined;
+    await pool?.end().catch(() => {});
   }
 
   /**

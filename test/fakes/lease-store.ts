@@ -27,6 +27,8 @@ export class MemoryDatabase {
   readonly liveStates = new Map<string, string>();
   private readonly listeners = new Set<{ link: MemoryLeaseStore; handlers: NoteHandlers }>();
   statements = 0;
+  /** Statements by lease-store method. */
+  readonly calls = new Map<string, number>();
 
   constructor(readonly clock: Clock) {}
 
@@ -143,6 +145,7 @@ export class MemoryLeaseStore implements LeaseStore {
       const exec = (): void => {
         if (this.down) return this.deliver(() => reject(new Error('connect ECONNREFUSED')));
         this.db.statements++;
+        this.db.calls.set(method, (this.db.calls.get(method) ?? 0) + 1);
         let result: T;
         try {
           result = op();
@@ -159,18 +162,11 @@ export class MemoryLeaseStore implements LeaseStore {
     });
   }
 
-  join(inst: { id: string; name: string; pid: number; version: string }, leaseMs: number): Promise<void> {
+  join(inst: { id: string; name: string; pid: number; version: string }, leaseMs: number, leaving = false): Promise<void> {
     return this.call('join', () => {
       const now = this.db.clock.now();
       const old = this.db.instances.get(inst.id);
-      this.db.instances.set(inst.id, {
-        ...inst,
-        startedAt: old?.startedAt ?? now,
-        leaseUntil: now + leaseMs,
-        renewedAt: now,
-        leaving: false,
-        reachesSignal: old?.reachesSignal ?? true,
-      });
+      this.db.instances.set(inst.id, { ...inst, startedAt: old?.startedAt ?? now, leaseUntil: now + leaseMs, renewedAt: now, leaving, reachesSignal: old?.reachesSignal ?? true });
       this.db.notify('owners');
     });
   }
@@ -290,6 +286,8 @@ export class MemoryLeaseStore implements LeaseStore {
       this.db.notify('owners');
     });
   }
+
+  async close(): Promise<void> {}
 
   listen(handlers: NoteHandlers): NoteListener {
     const stop = this.db.listen(this, handlers);

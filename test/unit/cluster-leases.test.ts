@@ -140,6 +140,57 @@ describe('the lease engine on a manual clock', () => {
     safe(world);
   });
 
+  it('a reaped instance on a link that keeps failing rejoins leaving, and takes no share back until it renewed a whole lease without a break', async () => {
+    const world = await cluster();
+    const c = node(world, 'c');
+    const share = ownedBy(world, c).length;
+    // Out long enough to be reaped, back just long enough to rejoin, out again: a link that cannot hold a lease.
+    for (let i = 0; i < 4; i++) {
+      c.link.down = true;
+      await world.run(2 * LEASE);
+      c.link.down = false;
+      await world.run(LEASE / 2);
+      if (i > 0) expect(world.db.instances.get(c.leases.id)?.leaving).toBe(true); // back, but taking nothing
+      expect(ownedBy(world, c)).toEqual([]);
+    }
+    expect(c.warnings().filter((w) => w.startsWith('the lease ran out')).length).toBeGreaterThan(1);
+    expect(world.fights).toBe(0); // it never took devices only to lose them again
+    // The link holds: after a whole lease of renewals it takes its share back, make-before-break.
+    world.resetGaps();
+    expect(await world.until(() => ownedBy(world, c).length === share && world.settled(), 3 * LEASE)).toBe(true);
+    expect(world.db.instances.get(c.leases.id)?.leaving).toBe(false);
+    expect(world.gap()).toBe(0);
+    safe(world);
+  });
+
+  it('the steady state costs two statements per renewal period and instance: the renewal (with its self-notification) and the lease rows', async () => {
+    const world = await cluster();
+    await world.run(40_000);
+    const renewMs = leaseTimings(LEASE / 1000).renewMs;
+    world.db.calls.clear();
+    await world.run(60_000); // 30 renewal periods, two re-reads of the owned rows (every 30 s)
+    const perPeriod = (method: string) => (world.db.calls.get(method) ?? 0) / (60_000 / renewMs) / world.nodes.size;
+    expect([...world.db.calls.keys()].sort()).toEqual(['claim', 'instances', 'owned', 'renew']);
+    expect(perPeriod('renew')).toBeCloseTo(1, 1);
+    expect(perPeriod('instances')).toBeCloseTo(1, 1);
+    // The claim and the owned rows only with the re-read that catches a missed notification.
+    expect(perPeriod('claim')).toBeCloseTo(renewMs / 30_000, 1);
+    expect(perPeriod('owned')).toBeCloseTo(renewMs / 30_000, 1);
+    safe(world);
+  });
+
+  it('a device added in the steady state is claimed and connected at once, on its notification (claims no longer run every renewal)', async () => {
+    const world = await cluster();
+    await world.run(40_000);
+    for (let i = 0; i < 6; i++) {
+      const [key] = world.addDevices(1, `new${i}-`);
+      // Well within a renewal period (2 s): the notification brought it, not the re-read.
+      expect(await world.until(() => world.holders.has(connectionKey(key!)), 500, 10)).toBe(true);
+      await world.run(333, 10); // the next one comes at another moment of the renewal cycle
+    }
+    safe(world);
+  });
+
   it('a hand-over to a slow new owner keeps the old sockets until its own are open, however long that takes', async () => {
     const world = await cluster(['a', 'b']);
     const d = await world.start('d', { connectDelayMs: 40_000 }); // far beyond the hand-over timeout

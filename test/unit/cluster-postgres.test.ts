@@ -175,6 +175,32 @@ describe.skipIf(postgresMissing !== undefined || pgbouncerMissing !== undefined)
     expect((await leases.instances()).find((i) => i.id === 'c')?.leaving).toBe(true);
     await leases.join({ id: 'c', name: 'c', pid: 3, version: 'v' }, 60_000); // idempotent: a join sent again
     expect((await leases.instances()).find((i) => i.id === 'c')?.leaving).toBe(false);
+    await leases.join({ id: 'c', name: 'c', pid: 3, version: 'v' }, 60_000, true); // reaped, back on probation
+    expect((await leases.instances()).find((i) => i.id === 'c')?.leaving).toBe(true);
+    await leases.close();
     await store.close();
+  });
+
+  it('a renewal never waits behind other statements: it has its own connections while every one of the pool is busy', async () => {
+    const url = await freshDatabase();
+    const store = await PostgresStore.open(url);
+    const leases = new PgLeaseStore(store, { answerMs: 60_000 });
+    const blocker = new pg.Client({ connectionString: url });
+    await blocker.connect();
+    try {
+      await leases.join({ id: 'a', name: 'a', pid: 1, version: 'v' }, 60_000);
+      await blocker.query('SELECT pg_advisory_lock(19)');
+      // Every connection of the store's pool waits for the lock (slow registrations on a slow link, say).
+      const busy = Array.from({ length: 8 }, () => store.rows('SELECT pg_advisory_xact_lock(19)'));
+      const waiting = async () => (await blocker.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`)).rows[0]!.n;
+      await eventually(async () => (await waiting()) >= 4, 'the pool busy');
+      expect(await leases.renew('a', 60_000, { reachesSignal: true, ping: 'ping:a:1' })).toBe(true);
+      await blocker.query('SELECT pg_advisory_unlock(19)');
+      await Promise.all(busy);
+    } finally {
+      await blocker.end();
+      await leases.close();
+      await store.close();
+    }
   });
 });
