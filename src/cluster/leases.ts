@@ -285,7 +285,10 @@ export class Leases implements Ownership {
     await this.markLeaving(this.away || this.rejoined);
     // The members that share the devices: live, and not leaving (this one counts itself unless it left).
     this.live = this.markedLeaving ? others : [...others, { id: this.id, name: this.opts.name }];
-    const members = this.live.map((m) => m.id).sort().join(' ');
+    const members = this.live
+      .map((m) => m.id)
+      .sort()
+      .join(' ');
     if (members !== this.membersSeen || reconcile) this.claimWanted = true;
     this.membersSeen = members;
     // A peer's lease running out before the next tick: look again right then, so that failover does not wait a tick.

@@ -1,7 +1,16 @@
 import pg from 'pg';
 import { CHANNEL, fromRow, type PostgresStore, type Row } from '../store/postgres.js';
 import type { Connection, ConnectionKey } from '../store/store.js';
-import { RENEWALS_IN_FLIGHT, type Claimed, type HandOverState, type InstanceRow, type LeaseStore, type NoteHandlers, type NoteListener, type Renewal } from './lease-store.js';
+import {
+  RENEWALS_IN_FLIGHT,
+  type Claimed,
+  type HandOverState,
+  type InstanceRow,
+  type LeaseStore,
+  type NoteHandlers,
+  type NoteListener,
+  type Renewal,
+} from './lease-store.js';
 
 /**
  * The lease queries on PostgreSQL, through the store's pool (unnamed statements: they also work through PgBouncer in

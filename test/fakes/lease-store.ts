@@ -166,7 +166,14 @@ export class MemoryLeaseStore implements LeaseStore {
     return this.call('join', () => {
       const now = this.db.clock.now();
       const old = this.db.instances.get(inst.id);
-      this.db.instances.set(inst.id, { ...inst, startedAt: old?.startedAt ?? now, leaseUntil: now + leaseMs, renewedAt: now, leaving, reachesSignal: old?.reachesSignal ?? true });
+      this.db.instances.set(inst.id, {
+        ...inst,
+        startedAt: old?.startedAt ?? now,
+        leaseUntil: now + leaseMs,
+        renewedAt: now,
+        leaving,
+        reachesSignal: old?.reachesSignal ?? true,
+      });
       this.db.notify('owners');
     });
   }

@@ -192,7 +192,8 @@ describe.skipIf(postgresMissing !== undefined || pgbouncerMissing !== undefined)
       await blocker.query('SELECT pg_advisory_lock(19)');
       // Every connection of the store's pool waits for the lock (slow registrations on a slow link, say).
       const busy = Array.from({ length: 8 }, () => store.rows('SELECT pg_advisory_xact_lock(19)'));
-      const waiting = async () => (await blocker.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`)).rows[0]!.n;
+      const waiting = async () =>
+        (await blocker.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`)).rows[0]!.n;
       await eventually(async () => (await waiting()) >= 4, 'the pool busy');
       expect(await leases.renew('a', 60_000, { reachesSignal: true, ping: 'ping:a:1' })).toBe(true);
       await blocker.query('SELECT pg_advisory_unlock(19)');
