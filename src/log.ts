@@ -55,7 +55,9 @@ export function createLogger(opts: { verbosity: number; format: LogFormat }): Lo
     colorize: isatty(2), // not process.stderr.isTTY: creating that stream makes a piped fd 2 non-blocking
     singleLine: true,
     errorLikeObjectKeys: [], // an error's stack stays inside the line (escaped), as JSON keeps it, not spread over 15
-    translateTime: "UTC:yyyy-mm-dd'T'HH:MM:ss.l'Z'",
+    // UTC ISO 8601 with milliseconds, as translateTime "UTC:yyyy-mm-dd'T'HH:MM:ss.l'Z'" writes it, at a tenth of its cost
+    translateTime: false,
+    customPrettifiers: { time: (time) => `[${new Date(Number(time)).toISOString()}]` },
   });
   return pino(options, { write: (line: string) => void destination.write(pretty(line)) });
 }

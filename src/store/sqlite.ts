@@ -214,6 +214,8 @@ export class SqliteStore implements Store {
   private connections = 'connections';
   /** What this process last published to live_state (undefined: nothing yet, whatever is there is an earlier run's). */
   private published: Map<string, string> | undefined;
+  /** Statements by their SQL, prepared once: preparing costs more than running the small ones asked per registration. */
+  private readonly statements = new Map<string, Database.Statement>();
 
   private constructor(
     private readonly db: Database.Database,
@@ -221,6 +223,12 @@ export class SqliteStore implements Store {
     /** The file opened, to notice when it is deleted or replaced under a running server. */
     private readonly identity: { dev: number; ino: number },
   ) {}
+
+  private statement(sql: string): Database.Statement {
+    let statement = this.statements.get(sql);
+    if (!statement) this.statements.set(sql, (statement = this.db.prepare(sql)));
+    return statement;
+  }
 
   get location(): string {
     return this.path;
@@ -270,7 +278,7 @@ export class SqliteStore implements Store {
   }
 
   private hasTable(name: string): boolean {
-    return this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(name) !== undefined;
+    return this.statement(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(name) !== undefined;
   }
 
   /** Read mode: any schema this program knows, MollySocket's included, without changing the file. */
@@ -280,7 +288,7 @@ export class SqliteStore implements Store {
       throw new StoreError(`the database ${this.path} has schema version ${version}, newer than this program knows (${SCHEMA_VERSION}): upgrade mollysocket`);
     }
     if (!this.hasTable('connections')) {
-      const empty = this.db.prepare(`SELECT 1 FROM sqlite_master LIMIT 1`).get() === undefined;
+      const empty = this.statement(`SELECT 1 FROM sqlite_master LIMIT 1`).get() === undefined;
       if (!empty) throw new StoreError(`${this.path} holds no connections table: it is not a MollySocket database (setting "db")`);
       // An empty file (`touch`ed, or never opened by a server): no connections yet.
       this.connections = `(SELECT ${['uuid', 'device_id', 'password', 'endpoint', 'forbidden', 'forbidden_reason', 'forbidden_at', 'last_registration', 'created_at', 'updated_at'].map((c) => `NULL AS ${c}`).join(', ')} WHERE 0)`;
@@ -355,7 +363,7 @@ export class SqliteStore implements Store {
   }
 
   async get(key: ConnectionKey): Promise<Connection | undefined> {
-    const row = this.db.prepare(`SELECT * FROM ${this.connections} WHERE uuid = ? AND device_id = ?`).get(key.uuid, key.deviceId) as Row | undefined;
+    const row = this.statement(`SELECT * FROM ${this.connections} WHERE uuid = ? AND device_id = ?`).get(key.uuid, key.deviceId) as Row | undefined;
     return row && fromRow(row);
   }
 
@@ -366,30 +374,29 @@ export class SqliteStore implements Store {
     const order = 'ORDER BY uuid, device_id';
     const rows = (
       uuid !== undefined && deviceId !== undefined
-        ? this.db.prepare(`${from} WHERE uuid = ? AND device_id = ?`).all(uuid, deviceId)
+        ? this.statement(`${from} WHERE uuid = ? AND device_id = ?`).all(uuid, deviceId)
         : uuid !== undefined
-          ? this.db.prepare(`${from} WHERE uuid = ? ${order}`).all(uuid)
+          ? this.statement(`${from} WHERE uuid = ? ${order}`).all(uuid)
           : deviceId !== undefined
-            ? this.db.prepare(`${from} WHERE device_id = ? ${order}`).all(deviceId)
-            : this.db.prepare(`${from} ${order}`).all()
+            ? this.statement(`${from} WHERE device_id = ? ${order}`).all(deviceId)
+            : this.statement(`${from} ${order}`).all()
     ) as Row[];
     return rows.map(fromRow);
   }
 
   async count(): Promise<number> {
-    return (this.db.prepare(`SELECT count(*) AS n FROM ${this.connections}`).get() as { n: number }).n;
+    return (this.statement(`SELECT count(*) AS n FROM ${this.connections}`).get() as { n: number }).n;
   }
 
   async put(c: NewConnection, now: number): Promise<Connection> {
     this.assertPresent();
-    const row = this.db
-      .prepare(
-        `INSERT INTO connections (uuid, device_id, password, endpoint, forbidden, last_registration, created_at, updated_at)
+    const row = this.statement(
+      `INSERT INTO connections (uuid, device_id, password, endpoint, forbidden, last_registration, created_at, updated_at)
          VALUES (@uuid, @deviceId, @password, @endpoint, 0, @now, @now, @now)
          ON CONFLICT (uuid, device_id) DO UPDATE SET password = @password, endpoint = @endpoint, forbidden = 0,
            forbidden_reason = NULL, forbidden_at = NULL, last_registration = @now, updated_at = @now
          RETURNING *`,
-      )
+    )
       // all(), not get(): it steps to the end, where a failing commit (a full disk) is reported
       .all({ uuid: c.uuid, deviceId: c.deviceId, password: c.password, endpoint: c.endpoint, now })[0] as Row;
     return fromRow(row);
@@ -401,16 +408,15 @@ export class SqliteStore implements Store {
 
   async putIf(c: NewConnection, now: number, decidedOn: Connection | undefined): Promise<Connection | undefined> {
     this.assertPresent();
-    const row = this.db
-      .prepare(
-        decidedOn === undefined
-          ? `INSERT INTO connections (uuid, device_id, password, endpoint, forbidden, last_registration, created_at, updated_at)
+    const row = this.statement(
+      decidedOn === undefined
+        ? `INSERT INTO connections (uuid, device_id, password, endpoint, forbidden, last_registration, created_at, updated_at)
              VALUES (@uuid, @deviceId, @password, @endpoint, 0, @now, @now, @now)
              ON CONFLICT (uuid, device_id) DO NOTHING RETURNING *`
-          : `UPDATE connections SET password = @password, endpoint = @endpoint, forbidden = 0, forbidden_reason = NULL,
+        : `UPDATE connections SET password = @password, endpoint = @endpoint, forbidden = 0, forbidden_reason = NULL,
                forbidden_at = NULL, last_registration = @now, updated_at = @now
              WHERE uuid = @uuid AND device_id = @deviceId AND ${SqliteStore.UNCHANGED} RETURNING *`,
-      )
+    )
       // all(), not get(): it steps to the end, where a failing commit (a full disk) is reported
       .all({ uuid: c.uuid, deviceId: c.deviceId, password: c.password, endpoint: c.endpoint, now, ...decidedFor(decidedOn) })[0] as Row | undefined;
     return row && fromRow(row);
@@ -418,9 +424,9 @@ export class SqliteStore implements Store {
 
   async touchIf(key: ConnectionKey, now: number, decidedOn: Connection): Promise<Connection | undefined> {
     this.assertPresent();
-    const row = this.db
-      .prepare(`UPDATE connections SET last_registration = @now WHERE uuid = @uuid AND device_id = @deviceId AND ${SqliteStore.UNCHANGED} RETURNING *`)
-      .all({ uuid: key.uuid, deviceId: key.deviceId, now, ...decidedFor(decidedOn) })[0] as Row | undefined;
+    const row = this.statement(
+      `UPDATE connections SET last_registration = @now WHERE uuid = @uuid AND device_id = @deviceId AND ${SqliteStore.UNCHANGED} RETURNING *`,
+    ).all({ uuid: key.uuid, deviceId: key.deviceId, now, ...decidedFor(decidedOn) })[0] as Row | undefined;
     return row && fromRow(row);
   }
 
@@ -431,36 +437,32 @@ export class SqliteStore implements Store {
    * stays). Returns whether the connection changed. (One process owns every row of a SQLite file: no epoch to check.)
    */
   async setForbidden(key: ConnectionKey, reason: string, decidedFor: ForbiddenFor, now: number): Promise<boolean> {
-    const changes = this.db
-      .prepare(
-        `UPDATE connections SET forbidden = 1, forbidden_reason = @reason, forbidden_at = @now, updated_at = @now
+    const changes = this.statement(
+      `UPDATE connections SET forbidden = 1, forbidden_reason = @reason, forbidden_at = @now, updated_at = @now
          WHERE uuid = @uuid AND device_id = @deviceId AND forbidden = 0
            AND (@endpoint IS NULL OR endpoint = @endpoint) AND (@password IS NULL OR password = @password)`,
-      )
-      .run({
-        reason,
-        now,
-        uuid: key.uuid,
-        deviceId: key.deviceId,
-        endpoint: 'endpoint' in decidedFor ? decidedFor.endpoint : null,
-        password: 'password' in decidedFor ? decidedFor.password : null,
-      }).changes;
+    ).run({
+      reason,
+      now,
+      uuid: key.uuid,
+      deviceId: key.deviceId,
+      endpoint: 'endpoint' in decidedFor ? decidedFor.endpoint : null,
+      password: 'password' in decidedFor ? decidedFor.password : null,
+    }).changes;
     return changes > 0;
   }
 
   async enable(key: ConnectionKey, now: number): Promise<void> {
-    this.db
-      .prepare(
-        `UPDATE connections SET forbidden = 0, forbidden_reason = NULL, forbidden_at = NULL, updated_at = ?
+    this.statement(
+      `UPDATE connections SET forbidden = 0, forbidden_reason = NULL, forbidden_at = NULL, updated_at = ?
          WHERE uuid = ? AND device_id = ?`,
-      )
-      .run(now, key.uuid, key.deviceId);
+    ).run(now, key.uuid, key.deviceId);
   }
 
   async remove(key: { uuid: string; deviceId?: number }): Promise<number> {
     return key.deviceId === undefined
-      ? this.db.prepare('DELETE FROM connections WHERE uuid = ?').run(key.uuid).changes
-      : this.db.prepare('DELETE FROM connections WHERE uuid = ? AND device_id = ?').run(key.uuid, key.deviceId).changes;
+      ? this.statement('DELETE FROM connections WHERE uuid = ?').run(key.uuid).changes
+      : this.statement('DELETE FROM connections WHERE uuid = ? AND device_id = ?').run(key.uuid, key.deviceId).changes;
   }
 
   /**
@@ -475,12 +477,12 @@ export class SqliteStore implements Store {
     if (published && changed.length === 0 && gone.length === 0) return;
     this.db.transaction(() => {
       if (!published) this.db.exec('DELETE FROM live_state');
-      const upsert = this.db.prepare(
+      const upsert = this.statement(
         `INSERT INTO live_state (uuid, device_id, state, reason, since, retry_at) VALUES (?, ?, ?, ?, ?, ?)
          ON CONFLICT (uuid, device_id) DO UPDATE SET state = excluded.state, reason = excluded.reason, since = excluded.since, retry_at = excluded.retry_at`,
       );
       for (const s of changed) upsert.run(s.uuid, s.deviceId, s.state, s.reason, s.since, s.retryAt ?? null);
-      const remove = this.db.prepare('DELETE FROM live_state WHERE uuid = ? AND device_id = ?');
+      const remove = this.statement('DELETE FROM live_state WHERE uuid = ? AND device_id = ?');
       for (const k of gone) {
         const dot = k.lastIndexOf('.');
         remove.run(k.slice(0, dot), Number(k.slice(dot + 1)));
@@ -492,7 +494,7 @@ export class SqliteStore implements Store {
   async liveStates(): Promise<LiveState[]> {
     if (!this.hasTable('live_state')) return []; // a file read as it is, from before schema 3
     return (
-      this.db.prepare('SELECT * FROM live_state').all() as {
+      this.statement('SELECT * FROM live_state').all() as {
         uuid: string;
         device_id: number;
         state: string;
@@ -512,33 +514,30 @@ export class SqliteStore implements Store {
 
   /** The file's one server writes its heartbeat every few seconds (see `heartbeats` in open.ts). */
   async beat(h: Heartbeat): Promise<void> {
-    this.db
-      .prepare(
-        `INSERT INTO heartbeat (id, pid, version, started_at, seen_at) VALUES (1, @pid, @version, @startedAt, @seenAt)
+    this.statement(
+      `INSERT INTO heartbeat (id, pid, version, started_at, seen_at) VALUES (1, @pid, @version, @startedAt, @seenAt)
          ON CONFLICT (id) DO UPDATE SET pid = @pid, version = @version, started_at = @startedAt, seen_at = @seenAt`,
-      )
-      .run(h);
+    ).run(h);
   }
 
   /** The one server of this file: no name needed. */
   async heartbeat(): Promise<Heartbeat | undefined> {
     if (!this.hasTable('heartbeat')) return undefined;
-    const r = this.db.prepare('SELECT * FROM heartbeat WHERE id = 1').get() as
-      { pid: number; version: string; started_at: number; seen_at: number } | undefined;
+    const r = this.statement('SELECT * FROM heartbeat WHERE id = 1').get() as { pid: number; version: string; started_at: number; seen_at: number } | undefined;
     return r && { pid: r.pid, version: r.version, startedAt: r.started_at, seenAt: r.seen_at };
   }
 
   /** The server records the VAPID public key it signs with. */
   async recordVapidKey(publicKey: string): Promise<void> {
-    this.db
-      .prepare(`INSERT INTO server_info (name, value) VALUES ('vapid_public_key', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value`)
-      .run(publicKey);
+    this.statement(`INSERT INTO server_info (name, value) VALUES ('vapid_public_key', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value`).run(
+      publicKey,
+    );
   }
 
   /** The VAPID public key the server last started with; undefined when no server of this version ran on the file. */
   async recordedVapidKey(): Promise<string | undefined> {
     if (!this.hasTable('server_info')) return undefined;
-    const r = this.db.prepare(`SELECT value FROM server_info WHERE name = 'vapid_public_key'`).get() as { value: string } | undefined;
+    const r = this.statement(`SELECT value FROM server_info WHERE name = 'vapid_public_key'`).get() as { value: string } | undefined;
     return r?.value;
   }
 
@@ -586,21 +585,21 @@ export class SqliteStore implements Store {
   async keepOwedWakeups(keys: ConnectionKey[]): Promise<void> {
     this.db.transaction(() => {
       this.db.exec('DELETE FROM owed_wakeups');
-      const insert = this.db.prepare('INSERT OR IGNORE INTO owed_wakeups (uuid, device_id) VALUES (?, ?)');
+      const insert = this.statement('INSERT OR IGNORE INTO owed_wakeups (uuid, device_id) VALUES (?, ?)');
       for (const k of keys) insert.run(k.uuid, k.deviceId);
     })();
   }
 
   async takeOwedWakeups(): Promise<ConnectionKey[]> {
     return this.db.transaction(() => {
-      const rows = this.db.prepare('SELECT uuid, device_id FROM owed_wakeups').all() as { uuid: string; device_id: number }[];
+      const rows = this.statement('SELECT uuid, device_id FROM owed_wakeups').all() as { uuid: string; device_id: number }[];
       this.db.exec('DELETE FROM owed_wakeups');
       return rows.map((r) => ({ uuid: r.uuid, deviceId: r.device_id }));
     })();
   }
 
   async importConnections(conns: Connection[]): Promise<void> {
-    const insert = this.db.prepare(
+    const insert = this.statement(
       `INSERT INTO connections (uuid, device_id, password, endpoint, forbidden, forbidden_reason, forbidden_at, last_registration, created_at, updated_at)
        VALUES (@uuid, @deviceId, @password, @endpoint, @forbidden, @forbiddenReason, @forbiddenAt, @lastRegistration, @createdAt, @updatedAt)`,
     );
@@ -610,20 +609,18 @@ export class SqliteStore implements Store {
   }
 
   async removeForbidden(key: ConnectionKey): Promise<boolean> {
-    return this.db.prepare('DELETE FROM connections WHERE uuid = ? AND device_id = ? AND forbidden = 1').run(key.uuid, key.deviceId).changes > 0;
+    return this.statement('DELETE FROM connections WHERE uuid = ? AND device_id = ? AND forbidden = 1').run(key.uuid, key.deviceId).changes > 0;
   }
 
   async forbiddenWithNewerDevices(before: number, after: ForbiddenCursor | undefined, limit: number): Promise<LeftBehindCandidate[]> {
-    const rows = this.db
-      .prepare(
-        `SELECT o.*, ${FORBIDDEN_SINCE} AS since,
+    const rows = this.statement(
+      `SELECT o.*, ${FORBIDDEN_SINCE} AS since,
            (SELECT group_concat(n.device_id) FROM connections n
             WHERE n.uuid = o.uuid AND n.device_id <> o.device_id AND n.forbidden = 0 AND n.created_at > o.created_at) AS newer
          FROM connections o
          WHERE o.forbidden = 1 AND ${FORBIDDEN_SINCE} <= @before AND (${FORBIDDEN_SINCE}, o.uuid, o.device_id) > (@since, @uuid, @deviceId)
          ORDER BY ${FORBIDDEN_SINCE}, o.uuid, o.device_id LIMIT @limit`,
-      )
-      .all({ before, limit, ...(after ?? { since: -1, uuid: '', deviceId: 0 }) }) as (Row & { since: number; newer: string | null })[];
+    ).all({ before, limit, ...(after ?? { since: -1, uuid: '', deviceId: 0 }) }) as (Row & { since: number; newer: string | null })[];
     return rows.map((r) => ({
       conn: fromRow(r),
       cursor: { since: r.since, uuid: r.uuid, deviceId: r.device_id },
@@ -632,13 +629,11 @@ export class SqliteStore implements Store {
   }
 
   async removeForbiddenSince(before: number, limit: number): Promise<ConnectionKey[]> {
-    const rows = this.db
-      .prepare(
-        `DELETE FROM connections WHERE rowid IN (
+    const rows = this.statement(
+      `DELETE FROM connections WHERE rowid IN (
            SELECT rowid FROM connections WHERE forbidden = 1 AND ${FORBIDDEN_SINCE} <= ? ORDER BY ${FORBIDDEN_SINCE} LIMIT ?)
          RETURNING uuid, device_id`,
-      )
-      .all(before, limit) as { uuid: string; device_id: number }[];
+    ).all(before, limit) as { uuid: string; device_id: number }[];
     return rows.map((r) => ({ uuid: r.uuid, deviceId: r.device_id }));
   }
 
