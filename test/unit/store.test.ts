@@ -638,7 +638,8 @@ describe.each(backends)('Store contract on %s', (_name, backend) => {
     await store.forbiddenWithNewerDevices(10, { since: 1, uuid: UUID, deviceId: 1 }, 100);
     await store.removeForbiddenSince(10, 100);
     await store.removeForbidden(key);
-    expect(statements.length).toBeGreaterThanOrEqual(11);
+    // Nine kinds of statement at least (a file prepares each once, so repeated calls show once).
+    expect(new Set(statements.map((s) => s.sql)).size).toBeGreaterThanOrEqual(9);
     for (const statement of [...statements])
       expect({ sql: statement.sql, scans: await backend.fullScans(store, statement) }).toEqual({ sql: statement.sql, scans: [] });
     await store.close();
