@@ -131,3 +131,22 @@ export function authenticate(accounts, req, socket) {
   socket.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n');
   return undefined;
 }
+
+/**
+ * A Signal server that accepts every credential (a socket stays open until the relay closes it) and a push server
+ * that accepts every push, on loopback: for benchmarks of the relay's own work.
+ */
+export async function acceptingServers() {
+  const { createServer } = await import('node:http');
+  const { WebSocketServer } = await import('ws');
+  const signal = createServer();
+  const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
+  signal.on('upgrade', (req, socket, head) => wss.handleUpgrade(req, socket, head, (ws) => ws.on('error', () => {})));
+  const push = createServer((req, res) => req.resume().on('end', () => res.writeHead(201).end()));
+  await Promise.all([signal, push].map((s) => new Promise((r) => s.listen(0, '127.0.0.1', r))));
+  return {
+    signalUrl: `ws://127.0.0.1:${signal.address().port}/v1/websocket/`,
+    pushOrigin: `http://127.0.0.1:${push.address().port}`,
+    close: () => [wss, signal, push].forEach((s) => s.close()),
+  };
+}

@@ -14,8 +14,7 @@ import os from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { WebSocketServer } from 'ws';
-import { now, percentile, sleep, until } from './lib.mjs';
+import { acceptingServers, now, percentile, sleep, until } from './lib.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values: args } = parseArgs({
@@ -39,15 +38,8 @@ const work = join(here, '..', '.bench-tmp', 'registrations-side');
 rmSync(work, { recursive: true, force: true });
 mkdirSync(work, { recursive: true });
 
-// A Signal server that accepts every credential and keeps the connection open until the relay closes it, and a push
-// server that accepts every push.
-const signal = createServer();
-const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
-signal.on('upgrade', (req, socket, head) => wss.handleUpgrade(req, socket, head, (ws) => ws.on('error', () => {})));
-const push = createServer((req, res) => req.resume().on('end', () => res.writeHead(201).end()));
-await Promise.all([signal, push].map((s) => new Promise((r) => s.listen(0, '127.0.0.1', r))));
-const signalUrl = `ws://127.0.0.1:${signal.address().port}/v1/websocket/`;
-const pushOrigin = `http://127.0.0.1:${push.address().port}`;
+const servers = await acceptingServers();
+const { signalUrl, pushOrigin } = servers;
 
 const freePort = () =>
   new Promise((resolve) => {
@@ -170,9 +162,7 @@ for (let i = 0; i < ROUNDS; i++) {
     runs.push(r);
   }
 }
-signal.close();
-push.close();
-wss.close();
+servers.close();
 agents.forEach((a) => a.destroy());
 
 const median = (xs) => {

@@ -11,8 +11,7 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import Database from 'better-sqlite3';
-import { WebSocketServer } from 'ws';
-import { now, percentile, sleep, until } from './lib.mjs';
+import { acceptingServers, now, percentile, sleep, until } from './lib.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values: args } = parseArgs({
@@ -36,14 +35,8 @@ const work = join(here, '..', '.bench-tmp', 'registrations');
 rmSync(work, { recursive: true, force: true });
 mkdirSync(work, { recursive: true });
 
-// A Signal server that accepts every credential (each question opens and closes a socket), and a push server.
-const signal = createServer();
-const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
-signal.on('upgrade', (req, socket, head) => wss.handleUpgrade(req, socket, head, (ws) => ws.on('error', () => {})));
-const push = createServer((req, res) => req.resume().on('end', () => res.writeHead(201).end()));
-await Promise.all([signal, push].map((s) => new Promise((r) => s.listen(0, '127.0.0.1', r))));
-const signalUrl = `ws://127.0.0.1:${signal.address().port}/v1/websocket/`;
-const pushOrigin = `http://127.0.0.1:${push.address().port}`;
+const servers = await acceptingServers();
+const { signalUrl, pushOrigin } = servers;
 
 /** `rows` connections refused by Signal a day ago, as a registration flood leaves them. */
 function floodedDb(path, rows) {
@@ -149,9 +142,7 @@ async function measure(rows) {
 
 const results = [];
 for (const rows of SIZES) results.push(await measure(rows));
-signal.close();
-push.close();
-wss.close();
+servers.close();
 const out = join(here, 'results', 'registrations.json');
 writeFileSync(out, `${JSON.stringify({ date: new Date().toISOString(), dist: relative(join(here, '..'), DIST), count: COUNT, results }, null, 2)}\n`);
 console.log(
