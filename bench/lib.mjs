@@ -150,3 +150,14 @@ export async function acceptingServers() {
     close: () => [wss, signal, push].forEach((s) => s.close()),
   };
 }
+
+/** A loopback port free at the moment of asking, for a relay that is given its port. */
+export const freePort = async () => {
+  const { createServer } = await import('node:net');
+  return new Promise((resolve) => {
+    const probe = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+};

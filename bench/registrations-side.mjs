@@ -9,12 +9,12 @@
 // Each device is a phone at its own loopback address. Times each batch from the first request sent to the last answer. Writes bench/results/registrations-side.json.
 import { spawn } from 'node:child_process';
 import { mkdirSync, openSync, rmSync, writeFileSync } from 'node:fs';
-import { Agent, createServer, request } from 'node:http';
+import { Agent, request } from 'node:http';
 import os from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { acceptingServers, now, percentile, sleep, until } from './lib.mjs';
+import { acceptingServers, freePort, now, percentile, sleep, until } from './lib.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values: args } = parseArgs({
@@ -40,14 +40,6 @@ mkdirSync(work, { recursive: true });
 
 const servers = await acceptingServers();
 const { signalUrl, pushOrigin } = servers;
-
-const freePort = () =>
-  new Promise((resolve) => {
-    const probe = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = probe.address();
-      probe.close(() => resolve(port));
-    });
-  });
 
 /** One phone per loopback address (127.0.1.x): the relay holds at most 64 connections for one client address. */
 const agents = new Map();

@@ -6,12 +6,11 @@
 // flight. Writes bench/results/registrations.json and prints a table.
 import { spawn } from 'node:child_process';
 import { mkdirSync, openSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:http';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import Database from 'better-sqlite3';
-import { acceptingServers, now, percentile, sleep, until } from './lib.mjs';
+import { acceptingServers, freePort, now, percentile, sleep, until } from './lib.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values: args } = parseArgs({
@@ -52,14 +51,6 @@ function floodedDb(path, rows) {
   })();
   db.close();
 }
-
-const freePort = () =>
-  new Promise((resolve) => {
-    const probe = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = probe.address();
-      probe.close(() => resolve(port));
-    });
-  });
 
 async function post(url, body) {
   const started = now();
